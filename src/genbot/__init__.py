@@ -1,0 +1,49 @@
+"""genbot: deploy generative language models as Discord chat bots.
+
+Public names are imported lazily, so that a streamer's worker process (started with
+``spawn``) that only needs :mod:`genbot.streaming` does not pay for importing discord.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "Context",
+    "Genbot",
+    "StreamError",
+    "Streamer",
+    "gatekeep",
+    "streamer",
+]
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Genbot": "genbot.bot",
+    "Context": "genbot.context",
+    "gatekeep": "genbot.gatekeep",
+    "Streamer": "genbot.streaming",
+    "StreamError": "genbot.streaming",
+    "streamer": "genbot.streaming",
+}
+
+if TYPE_CHECKING:
+    from genbot.bot import Genbot
+    from genbot.context import Context
+    from genbot.gatekeep import gatekeep
+    from genbot.streaming import StreamError, Streamer, streamer
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'genbot' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
