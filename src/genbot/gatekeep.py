@@ -1,0 +1,149 @@
+"""``@genbot.gatekeep``: at most one run of a coroutine function per set of arguments.
+
+Calling a gatekept function never waits for it. It returns a :class:`GateHandle` at once:
+
+- no run with the same arguments in progress: a run is scheduled as a task;
+- a run in progress: nothing happens (the running instance is expected to see the same
+  state), unless ``force=True``, which queues exactly one more run for after the current
+  one (several forces while one is running still queue one) - never two in parallel.
+
+Awaiting the handle returns at once too (``True`` when this call started or queued a run), so
+``await self.attend(channel, force=True)`` inside ``attend`` cannot deadlock; use
+:meth:`GateHandle.wait` to wait until the runs have finished.
+
+On methods the key includes ``self``, so each bot instance has its own runs. An exception
+releases the key and is reported to the owner's error handling: ``self.on_error(name, *args)``
+when the first argument has an ``on_error`` coroutine (a :class:`discord.Client`), else the
+``genbot.gatekeep`` logger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import types
+from collections.abc import Awaitable, Callable, Generator, Hashable
+from typing import Any, Generic, ParamSpec
+
+__all__ = ["GateHandle", "Gatekeeper", "gatekeep", "running"]
+
+_log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+
+#: Every gatekept run in progress, with the first argument of the call (``self`` on methods).
+_RUNNING: dict[asyncio.Task[None], Any] = {}
+
+
+def running(owner: Any = None) -> list[asyncio.Task[None]]:
+    """Gatekept runs in progress; with ``owner``, only those whose first argument is it."""
+    return [t for t, o in _RUNNING.items() if owner is None or o is owner]
+
+
+class GateHandle:
+    """What a gatekept call returns: awaitable at once, :meth:`wait` for the run itself."""
+
+    def __init__(self, task: asyncio.Task[None] | None, scheduled: bool) -> None:
+        self.task = task
+        #: This call started a run or queued one (``False``: absorbed by the running one).
+        self.scheduled = scheduled
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        return self._now().__await__()
+
+    async def _now(self) -> bool:
+        return self.scheduled
+
+    def done(self) -> bool:
+        return self.task is None or self.task.done()
+
+    async def wait(self) -> None:
+        """Wait until the run (and any queued run) is over; never raises the run's exception.
+
+        Do not call this from inside the run it waits for.
+        """
+        if self.task is not None:
+            await asyncio.wait({self.task})
+
+    def __repr__(self) -> str:
+        return f"<GateHandle scheduled={self.scheduled} done={self.done()}>"
+
+
+class _Run:
+    __slots__ = ("pending", "task")
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.task: asyncio.Task[None] | None = None
+
+
+class Gatekeeper(Generic[P]):
+    """The callable ``@gatekeep`` makes; a descriptor, so it works on methods."""
+
+    def __init__(self, fn: Callable[P, Awaitable[Any]]) -> None:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"@gatekeep needs an async function, got {fn!r}")
+        self.fn = fn
+        self._runs: dict[Hashable, _Run] = {}
+        functools.update_wrapper(self, fn)
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return types.MethodType(self, instance)
+
+    def __call__(self, *args: P.args, force: bool = False, **kwargs: P.kwargs) -> GateHandle:
+        key = (args, tuple(sorted(kwargs.items())))
+        try:
+            run = self._runs.get(key)
+        except TypeError as exc:
+            raise TypeError(
+                f"@gatekeep {self.fn.__qualname__}: arguments must be hashable, got {args!r}"
+            ) from exc
+        if run is not None:
+            if not force:
+                return GateHandle(run.task, scheduled=False)
+            run.pending = True
+            return GateHandle(run.task, scheduled=True)
+        run = self._runs[key] = _Run()
+        task = asyncio.get_running_loop().create_task(
+            self._loop(key, run, args, kwargs), name=f"gatekeep: {self.fn.__qualname__}"
+        )
+        run.task = task
+        _RUNNING[task] = args[0] if args else None
+        task.add_done_callback(lambda t: _RUNNING.pop(t, None))
+        return GateHandle(task, scheduled=True)
+
+    async def _loop(self, key: Hashable, run: _Run, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> None:
+        try:
+            while True:
+                run.pending = False
+                try:
+                    await self.fn(*args, **kwargs)
+                except Exception:
+                    await self._report(args, kwargs)
+                if not run.pending:
+                    return
+        finally:
+            if self._runs.get(key) is run:
+                del self._runs[key]
+
+    async def _report(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Called inside ``except``: hand the exception to the owner's ``on_error``."""
+        on_error = getattr(args[0], "on_error", None) if args else None
+        if on_error is not None and inspect.iscoroutinefunction(on_error):
+            try:
+                await on_error(self.fn.__name__, *args[1:], **kwargs)
+                return
+            except Exception:
+                _log.exception("on_error failed while handling an error in %s",
+                               self.fn.__qualname__)
+        _log.exception("Ignoring exception in %s", self.fn.__qualname__)
+
+
+def gatekeep(fn: Callable[P, Awaitable[Any]]) -> Gatekeeper[P]:
+    """Decorate an async function (or method) so it runs at most once per arguments at a time."""
+    return Gatekeeper(fn)

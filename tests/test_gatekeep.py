@@ -1,0 +1,159 @@
+"""@gatekeep: single flight per arguments, force queues one more run, errors release the key."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from genbot.gatekeep import GateHandle, gatekeep, running
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.active = 0
+        self.max_active = 0
+        self.release = asyncio.Event()
+        self.errors: list[tuple[str, tuple[Any, ...], BaseException | None]] = []
+
+    async def on_error(self, name: str, *args: Any) -> None:
+        import sys
+
+        self.errors.append((name, args, sys.exc_info()[1]))
+
+    @gatekeep
+    async def work(self, key: str) -> None:
+        self.calls.append((key,))
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await asyncio.wait_for(self.release.wait(), 5)
+        finally:
+            self.active -= 1
+
+
+async def test_call_schedules_at_once_and_returns_handle() -> None:
+    r = Recorder()
+    handle = r.work("a")
+    assert isinstance(handle, GateHandle)
+    assert handle.scheduled and not handle.done()
+    assert await handle is True  # awaiting does not wait for the run
+    await asyncio.sleep(0)
+    assert r.calls == [("a",)]
+    r.release.set()
+    await asyncio.wait_for(handle.wait(), 5)
+    assert handle.done()
+
+
+async def test_second_call_while_running_is_absorbed() -> None:
+    r = Recorder()
+    first = r.work("a")
+    await asyncio.sleep(0)
+    second = r.work("a")
+    assert second.scheduled is False
+    assert await second is False
+    r.release.set()
+    await asyncio.wait_for(first.wait(), 5)
+    assert r.calls == [("a",)]
+    # the key is free again
+    r.work("a")
+    await asyncio.wait_for(asyncio.gather(*running(r)), 5)
+    assert r.calls == [("a",), ("a",)]
+
+
+async def test_different_arguments_and_instances_run_in_parallel() -> None:
+    r1, r2 = Recorder(), Recorder()
+    handles = [r1.work("a"), r1.work("b"), r2.work("a")]
+    await asyncio.sleep(0)
+    assert all(h.scheduled for h in handles)
+    assert r1.max_active == 2 and r2.max_active == 1
+    assert len(running(r1)) == 2 and len(running(r2)) == 1
+    r1.release.set()
+    r2.release.set()
+    for h in handles:
+        await asyncio.wait_for(h.wait(), 5)
+    assert running(r1) == [] and running(r2) == []
+
+
+async def test_force_queues_exactly_one_more_run_never_parallel() -> None:
+    r = Recorder()
+    first = r.work("a")
+    await asyncio.sleep(0)
+    forced = [r.work("a", force=True) for _ in range(3)]
+    assert all(h.scheduled for h in forced)
+    r.release.set()
+    await asyncio.wait_for(first.wait(), 5)
+    assert r.calls == [("a",), ("a",)]
+    assert r.max_active == 1
+
+
+async def test_await_inside_the_run_does_not_deadlock() -> None:
+    runs: list[int] = []
+
+    class Bot:
+        @gatekeep
+        async def attend(self, channel: int) -> None:
+            runs.append(channel)
+            if len(runs) < 3:
+                assert await self.attend(channel, force=True) is True
+
+    handle = Bot().attend(7)
+    await asyncio.wait_for(handle.wait(), 5)
+    assert runs == [7, 7, 7]
+
+
+async def test_exception_releases_key_and_reaches_on_error() -> None:
+    class Failing(Recorder):
+        @gatekeep
+        async def boom(self, x: int) -> None:
+            self.calls.append((x,))
+            raise RuntimeError("boom")
+
+    r = Failing()
+    await asyncio.wait_for(r.boom(1).wait(), 5)
+    assert [(n, a, type(e)) for n, a, e in r.errors] == [("boom", (1,), RuntimeError)]
+    await asyncio.wait_for(r.boom(1).wait(), 5)
+    assert r.calls == [(1,), (1,)]
+    assert len(r.errors) == 2
+
+
+async def test_exception_without_owner_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    @gatekeep
+    async def plain(x: int) -> None:
+        raise ValueError("plain failure")
+
+    with caplog.at_level(logging.ERROR, logger="genbot.gatekeep"):
+        await asyncio.wait_for(plain(1).wait(), 5)
+    assert any("plain" in r.getMessage() and r.exc_info for r in caplog.records)
+    assert running() == []
+
+
+async def test_cancellation_releases_key() -> None:
+    r = Recorder()
+    handle = r.work("a")
+    await asyncio.sleep(0)
+    assert handle.task is not None
+    handle.task.cancel()
+    await asyncio.wait_for(handle.wait(), 5)
+    again = r.work("a")
+    assert again.scheduled
+    r.release.set()
+    await asyncio.wait_for(again.wait(), 5)
+    assert len(r.calls) == 2
+
+
+def test_rejects_sync_functions() -> None:
+    with pytest.raises(TypeError, match="async"):
+        gatekeep(lambda: None)  # type: ignore[arg-type]
+
+
+async def test_unhashable_arguments_rejected_clearly() -> None:
+    @gatekeep
+    async def f(x: object) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="hashable"):
+        f([1])
