@@ -1,0 +1,230 @@
+"""The Gateway half of the loopback server: one websocket per connected client, sessions that
+outlive their connection so a client can RESUME and get the events it missed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+if TYPE_CHECKING:
+    from .server import DiscordServer
+
+__all__ = ["Connection", "GatewaySession", "handle_gateway"]
+
+DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE, RESUME, RECONNECT = 0, 1, 2, 3, 6, 7
+REQUEST_MEMBERS, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 8, 9, 10, 11
+# Close codes, as Discord sends them.
+UNKNOWN_OPCODE, DECODE_ERROR, NOT_AUTHENTICATED, AUTHENTICATION_FAILED = 4001, 4002, 4003, 4004
+ALREADY_AUTHENTICATED = 4005
+# How many past events a session keeps for RESUME; an older sequence is answered INVALID_SESSION.
+REPLAY_LIMIT = 1000
+
+
+class Connection:
+    """A gateway websocket, sending JSON as text or through the transport compression the client
+    asked for in the URL (``compress=zlib-stream``: one zlib stream, each payload ending in a
+    sync flush, which is what discord.py requests when zstd is unavailable)."""
+
+    def __init__(self, ws: web.WebSocketResponse, compress: str | None) -> None:
+        self.ws = ws
+        self._compressor = zlib.compressobj() if compress == "zlib-stream" else None
+        self._lock = asyncio.Lock()
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        text = json.dumps(payload, separators=(",", ":"))
+        async with self._lock:
+            if self.ws.closed:
+                return
+            try:
+                if self._compressor is None:
+                    await self.ws.send_str(text)
+                else:
+                    data = self._compressor.compress(text.encode())
+                    data += self._compressor.flush(zlib.Z_SYNC_FLUSH)
+                    await self.ws.send_bytes(data)
+            except (ConnectionError, RuntimeError):
+                # The peer went away; the event stays in the session for a RESUME.
+                pass
+
+
+class GatewaySession:
+    """What Discord keeps per session: the intents, the sequence, and recent events to replay."""
+
+    def __init__(self, intents: int, shard: list[int] | None) -> None:
+        self.id = secrets.token_hex(16)
+        self.intents = intents
+        self.shard = shard
+        self.seq = 0
+        self.events: deque[dict[str, Any]] = deque(maxlen=REPLAY_LIMIT)
+        self.connection: Connection | None = None
+
+    def wants(self, intent: int) -> bool:
+        return bool(self.intents & intent)
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        self.seq += 1
+        payload = {"op": DISPATCH, "t": event, "s": self.seq, "d": data}
+        self.events.append(payload)
+        if self.connection is not None:
+            await self.connection.send(payload)
+
+    def missed_since(self, seq: int) -> list[dict[str, Any]] | None:
+        """Events after `seq`, or None when some of them are no longer kept."""
+        missed = [event for event in self.events if event["s"] > seq]
+        if seq < self.seq and (not missed or missed[0]["s"] != seq + 1):
+            return None
+        return missed
+
+
+async def handle_gateway(server: DiscordServer, request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
+    await ws.prepare(request)
+    if request.query.get("encoding", "json") != "json":
+        await ws.close(code=DECODE_ERROR, message=b"only encoding=json is supported")
+        return ws
+    connection = Connection(ws, request.query.get("compress"))
+    server._connections.add(connection)
+    session: GatewaySession | None = None
+    try:
+        interval_ms = int(server.heartbeat_interval * 1000)
+        await connection.send({"op": HELLO, "d": {"heartbeat_interval": interval_ms}})
+        async for message in ws:
+            if message.type is not WSMsgType.TEXT:
+                break
+            try:
+                payload = json.loads(message.data)
+                op, data = payload["op"], payload.get("d")
+            except (ValueError, KeyError, TypeError):
+                await ws.close(code=DECODE_ERROR, message=b"Error while decoding payload.")
+                break
+            handler = _HANDLERS.get(op)
+            if handler is None:
+                await ws.close(code=UNKNOWN_OPCODE, message=b"Unknown opcode.")
+                break
+            session = await handler(server, connection, session, data)
+    finally:
+        server._connections.discard(connection)
+        if session is not None and session.connection is connection:
+            session.connection = None
+        server._changed()
+    return ws
+
+
+async def _heartbeat(
+    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+) -> GatewaySession | None:
+    await connection.send({"op": HEARTBEAT_ACK})
+    return session
+
+
+async def _identify(
+    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+) -> GatewaySession | None:
+    if session is not None:
+        await connection.ws.close(code=ALREADY_AUTHENTICATED, message=b"Already authenticated.")
+        return session
+    if data.get("token") != server.token:
+        await connection.ws.close(code=AUTHENTICATION_FAILED, message=b"Authentication failed.")
+        return None
+    session = GatewaySession(int(data.get("intents", 0)), data.get("shard"))
+    session.connection = connection
+    server._sessions[session.id] = session
+    server._identified_intents = session.intents
+    guilds = server._bot_guilds()
+    ready = {
+        "v": 10,
+        "user": server.bot_user.to_json() | {"verified": True, "mfa_enabled": False},
+        "guilds": [{"id": str(guild.id), "unavailable": True} for guild in guilds],
+        "session_id": session.id,
+        "session_type": "normal",
+        "resume_gateway_url": server.gateway_url,
+        "application": {"id": str(server.application_id), "flags": server.application_flags},
+        "private_channels": [],
+        "relationships": [],
+        "presences": [],
+        "user_settings": {},
+        "geo_ordered_rtc_regions": [],
+        "_trace": ["genbot-loopback"],
+    }
+    if session.shard is not None:
+        ready["shard"] = session.shard
+    await session.dispatch("READY", ready)
+    for guild in guilds:
+        await session.dispatch("GUILD_CREATE", guild.to_json())
+    server._ready_sessions.add(session.id)
+    server._changed()
+    return session
+
+
+async def _resume(
+    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+) -> GatewaySession | None:
+    found = server._sessions.get(str(data.get("session_id")))
+    missed = None
+    if found is not None and data.get("token") == server.token and session is None:
+        missed = found.missed_since(int(data.get("seq") or 0))
+    if found is None or missed is None:
+        await connection.send({"op": INVALID_SESSION, "d": False})
+        return session
+    if found.connection is not None and found.connection is not connection:
+        await found.connection.ws.close(code=4000)
+    found.connection = connection
+    server.resumes += 1
+    for payload in missed:
+        await connection.send(payload)
+    await found.dispatch("RESUMED", {"_trace": ["genbot-loopback"]})
+    server._changed()
+    return found
+
+
+async def _request_members(
+    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+) -> GatewaySession | None:
+    if session is None:
+        await connection.ws.close(code=NOT_AUTHENTICATED, message=b"Not authenticated.")
+        return None
+    guild = server._guilds.get(int(data["guild_id"]))
+    members = [] if guild is None else list(guild.members.values())
+    query = (data.get("query") or "").lower()
+    user_ids = {int(user_id) for user_id in data.get("user_ids") or []}
+    if user_ids:
+        members = [m for m in members if m.user.id in user_ids]
+    elif query:
+        members = [m for m in members if m.user.name.lower().startswith(query)]
+    limit = int(data.get("limit") or 0)
+    if limit:
+        members = members[:limit]
+    found_ids = {m.user.id for m in members}
+    chunk: dict[str, Any] = {
+        "guild_id": str(data["guild_id"]),
+        "members": [m.to_json() for m in members],
+        "chunk_index": 0,
+        "chunk_count": 1,
+        "not_found": [str(user_id) for user_id in user_ids - found_ids],
+    }
+    if data.get("nonce") is not None:
+        chunk["nonce"] = data["nonce"]
+    await session.dispatch("GUILD_MEMBERS_CHUNK", chunk)
+    return session
+
+
+async def _ignore(
+    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+) -> GatewaySession | None:
+    return session
+
+
+_HANDLERS: dict[int, Callable[..., Awaitable[GatewaySession | None]]] = {
+    HEARTBEAT: _heartbeat,
+    IDENTIFY: _identify,
+    PRESENCE: _ignore,
+    RESUME: _resume,
+    REQUEST_MEMBERS: _request_members,
+}
