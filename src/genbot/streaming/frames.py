@@ -1,0 +1,91 @@
+"""Framing: the messages the caller side and a worker exchange over one byte stream.
+
+Every frame is a header ``(payload length, kind, stream id)`` followed by the payload, so one
+connection carries all streams of a worker, multiplexed by stream id. Payloads of inputs and
+outputs are pickles, made on the side that sends them so that an unpicklable object fails there.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from typing import Any
+
+from genbot.streaming.errors import StreamError
+
+__all__ = [
+    "CANCEL",
+    "DATA",
+    "END",
+    "ERROR",
+    "EXPIRE",
+    "GRANT",
+    "HEADER",
+    "OPEN",
+    "OUT",
+    "FrameReader",
+    "dumps",
+    "frame",
+    "loads",
+]
+
+HEADER = struct.Struct("<IBI")
+
+# caller -> worker
+OPEN = 1  # a caller waits for a turn
+DATA = 2  # the caller's inputs (payload: pickle)
+CANCEL = 3  # the caller went away
+# worker -> caller
+GRANT = 4  # the worker took the stream: the caller may now build and send its inputs
+OUT = 5  # one output (payload: pickle)
+END = 6  # the worker closed the stream
+ERROR = 7  # the stream failed (payload: pickle of (message, traceback text or None))
+EXPIRE = 8  # the inputs did not arrive in time after GRANT; the slot was released
+
+Frame = tuple[int, int, bytes]
+
+
+def frame(kind: int, sid: int, payload: bytes = b"") -> bytes:
+    return HEADER.pack(len(payload), kind, sid) + payload
+
+
+def dumps(obj: object, what: str) -> bytes:
+    """Pickle ``obj`` (an input or an output), failing with a clear :class:`StreamError`."""
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise StreamError(
+            f"cannot send {what} of type {type(obj).__qualname__}: it is not picklable ({exc}); "
+            "streams carry picklable objects only"
+        ) from exc
+
+
+def loads(payload: bytes, what: str) -> Any:
+    try:
+        return pickle.loads(payload)
+    except Exception as exc:
+        raise StreamError(f"cannot unpickle {what}: {exc!r}") from exc
+
+
+class FrameReader:
+    """Splits a byte stream, arriving in arbitrary chunks, into frames."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, data: bytes) -> list[Frame]:
+        buf = self._rest + data if self._rest else data
+        frames: list[Frame] = []
+        unpack = HEADER.unpack_from
+        size = HEADER.size
+        end_of_data = len(buf)
+        pos = 0
+        while end_of_data - pos >= size:
+            length, kind, sid = unpack(buf, pos)
+            end = pos + size + length
+            if end > end_of_data:
+                break
+            frames.append((kind, sid, buf[pos + size : end]))
+            pos = end
+        self._rest = buf[pos:]
+        return frames

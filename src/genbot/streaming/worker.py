@@ -1,0 +1,283 @@
+"""The worker side: the streams a worker consumes, and the threads that move their frames.
+
+A worker (thread or process) owns one :class:`WorkerEnd`. A receiver thread reads frames from it
+and keeps the queue of streams; ``consume()`` grants turns from that queue and hands out streams
+once their inputs arrived; a sender thread coalesces everything written since its last send into
+one ``send`` call, so many small outputs share a system call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from genbot.streaming import frames
+from genbot.streaming.errors import StreamError, WorkerExit
+from genbot.streaming.transport import WorkerEnd
+
+__all__ = ["Stream", "WorkerSide", "serve"]
+
+log = logging.getLogger("genbot.streaming")
+
+
+class Stream:
+    """One caller's stream, as the worker sees it.
+
+    ``data`` is the caller's input. ``write(obj)`` sends an output (any picklable object);
+    ``close()`` ends the stream; ``closed`` is true once either side closed it (e.g. the caller
+    went away): writes to a closed stream are dropped.
+    """
+
+    __slots__ = ("_side", "closed", "data", "id")
+
+    def __init__(self, side: WorkerSide, sid: int, data: Any) -> None:
+        self._side = side
+        self.id = sid
+        self.data = data
+        self.closed = False
+
+    def write(self, obj: object) -> None:
+        if self.closed:
+            return
+        payload = frames.dumps(obj, "output")
+        self._side.send(frames.frame(frames.OUT, self.id, payload))
+
+    def close(self) -> None:
+        if not self.closed:
+            self._side.finish(self, frames.END, b"")
+
+    def fail(self, error: BaseException | str) -> None:
+        """End the stream with an error: the caller's iteration raises :class:`StreamError`."""
+        if self.closed:
+            return
+        if isinstance(error, BaseException):
+            message = f"{type(error).__name__}: {error}"
+            text = "".join(traceback.format_exception(error))
+        else:
+            message, text = error, None
+        self._side.finish(self, frames.ERROR, _error_payload(message, text))
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Stream {self.id} {state} data={self.data!r:.60}>"
+
+
+def _error_payload(message: str, text: str | None) -> bytes:
+    return frames.dumps((message, text), "error")
+
+
+class WorkerSide:
+    """State and threads of one worker's connection (see the module docstring).
+
+    Streams go through: *pending* (the caller waits for a turn) -> *granted* (``consume()`` gave
+    it the turn, the caller builds and sends its inputs) -> *ready* (the inputs arrived) ->
+    *active* (returned by ``consume()``, until either side closes it). Granted streams count
+    against ``consume``'s ``maximum``; one whose inputs do not arrive within ``input_timeout``
+    seconds is expired and its slot released.
+    """
+
+    def __init__(self, end: WorkerEnd, *, input_timeout: float) -> None:
+        self.end = end
+        self.input_timeout = input_timeout
+        self.cond = threading.Condition(threading.Lock())
+        self.pending: dict[int, None] = {}
+        self.granted: dict[int, float] = {}
+        self.ready: dict[int, Stream] = {}
+        self.active: dict[int, Stream] = {}
+        self.eof = False
+        self.consumed = 0
+        self._out_cond = threading.Condition(threading.Lock())
+        self._outbox: list[bytes] = []
+        self._stopping = False
+        self._receiver = threading.Thread(target=self._receive, name="genbot-recv", daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name="genbot-send", daemon=True)
+        self._receiver.start()
+        self._sender.start()
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        with self._out_cond:
+            self._outbox.append(data)
+            if len(self._outbox) == 1:
+                self._out_cond.notify()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._out_cond:
+                while not self._outbox and not self._stopping:
+                    self._out_cond.wait()
+                batch, self._outbox = self._outbox, []
+                stopping = self._stopping
+            if batch:
+                try:
+                    self.end.send(b"".join(batch))
+                except OSError:
+                    self._lost()
+                    return
+            if stopping:
+                return
+
+    def finish(self, stream: Stream, kind: int, payload: bytes) -> None:
+        with self.cond:
+            if stream.closed:
+                return
+            stream.closed = True
+            self.active.pop(stream.id, None)
+        self.send(frames.frame(kind, stream.id, payload))
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        reader = frames.FrameReader()
+        while True:
+            data = self.end.recv()
+            if not data:
+                self._lost()
+                return
+            with self.cond:
+                for kind, sid, payload in reader.feed(data):
+                    if kind == frames.OPEN:
+                        self.pending[sid] = None
+                    elif kind == frames.DATA:
+                        self._arrived(sid, payload)
+                    elif kind == frames.CANCEL:
+                        self._cancelled(sid)
+                self.cond.notify_all()
+
+    def _arrived(self, sid: int, payload: bytes) -> None:
+        if self.granted.pop(sid, None) is None:
+            return  # expired or cancelled meanwhile
+        stream = Stream(self, sid, None)
+        try:
+            stream.data = frames.loads(payload, "inputs")
+        except StreamError as exc:
+            stream.closed = True
+            self.send(frames.frame(frames.ERROR, sid, _error_payload(str(exc), None)))
+            return
+        self.ready[sid] = stream
+
+    def _cancelled(self, sid: int) -> None:
+        self.pending.pop(sid, None)
+        self.granted.pop(sid, None)
+        stream = self.ready.pop(sid, None) or self.active.pop(sid, None)
+        if stream is not None:
+            stream.closed = True
+
+    def _lost(self) -> None:
+        """The caller side is gone (closed, or its process died)."""
+        with self.cond:
+            self.eof = True
+            for stream in [*self.ready.values(), *self.active.values()]:
+                stream.closed = True
+            self.pending.clear()
+            self.granted.clear()
+            self.ready.clear()
+            self.active.clear()
+            self.cond.notify_all()
+
+    # -- consume ---------------------------------------------------------------------------
+
+    def consume(self, minimum: int, maximum: int, timeout: float | None) -> list[Stream]:
+        if maximum < 1 or not 0 <= minimum <= maximum:
+            raise ValueError(
+                f"need 0 <= minimum <= maximum and maximum >= 1, got {minimum}, {maximum}"
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while True:
+                if self.eof:
+                    raise WorkerExit
+                now = time.monotonic()
+                self._expire(now)
+                while self.pending and len(self.granted) + len(self.ready) < maximum:
+                    sid = next(iter(self.pending))
+                    del self.pending[sid]
+                    self.granted[sid] = now + self.input_timeout
+                    self.send(frames.frame(frames.GRANT, sid))
+                if len(self.ready) >= maximum or (len(self.ready) >= minimum and not self.granted):
+                    break
+                if minimum == 0:
+                    break
+                wait = min(self.granted.values(), default=None)
+                if deadline is not None:
+                    if now >= deadline:
+                        break
+                    wait = deadline if wait is None else min(wait, deadline)
+                self.cond.wait(None if wait is None else max(wait - now, 0.0))
+            taken = []
+            for sid in list(self.ready)[:maximum]:
+                stream = self.ready.pop(sid)
+                self.active[sid] = stream
+                taken.append(stream)
+            self.consumed += len(taken)
+            return taken
+
+    def _expire(self, now: float) -> None:
+        for sid, deadline in list(self.granted.items()):
+            if deadline <= now:
+                del self.granted[sid]
+                self.send(frames.frame(frames.EXPIRE, sid))
+
+    # -- failures and shutdown -------------------------------------------------------------
+
+    def fail_active(self, message: str, text: str | None) -> int:
+        """Fail the streams the worker holds; returns how many."""
+        with self.cond:
+            streams = list(self.active.values())
+        for stream in streams:
+            self.finish(stream, frames.ERROR, _error_payload(message, text))
+        return len(streams)
+
+    def fail_all(self, message: str, text: str | None) -> None:
+        """Fail every stream this worker knows of: held, ready, granted and waiting."""
+        self.fail_active(message, text)
+        with self.cond:
+            sids = [*self.pending, *self.granted, *self.ready]
+            for stream in self.ready.values():
+                stream.closed = True
+            self.pending.clear()
+            self.granted.clear()
+            self.ready.clear()
+        payload = _error_payload(message, text)
+        for sid in sids:
+            self.send(frames.frame(frames.ERROR, sid, payload))
+
+    def close(self) -> None:
+        """Flush what was written, then close the connection."""
+        with self._out_cond:
+            self._stopping = True
+            self._out_cond.notify()
+        if threading.current_thread() is not self._sender:
+            self._sender.join(5.0)
+        self.end.close()
+
+
+def serve(worker: Callable[[], None], side: WorkerSide) -> int:
+    """Run ``worker()`` until the streamer closes; returns an exit status.
+
+    An exception from ``worker()`` fails the streams it held (with the traceback) and
+    ``worker()`` runs again. If it raised while holding no stream, the failure is not
+    any stream's own: every waiting stream fails with it and the worker stops (status 1);
+    a process worker is then restarted by the caller side, with back-off.
+    """
+    while True:
+        try:
+            worker()
+        except WorkerExit:
+            return 0
+        except Exception as exc:
+            text = traceback.format_exc()
+            message = f"the worker raised {type(exc).__name__}: {exc}"
+            log.error("streamer worker failed:\n%s", text)
+            if side.fail_active(message, text) == 0:
+                side.fail_all(message, text)
+                return 1
+            continue
+        log.warning("streamer worker returned; no more streams will be served")
+        side.fail_all("the worker stopped", None)
+        return 0

@@ -1,0 +1,120 @@
+"""Streamers for the streaming tests, at module level so that spawned workers can import them."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import genbot
+from genbot.streaming import Stream, Streamer
+
+
+class Ping(genbot.Streamer):
+    """The design doc's subclass example."""
+
+    def worker(self) -> None:
+        while True:
+            streams = self.consume(minimum=1, maximum=64)
+            for stream in streams:
+                stream.write(f"Pong: {stream.data}")
+                stream.close()
+
+
+@genbot.streamer
+def pong(streams: list[Stream]) -> None:
+    """The design doc's decorator example."""
+    for stream in streams:
+        stream.write(f"Pong: {stream.data}")
+        stream.close()
+
+
+@genbot.streamer
+def numbers(streams: list[Stream]) -> None:
+    """Writes ``(data, i)`` for i in range(count) to every stream; data is ``(tag, count)``."""
+    longest = max(stream.data[1] for stream in streams)
+    for i in range(longest):
+        for stream in streams:
+            if i < stream.data[1]:
+                stream.write((stream.data[0], i))
+
+
+@genbot.streamer
+def whoami(streams: list[Stream]) -> None:
+    """Tells each stream the worker's pid."""
+    for stream in streams:
+        stream.write(os.getpid())
+
+
+@genbot.streamer
+def flaky(streams: list[Stream]) -> None:
+    """Raises on the input "boom", echoes anything else."""
+    for stream in streams:
+        if stream.data == "boom":
+            raise ValueError("the worker exploded on purpose")
+        stream.write(stream.data)
+
+
+@genbot.streamer
+def endless(streams: list[Stream]) -> None:
+    """Writes to each stream until the caller closes it (for kill -9 and cancellation tests)."""
+    i = 0
+    while any(not stream.closed for stream in streams):
+        for stream in streams:
+            stream.write(i)
+        i += 1
+        time.sleep(0.001)
+
+
+class Recorder(Streamer):
+    """A thread-mode worker taking one stream at a time that records what it saw.
+
+    Writes to the stream until it is closed by the caller or ``data`` outputs were written;
+    ``seen`` gets ``(data, closed_by_caller)`` per stream, ``done`` is set after each stream.
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, bool]] = []
+        self.done = threading.Event()
+
+    def worker(self) -> None:
+        while True:
+            [stream] = self.consume(minimum=1, maximum=1)
+            count = stream.data if isinstance(stream.data, int) else 1
+            i = 0
+            while not stream.closed and i < count:
+                stream.write(i)
+                i += 1
+                time.sleep(0.001)
+            self.seen.append((stream.data, stream.closed))
+            stream.close()
+            self.done.set()
+
+
+class Continuous(Streamer):
+    """Continuous batching: decoding steps over the active streams, taking new ones between steps.
+
+    Each stream gets ``data`` outputs ``(data, step)``; the first stream waits (writing one
+    output per step) until a second stream has joined, so a worker that cannot take streams
+    mid-generation never finishes it.
+    """
+
+    def worker(self) -> None:
+        active: list[tuple[Stream, list[int]]] = []
+        joined = False
+        step = 0
+        while True:
+            new = self.consume(minimum=0 if active else 1, maximum=8 - len(active))
+            if new and active:
+                joined = True
+            active += [(stream, [0]) for stream in new]
+            step += 1
+            for stream, written in active:
+                stream.write((stream.data, step))
+                if joined:
+                    written[0] += 1
+            for stream, written in active:
+                if written[0] >= 3 or stream.closed:
+                    stream.close()
+            active = [(s, w) for s, w in active if not s.closed]
+            time.sleep(0.002)

@@ -1,0 +1,78 @@
+"""The API: subclass and decorator, process and thread, async and sync callers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+import pytest
+from stream_workers import Ping, numbers, pong
+
+import genbot
+from genbot.streaming import StreamError, WorkerExit, active_streamers
+
+
+async def ask(streamer: genbot.Streamer, inputs: object) -> list[object]:
+    async with streamer.stream() as stream:
+        return [out async for out in stream(inputs)]
+
+
+async def test_subclass_in_a_spawned_process() -> None:
+    with Ping() as ping:
+        process = ping.start_process()
+        assert process.is_alive()
+        assert await asyncio.wait_for(ask(ping, "hi"), 30) == ["Pong: hi"]
+        assert ping in active_streamers()
+    assert ping not in active_streamers()
+    assert not process.is_alive()
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+async def test_decorated_function_in_a_process(start_method: str) -> None:
+    pong.start_process(minimum=1, maximum=64, start_method=start_method)
+    try:
+        answers = await asyncio.wait_for(asyncio.gather(*(ask(pong, i) for i in range(10))), 30)
+        assert answers == [[f"Pong: {i}"] for i in range(10)]
+    finally:
+        pong.close()
+
+
+async def test_thread_worker_many_outputs_in_order() -> None:
+    numbers.start_thread(maximum=4)
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(ask(numbers, (tag, 50)) for tag in range(16))), 30
+        )
+    finally:
+        numbers.close()
+    for tag, outputs in enumerate(results):
+        assert outputs == [(tag, i) for i in range(50)]
+
+
+async def test_manual_worker_on_a_thread() -> None:
+    ping = Ping()
+
+    def run() -> None:
+        with contextlib.suppress(WorkerExit):  # consume() raises it once the streamer closed
+            ping.worker()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        await asyncio.wait_for(wait_started(ping), 10)
+        assert await asyncio.wait_for(ask(ping, "x"), 10) == ["Pong: x"]
+    finally:
+        ping.close()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+async def wait_started(streamer: genbot.Streamer) -> None:
+    while not streamer.started:  # the user's worker thread attaches on its first consume()
+        await asyncio.sleep(0.01)
+
+
+def test_not_started_is_a_clear_error() -> None:
+    with pytest.raises(StreamError, match="not started"):
+        Ping().stream()
