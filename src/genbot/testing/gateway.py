@@ -157,7 +157,7 @@ async def _identify(
         ready["shard"] = session.shard
     await session.dispatch("READY", ready)
     for guild in guilds:
-        await session.dispatch("GUILD_CREATE", guild.to_json())
+        await session.dispatch("GUILD_CREATE", guild.to_json(server.bot_user.id))
     server._ready_sessions.add(session.id)
     server._changed()
     return session

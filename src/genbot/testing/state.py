@@ -209,8 +209,16 @@ class FakeGuild:
     members: dict[int, FakeMember] = field(default_factory=dict)
     channels: list[FakeChannel] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        """The GUILD_CREATE payload: the guild with its roles, members, channels and threads."""
+    def to_json(self, bot_id: int | None = None) -> dict[str, Any]:
+        """The GUILD_CREATE payload: the guild with its roles, members, channels and threads
+        (each thread the bot `bot_id` belongs to carries the bot's thread membership)."""
+        threads = []
+        for thread in self.channels:
+            if thread.is_thread:
+                data = thread.to_json()
+                if bot_id in thread.thread_members:
+                    data["member"] = thread.thread_member_json(bot_id)
+                threads.append(data)
         return {
             "id": str(self.id),
             "name": self.name,
@@ -245,7 +253,7 @@ class FakeGuild:
             "member_count": len(self.members),
             "members": [member.to_json() for member in self.members.values()],
             "channels": [c.to_json() for c in self.channels if not c.is_thread],
-            "threads": [c.to_json() for c in self.channels if c.is_thread],
+            "threads": threads,
             "voice_states": [],
             "presences": [],
             "stage_instances": [],
