@@ -1,0 +1,241 @@
+"""genbot.Context end to end: visibility, /reset, the cache API, edits, deletions, REST cost."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import genbot
+from bot_world import FAST, World, delete, edit, read, send, world
+from genbot.context import RESET_MARKER, MessageCache
+from genbot.testing import run_bot
+
+
+class Quiet(genbot.Genbot):
+    """Never answers: the tests read contexts themselves."""
+
+
+async def test_newest_first_limit_and_what_is_visible() -> None:
+    async with world() as w, run_bot(Quiet(**FAST), w.server) as bot:
+        other_bot = w.server.create_user("otherbot", bot=True)
+        w.server.add_member(w.guild, other_bot)
+        s, ch = w.server, w.general
+        await send(bot, s, ch, w.alice, "a1")
+        await send(bot, s, ch, w.alice, "!not for the bot")
+        await send(bot, s, ch, other_bot, "beep")
+        ping = await s.invoke_command(ch, w.alice, "ping")
+        assert (await ping.wait_response())["content"].startswith("Pong")
+        await send(bot, s, ch, w.bob, "b1")
+        mine = asyncio.ensure_future(bot.wait_for("message", check=lambda m: m.content == "mine",
+                                                  timeout=5))
+        await bot.get_channel(ch.id).send("mine")
+        await mine
+        assert any(m["content"].startswith("Pong") for m in s.messages(ch))  # public, but hidden
+        assert await read(bot, ch.id) == ["mine", "b1", "a1"]
+        assert await read(bot, ch.id, limit=2) == ["mine", "b1"]
+        assert await read(bot, ch.id, limit=0) == []
+
+
+async def test_other_bots_visible_with_allow_bots() -> None:
+    async with world() as w, run_bot(Quiet(allow_bots=True, **FAST), w.server) as bot:
+        other_bot = w.server.create_user("otherbot", bot=True)
+        await send(bot, w.server, w.server.create_dm(w.alice), w.alice, "hi")
+        dm = w.server.create_dm(other_bot)
+        await send(bot, w.server, dm, other_bot, "beep")
+        assert await read(bot, dm.id) == ["beep"]
+
+
+async def test_blacklisted_users_never_appear_in_any_context() -> None:
+    async with world() as w:
+        s = w.server
+        thread = s.create_thread(w.general, "t", owner=w.alice)
+        dm_bob, dm_alice = s.create_dm(w.bob), s.create_dm(w.alice)
+        bot = Quiet(users={"blacklist": [w.bob.id]}, roles={"blacklist": [w.banned.id]}, **FAST)
+        async with run_bot(bot, s):
+            for n in range(3):
+                for channel in (w.general, thread):
+                    await send(bot, s, channel, w.bob, f"bob {n}")
+                    await send(bot, s, channel, w.alice, f"alice {n}")
+                    await send(bot, s, channel, w.mod, f"mod {n}")
+                await send(bot, s, dm_bob, w.bob, f"bob dm {n}")
+                await send(bot, s, dm_alice, w.alice, f"alice dm {n}")
+            for channel in (w.general, thread, dm_bob, dm_alice):
+                for limit in (1, 2, 5, 16):
+                    seen = await read(bot, channel.id, limit)
+                    assert not any(text.startswith("bob") for text in seen), seen
+            assert await read(bot, dm_bob.id) == []
+            assert len(await read(bot, w.general.id)) == 6
+            # a role blacklisted now hides the member's earlier messages too (GUILD_MEMBER_UPDATE)
+            update = asyncio.ensure_future(bot.wait_for("member_update", timeout=5))
+            await s.update_member(w.guild, w.mod, roles=[w.mods, w.banned])
+            await update
+            for channel in (w.general, thread):
+                assert [t for t in await read(bot, channel.id) if t.startswith("mod")] == []
+
+
+async def test_reset_hides_everything_before_it() -> None:
+    async with world() as w, run_bot(Quiet(**FAST), w.server) as bot:
+        s, ch = w.server, w.general
+        await send(bot, s, ch, w.alice, "old 1")
+        await send(bot, s, ch, w.bob, "old 2")
+        reset = await s.invoke_command(ch, w.alice, "reset")
+        response = await reset.wait_response()
+        assert response["content"] == RESET_MARKER and not response["ephemeral"]
+        assert any(m["content"] == RESET_MARKER for m in s.messages(ch))  # visible boundary
+        await send(bot, s, ch, w.alice, "new 1")  # the marker came back through the gateway first
+        assert await read(bot, ch.id) == ["new 1"]
+        await s.invoke_command(ch, w.bob, "reset")
+        await s.wait_for(lambda: sum(m["content"] == RESET_MARKER for m in s.messages(ch)) == 2)
+        await send(bot, s, ch, w.bob, "newest")
+        assert await read(bot, ch.id) == ["newest"]
+
+
+async def test_reset_found_in_history_fetched_by_rest() -> None:
+    async with world() as w:
+        s, ch = w.server, w.general
+        for n in range(3):
+            await s.send_message(ch, w.alice, f"before {n}")
+        s.create_message(ch, s.bot_user, {"content": RESET_MARKER})
+        await s.send_message(ch, w.alice, "after")
+        # someone else quoting the marker is no boundary
+        await s.send_message(ch, w.bob, RESET_MARKER)
+        async with run_bot(Quiet(**FAST), s) as bot:
+            assert await read(bot, ch.id) == [RESET_MARKER, "after"]
+
+
+async def test_cache_api_and_reiteration() -> None:
+    async with world() as w, run_bot(Quiet(**FAST), w.server) as bot:
+        s, ch = w.server, w.general
+        for n in range(5):
+            await send(bot, s, ch, w.alice, f"m{n}")
+        ctx = bot.context(bot.get_channel(ch.id), limit=3)
+        assert not ctx and len(ctx) == 0
+        async for msg in ctx:
+            assert msg.content == "m4"
+            break
+        assert len(ctx) == 1 and ctx[0].content == "m4"
+        requests = w.history_requests()
+        first = [m async for m in ctx]  # continues after the break
+        assert [m.content for m in first] == ["m4", "m3", "m2"]
+        again = [m async for m in ctx]
+        assert [id(m) for m in again] == [id(m) for m in first]
+        assert ctx and len(ctx) == 3 and ctx[-1].content == "m2"
+        assert [m.content for m in ctx[0:2]] == ["m4", "m3"]
+        with pytest.raises(IndexError):
+            ctx[3]
+        assert w.history_requests() == requests
+        assert await ctx.current()
+        with pytest.raises(ValueError):
+            bot.context(bot.get_channel(ch.id), limit=-1)
+
+
+@pytest.mark.parametrize("max_messages", [1000, None])  # with and without discord.py's cache
+async def test_edits_and_deletions_show_at_once_without_rest(max_messages: int | None) -> None:
+    async with world() as w, run_bot(Quiet(max_messages=max_messages, **FAST), w.server) as bot:
+        s, dm = w.server, w.server.create_dm(w.alice)
+        sent = [await send(bot, s, dm, w.alice, f"m{n}") for n in range(5)]
+        assert await read(bot, dm.id) == ["m4", "m3", "m2", "m1", "m0"]
+        requests = w.history_requests()
+        await edit(bot, s, dm, sent[1], "m1 edited")
+        assert await read(bot, dm.id) == ["m4", "m3", "m2", "m1 edited", "m0"]
+        await delete(bot, s, dm, [sent[3]])
+        assert await read(bot, dm.id) == ["m4", "m2", "m1 edited", "m0"]
+        await delete(bot, s, dm, [sent[0], sent[4]])
+        assert await read(bot, dm.id) == ["m2", "m1 edited"]
+        await edit(bot, s, dm, sent[2], "!now ignored")
+        assert await read(bot, dm.id) == ["m1 edited"]
+        assert w.history_requests() == requests
+
+
+async def test_warm_channel_costs_no_history_requests() -> None:
+    async with world() as w:
+        s, ch = w.server, w.general
+        for n in range(3):
+            await s.send_message(ch, w.alice, f"before {n}")  # before the bot runs: REST only
+        async with run_bot(Quiet(**FAST), s) as bot:
+            assert w.history_requests() == 0
+            assert await read(bot, ch.id) == ["before 2", "before 1", "before 0"]
+            assert w.history_requests() == 1
+            for n in range(20):
+                await send(bot, s, ch, w.bob, f"live {n}")
+                assert (await read(bot, ch.id))[0] == f"live {n}"
+            assert await read(bot, ch.id, limit=30) == [
+                *(f"live {n}" for n in reversed(range(20))), "before 2", "before 1", "before 0"]
+            assert w.history_requests() == 1
+
+
+async def test_history_pages_past_hidden_messages() -> None:
+    async with world() as w:
+        s, dm = w.server, w.server.create_dm(w.alice)
+        for n in range(3):
+            await s.send_message(dm, w.alice, f"old {n}")
+        for n in range(130):
+            await s.send_message(dm, w.alice, f"!aside {n}")
+        async with run_bot(Quiet(**FAST), s) as bot:
+            assert await read(bot, dm.id) == ["old 2", "old 1", "old 0"]
+            assert w.history_requests() == 2  # 100 + the rest
+            assert await read(bot, dm.id) == ["old 2", "old 1", "old 0"]
+            assert w.history_requests() == 2
+
+
+async def _drop(bot: Quiet, w: World, *, resumable: bool) -> None:
+    event = "resumed" if resumable else "ready"
+    back = asyncio.ensure_future(bot.wait_for(event, timeout=10))
+    await w.server.drop_connections(resumable=resumable)
+    await back
+
+
+async def test_resume_keeps_the_cache_and_replays_missed_messages() -> None:
+    async with world() as w, run_bot(Quiet(**FAST), w.server) as bot:
+        s, dm = w.server, w.server.create_dm(w.alice)
+        await send(bot, s, dm, w.alice, "one")
+        assert await read(bot, dm.id) == ["one"]
+        requests = w.history_requests()
+        seen = asyncio.ensure_future(bot.wait_for("message", check=lambda m: m.content == "two",
+                                                  timeout=10))
+        back = asyncio.ensure_future(bot.wait_for("resumed", timeout=10))
+        await s.drop_connections()
+        await s.send_message(dm, w.alice, "two")  # while disconnected
+        await back
+        await seen
+        assert await read(bot, dm.id) == ["two", "one"]
+        assert w.history_requests() == requests
+
+
+async def test_new_session_refills_the_cache() -> None:
+    async with world() as w, run_bot(Quiet(**FAST), w.server) as bot:
+        s, dm = w.server, w.server.create_dm(w.alice)
+        first = await send(bot, s, dm, w.alice, "one")
+        assert await read(bot, dm.id) == ["one"]
+        requests = w.history_requests()
+        await _drop(bot, w, resumable=False)
+        # changes the bot could not see (no session replays them)
+        s.update_message(s.channel(dm), int(first["id"]), {"content": "one, edited offline"})
+        s.create_message(s.channel(dm), w.alice, {"content": "offline"})
+        assert await read(bot, dm.id) == ["offline", "one, edited offline"]
+        assert w.history_requests() == requests + 1
+
+
+async def test_current_tracks_new_visible_messages() -> None:
+    async with world() as w, run_bot(Quiet(**FAST), w.server) as bot:
+        s, dm = w.server, w.server.create_dm(w.alice)
+        await send(bot, s, dm, w.alice, "question")
+        ctx = bot.context(bot.get_partial_messageable(dm.id))
+        assert await ctx.current()  # reads first when it was not read
+        assert [m.content for m in ctx] == ["question"]
+        reply = asyncio.ensure_future(bot.wait_for("message", check=lambda m: m.content == "answer",
+                                                   timeout=5))
+        await bot.get_partial_messageable(dm.id).send("answer")
+        await reply
+        await send(bot, s, dm, w.alice, "!aside")
+        assert await ctx.current()  # only the bot and an ignored message arrived
+        await send(bot, s, dm, w.alice, "follow-up")
+        assert not await ctx.current()
+        assert [m.content for m in ctx] == ["question"]  # a context is a snapshot
+
+
+def test_message_cache_bounds() -> None:
+    cache = MessageCache(max_channels=2)
+    assert cache.cached(1) == [] and cache.get(1, 1) is None
+    cache.invalidate()
