@@ -1,10 +1,395 @@
-"""Discord output: what the bot's messages may ping, streamed replies and message splitting."""
+"""Discord output: what the bot's messages may ping, message splitting and streamed replies.
+
+A streamed reply is one message edited in place as text arrives, continued in new messages past
+Discord's 2000 characters. The pieces are plain and testable without Discord: :func:`split_message`
+decides the messages, :func:`plan_writes` the requests that bring the shown messages up to date,
+and :class:`ChannelPacer` when a channel may be edited next. :func:`stream_reply` puts them
+together.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import logging
+import re
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import aiohttp
 import discord
 
-__all__ = ["SAFE_MENTIONS"]
+__all__ = [
+    "DEFAULT_ERROR_TEXT",
+    "MESSAGE_LIMIT",
+    "SAFE_MENTIONS",
+    "ChannelPacer",
+    "Write",
+    "plan_writes",
+    "split_message",
+    "stream_reply",
+]
+
+_log = logging.getLogger(__name__)
 
 #: A model's text must never mass-ping a server: users may be pinged, @everyone/@here and roles not.
 SAFE_MENTIONS = discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=True)
+
+#: Discord's limit on the characters of one message.
+MESSAGE_LIMIT = 2000
+
+#: The note appended (in italics) to a reply whose generation failed.
+DEFAULT_ERROR_TEXT = "Sorry, something went wrong while generating this reply."
+
+# --------------------------------------------------------------------------------------------
+# Splitting
+
+_FENCE = "```"
+_CLOSE = "\n```"
+# Discord takes the word right after an opening fence as its language when a newline follows.
+# Longer words than 16 characters are not treated as a language, which bounds the fence headers
+# and so guarantees progress for any limit >= _MIN_LIMIT.
+_HEADER = re.compile(r"```([A-Za-z0-9_+\-.#]{0,16})\n")
+_MIN_LIMIT = 64
+# Preference of cut points, best first; each cut goes right after the separator.
+_PARAGRAPH, _LINE, _CODE_LINE, _SENTENCE, _SPACE, _ANY = range(6)
+
+
+class _Fences:
+    """Where the code fences of a text are: every ``` (counted without overlap) toggles code."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.starts = [m.start() for m in re.finditer(_FENCE, text)]
+        # For each opening fence: its language and where its header (``` + language + \n) ends.
+        self.langs: dict[int, str] = {}
+        self.header_ends: dict[int, int] = {}
+        for index in range(0, len(self.starts), 2):
+            start = self.starts[index]
+            header = _HEADER.match(text, start)
+            self.langs[index] = header[1] if header else ""
+            self.header_ends[index] = header.end() if header else start + len(_FENCE)
+
+    def opening_before(self, pos: int) -> int | None:
+        """Index of the fence whose code block contains `pos`, or None outside code."""
+        count = bisect.bisect_right(self.starts, pos - len(_FENCE))
+        return count - 1 if count % 2 else None
+
+    def inside(self, pos: int) -> bool:
+        return self.opening_before(pos) is not None
+
+    def lang_at(self, pos: int) -> str:
+        index = self.opening_before(pos)
+        return "" if index is None else self.langs[index]
+
+    def cuttable(self, pos: int) -> bool:
+        """Whether a cut at `pos` keeps fences whole and each opening fence with its header."""
+        index = bisect.bisect_left(self.starts, pos) - 1
+        if index < 0:
+            return True
+        end = self.header_ends[index] if index % 2 == 0 else self.starts[index] + len(_FENCE) - 1
+        return pos > end
+
+
+def _tier(text: str, pos: int, inside: bool) -> int:
+    before = text[pos - 1]
+    if before == "\n":
+        if inside:
+            return _CODE_LINE
+        return _PARAGRAPH if text[pos - 2 : pos] == "\n\n" else _LINE
+    if before.isspace():
+        end = pos - 1
+        while end > 0 and text[end - 1].isspace():
+            end -= 1
+        if not inside and end > 0 and text[end - 1] in ".!?":
+            return _SENTENCE
+        return _SPACE
+    return _ANY
+
+
+def _reopen(lang: str) -> str:
+    return f"{_FENCE}{lang}\n"
+
+
+def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """Split `text` into messages of at most `limit` characters.
+
+    Cuts prefer, in this order: paragraph breaks, line breaks, line breaks inside a code block,
+    sentence ends, any whitespace, and a hard cut only for a word longer than a message. A cut
+    never falls inside a ``` fence or between an opening fence and its language line, and a code
+    block is split only when no cut outside it fits: the block is then closed (``\\n```\\``) at the
+    end of one message and reopened with its language (`````lang\\n``) at the start of the next.
+    Whitespace at a cut stays at the end of the earlier message, so removing the added fences
+    and joining the messages gives back `text` exactly. A message is whitespace only just where
+    `text` has more whitespace in a row than fits in one (or at its end).
+
+    Returns ``[]`` for an empty text. Appending to `text` never changes how many messages came
+    before the last one, nor lowers their number, which is what a streamed reply relies on.
+    """
+    if limit < _MIN_LIMIT:
+        raise ValueError(f"limit must be at least {_MIN_LIMIT}, got {limit}")
+    if not text:
+        return []
+    fences = _Fences(text)
+    chunks: list[str] = []
+    pos = 0
+    prefix = ""
+    while len(prefix) + len(text) - pos > limit:
+        cut = _best_cut(text, fences, pos, limit - len(prefix), bool(prefix))
+        inside = fences.inside(cut)
+        chunks.append(prefix + text[pos:cut] + (_CLOSE if inside else ""))
+        prefix = _reopen(fences.lang_at(cut)) if inside else ""
+        pos = cut
+    chunks.append(prefix + text[pos:])
+    return chunks
+
+
+def _best_cut(text: str, fences: _Fences, pos: int, room: int, reopened: bool) -> int:
+    """The best cut in ``text[pos:]`` for a chunk with `room` characters for its own text."""
+    blank_until = pos if reopened else len(text) - len(text[pos:].lstrip())
+    best: dict[int, int] = {}
+    fallback = None
+    for cut in range(pos + room, pos, -1):
+        inside = fences.inside(cut)
+        if (inside and cut - pos > room - len(_CLOSE)) or not fences.cuttable(cut):
+            continue
+        if fallback is None:
+            fallback = cut
+        if cut <= blank_until:
+            break
+        best.setdefault(_tier(text, cut, inside), cut)
+        if _PARAGRAPH in best:
+            break
+    if best:
+        return best[min(best)]
+    if fallback is None:  # cannot happen for limit >= _MIN_LIMIT; kept as a loud guard
+        raise AssertionError("no cut point found")
+    return fallback
+
+
+def _unclosed(chunk: str) -> bool:
+    return chunk.count(_FENCE) % 2 == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Planning writes and pacing them
+
+
+@dataclass(frozen=True)
+class Write:
+    """One request that updates a reply: edit message `index` to `content`, or send a new one."""
+
+    index: int
+    content: str
+    new: bool
+
+
+def plan_writes(
+    text: str, shown: Sequence[str], *, final: bool, limit: int = MESSAGE_LIMIT
+) -> list[Write]:
+    """The writes that make the messages showing `shown` display `text`.
+
+    Messages that would be whitespace only are skipped (Discord refuses them). While not `final`,
+    a last message that ends inside a code block gets a closing fence (when it fits) so the code
+    renders as it streams; the final state is exactly :func:`split_message` of `text`. `text` is
+    expected only to grow between calls, so the messages never need to shrink in number.
+    """
+    chunks = [chunk for chunk in split_message(text, limit) if chunk.strip()]
+    if chunks and not final and _unclosed(chunks[-1]) and len(chunks[-1]) + len(_CLOSE) <= limit:
+        chunks[-1] += _CLOSE
+    return [
+        Write(index, chunk, index >= len(shown))
+        for index, chunk in enumerate(chunks)
+        if index >= len(shown) or shown[index] != chunk
+    ]
+
+
+class ChannelPacer:
+    """Spaces the updates of each channel (by id) at least `interval` seconds apart.
+
+    Replies streaming into the same channel share its turns, so together they edit at most once
+    per interval; other channels are not held up. Pure bookkeeping, no waiting: callers sleep the
+    delay :meth:`reserve` returns.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._next: dict[int, float] = {}
+
+    def reserve(self, channel_id: int, interval: float) -> float:
+        """Take the channel's next turn; returns the seconds to wait for it (0.0 if it is now)."""
+        now = self._clock()
+        turn = max(now, self._next.get(channel_id, now))
+        self._next[channel_id] = turn + interval
+        if len(self._next) > 1024:  # forget channels whose turns have passed
+            self._next = {key: when for key, when in self._next.items() if when > now}
+        return turn - now
+
+
+#: The pacer shared by every streamed reply of the process.
+PACER = ChannelPacer()
+
+# --------------------------------------------------------------------------------------------
+# Streaming a reply
+
+#: Bound on one Discord request, including discord.py's own waiting out of 429s. A send that
+#: times out after Discord took it is sent again: a duplicate is preferred to lost text.
+_REQUEST_TIMEOUT = 30.0
+#: Failed writes in a row (each already retried by discord.py) after which a reply gives up.
+_MAX_FAILURES = 5
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed request is worth another try at the next turn."""
+    if isinstance(exc, discord.HTTPException):
+        return exc.status == 429 or exc.status >= 500
+    return isinstance(exc, (asyncio.TimeoutError, aiohttp.ClientError, OSError))
+
+
+class _ReplyWriter:
+    """Writes the newest text of one reply at the channel's turns, until the final text is shown."""
+
+    def __init__(
+        self,
+        channel: discord.abc.Messageable,
+        reference: discord.Message | None,
+        interval: float,
+        pacer: ChannelPacer,
+    ) -> None:
+        self._channel = channel
+        self._reference = reference
+        self._interval = interval
+        self._pacer = pacer
+        # Key the pacer by the channel (a commands.Context is Messageable through its channel).
+        self._key = getattr(getattr(channel, "channel", channel), "id", id(channel))
+        self._text = ""
+        self._final = False
+        self._wake = asyncio.Event()
+        self.messages: list[discord.Message] = []
+        self.shown: list[str] = []
+        self.task = asyncio.create_task(self._run())
+
+    def update(self, text: str, *, final: bool = False) -> None:
+        self._text = text
+        self._final = final
+        self._wake.set()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not plan_writes(self._text, self.shown, final=self._final):
+                if self._final:
+                    return
+                continue
+            delay = self._pacer.reserve(self._key, self._interval)
+            if self.messages or failures:  # the first message goes at once, the rest in turn
+                await asyncio.sleep(delay)
+            # Everything that arrived while waiting is written at once: that is the coalescing.
+            try:
+                for write in plan_writes(self._text, self.shown, final=self._final):
+                    await asyncio.wait_for(self._apply(write), _REQUEST_TIMEOUT)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                if not _transient(exc) or failures >= _MAX_FAILURES:
+                    raise
+                _log.warning("updating a reply failed (%r); retrying at the next turn", exc)
+            self._wake.set()  # check again: retry a failure, or see that the final text is shown
+
+    async def _apply(self, write: Write) -> None:
+        if write.new:
+            reference = None
+            if self._reference is not None and not self.messages:
+                reference = self._reference.to_reference(fail_if_not_exists=False)
+            message = await self._channel.send(
+                write.content, reference=reference, allowed_mentions=SAFE_MENTIONS
+            )
+            self.messages.append(message)
+            self.shown.append(write.content)
+        else:
+            message = await self.messages[write.index].edit(
+                content=write.content, allowed_mentions=SAFE_MENTIONS
+            )
+            self.messages[write.index] = message
+            self.shown[write.index] = write.content
+
+
+async def _keep_typing(channel: discord.abc.Messageable) -> None:
+    try:
+        async with channel.typing():
+            await asyncio.Event().wait()
+    except discord.HTTPException as exc:  # a missing typing indicator is no reason to fail
+        _log.debug("typing indicator failed: %r", exc)
+
+
+def _with_error(text: str, error_text: str) -> str:
+    if _unclosed(text):
+        text += _CLOSE
+    note = f"*{error_text}*"
+    return f"{text}\n\n{note}" if text.strip() else note
+
+
+async def stream_reply(
+    channel: discord.abc.Messageable,
+    deltas: AsyncIterable[str],
+    *,
+    reference: discord.Message | None = None,
+    interval: float = 1.0,
+    error_text: str = DEFAULT_ERROR_TEXT,
+    timeout: float | None = 300.0,
+    pacer: ChannelPacer = PACER,
+) -> list[discord.Message]:
+    """Stream the text `deltas` into `channel` as a message edited in place; return the messages.
+
+    The typing indicator shows until the first visible delta, which sends the message (replying
+    to `reference` if given). Later deltas are coalesced into edits, at most one per channel per
+    `interval` seconds, shared with other replies in the same channel. The final text is always
+    written; past 2000 characters the reply continues in new messages (see
+    :func:`split_message`). Rate limits only slow the edits down: discord.py waits out a 429, and
+    a failed write is retried at the channel's next turn with the newest text, so no text is lost.
+    Every message allows only :data:`SAFE_MENTIONS`.
+
+    If `deltas` raises (or yields nothing for `timeout` seconds: :class:`asyncio.TimeoutError`),
+    the text so far is kept and ``*error_text*`` is appended, so the user sees that the reply
+    failed; once that is shown, the exception is re-raised for the caller to log. A reply that
+    cannot be written (a non-transient Discord error, or five failed writes in a row) raises the
+    Discord error. An empty generation sends nothing and returns ``[]``. `deltas` is closed
+    (``aclose``) when done. If the caller cancels, the messages stay as they were last written.
+    """
+    writer = _ReplyWriter(channel, reference, interval, pacer)
+    typing = asyncio.create_task(_keep_typing(channel))
+    iterator: AsyncIterator[str] = aiter(deltas)
+    text = ""
+    failure: Exception | None = None
+    try:
+        try:
+            while not writer.task.done():  # a writer that failed ends the reply early
+                try:
+                    delta = await asyncio.wait_for(anext(iterator), timeout)
+                except StopAsyncIteration:
+                    break
+                text += delta
+                if text.strip():
+                    typing.cancel()
+                    writer.update(text)
+        except Exception as exc:
+            failure = exc
+            text = _with_error(text, error_text)
+        finally:
+            typing.cancel()
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        writer.update(text, final=True)
+        await writer.task
+    finally:
+        for task in (writer.task, typing):
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    if failure is not None:
+        raise failure
+    return writer.messages
