@@ -107,6 +107,7 @@ def middleware(server: DiscordServer) -> Any:
             }
             body = {"message": "You are being rate limited.", "retry_after": retry_after,
                     "global": False}
+            server._changed()
             return json_response(body, 429, headers)
         token_free = route.startswith(("/interactions/", "/webhooks/"))
         if not token_free and request.headers.get("Authorization") != f"Bot {server.token}":
@@ -118,6 +119,7 @@ def middleware(server: DiscordServer) -> Any:
         major = next(iter(request.match_info.values()), "")
         remaining, reset_after = _consume(server, (request.method, route, major))
         response.headers.update(_ratelimit_headers(server, bucket, remaining, reset_after))
+        server._changed()  # request counts are state a test may wait on
         return response
 
     return discord_middleware
