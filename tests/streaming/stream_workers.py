@@ -118,3 +118,21 @@ class Continuous(Streamer):
                     stream.close()
             active = [(s, w) for s, w in active if not s.closed]
             time.sleep(0.002)
+
+
+class Fragile(Streamer):
+    """A subclass whose worker() raises while holding a stream whose data is "boom"."""
+
+    def worker(self) -> None:
+        while True:
+            for stream in self.consume(minimum=1, maximum=8):
+                if stream.data == "boom":
+                    raise RuntimeError("fragile worker broke")
+                stream.write(stream.data)
+                stream.close()
+
+
+@genbot.streamer
+def unpicklable_output(streams: list[Stream]) -> None:
+    for stream in streams:
+        stream.write(lambda: None)

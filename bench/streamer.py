@@ -1,0 +1,206 @@
+"""Benchmark of genbot.streaming against a bare multiprocessing.Pipe floor.
+
+Run: ``python bench/streamer.py``. For N = 1, 8, 64 and 512 concurrent callers, each opening one
+stream to one worker process (which consumes up to 64 streams at a time), it prints the time to
+first output (median, p99), the total wall time and the outputs per second, for two loads:
+4 outputs of ~100 bytes per stream, and "token streaming", 64 outputs of ~5 bytes per stream.
+The floor, measured in the same run: one small message per send over a bare
+``multiprocessing.Pipe`` from a worker process to an asyncio reader in the parent (messages per
+second, and round trip). Each figure is also printed as a ratio to the floor. Finally, the time
+from ``kill -9`` of the worker to every open stream having failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import signal
+import statistics
+import sys
+import time
+from multiprocessing.connection import Connection
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+import genbot
+from genbot.streaming import Stream, StreamError
+
+LOADS = {"4 x 100 B": (4, 100), "64 x 5 B (tokens)": (64, 5)}
+SIZES = (1, 8, 64, 512)
+FLOOR_MESSAGES = 200_000
+FLOOR_ROUND_TRIPS = 2_000
+
+
+@genbot.streamer(maximum=64)
+def bench_worker(streams: list[Stream]) -> None:
+    """Writes ``count`` outputs of ``size`` bytes to every stream, one step at a time."""
+    count, size = streams[0].data
+    payload = "x" * size
+    for _ in range(count):
+        for stream in streams:
+            stream.write(payload)
+
+
+def _floor_child(conn: Connection, messages: int) -> None:
+    message = b"x" * 5
+    for _ in range(messages):
+        conn.send_bytes(message)
+    while True:  # then echo round trips until the parent closes
+        try:
+            data = conn.recv_bytes()
+        except EOFError:
+            return
+        conn.send_bytes(data)
+
+
+async def measure_floor() -> tuple[float, float]:
+    """(messages per second one way, median round trip in seconds) over a bare Pipe."""
+    loop = asyncio.get_running_loop()
+    parent, child = multiprocessing.Pipe(duplex=True)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_floor_child, args=(child, FLOOR_MESSAGES), daemon=True
+    )
+    process.start()
+    child.close()
+    received = 0
+    started = 0.0
+    done: asyncio.Future[float] = loop.create_future()
+    reply: asyncio.Future[None] | None = None
+
+    def readable() -> None:
+        nonlocal received, started, reply
+        while parent.poll():  # only what is already there: poll() is a zero-timeout select
+            parent.recv_bytes()
+            if received < FLOOR_MESSAGES:
+                if received == 0:
+                    started = time.perf_counter()
+                received += 1
+                if received == FLOOR_MESSAGES:
+                    done.set_result(time.perf_counter() - started)
+            elif reply is not None and not reply.done():
+                reply.set_result(None)
+
+    loop.add_reader(parent.fileno(), readable)
+    elapsed = await done
+    rates = (FLOOR_MESSAGES - 1) / elapsed
+    trips = []
+    for _ in range(FLOOR_ROUND_TRIPS):
+        reply = loop.create_future()
+        t = time.perf_counter()
+        parent.send_bytes(b"ping!")
+        await reply
+        trips.append(time.perf_counter() - t)
+    loop.remove_reader(parent.fileno())
+    parent.close()
+    process.join(5)
+    return rates, statistics.median(trips)
+
+
+async def one_caller(load: tuple[int, int], t0: float, firsts: list[float]) -> int:
+    n = 0
+    async with bench_worker.stream() as stream:
+        async for _ in stream(load):
+            if n == 0:
+                firsts.append(time.perf_counter() - t0)
+            n += 1
+    return n
+
+
+async def run_round(n: int, load: tuple[int, int]) -> tuple[list[float], float]:
+    firsts: list[float] = []
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*(one_caller(load, t0, firsts) for _ in range(n)))
+    wall = time.perf_counter() - t0
+    assert counts == [load[0]] * n, "lost outputs"
+    return firsts, wall
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def measure_death() -> list[float]:
+    """Seconds from kill -9 of the worker to 8 open streams all having failed."""
+    figures = []
+    for _ in range(3):
+        started = asyncio.Event()
+        seen = 0
+
+        async def reader(started: asyncio.Event = started) -> None:
+            nonlocal seen
+            async with bench_worker.stream() as stream:
+                async for _ in stream((10**9, 5)):
+                    seen += 1
+                    if seen >= 8:
+                        started.set()
+
+        tasks = [asyncio.create_task(reader()) for _ in range(8)]
+        await asyncio.wait_for(started.wait(), 60)
+        killed = time.perf_counter()
+        os.kill(PROCESS.pid, signal.SIGKILL)
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        figures.append(time.perf_counter() - killed)
+        assert all(isinstance(r, StreamError) for r in results)
+        await asyncio.wait_for(warm_up(), 60)  # the restarted worker serves again
+    return figures
+
+
+async def warm_up() -> None:
+    await run_round(8, (4, 100))
+
+
+def repeats(n: int, quick: bool) -> int:
+    return max(1, (4 if quick else 40) // n) if n < 64 else (1 if quick else 3)
+
+
+async def main(quick: bool) -> None:
+    global PROCESS
+    floor_rate, floor_rtt = await measure_floor()
+    print("floor (bare multiprocessing.Pipe -> asyncio reader, one message per send):")
+    print(f"  {floor_rate:,.0f} messages/s one way; round trip {floor_rtt * 1e6:.1f} us (median)")
+    print()
+    PROCESS = bench_worker.start_process(maximum=64, backoff=0.05)
+    try:
+        await asyncio.wait_for(warm_up(), 60)
+        header = (
+            f"{'load':<18} {'N':>4} {'TTFO med':>10} {'TTFO p99':>10} {'wall':>10}"
+            f" {'outputs/s':>11} | {'TTFO/RTT':>9} {'rate/floor':>10}"
+        )
+        print(header)
+        print("-" * len(header))
+        for name, load in LOADS.items():
+            for n in SIZES:
+                firsts: list[float] = []
+                walls = []
+                for _ in range(repeats(n, quick)):
+                    round_firsts, wall = await run_round(n, load)
+                    firsts += round_firsts
+                    walls.append(wall)
+                wall = statistics.median(walls)
+                rate = n * load[0] / wall
+                med = statistics.median(firsts)
+                print(
+                    f"{name:<18} {n:>4} {med * 1e3:>8.2f}ms {p99(firsts) * 1e3:>8.2f}ms"
+                    f" {wall * 1e3:>8.1f}ms {rate:>11,.0f} | {med / floor_rtt:>8.1f}x"
+                    f" {rate / floor_rate:>9.2f}x"
+                )
+        print()
+        deaths = await measure_death()
+        print(
+            "kill -9 of the worker -> 8 open streams failed in "
+            + ", ".join(f"{d * 1e3:.1f} ms" for d in deaths),
+            flush=True,
+        )
+    finally:
+        bench_worker.close()
+
+
+PROCESS: genbot.streaming.WorkerProcess
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    asyncio.run(main(parser.parse_args().quick))
