@@ -15,6 +15,7 @@ async def test_login_ready_and_message(world: World) -> None:
         guild = bot.get_guild(world.guild.id)
         assert guild is not None and guild.get_channel(world.channel.id) is not None
         assert guild.get_member(world.alice.id) is not None
+        assert bot.latency < 5  # the first heartbeat was acknowledged
         incoming = asyncio.ensure_future(bot.next_message())
         await server.send_message(world.channel, world.alice, "hello bot")
         message = await incoming

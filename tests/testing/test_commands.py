@@ -48,6 +48,11 @@ class CommandBot(Recorder):
             except discord.HTTPException as error:
                 self.errors.append(error)
 
+        @self.tree.command(description="Say, then unsay")
+        async def oops(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message("regret")
+            await interaction.delete_original_response()
+
         @self.tree.command(description="Who is it?")
         async def who(interaction: discord.Interaction, user: discord.User) -> None:
             await interaction.response.send_message(f"that is {user.name}")
@@ -66,7 +71,7 @@ async def test_global_sync_and_answers(world: World) -> None:
     bot = CommandBot()
     async with run_bot(bot, server):
         names = {c["name"] for c in server.commands()}
-        assert names == {"ping", "whisper", "slow", "twice", "who"}
+        assert names == {"ping", "whisper", "slow", "twice", "who", "oops"}
         assert server.request_count("PUT", "/applications/{application_id}/commands") == 1
         fetched = await bot.tree.fetch_commands()
         assert {c.name for c in fetched} == names
@@ -85,6 +90,15 @@ async def test_global_sync_and_answers(world: World) -> None:
 
         who = await server.invoke_command(world.channel, world.alice, "who", {"user": world.bob})
         assert (await who.wait_response())["content"] == "that is bob"
+
+        oops = await server.invoke_command(world.channel, world.alice, "oops")
+        assert (await oops.wait_response(index=1))["kind"] == "delete"
+        assert all(m["content"] != "regret" for m in server.messages(world.channel))
+
+        dm = server.create_dm(world.bob)
+        in_dm = await server.invoke_command(dm, world.bob, "ping")
+        assert (await in_dm.wait_response())["content"] == "pong"
+        assert server.bot_messages(dm)[-1]["content"] == "pong"
 
 
 async def test_defer_followups_and_original_edits(world: World) -> None:
