@@ -1,0 +1,137 @@
+"""Turning a channel's messages into the chat messages a language model takes.
+
+Decisions, so that one prompt works with every backend and chat template:
+
+- Roles come from authors: the bot's own messages are ``assistant``, everyone else's ``user``.
+- A user message's content is prefixed with the author's display name (``"alice: hi"``), because
+  most chat templates of local models (SmolLM2's included) drop the ``name`` field, and without
+  the prefix a conversation between several people reads as one anonymous user. ``name`` is set
+  as well, reduced to what OpenAI accepts (``[A-Za-z0-9_-]``, at most 64), and left out when
+  nothing of the display name survives that.
+- Consecutive messages of the same role become one turn, their contents joined by newlines, so
+  roles alternate (templates like Mistral's or Gemma's refuse anything else) and a long reply
+  the bot sent as several Discord messages reads as one reply. ``name`` stays only on a turn
+  written by one person.
+- Mentions show as the names Discord shows (``@alice``, ``#general``, via
+  :attr:`discord.Message.clean_content`); ``@everyone``/``@here`` are defused. Attachments
+  appear as ``[attachment: name]``. Messages left with no text are skipped.
+- The budget (characters and/or tokens of the contents, the system prompt not counted) keeps the
+  newest messages: it stops at the first message, going back in time, that does not fit, so
+  the history it keeps has no holes. A message is never cut, except the newest one alone when
+  it is over the budget by itself: then its end is kept, behind an ellipsis.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+import discord
+
+__all__ = ["ChatMessage", "context_to_messages", "message_text"]
+
+#: ``{"role": "system"|"user"|"assistant", "name"?: str, "content": str}``
+ChatMessage = dict[str, str]
+
+_ELLIPSIS = "\u2026"
+_NAME_INVALID = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def message_text(message: discord.Message) -> str:
+    """What a model sees of one message: its text with mentions as names, and its attachments."""
+    parts = [message.clean_content.strip()]
+    parts += [f"[attachment: {attachment.filename}]" for attachment in message.attachments]
+    return "\n".join(part for part in parts if part)
+
+
+def _api_name(display_name: str) -> str:
+    return _NAME_INVALID.sub("_", display_name).strip("_")[:64]
+
+
+def context_to_messages(
+    messages: Iterable[discord.Message],
+    bot_user: discord.abc.Snowflake,
+    *,
+    system_prompt: str | None = None,
+    max_chars: int | None = 8000,
+    max_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> list[ChatMessage]:
+    """Chat messages for a model from Discord `messages`, oldest first, newest within budget.
+
+    `messages` may come in any order (a :class:`genbot.Context` yields the newest first); they
+    are ordered by id, which is their time. `bot_user` (anything with the bot's ``id``) decides
+    which are the assistant's. `max_chars` bounds the characters of the contents, `max_tokens`
+    their tokens as `count_tokens` counts them; ``None`` leaves that bound off. The system
+    prompt, if given, comes first and is not counted. See the module docstring for the rules.
+    """
+    if max_tokens is not None and count_tokens is None:
+        raise ValueError("max_tokens needs count_tokens")
+    budget = _Budget(max_chars, max_tokens, count_tokens)
+    kept: list[tuple[discord.Message, str]] = []
+    for message in sorted(messages, key=lambda m: m.id, reverse=True):
+        text = message_text(message)
+        if not text:
+            continue
+        if message.author.id != bot_user.id:
+            text = f"{message.author.display_name}: {text}"
+        if not budget.take(text):
+            if not kept and (tail := budget.tail(text)):
+                kept.append((message, tail))
+            break
+        kept.append((message, text))
+    chat: list[ChatMessage] = []
+    if system_prompt:
+        chat.append({"role": "system", "content": system_prompt})
+    authors: list[int] = []
+    for message, text in reversed(kept):
+        role = "assistant" if message.author.id == bot_user.id else "user"
+        if len(chat) > (1 if system_prompt else 0) and chat[-1]["role"] == role:
+            chat[-1]["content"] += "\n" + text
+            if message.author.id != authors[-1]:
+                chat[-1].pop("name", None)
+        else:
+            chat.append({"role": role, "content": text})
+            name = _api_name(message.author.display_name)
+            if role == "user" and name:
+                chat[-1]["name"] = name
+        authors.append(message.author.id)
+    return chat
+
+
+class _Budget:
+    def __init__(
+        self,
+        max_chars: int | None,
+        max_tokens: int | None,
+        count_tokens: Callable[[str], int] | None,
+    ) -> None:
+        self.chars = max_chars
+        self.tokens = max_tokens
+        self.count = count_tokens or len
+
+    def _fits(self, text: str) -> bool:
+        if self.chars is not None and len(text) > self.chars:
+            return False
+        return self.tokens is None or self.count(text) <= self.tokens
+
+    def take(self, text: str) -> bool:
+        """Spend the budget on `text` if it fits in what is left."""
+        if not self._fits(text):
+            return False
+        if self.chars is not None:
+            self.chars -= len(text)
+        if self.tokens is not None:
+            self.tokens -= self.count(text)
+        return True
+
+    def tail(self, text: str) -> str:
+        """The longest end of `text` that fits the whole budget, behind an ellipsis."""
+        low, high = 0, len(text)  # the longest fitting tail length lies in [low, high)
+        while low + 1 < high:
+            middle = (low + high) // 2
+            if self._fits(_ELLIPSIS + text[-middle:]):
+                low = middle
+            else:
+                high = middle
+        return _ELLIPSIS + text[-low:] if low else ""
