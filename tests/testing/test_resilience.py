@@ -131,3 +131,18 @@ async def test_server_restores_discord_endpoints() -> None:
         assert str(discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY) == server.gateway_url
     assert (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY) == (
         base, gateway)
+
+
+async def test_a_clean_close_ends_the_session_and_a_second_bot_can_log_in(world: World) -> None:
+    server = world.server
+    async with run_bot(Recorder(), server):
+        assert server.connected == 1
+    await server.wait_for(lambda: server.connected == 0)
+    with pytest.raises(TimeoutError):  # no live session is left
+        await server.wait_until_ready(timeout=0.05)
+    second = Recorder()
+    async with run_bot(second, server):
+        await server.wait_until_ready()
+        incoming = asyncio.ensure_future(second.next_message())
+        await server.send_message(world.channel, world.bob, "to the second bot")
+        assert (await incoming).content == "to the second bot"

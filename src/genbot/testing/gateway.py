@@ -36,6 +36,11 @@ class Connection:
         self.ws = ws
         self._compressor = zlib.compressobj() if compress == "zlib-stream" else None
         self._lock = asyncio.Lock()
+        self.closed_by_server = False
+
+    async def close(self, code: int, message: bytes) -> None:
+        self.closed_by_server = True
+        await self.ws.close(code=code, message=message)
 
     async def send(self, payload: dict[str, Any]) -> None:
         text = json.dumps(payload, separators=(",", ":"))
@@ -86,10 +91,10 @@ class GatewaySession:
 async def handle_gateway(server: DiscordServer, request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
     await ws.prepare(request)
-    if request.query.get("encoding", "json") != "json":
-        await ws.close(code=DECODE_ERROR, message=b"only encoding=json is supported")
-        return ws
     connection = Connection(ws, request.query.get("compress"))
+    if request.query.get("encoding", "json") != "json":
+        await connection.close(DECODE_ERROR, b"only encoding=json is supported")
+        return ws
     server._connections.add(connection)
     session: GatewaySession | None = None
     try:
@@ -102,17 +107,21 @@ async def handle_gateway(server: DiscordServer, request: web.Request) -> web.Web
                 payload = json.loads(message.data)
                 op, data = payload["op"], payload.get("d")
             except (ValueError, KeyError, TypeError):
-                await ws.close(code=DECODE_ERROR, message=b"Error while decoding payload.")
+                await connection.close(DECODE_ERROR, b"Error while decoding payload.")
                 break
             handler = _HANDLERS.get(op)
             if handler is None:
-                await ws.close(code=UNKNOWN_OPCODE, message=b"Unknown opcode.")
+                await connection.close(UNKNOWN_OPCODE, b"Unknown opcode.")
                 break
             session = await handler(server, connection, session, data)
     finally:
         server._connections.discard(connection)
         if session is not None and session.connection is connection:
             session.connection = None
+            if ws.close_code in (1000, 1001) and not connection.closed_by_server:
+                # As on Discord, a client's clean close ends its session: no RESUME after it.
+                server._sessions.pop(session.id, None)
+                server._ready_sessions.discard(session.id)
         server._changed()
     return ws
 
@@ -128,10 +137,10 @@ async def _identify(
     server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
     if session is not None:
-        await connection.ws.close(code=ALREADY_AUTHENTICATED, message=b"Already authenticated.")
+        await connection.close(ALREADY_AUTHENTICATED, b"Already authenticated.")
         return session
     if data.get("token") != server.token:
-        await connection.ws.close(code=AUTHENTICATION_FAILED, message=b"Authentication failed.")
+        await connection.close(AUTHENTICATION_FAILED, b"Authentication failed.")
         return None
     session = GatewaySession(int(data.get("intents", 0)), data.get("shard"))
     session.connection = connection
@@ -174,7 +183,7 @@ async def _resume(
         await connection.send({"op": INVALID_SESSION, "d": False})
         return session
     if found.connection is not None and found.connection is not connection:
-        await found.connection.ws.close(code=4000)
+        await found.connection.close(4000, b"session resumed elsewhere")
     found.connection = connection
     server.resumes += 1
     for payload in missed:
@@ -188,7 +197,7 @@ async def _request_members(
     server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
     if session is None:
-        await connection.ws.close(code=NOT_AUTHENTICATED, message=b"Not authenticated.")
+        await connection.close(NOT_AUTHENTICATED, b"Not authenticated.")
         return None
     guild = server._guilds.get(int(data["guild_id"]))
     members = [] if guild is None else list(guild.members.values())

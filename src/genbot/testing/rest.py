@@ -29,7 +29,8 @@ __all__ = ["ApiError", "add_routes", "find_command", "interaction_payload", "mid
 PREFIX = "/api/v10"
 MAX_CONTENT = 2000
 EPHEMERAL, LOADING = 1 << 6, 1 << 7
-CHAT_INPUT_COMMAND, THREAD_CREATED, THREAD_STARTER = 20, 18, 21
+CHAT_INPUT_COMMAND, THREAD_CREATED = 20, 18
+GUILDS = 1 << 0
 GUILD_MESSAGE_TYPING, DIRECT_MESSAGE_TYPING = 1 << 11, 1 << 14
 # Interaction callback types.
 CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, DEFERRED_UPDATE, UPDATE_MESSAGE = 4, 5, 6, 7
@@ -429,7 +430,7 @@ async def _open_thread(
     data = thread.to_json() | {
         "newly_created": True, "member": thread.thread_member_json(server.bot_user.id),
     }
-    await server.dispatch("THREAD_CREATE", data, intent=1)
+    await server.dispatch("THREAD_CREATE", data, intent=GUILDS)
     server._changed()
     return json_response(thread.to_json() | {"member": data["member"]}, 201)
 
@@ -487,7 +488,7 @@ async def leave_thread(server: DiscordServer, request: web.Request) -> web.Respo
         await server.dispatch("THREAD_MEMBERS_UPDATE", {
             "id": str(thread.id), "guild_id": str(thread.guild_id),
             "member_count": len(thread.thread_members), "removed_member_ids": [str(member_id)],
-        }, intent=1)
+        }, intent=GUILDS)
     return no_content()
 
 

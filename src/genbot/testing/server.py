@@ -159,7 +159,7 @@ class DiscordServer:
             discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = self._saved
             self._saved = None
         for connection in list(self._connections):
-            await connection.ws.close(code=1001, message=b"server shutting down")
+            await connection.close(1001, b"server shutting down")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -316,6 +316,8 @@ class DiscordServer:
     ) -> dict[str, Any]:
         """Post as `author` and dispatch MESSAGE_CREATE. `mentions_bot` prefixes the bot's
         mention; a reply (`reply_to`: message dict or id) pings the replied-to author."""
+        fake = self.channel(channel)
+        self._check_can_post(fake, author)
         if mentions_bot:
             content = f"<@{self.bot_user.id}> {content}"
         reference = None
@@ -323,11 +325,19 @@ class DiscordServer:
             reference_id = int(reply_to["id"]) if isinstance(reply_to, dict) else int(reply_to)
             reference = {"message_id": str(reference_id)}
         message = self.create_message(
-            self.channel(channel), author, {"content": content, "embeds": embeds or []},
+            fake, author, {"content": content, "embeds": embeds or []},
             reference=reference,
         )
         await self.dispatch_message("MESSAGE_CREATE", message)
         return message
+
+    def _check_can_post(self, channel: FakeChannel, user: FakeUser) -> None:
+        """Catch test mistakes Discord would refuse: posting where the user isn't."""
+        if channel.type == DM:
+            if user not in (channel.recipient, self.bot_user):
+                raise ValueError(f"{user.name} is not in this DM channel")
+        elif user.id not in self._guilds[_guild_id(channel)].members:
+            raise ValueError(f"{user.name} is not a member of the channel's guild")
 
     async def edit_message(
         self, channel: ChannelRef, message_id: int | dict[str, Any], content: str
@@ -393,6 +403,7 @@ class DiscordServer:
         """Invoke the bot's registered slash command `name` as `user` (INTERACTION_CREATE).
         Raises LookupError when the bot registered no such command for that channel."""
         fake = self.channel(channel)
+        self._check_can_post(fake, user)
         guild = self._guilds.get(fake.guild_id) if fake.guild_id is not None else None
         command = rest.find_command(self, guild, name)
         if command is None:
@@ -413,7 +424,7 @@ class DiscordServer:
             self._sessions.clear()
             self._ready_sessions.clear()
         for connection in list(self._connections):
-            await connection.ws.close(code=4000, message=b"dropped by the test")
+            await connection.close(4000, b"dropped by the test")
         self._changed()
 
     # -- shared by REST handlers and the test API ----------------------------------------------
@@ -440,8 +451,9 @@ class DiscordServer:
             "embeds": list(body.get("embeds") or []),
             "attachments": attachments or [],
             "components": list(body.get("components") or []),
-            "nonce": body.get("nonce"),
         }
+        if body.get("nonce") is not None:
+            data["nonce"] = body["nonce"]
         if channel.guild_id is not None:
             data["guild_id"] = str(channel.guild_id)
         referenced = None
