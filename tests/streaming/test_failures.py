@@ -11,7 +11,7 @@ import pytest
 from stream_workers import Fragile, endless, flaky, unpicklable_output
 
 import genbot
-from genbot.streaming import StreamError, WorkerDied
+from genbot.streaming import Stream, StreamError, WorkerDied
 
 
 async def ask(streamer: genbot.Streamer, inputs: object) -> list[object]:
@@ -109,3 +109,32 @@ async def test_kill_9_fails_open_and_waiting_streams_at_once_then_restarts() -> 
     finally:
         endless.close()
     assert not process.is_alive()
+
+
+async def test_without_restart_a_dead_worker_fails_new_streams_at_once() -> None:
+    process = endless.start_process(restart=False)
+    try:
+        async with endless.stream() as stream:
+            async for _ in stream("x"):
+                break
+        process.kill()
+        process.join(10)
+        with pytest.raises(WorkerDied):
+            for _ in range(100):  # bounded: until the death was noticed
+                async with endless.stream() as stream:
+                    pass
+                await asyncio.sleep(0.05)
+    finally:
+        endless.close()
+
+
+def test_a_nested_streamer_function_cannot_be_spawned_and_says_why() -> None:
+    @genbot.streamer
+    def local(streams: list[Stream]) -> None:
+        pass
+
+    with pytest.raises(StreamError, match="module level"):
+        local.start_process()
+    assert not local.started
+    local.start_process(start_method="fork")  # fork needs no pickling
+    local.close()

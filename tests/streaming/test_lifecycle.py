@@ -7,7 +7,7 @@ import multiprocessing
 import threading
 
 import pytest
-from stream_workers import Continuous, Recorder, endless, numbers, pong
+from stream_workers import Continuous, Pairs, Recorder, endless, numbers, pong
 
 import genbot
 from genbot.streaming import StreamError, active_streamers
@@ -217,3 +217,14 @@ async def test_with_block_closes_and_a_closed_streamer_can_start_again() -> None
     with pong:
         pong.start_thread()
         assert await asyncio.wait_for(ask(pong, 2), 10) == ["Pong: 2"]
+
+
+async def test_consume_timeout_returns_fewer_than_minimum() -> None:
+    pairs = Pairs()
+    pairs.start_thread()
+    try:
+        assert await asyncio.wait_for(ask(pairs, "alone"), 10) == [1]
+        both = await asyncio.wait_for(asyncio.gather(ask(pairs, 1), ask(pairs, 2)), 10)
+        assert sorted(both) in ([[1], [1]], [[2], [2]])
+    finally:
+        pairs.close()

@@ -108,6 +108,7 @@ class Hub:
         self._linked = False
         self._restart: asyncio.TimerHandle | None = None
         self.closed = False
+        self.dead: str | None = None  # why, once the worker is dead for good (no restart)
         self._ids = itertools.count(1)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
@@ -152,6 +153,14 @@ class Hub:
         self._link = None
         if link.transport is not None:
             link.transport.abort()
+        self._fail_all(reason)
+        if self.closed:
+            return
+        if self.worker is not None:
+            self.worker.stop(1.0)
+        self._schedule_restart(reason)
+
+    def _fail_all(self, reason: str) -> None:
         with self.lock:
             self._linked = False
             self._outbox.clear()
@@ -161,13 +170,13 @@ class Hub:
                 st._fail_locked(WorkerDied(f"{reason}; stream {st.id} failed")) for st in streams
             ]
         self._wake(wake)
-        if self.closed:
-            return
-        if self.worker is not None:
-            self.worker.stop(1.0)
+
+    def _schedule_restart(self, reason: str) -> None:
         delay = self._restart_delay()
         if delay is None:
             log.error("streamer %s: %s; not restarting", self.name, reason)
+            with self.lock:
+                self.dead = reason
             return
         log.warning("streamer %s: %s; restarting the worker in %.2f s", self.name, reason, delay)
         self._restart = self.loop.call_later(delay, self._start_restart)
@@ -178,8 +187,10 @@ class Hub:
 
     def _restart_done(self, task: asyncio.Task[None]) -> None:
         exc = task.exception()
-        if exc is not None:
-            log.error("streamer %s: restarting the worker failed: %r", self.name, exc)
+        if exc is not None and not self.closed:
+            reason = f"restarting the worker failed: {exc}"
+            self._fail_all(reason)
+            self._schedule_restart(reason)
 
     def close(self) -> None:
         """Fail open streams and drop the connection; the worker sees EOF. Idempotent."""
@@ -293,6 +304,8 @@ class Hub:
         with self.lock:
             if self.closed:
                 raise StreamError(f"streamer {self.name} is closed")
+            if self.dead is not None:
+                raise WorkerDied(f"streamer {self.name}: {self.dead}")
             st.id = next(self._ids)
             self.streams[st.id] = st
             self._send_locked(frames.frame(frames.OPEN, st.id))

@@ -68,24 +68,42 @@ def loads(payload: bytes, what: str) -> Any:
 
 
 class FrameReader:
-    """Splits a byte stream, arriving in arbitrary chunks, into frames."""
+    """Splits a byte stream, arriving in arbitrary chunks, into frames.
+
+    An incomplete frame's chunks are kept in a list and joined once it is complete, so a large
+    payload arriving in many chunks is copied once, not once per chunk.
+    """
 
     def __init__(self) -> None:
-        self._rest = b""
+        self._parts: list[bytes] = []
+        self._have = 0
+        self._need = 0  # bytes needed to complete the frame in _parts
 
     def feed(self, data: bytes) -> list[Frame]:
-        buf = self._rest + data if self._rest else data
+        if self._parts:
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            data = b"".join(self._parts)
+            self._parts.clear()
         frames: list[Frame] = []
         unpack = HEADER.unpack_from
         size = HEADER.size
-        end_of_data = len(buf)
+        end_of_data = len(data)
         pos = 0
         while end_of_data - pos >= size:
-            length, kind, sid = unpack(buf, pos)
+            length, kind, sid = unpack(data, pos)
             end = pos + size + length
             if end > end_of_data:
+                self._need = end - pos
                 break
-            frames.append((kind, sid, buf[pos + size : end]))
+            frames.append((kind, sid, data[pos + size : end]))
             pos = end
-        self._rest = buf[pos:]
+        else:
+            self._need = size
+        if pos < end_of_data:
+            rest = data[pos:]
+            self._parts.append(rest)
+            self._have = len(rest)
         return frames

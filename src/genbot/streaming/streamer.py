@@ -249,7 +249,7 @@ class Streamer:
                 self._worker_side = None
             raise
 
-    def _attach_manual(self, input_timeout: float = 10.0) -> WorkerSide:
+    def _attach_manual(self, input_timeout: float = 5.0) -> WorkerSide:
         ends: list[WorkerEnd] = []
 
         def launch(caller_end: CallerEnd, worker_end: WorkerEnd) -> LaunchedWorker:
@@ -297,7 +297,7 @@ class Streamer:
         restart: bool = True,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
-        input_timeout: float = 10.0,
+        input_timeout: float = 5.0,
     ) -> WorkerProcess:
         """Run the worker in a child process; returns a handle that follows restarts.
 
@@ -345,7 +345,7 @@ class Streamer:
         restart: bool = True,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
-        input_timeout: float = 10.0,
+        input_timeout: float = 5.0,
     ) -> threading.Thread:
         """Run the worker on a daemon thread of this process; returns the (first) thread.
 
@@ -487,10 +487,6 @@ class FunctionStreamer(Streamer):
         if module is not None and getattr(module, self.__qualname__, None) is self:
             return self.__qualname__
         return (FunctionStreamer, (self.fn, self.minimum, self.maximum))
-
-    def __call__(self, streams: list[Stream]) -> Any:
-        """Call the batch function directly (e.g. in a test)."""
-        return self.fn(streams)
 
 
 def streamer(
