@@ -119,7 +119,8 @@ async def handle_gateway(server: DiscordServer, request: web.Request) -> web.Web
         if session is not None and session.connection is connection:
             session.connection = None
             if ws.close_code in (1000, 1001) and not connection.closed_by_server:
-                # As on Discord, a client's clean close ends its session: no RESUME after it.
+                # As on Discord, a clean close (1000/1001) ends the session: no RESUME after it.
+                # (discord.py's close() races its reader and usually sends 4000: resumable.)
                 server._sessions.pop(session.id, None)
                 server._ready_sessions.discard(session.id)
         server._changed()

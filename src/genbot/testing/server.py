@@ -186,8 +186,14 @@ class DiscordServer:
                 await asyncio.wait_for(change.wait(), remaining)
 
     async def wait_until_ready(self, timeout: float = 5.0) -> None:
-        """Wait until a client has identified and received its READY and GUILD_CREATEs."""
-        await self.wait_for(lambda: bool(self._ready_sessions), timeout=timeout)
+        """Wait until a connected client has identified and received READY and GUILD_CREATEs."""
+        await self.wait_for(self._has_ready_session, timeout=timeout)
+
+    def _has_ready_session(self) -> bool:
+        return any(
+            self._sessions[s].connection is not None
+            for s in self._ready_sessions if s in self._sessions
+        )
 
     @property
     def connected(self) -> int:
