@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable
@@ -197,10 +196,10 @@ class Genbot(discord.Client):
         await self._close_streamers()
 
     async def _close_streamers(self) -> None:
-        try:
-            from genbot.streaming import active_streamers
-        except ImportError:  # only while genbot.streaming (issue 3) has not landed
-            return
+        from genbot.streaming import active_streamers
+
         for streamer in active_streamers():
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(asyncio.to_thread(streamer.close), self.shutdown_timeout)
+            except Exception:
+                _log.exception("closing %r failed", streamer)
