@@ -69,6 +69,7 @@ class GatewaySession:
         self.seq = 0
         self.events: deque[dict[str, Any]] = deque(maxlen=REPLAY_LIMIT)
         self.connection: Connection | None = None
+        self.ready = False  # READY and every GUILD_CREATE went out
 
     def wants(self, intent: int) -> bool:
         return bool(self.intents & intent)
@@ -122,7 +123,6 @@ async def handle_gateway(server: DiscordServer, request: web.Request) -> web.Web
                 # As on Discord, a clean close (1000/1001) ends the session: no RESUME after it.
                 # (discord.py's close() races its reader and usually sends 4000: resumable.)
                 server._sessions.pop(session.id, None)
-                server._ready_sessions.discard(session.id)
         server._changed()
     return ws
 
@@ -168,7 +168,7 @@ async def _identify(
     await session.dispatch("READY", ready)
     for guild in guilds:
         await session.dispatch("GUILD_CREATE", guild.to_json(server.bot_user.id))
-    server._ready_sessions.add(session.id)
+    session.ready = True
     server._changed()
     return session
 

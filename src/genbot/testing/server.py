@@ -116,7 +116,6 @@ class DiscordServer:
         self._rate_limits: dict[tuple[str, str], list[float]] = {}
         self._buckets: dict[tuple[str, str, str], tuple[float, int]] = {}
         self._sessions: dict[str, gateway.GatewaySession] = {}
-        self._ready_sessions: set[str] = set()
         self._connections: set[gateway.Connection] = set()
         self._identified_intents: int | None = None
         self._change = asyncio.Event()
@@ -190,10 +189,7 @@ class DiscordServer:
         await self.wait_for(self._has_ready_session, timeout=timeout)
 
     def _has_ready_session(self) -> bool:
-        return any(
-            self._sessions[s].connection is not None
-            for s in self._ready_sessions if s in self._sessions
-        )
+        return any(s.ready and s.connection is not None for s in self._sessions.values())
 
     @property
     def connected(self) -> int:
@@ -428,7 +424,6 @@ class DiscordServer:
         are forgotten first, so the RESUME is answered INVALID_SESSION and they identify anew."""
         if not resumable:
             self._sessions.clear()
-            self._ready_sessions.clear()
         for connection in list(self._connections):
             await connection.close(4000, b"dropped by the test")
         self._changed()
