@@ -146,3 +146,14 @@ async def test_a_clean_close_ends_the_session_and_a_second_bot_can_log_in(world:
         incoming = asyncio.ensure_future(second.next_message())
         await server.send_message(world.channel, world.bob, "to the second bot")
         assert (await incoming).content == "to the second bot"
+
+
+async def test_privileged_intents_must_be_enabled_for_the_application() -> None:
+    async with DiscordServer(privileged_intents=False) as server:
+        bot = Recorder()  # asks for message_content and members
+        with pytest.raises(discord.PrivilegedIntentsRequired):
+            await asyncio.wait_for(bot.start(server.token), 10)
+        await bot.close()
+        plain = Recorder(intents=discord.Intents.default())
+        async with run_bot(plain, server):
+            assert plain.is_ready()

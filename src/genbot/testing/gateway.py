@@ -22,7 +22,8 @@ DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE, RESUME, RECONNECT = 0, 1, 2, 3, 6, 7
 REQUEST_MEMBERS, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 8, 9, 10, 11
 # Close codes, as Discord sends them.
 UNKNOWN_OPCODE, DECODE_ERROR, NOT_AUTHENTICATED, AUTHENTICATION_FAILED = 4001, 4002, 4003, 4004
-ALREADY_AUTHENTICATED = 4005
+ALREADY_AUTHENTICATED, DISALLOWED_INTENTS = 4005, 4014
+PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)  # members, presences, message content
 # How many past events a session keeps for RESUME; an older sequence is answered INVALID_SESSION.
 REPLAY_LIMIT = 1000
 
@@ -143,7 +144,11 @@ async def _identify(
     if data.get("token") != server.token:
         await connection.close(AUTHENTICATION_FAILED, b"Authentication failed.")
         return None
-    session = GatewaySession(int(data.get("intents", 0)), data.get("shard"))
+    intents = int(data.get("intents", 0))
+    if intents & PRIVILEGED_INTENTS and not server.privileged_intents:
+        await connection.close(DISALLOWED_INTENTS, b"Disallowed intent(s).")
+        return None
+    session = GatewaySession(intents, data.get("shard"))
     session.connection = connection
     server._sessions[session.id] = session
     server._identified_intents = session.intents

@@ -92,12 +92,16 @@ class DiscordServer:
         heartbeat_interval: float = 41.25,
         ratelimit_limit: int = 50,
         ratelimit_window: float = 1.0,
+        privileged_intents: bool = True,
     ) -> None:
         self.snowflakes = Snowflakes()
         self.token = secrets.token_urlsafe(24)
         self.application_id = self.snowflakes.next()
-        # GATEWAY_MESSAGE_CONTENT | GATEWAY_GUILD_MEMBERS (the "limited" variants), as in the portal
-        self.application_flags = (1 << 19) | (1 << 15)
+        # The portal's switches for the privileged intents (members, presences, message content);
+        # when off, an IDENTIFY asking for one is closed with 4014, as on Discord.
+        self.privileged_intents = privileged_intents
+        # GATEWAY_MESSAGE_CONTENT_LIMITED | GATEWAY_GUILD_MEMBERS_LIMITED | ..._PRESENCE_LIMITED
+        self.application_flags = (1 << 19) | (1 << 15) | (1 << 13) if privileged_intents else 0
         self.bot_user = FakeUser(self.application_id, bot_name, bot=True)
         self.heartbeat_interval = heartbeat_interval
         self.ratelimit_limit = ratelimit_limit
