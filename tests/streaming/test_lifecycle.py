@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import textwrap
 import threading
 
 import pytest
@@ -101,7 +102,7 @@ async def test_leaving_the_block_early_frees_the_slot() -> None:
 
 async def test_inputs_not_sent_in_time_release_the_slot() -> None:
     recorder = Recorder()
-    recorder.start_thread(input_timeout=0.2)
+    recorder.start_thread(input_timeout=0.5)
     try:
         async with recorder.stream() as slow:
             # the slow caller holds its turn without sending: the next caller gets the slot
@@ -228,3 +229,20 @@ async def test_consume_timeout_returns_fewer_than_minimum() -> None:
         assert sorted(both) in ([[1], [1]], [[2], [2]])
     finally:
         pairs.close()
+
+
+async def test_the_documented_continuous_batching_example() -> None:
+    import genbot.streaming
+
+    code = genbot.streaming.__doc__.split("::\n", 1)[1]
+    namespace: dict[str, object] = {}
+    exec(textwrap.dedent(code), namespace)
+    generator = namespace["Generator"](capacity=4, steps=16)
+    ask = namespace["ask"]
+    generator.start_thread()
+    try:
+        prompts = [f"p{i}" for i in range(10)]
+        results = await asyncio.wait_for(asyncio.gather(*(ask(generator, p) for p in prompts)), 30)
+    finally:
+        generator.close()
+    assert results == [[f"{p}:{i}" for i in range(16)] for p in prompts]

@@ -1,6 +1,39 @@
 """Streaming: asynchronous callers batched into one worker, outputs streamed back in real time.
 
 See :mod:`genbot.streaming.streamer` for how a stream goes and the design choices.
+
+Continuous batching: a generation loop takes the streams that arrived between its decoding
+steps (``consume(minimum=0)`` returns at once), and blocks only while it has nothing to do::
+
+    import time
+
+    import genbot
+
+    class Generator(genbot.Streamer):
+        def __init__(self, capacity=8, steps=16):
+            self.capacity = capacity
+            self.steps = steps
+
+        def worker(self):
+            active = {}  # stream -> tokens written so far
+            while True:
+                free = self.capacity - len(active)
+                for stream in self.consume(minimum=0 if active else 1, maximum=free):
+                    active[stream] = 0
+                time.sleep(0.001)  # one decoding step for the whole batch
+                for stream in list(active):
+                    if stream.closed:  # the caller went away
+                        del active[stream]
+                        continue
+                    stream.write(f"{stream.data}:{active[stream]}")
+                    active[stream] += 1
+                    if active[stream] == self.steps:
+                        stream.close()
+                        del active[stream]
+
+    async def ask(generator, prompt):
+        async with generator.stream() as stream:
+            return [token async for token in stream(prompt)]
 """
 
 from genbot.streaming.client import CallerStream, StreamSlot

@@ -322,7 +322,8 @@ class CallerStream:
     def __init__(self, hub: Hub) -> None:
         self.id = 0
         self._hub = hub
-        self._buffer: deque[bytes] = deque()
+        self._buffer: deque[bytes] = deque()  # filled by the hub
+        self._taken: deque[bytes] = deque()  # the caller's, emptied without the lock
         self._granted = False
         self._ended = False
         self._error: StreamError | None = None
@@ -360,36 +361,37 @@ class CallerStream:
 
     # -- outputs ---------------------------------------------------------------------------
 
-    def _take_locked(self) -> tuple[bool, bytes | None]:
-        """(done, payload): an output if buffered; (True, None) at the end; raise on error."""
+    def _take_locked(self) -> bool:
+        """Move buffered outputs to the caller's own deque; False at the end; raise on error."""
         if self._buffer:
-            return False, self._buffer.popleft()
+            self._taken, self._buffer = self._buffer, self._taken
+            return True
         if self._error is not None:
             raise self._error
         if self._ended:
-            return True, None
+            return False
         if self._closed:
             raise StreamError(f"stream {self.id} is closed")
         if not self._sent:
             raise StreamError(f"stream {self.id}: send the inputs first: `stream(inputs)`")
-        return False, None
+        return True
 
     def __aiter__(self) -> CallerStream:
         return self
 
     async def __anext__(self) -> Any:
+        # Outputs are taken from the shared buffer in bulk, so the lock is held once per wake-up.
         lock = self._hub.lock
-        while True:
+        while not self._taken:
             with lock:
-                done, payload = self._take_locked()
-                if done:
+                if not self._take_locked():
                     raise StopAsyncIteration
-                if payload is None:
+                if not self._taken:
                     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                     self._waiter = future
-            if payload is not None:
-                return frames.loads(payload, "output")
-            await future
+            if not self._taken:
+                await future
+        return frames.loads(self._taken.popleft(), "output")
 
     def __iter__(self) -> CallerStream:
         _refuse_on_loop("for out in stream(inputs)", "async for out in stream(inputs)")
@@ -397,17 +399,16 @@ class CallerStream:
 
     def __next__(self) -> Any:
         lock = self._hub.lock
-        while True:
+        while not self._taken:
             with lock:
-                done, payload = self._take_locked()
-                if done:
+                if not self._take_locked():
                     raise StopIteration
-                if payload is None:
+                if not self._taken:
                     event = threading.Event()
                     self._waiter = event
-            if payload is not None:
-                return frames.loads(payload, "output")
-            event.wait()
+            if not self._taken:
+                event.wait()
+        return frames.loads(self._taken.popleft(), "output")
 
     # -- turn and closing ------------------------------------------------------------------
 

@@ -237,7 +237,8 @@ class Streamer:
         """Wait for at least ``minimum`` streams whose inputs arrived; return up to ``maximum``.
 
         Called in the worker. ``minimum=0`` returns at once with what is ready (continuous
-        batching: call it between decoding steps). ``timeout`` (seconds) bounds the wait; when it
+        batching: call it between decoding steps, with ``maximum`` the free capacity, which may
+        be 0). ``timeout`` (seconds) bounds the wait; when it
         passes, fewer than ``minimum`` streams (maybe none) are returned. Once the streamer is
         closed it raises :class:`~genbot.streaming.errors.WorkerExit`, which ends the worker.
         """

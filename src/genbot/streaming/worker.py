@@ -183,10 +183,8 @@ class WorkerSide:
     # -- consume ---------------------------------------------------------------------------
 
     def consume(self, minimum: int, maximum: int, timeout: float | None) -> list[Stream]:
-        if maximum < 1 or not 0 <= minimum <= maximum:
-            raise ValueError(
-                f"need 0 <= minimum <= maximum and maximum >= 1, got {minimum}, {maximum}"
-            )
+        if not 0 <= minimum <= maximum:
+            raise ValueError(f"need 0 <= minimum <= maximum, got {minimum} and {maximum}")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
             while True:
