@@ -17,6 +17,19 @@ How a stream goes (see also :mod:`genbot.streaming.worker`):
    stream ends when the worker closes it. A caller leaving early (``async with`` left, task
    cancelled) closes the stream: the worker sees ``stream.closed`` and its writes are dropped.
 
+Failures: every failure a caller sees is a :class:`StreamError`. An exception in the worker
+reaches the callers of the streams it held, with the worker's traceback text, and the worker
+goes on. A dead worker (killed, crashed; :class:`WorkerDied`) fails every open and waiting
+stream as soon as its process's sentinel or its connection tells, and is restarted after a
+back-off (0.5 s, doubling per quick death up to 30 s). Unpicklable inputs or outputs fail where
+they are sent. ``close()`` fails what is open; a worker that does not exit within its ``timeout``
+(5 s) after seeing EOF is terminated, then killed.
+
+Caller side: a started streamer runs one small thread with its own asyncio loop that owns the
+connection to the worker (see :mod:`genbot.streaming.client`); callers on any event loop, or on
+plain threads with the synchronous forms, wait for it without polling. Outputs are buffered
+without bound for a caller that reads slower than the worker writes.
+
 Start method: ``start_process()`` uses ``spawn`` by default: it is safe with threads (the caller
 side runs one) and with CUDA, and it is what a model holding a GPU needs. The worker process
 then imports the streamer's module afresh, so scripts must keep their start-up code under
@@ -285,6 +298,8 @@ class Streamer:
             hub.connect()
         except BaseException:
             hub.close()
+            if hub.worker is not None:
+                hub.worker.stop(1.0)
             hub.stop()
             raise
         self._hub = hub
