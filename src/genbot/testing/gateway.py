@@ -31,7 +31,8 @@ REPLAY_LIMIT = 1000
 class Connection:
     """A gateway websocket, sending JSON as text or through the transport compression the client
     asked for in the URL (``compress=zlib-stream``: one zlib stream, each payload ending in a
-    sync flush, which is what discord.py requests when zstd is unavailable)."""
+    sync flush, which is what discord.py requests when zstd is unavailable). Any other value
+    (``zstd-stream``) gets plain text frames, which discord.py reads just as well."""
 
     def __init__(self, ws: web.WebSocketResponse, compress: str | None) -> None:
         self.ws = ws

@@ -82,7 +82,14 @@ class DiscordServer:
 
     Entering starts the server and points discord.py at it (``discord.http.Route.BASE`` and
     ``discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY``); exiting closes every connection and
-    restores both. One bot user (`bot_user`, `token`) is a member of every guild.
+    restores both. One bot user (`bot_user`, `token`) is a member of every guild. Only one
+    server may be entered at a time (the endpoints are process-wide).
+
+    `ratelimit_limit` requests per `ratelimit_window` seconds per route and major parameter
+    are announced in the X-RateLimit headers (discord.py waits when Remaining hits 0; Discord's
+    own message limit is about 5 per 5 s). `privileged_intents=False` is the developer portal
+    with the members, presences and message-content switches off. `heartbeat_interval` is in
+    seconds, as HELLO announces it.
     """
 
     def __init__(
@@ -142,6 +149,7 @@ class DiscordServer:
 
     async def __aenter__(self) -> DiscordServer:
         app = web.Application(middlewares=[rest.middleware(self)], client_max_size=64 * 2**20)
+
         async def handle_gateway(request: web.Request) -> web.StreamResponse:
             return await gateway.handle_gateway(self, request)
 
