@@ -94,6 +94,7 @@ class GatewaySession:
 async def handle_gateway(server: DiscordServer, request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
     await ws.prepare(request)
+    server.gateway_queries.append(dict(request.query))
     connection = Connection(ws, request.query.get("compress"))
     if request.query.get("encoding", "json") != "json":
         await connection.close(DECODE_ERROR, b"only encoding=json is supported")

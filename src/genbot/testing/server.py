@@ -115,6 +115,8 @@ class DiscordServer:
         self.ratelimit_window = ratelimit_window
         self.unhandled_requests: list[tuple[str, str]] = []
         self.resumes = 0
+        # The query of each gateway connection, oldest first (v, encoding, compress).
+        self.gateway_queries: list[dict[str, str]] = []
         self.port = 0
         self._users: dict[int, FakeUser] = {self.bot_user.id: self.bot_user}
         self._guilds: dict[int, FakeGuild] = {}
