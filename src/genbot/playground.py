@@ -1,0 +1,195 @@
+"""The offline playground: chat with a bot in the terminal, with no Discord at all.
+
+:func:`run_playground` starts the loopback server (:mod:`genbot.testing`) with a guild, its
+``#general`` channel and a user, runs the bot against it, and lets you talk to the bot in a DM as
+that user. Typed lines are sent as messages; ``/name [text]`` invokes the bot's slash command
+``name`` (``text`` fills its first option, e.g. ``/thread my topic``).
+
+- On a terminal it is a live chat: the bot's messages, edits and typing show as they happen.
+- Otherwise (``echo hello | genbot playground``) it sends each input line, waits until the bot
+  has finished answering it (at most ``reply_timeout`` seconds), prints the final state of what
+  the bot posted, and exits at the end of input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+import discord
+
+from genbot.bot import Genbot
+from genbot.gatekeep import gatekeep
+from genbot.testing import DiscordServer, FakeChannel, FakeUser
+
+__all__ = ["EchoBot", "playground", "run_playground"]
+
+
+class EchoBot(Genbot):
+    """The built-in bot: answers every message with ``echo: <its text>``."""
+
+    @gatekeep
+    async def attend(self, channel: discord.abc.Messageable) -> None:
+        assert self.user is not None
+        unanswered: list[discord.Message] = []
+        async for msg in (ctx := self.context(channel, limit=16)):
+            if msg.author.id == self.user.id:
+                break
+            unanswered.append(msg)
+        for msg in reversed(unanswered):
+            async with channel.typing():
+                await channel.send(f"echo: {msg.content}")
+        if not await ctx.current():
+            self.attend(channel, force=True)
+
+
+class _Printer:
+    """Prints what changed in the bot's side of the chat since the last call."""
+
+    def __init__(self, server: DiscordServer, channel: FakeChannel, out: TextIO) -> None:
+        self.server, self.channel, self.out = server, channel, out
+        self.name = server.bot_user.name
+        self.shown: dict[str, str] = {}  # message id -> content printed
+        self.typing = len(server.typing_events(channel))
+
+    def say(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def flush(self, *, show_typing: bool) -> None:
+        typing = len(self.server.typing_events(self.channel))
+        new_typing, self.typing = typing > self.typing, typing
+        posted = False
+        for message in self.server.bot_messages(self.channel):
+            before = self.shown.get(message["id"])
+            if before == message["content"]:
+                continue
+            edited = " (edited)" if before is not None else ""
+            self.say(f"{self.name}{edited}: {message['content']}")
+            self.shown[message["id"]] = message["content"]
+            posted = True
+        if show_typing and new_typing and not posted:
+            self.say(f"({self.name} is typing...)")
+
+    def snapshot(self) -> tuple[int, tuple[tuple[str, str], ...]]:
+        messages = self.server.bot_messages(self.channel)
+        return (len(self.server.typing_events(self.channel)),
+                tuple((m["id"], m["content"]) for m in messages))
+
+    async def follow(self) -> None:
+        """Print live (terminal mode) until cancelled."""
+        while True:
+            last = self.snapshot()
+            try:
+                await self.server.wait_for(lambda last=last: self.snapshot() != last, timeout=3600)
+            except TimeoutError:
+                continue
+            self.flush(show_typing=True)
+
+
+async def _settle(bot: Genbot, processed: Awaitable[Any], timeout: float) -> None:
+    """Wait until the bot has seen the input and every attend it started is over."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    await asyncio.wait_for(processed, timeout)
+    while tasks := bot.attending():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise TimeoutError(f"the bot was still answering after {timeout} s")
+        await asyncio.wait(tasks, timeout=remaining)
+
+
+async def _send_line(server: DiscordServer, bot: Genbot, dm: FakeChannel, user: FakeUser,
+                     line: str, printer: _Printer, timeout: float) -> None:
+    name, _, text = line[1:].partition(" ")
+    if line.startswith("/") and any(c["name"] == name for c in server.commands()):
+        command = next(c for c in server.commands() if c["name"] == name)
+        options = command.get("options") or []
+        values = {options[0]["name"]: text} if options and text else {}
+        interaction = await server.invoke_command(dm, user, name, values)
+        response = await interaction.wait_response(timeout=timeout)
+        if response["ephemeral"]:
+            printer.say(f"{printer.name} (only you can see this): {response['content']}")
+        await _settle(bot, asyncio.sleep(0), timeout)
+        return
+    processed = asyncio.ensure_future(bot.wait_for(
+        "message", check=lambda m: m.author.id == user.id and m.channel.id == dm.id))
+    await server.send_message(dm, user, line)
+    await _settle(bot, processed, timeout)
+
+
+async def playground(
+    bot_factory: Callable[[], Genbot] | None = None,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    user_name: str = "you",
+    reply_timeout: float = 120.0,
+) -> int:
+    """The coroutine behind :func:`run_playground`."""
+    stdin = stdin or sys.stdin
+    out = stdout or sys.stdout
+    interactive = stdin.isatty()
+    async with DiscordServer() as server:
+        user = server.create_user(user_name)
+        guild = server.create_guild("Playground", owner=user)
+        server.create_channel(guild, "general")
+        dm = server.create_dm(user)
+        bot = (bot_factory or EchoBot)()
+        runner = asyncio.create_task(bot.start(server.token), name="genbot playground bot")
+        printer = _Printer(server, dm, out)
+        follower = asyncio.create_task(printer.follow()) if interactive else None
+        try:
+            ready = asyncio.create_task(server.wait_until_ready(timeout=30))
+            await asyncio.wait({ready, runner}, return_when=asyncio.FIRST_COMPLETED)
+            if runner.done():
+                ready.cancel()
+                runner.result()
+                return 1
+            ready.result()
+            if interactive:
+                printer.say(f"Chatting with {printer.name} in a DM as {user_name}. "
+                            "Ctrl-D quits; /reset, /ping and the bot's other commands work.")
+            while not runner.done():
+                if interactive:
+                    out.write(f"{user_name}> ")
+                    out.flush()
+                line = await asyncio.to_thread(stdin.readline)
+                if not line:
+                    break
+                line = line.rstrip("\n")
+                if not line.strip():
+                    continue
+                if not interactive:
+                    printer.say(f"{user_name}: {line}")
+                await _send_line(server, bot, dm, user, line, printer, reply_timeout)
+                printer.flush(show_typing=interactive)
+        finally:
+            if follower is not None:
+                follower.cancel()
+            await bot.close()
+            await asyncio.wait_for(runner, reply_timeout)
+        printer.flush(show_typing=False)
+    return 0
+
+
+def run_playground(
+    bot_factory: Callable[[], Genbot] | None = None,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    user_name: str = "you",
+    reply_timeout: float = 120.0,
+) -> int:
+    """Chat with ``bot_factory()`` (default: :class:`EchoBot`) offline; returns the exit status.
+
+    ``bot_factory`` is any zero-argument callable returning a :class:`Genbot`, e.g. the class.
+    """
+    return asyncio.run(playground(bot_factory, stdin=stdin, stdout=stdout, user_name=user_name,
+                                  reply_timeout=reply_timeout))
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_playground())

@@ -1,0 +1,93 @@
+"""The offline playground: scripted (stdin not a terminal) and interactive (a pseudo-terminal)."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+import genbot
+from genbot.playground import run_playground
+
+
+def test_scripted_chat_with_the_echo_bot() -> None:
+    out = io.StringIO()
+    script = "hello\n\n!not for the bot\n/ping\nhow are you\n/reset\n/nosuchcommand\n"
+    assert run_playground(stdin=io.StringIO(script), stdout=out, user_name="tester") == 0
+    lines = out.getvalue().splitlines()
+    assert lines[:3] == ["tester: hello", "genbot: echo: hello", "tester: !not for the bot"]
+    assert lines[3] == "tester: /ping" and lines[4].startswith("genbot: Pong!")
+    assert lines[5:] == [
+        "tester: how are you", "genbot: echo: how are you",
+        "tester: /reset", "genbot: \u2014 context reset \u2014",
+        "tester: /nosuchcommand", "genbot: echo: /nosuchcommand",
+    ]
+
+
+class Editor(genbot.Genbot):
+    """Posts a placeholder, then edits it into the answer; refuses /shutdown to the user."""
+
+    async def attend(self, channel: Any) -> None:
+        async for msg in self.context(channel, limit=1):
+            placeholder = await channel.send("thinking...")
+            await placeholder.edit(content=f"answer to {msg.content}")
+
+
+def test_custom_bot_final_text_is_printed_once() -> None:
+    out = io.StringIO()
+    assert run_playground(Editor, stdin=io.StringIO("question\n/shutdown\n"), stdout=out) == 0
+    assert out.getvalue().splitlines() == [
+        "you: question", "genbot: answer to question",
+        "you: /shutdown", "genbot (only you can see this): Only the bot's admins can shut it down.",
+    ]
+
+
+def test_echo_hello_piped_into_the_module_exits_0() -> None:
+    done = subprocess.run([sys.executable, "-m", "genbot.playground"], input="hello\n",
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "genbot: echo: hello" in done.stdout.splitlines()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs a pseudo-terminal")
+def test_interactive_terminal_shows_typing_and_replies() -> None:
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the playground on a terminal
+        os.execv(sys.executable, [sys.executable, "-m", "genbot.playground"])
+    seen = b""
+
+    def read_until(text: bytes, timeout: float = 30) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while text not in seen:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"{text!r} not shown; got {seen!r}"
+            if select.select([fd], [], [], remaining)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+
+    status = None
+    try:
+        read_until(b"you> ")
+        os.write(fd, b"hi there\n")
+        read_until(b"genbot: echo: hi there")
+        assert b"(genbot is typing...)" in seen
+        os.write(fd, b"\x04")  # Ctrl-D: end of input
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+        if status is None:  # failed midway: do not leave the child behind
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
