@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
+import discord
 from loopback_world import Recorder, World
 
 from genbot.testing import run_bot
@@ -16,9 +17,9 @@ async def test_login_ready_and_message(world: World) -> None:
         assert guild is not None and guild.get_channel(world.channel.id) is not None
         assert guild.get_member(world.alice.id) is not None
         assert bot.latency < 5  # the first heartbeat was acknowledged
-        # discord.py (without zstd installed) asks for zlib-stream transport compression.
-        assert server.gateway_queries == [
-            {"v": "10", "encoding": "json", "compress": "zlib-stream"}]
+        # discord.py asks for transport compression: zlib-stream, or zstd-stream where available.
+        asked = discord.utils._ActiveDecompressionContext.COMPRESSION_TYPE
+        assert server.gateway_queries == [{"v": "10", "encoding": "json", "compress": asked}]
         incoming = asyncio.ensure_future(bot.next_message())
         await server.send_message(world.channel, world.alice, "hello bot")
         message = await incoming
