@@ -172,6 +172,12 @@ class Genbot(discord.Client):
             _log.exception("on_error failed while handling an error in %s", event)
 
     # -- shutdown --------------------------------------------------------------------------------
+    def clear(self) -> None:
+        """discord.py's "re-open after close": attends may start again."""
+        super().clear()
+        self._shutdown = None
+        self.message_cache.invalidate()
+
     async def close(self) -> None:
         """Graceful: no new attends; running ones get ``shutdown_timeout`` seconds, then are
         cancelled; active streamers are closed; then discord.py closes the connection."""

@@ -1,12 +1,16 @@
 """The context window: what the bot sees of a channel, newest first, and the cache behind it.
 
-:class:`MessageCache` keeps, per channel, a *contiguous suffix* of the channel's history: every
-message from some point up to the newest one. Gateway events keep it exact (create, edit,
-delete, bulk delete); older messages are fetched with REST ``history(before=...)`` only when a
-context reads past the cached suffix. So an active channel costs no REST request in the steady
-state and edits and deletions show at once. A new gateway session (a fresh READY after a
-reconnect that could not RESUME) may have missed events, so it drops every suffix; the next
-read refills from the newest message. A RESUME replays missed events and keeps the cache.
+:class:`MessageCache` keeps, per channel read so far, a *contiguous suffix* of the channel's
+history: every message from some point up to the newest one. The first read of a channel fetches
+its newest page with REST; from then on gateway events keep it exact (create, edit, delete, bulk
+delete), and older messages are fetched with ``history(before=...)`` only when a context reads
+past the cached suffix. So an active channel costs no REST request in the steady state and edits
+and deletions show at once. Memory is bounded: ``max_messages`` per channel (the oldest are
+dropped, to be fetched again if needed), ``max_channels`` channels (least recently used go).
+
+A new gateway session (a fresh READY after a reconnect that could not RESUME) may have missed
+events, so it drops every suffix; the next read refills from the newest message. A RESUME
+replays missed events and keeps the cache.
 
 ``/reset`` is a visible message in the channel: the bot posts :data:`RESET_MARKER` (as the
 command's response) and a context stops at the newest message that is exactly that text and
@@ -108,7 +112,7 @@ class _History:
 class MessageCache:
     """Per-channel message cache fed by gateway events (see the module docstring)."""
 
-    def __init__(self, *, max_messages: int = 1000, max_channels: int = 1000) -> None:
+    def __init__(self, *, max_messages: int = 500, max_channels: int = 500) -> None:
         self.max_messages = max_messages
         self.max_channels = max_channels
         self._history: OrderedDict[int, _History] = OrderedDict()
@@ -128,10 +132,10 @@ class MessageCache:
 
     # -- gateway feed ------------------------------------------------------------------------
     def on_create(self, message: discord.Message) -> None:
-        h = self._touch(message.channel.id, create=True)
-        assert h is not None
-        h.put(message)
-        h.trim(self.max_messages)
+        h = self._touch(message.channel.id, create=False)
+        if h is not None:  # channels nobody read yet cost nothing: the first read fetches
+            h.put(message)
+            h.trim(self.max_messages)
 
     def on_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
         h = self._history.get(payload.channel_id)
