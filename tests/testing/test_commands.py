@@ -57,6 +57,14 @@ class CommandBot(Recorder):
         async def who(interaction: discord.Interaction, user: discord.User) -> None:
             await interaction.response.send_message(f"that is {user.name}")
 
+        settings = app_commands.Group(name="settings", description="Settings")
+
+        @settings.command(name="set", description="Set a value")
+        async def set_value(interaction: discord.Interaction, key: str, value: int) -> None:
+            await interaction.response.send_message(f"{key}={value + 1}")
+
+        self.tree.add_command(settings)
+
     async def setup_hook(self) -> None:
         if self.guild_id is None:
             await self.tree.sync()
@@ -71,7 +79,7 @@ async def test_global_sync_and_answers(world: World) -> None:
     bot = CommandBot()
     async with run_bot(bot, server):
         names = {c["name"] for c in server.commands()}
-        assert names == {"ping", "whisper", "slow", "twice", "who", "oops"}
+        assert names == {"ping", "whisper", "slow", "twice", "who", "oops", "settings"}
         assert server.request_count("PUT", "/applications/{application_id}/commands") == 1
         fetched = await bot.tree.fetch_commands()
         assert {c.name for c in fetched} == names
@@ -94,6 +102,12 @@ async def test_global_sync_and_answers(world: World) -> None:
         oops = await server.invoke_command(world.channel, world.alice, "oops")
         assert (await oops.wait_response(index=1))["kind"] == "delete"
         assert all(m["content"] != "regret" for m in server.messages(world.channel))
+
+        setting = await server.invoke_command(
+            world.channel, world.alice, "settings set", {"key": "k", "value": 41})
+        assert (await setting.wait_response())["content"] == "k=42"
+        with pytest.raises(LookupError):
+            await server.invoke_command(world.channel, world.alice, "settings nope")
 
         dm = server.create_dm(world.bob)
         in_dm = await server.invoke_command(dm, world.bob, "ping")

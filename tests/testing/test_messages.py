@@ -138,13 +138,18 @@ async def test_multipart_uploads_become_attachments(world: World) -> None:
         assert only_file.attachments[0].filename == "b.bin"
 
 
-async def test_typing_is_recorded(world: World) -> None:
+async def test_typing_both_ways(world: World) -> None:
+    server = world.server
     bot = Recorder()
-    async with run_bot(bot, world.server):
+    async with run_bot(bot, server):
         channel = bot.get_channel(world.channel.id)
         await channel.typing()
-        events = world.server.typing_events(world.channel)
-        assert [user_id for user_id, _ in events] == [world.server.bot_user.id]
+        typing = asyncio.ensure_future(bot.wait_for("typing", timeout=5))
+        await server.start_typing(world.channel, world.alice)
+        _, who, _ = await typing
+        assert who.id == world.alice.id
+        events = server.typing_events(world.channel)
+        assert [user_id for user_id, _ in events] == [server.bot_user.id, world.alice.id]
 
 
 async def test_content_is_blank_without_the_message_content_intent(world: World) -> None:

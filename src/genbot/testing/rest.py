@@ -31,7 +31,6 @@ MAX_CONTENT = 2000
 EPHEMERAL, LOADING = 1 << 6, 1 << 7
 CHAT_INPUT_COMMAND, THREAD_CREATED = 20, 18
 GUILDS = 1 << 0
-GUILD_MESSAGE_TYPING, DIRECT_MESSAGE_TYPING = 1 << 11, 1 << 14
 # Interaction callback types.
 CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, DEFERRED_UPDATE, UPDATE_MESSAGE = 4, 5, 6, 7
 ALL_PERMISSIONS = (1 << 53) - 1
@@ -394,18 +393,7 @@ async def history(server: DiscordServer, request: web.Request) -> web.Response:
 
 
 async def typing(server: DiscordServer, request: web.Request) -> web.Response:
-    channel = _channel(server, request)
-    now = time.time()
-    server._typing.setdefault(channel.id, []).append((server.bot_user.id, now))
-    data: dict[str, Any] = {
-        "channel_id": str(channel.id), "user_id": str(server.bot_user.id), "timestamp": int(now),
-    }
-    if channel.guild_id is not None:
-        data["guild_id"] = str(channel.guild_id)
-        data["member"] = server._guilds[channel.guild_id].members[server.bot_user.id].to_json()
-    intent = DIRECT_MESSAGE_TYPING if channel.type == DM else GUILD_MESSAGE_TYPING
-    await server.dispatch("TYPING_START", data, intent=intent)
-    server._changed()
+    await server.start_typing(_channel(server, request), server.bot_user)
     return no_content()
 
 
@@ -599,17 +587,30 @@ def interaction_payload(
 ) -> dict[str, Any]:
     """The INTERACTION_CREATE payload of a chat-input command invoked with option `values`."""
     channel, user = interaction.channel, interaction.user
-    declared = {o["name"]: o for o in command.get("options") or []}
+    path = interaction.name.split()
+    declared = command.get("options") or []
+    # "group sub" names a subcommand: its options nest inside the group's and the sub's.
+    nesting: list[dict[str, Any]] = []
+    for part in path[1:]:
+        found = [o for o in declared if o["name"] == part and int(o["type"]) in (1, 2)]
+        if not found:
+            raise LookupError(f"/{interaction.name}: no subcommand {part!r}")
+        nesting.append({"name": part, "type": int(found[0]["type"]), "options": []})
+        declared = found[0].get("options") or []
+    by_name = {o["name"]: o for o in declared}
     options, resolved = [], {}
     for name, value in values.items():
-        if name not in declared:
-            raise ValueError(f"/{command['name']} has no option {name!r}")
-        kind = int(declared[name]["type"])
+        if name not in by_name:
+            raise ValueError(f"/{interaction.name} has no option {name!r}")
+        kind = int(by_name[name]["type"])
         if kind in (6, 9):  # USER, MENTIONABLE
             target = server.user(value)
             resolved.setdefault("users", {})[str(target.id)] = target.to_json()
             value = str(target.id)
         options.append({"name": name, "type": kind, "value": value})
+    for level in reversed(nesting):
+        level["options"] = options
+        options = [level]
     data: dict[str, Any] = {
         "id": command["id"], "name": command["name"], "type": 1, "options": options,
     }

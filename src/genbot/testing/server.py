@@ -39,7 +39,8 @@ from .state import (
 __all__ = ["DiscordServer", "FakeInteraction", "run_bot"]
 
 GUILDS, GUILD_MEMBERS = 1 << 0, 1 << 1
-GUILD_MESSAGES, DIRECT_MESSAGES = 1 << 9, 1 << 12
+GUILD_MESSAGES, GUILD_MESSAGE_TYPING = 1 << 9, 1 << 11
+DIRECT_MESSAGES, DIRECT_MESSAGE_TYPING = 1 << 12, 1 << 14
 REPLY = 19
 ChannelRef = FakeChannel | int
 UserRef = FakeUser | int
@@ -392,6 +393,22 @@ class DiscordServer:
         await self.dispatch("GUILD_MEMBER_UPDATE", data, intent=GUILD_MEMBERS)
         return member
 
+    async def start_typing(self, channel: ChannelRef, user: FakeUser) -> None:
+        """`user` starts typing in the channel (TYPING_START); recorded in `typing_events`."""
+        fake = self.channel(channel)
+        self._check_can_post(fake, user)
+        now = time.time()
+        self._typing.setdefault(fake.id, []).append((user.id, now))
+        data: dict[str, Any] = {
+            "channel_id": str(fake.id), "user_id": str(user.id), "timestamp": int(now),
+        }
+        if fake.guild_id is not None:
+            data["guild_id"] = str(fake.guild_id)
+            data["member"] = self._guilds[fake.guild_id].members[user.id].to_json()
+        intent = DIRECT_MESSAGE_TYPING if fake.type == DM else GUILD_MESSAGE_TYPING
+        await self.dispatch("TYPING_START", data, intent=intent)
+        self._changed()
+
     async def announce_channel(self, channel: FakeChannel) -> None:
         """Dispatch CHANNEL_CREATE / THREAD_CREATE for a channel made after the bot connected."""
         if channel.is_thread:
@@ -416,12 +433,13 @@ class DiscordServer:
         self, channel: ChannelRef, user: FakeUser, name: str,
         options: dict[str, Any] | None = None,
     ) -> FakeInteraction:
-        """Invoke the bot's registered slash command `name` as `user` (INTERACTION_CREATE).
-        Raises LookupError when the bot registered no such command for that channel."""
+        """Invoke the bot's registered slash command `name` as `user` (INTERACTION_CREATE);
+        "group sub" names a subcommand. `options` maps option names to values (a FakeUser for
+        user options). Raises LookupError when the bot registered no such command there."""
         fake = self.channel(channel)
         self._check_can_post(fake, user)
         guild = self._guilds.get(fake.guild_id) if fake.guild_id is not None else None
-        command = rest.find_command(self, guild, name)
+        command = rest.find_command(self, guild, name.split()[0])
         if command is None:
             raise LookupError(f"the bot registered no command named {name!r} here")
         interaction = FakeInteraction(
