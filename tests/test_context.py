@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -235,7 +238,98 @@ async def test_current_tracks_new_visible_messages() -> None:
         assert [m.content for m in ctx] == ["question"]  # a context is a snapshot
 
 
-def test_message_cache_bounds() -> None:
-    cache = MessageCache(max_channels=2)
-    assert cache.cached(1) == [] and cache.get(1, 1) is None
+class FakeHistoryChannel:
+    """Just enough of a Messageable for MessageCache: ids 1..n, REST history newest first."""
+
+    def __init__(self, channel_id: int, n: int) -> None:
+        self.id = channel_id
+        self.ids = list(range(1, n + 1))
+        self.requests = 0
+        self.gate: asyncio.Event | None = None
+
+    def message(self, message_id: int) -> SimpleNamespace:
+        return SimpleNamespace(id=message_id, channel=self, content=f"m{message_id}")
+
+    async def history(self, *, limit: int, before: Any = None, after: Any = None,
+                      oldest_first: bool = False) -> AsyncIterator[SimpleNamespace]:
+        self.requests += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        ids = [i for i in self.ids if (before is None or i < before.id)
+               and (after is None or i > after.id)]
+        page = ids[:limit] if oldest_first else ids[::-1][:limit]
+        for message_id in page:
+            yield self.message(message_id)
+
+
+async def _walk(cache: MessageCache, channel: Any) -> list[int]:
+    ids, before = [], None
+    while (message := await cache.next_older(channel, before)) is not None:
+        ids.append(message.id)
+        before = message.id
+    return ids
+
+
+async def test_cache_pages_and_stops_at_the_channel_start() -> None:
+    cache, channel = MessageCache(), FakeHistoryChannel(1, 250)
+    assert await _walk(cache, channel) == list(range(250, 0, -1))
+    assert channel.requests == 3
+    assert await _walk(cache, channel) == list(range(250, 0, -1))
+    assert channel.requests == 3
+
+
+async def test_cache_ignores_unread_channels_and_follows_read_ones() -> None:
+    cache, channel = MessageCache(), FakeHistoryChannel(1, 2)
+    cache.on_create(channel.message(3))  # not read yet: not kept
+    assert cache.cached(1) == []
+    channel.ids.append(3)
+    assert await _walk(cache, channel) == [3, 2, 1]
+    channel.ids.append(4)
+    cache.on_create(channel.message(4))
+    assert await _walk(cache, channel) == [4, 3, 2, 1] and channel.requests == 1
+    assert cache.get(1, 4) is not None and cache.get(1, 99) is None
+
+
+async def test_cache_bounds_refetch_what_they_dropped() -> None:
+    cache = MessageCache(max_messages=3, max_channels=1)
+    first, second = FakeHistoryChannel(1, 2), FakeHistoryChannel(2, 2)
+    assert await _walk(cache, first) == [2, 1]
+    for message_id in (3, 4, 5):
+        first.ids.append(message_id)
+        cache.on_create(first.message(message_id))
+    assert [m.id for m in cache.cached(1)] == [3, 4, 5]
+    assert await _walk(cache, first) == [5, 4, 3, 2, 1] and first.requests == 2
+    assert await _walk(cache, second) == [2, 1]
+    assert cache.cached(1) == []  # least recently used channel evicted
+    assert await _walk(cache, first) == [5, 4, 3, 2, 1] and first.requests == 3
+
+
+async def test_events_during_a_fetch_apply_to_its_result() -> None:
+    cache, channel = MessageCache(), FakeHistoryChannel(1, 5)
+    channel.gate = asyncio.Event()
+    reading = asyncio.ensure_future(_walk(cache, channel))
+    while channel.requests == 0:
+        await asyncio.sleep(0)
+    channel.ids.remove(2)
+    cache.on_delete(1, [2])  # the page in flight may still hold it
+    edited = channel.message(3)
+    edited.content = "edited"
+    cache.on_edit(SimpleNamespace(channel_id=1, message_id=3, message=edited, data={}))
+    channel.ids.append(6)
+    cache.on_create(channel.message(6))
+    channel.gate.set()
+    assert await asyncio.wait_for(reading, 5) == [6, 5, 4, 3, 1]
+    assert cache.get(1, 3).content == "edited"
+
+
+async def test_invalidation_during_a_fetch_discards_it() -> None:
+    cache, channel = MessageCache(), FakeHistoryChannel(1, 5)
+    channel.gate = asyncio.Event()
+    reading = asyncio.ensure_future(cache.next_older(channel, None))
+    while channel.requests == 0:
+        await asyncio.sleep(0)
     cache.invalidate()
+    channel.gate.set()
+    newest = await asyncio.wait_for(reading, 5)
+    assert newest is not None and newest.id == 5
+    assert channel.requests == 2  # the stale page was dropped and fetched again
