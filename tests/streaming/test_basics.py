@@ -69,7 +69,7 @@ async def test_manual_worker_on_a_thread() -> None:
 
 
 async def wait_started(streamer: genbot.Streamer) -> None:
-    while not streamer.started:  # the user's worker thread attaches on its first consume()
+    while not streamer.running:  # the user's worker thread attaches on its first consume()
         await asyncio.sleep(0.01)
 
 

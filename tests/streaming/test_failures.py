@@ -135,6 +135,6 @@ def test_a_nested_streamer_function_cannot_be_spawned_and_says_why() -> None:
 
     with pytest.raises(StreamError, match="module level"):
         local.start_process()
-    assert not local.started
+    assert not local.running
     local.start_process(start_method="fork")  # fork needs no pickling
     local.close()

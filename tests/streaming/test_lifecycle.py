@@ -214,7 +214,7 @@ async def test_with_block_closes_and_a_closed_streamer_can_start_again() -> None
         with pytest.raises(StreamError, match="already started"):
             pong.start_thread()
         assert await asyncio.wait_for(ask(pong, 1), 10) == ["Pong: 1"]
-    assert not pong.started
+    assert not pong.running
     with pong:
         pong.start_thread()
         assert await asyncio.wait_for(ask(pong, 2), 10) == ["Pong: 2"]

@@ -406,7 +406,8 @@ class Streamer:
         hub.stop()
 
     @property
-    def started(self) -> bool:
+    def running(self) -> bool:
+        """Started (or attached by a worker's ``consume()``) and not closed."""
         return self._hub is not None
 
     def __enter__(self) -> Streamer:
@@ -438,7 +439,7 @@ class Streamer:
         return state
 
     def __repr__(self) -> str:
-        return f"<{type(self).__qualname__} {'started' if self.started else 'stopped'}>"
+        return f"<{type(self).__qualname__} {'running' if self.running else 'stopped'}>"
 
 
 class FunctionStreamer(Streamer):
