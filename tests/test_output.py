@@ -52,9 +52,22 @@ pieces = st.sampled_from(
         "    indented\n",
     ]
 )
+prose = st.lists(st.sampled_from(["Word", "Hi.", "ok", "end!", "x" * 30]), min_size=1, max_size=40)
+code = st.tuples(
+    st.sampled_from(["", "py", "c++"]),
+    st.lists(st.sampled_from(["x = 1", "    y = x", "", "print(x) " * 5]), max_size=40),
+)
+documents = st.lists(
+    st.one_of(
+        prose.map(" ".join),
+        code.map(lambda c: f"```{c[0]}\n" + "\n".join(c[1]) + "\n```"),
+    ),
+    max_size=12,
+).map("\n\n".join)
 texts = st.one_of(
     st.lists(pieces, max_size=120).map("".join),
     st.text(alphabet=" \n.`abpy", max_size=500),
+    documents,
 )
 limits = st.integers(min_value=64, max_value=240)
 
@@ -130,12 +143,17 @@ def test_limit_below_minimum_is_refused() -> None:
 def test_split_prefers_paragraphs_then_sentences_then_words() -> None:
     first, second = "A" * 50 + ".", "B" * 60 + "."
     assert split_message(f"{first}\n\n{second}", 100) == [f"{first}\n\n", second]
-    one, two = "One sentence here.", "Another one follows " + "w " * 20
-    chunks = split_message(f"{one} {two}", 64)
-    assert chunks[0] == f"{one} "
+    words = "w " * 25
+    assert split_message(f"{words}Done. " + "more " * 20, 64)[0] == f"{words}Done. "
+    assert split_message(f"{words[:-1]}\n\nDone. " + "more " * 20, 64)[0] == f"{words[:-1]}\n\n"
     chunks = split_message("word " * 30, 64)
     assert all(chunk.endswith(" ") for chunk in chunks[:-1])
     assert all(not chunk.startswith(" ") for chunk in chunks)
+
+
+def test_split_keeps_messages_nearly_full_rather_than_cut_at_an_early_paragraph() -> None:
+    text = "Short intro.\n\n" + "A sentence that goes on. " * 10
+    assert len(split_message(text, 200)[0]) >= 150
 
 
 def test_split_keeps_a_code_block_whole_when_it_fits() -> None:

@@ -83,6 +83,15 @@ class _Fences:
         index = self.opening_before(pos)
         return "" if index is None else self.langs[index]
 
+    def block_at(self, pos: int) -> tuple[int, int] | None:
+        """Start and end of the code block containing `pos` (an unclosed one ends the text)."""
+        index = self.opening_before(pos)
+        if index is None:
+            return None
+        closing = index + 1
+        end = self.starts[closing] + len(_FENCE) if closing < len(self.starts) else len(self.text)
+        return self.starts[index], end
+
     def cuttable(self, pos: int) -> bool:
         """Whether a cut at `pos` keeps fences whole and each opening fence with its header."""
         index = bisect.bisect_left(self.starts, pos) - 1
@@ -116,10 +125,12 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     """Split `text` into messages of at most `limit` characters.
 
     Cuts prefer, in this order: paragraph breaks, line breaks, line breaks inside a code block,
-    sentence ends, any whitespace, and a hard cut only for a word longer than a message. A cut
-    never falls inside a ``` fence or between an opening fence and its language line, and a code
-    block is split only when no cut outside it fits: the block is then closed (``\\n```\\``) at the
-    end of one message and reopened with its language (`````lang\\n``) at the start of the next.
+    sentence ends, any whitespace, and a hard cut only for a word longer than a message; the
+    most preferred kind among the cuts that keep the message at least three quarters full. A
+    code block that would be split is moved whole to the next message when it fits there. A cut
+    never falls inside a ``` fence or between an opening fence and its language line. A code
+    block longer than a message is closed with a fence at the end of one message and reopened
+    with a fence and its language at the start of the next.
     Whitespace at a cut stays at the end of the earlier message, so removing the added fences
     and joining the messages gives back `text` exactly. A message is whitespace only just where
     `text` has more whitespace in a row than fits in one (or at its end).
@@ -136,7 +147,7 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     pos = 0
     prefix = ""
     while len(prefix) + len(text) - pos > limit:
-        cut = _best_cut(text, fences, pos, limit - len(prefix), bool(prefix))
+        cut = _best_cut(text, fences, pos, limit - len(prefix), limit, bool(prefix))
         inside = fences.inside(cut)
         chunks.append(prefix + text[pos:cut] + (_CLOSE if inside else ""))
         prefix = _reopen(fences.lang_at(cut)) if inside else ""
@@ -145,27 +156,62 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     return chunks
 
 
-def _best_cut(text: str, fences: _Fences, pos: int, room: int, reopened: bool) -> int:
+def _best_cut(
+    text: str, fences: _Fences, pos: int, room: int, limit: int, reopened: bool
+) -> int:
     """The best cut in ``text[pos:]`` for a chunk with `room` characters for its own text."""
-    blank_until = pos if reopened else len(text) - len(text[pos:].lstrip())
-    best: dict[int, int] = {}
-    fallback = None
-    for cut in range(pos + room, pos, -1):
-        inside = fences.inside(cut)
-        if (inside and cut - pos > room - len(_CLOSE)) or not fences.cuttable(cut):
-            continue
-        if fallback is None:
-            fallback = cut
-        if cut <= blank_until:
-            break
-        best.setdefault(_tier(text, cut, inside), cut)
-        if _PARAGRAPH in best:
-            break
-    if best:
-        return best[min(best)]
+    cutter = _Cutter(text, fences, pos, room, reopened)
+    end = pos + room
+    block = fences.block_at(end)
+    if block is not None:  # the window ends in a code block: cut before it if it then fits
+        start, close = block
+        if pos < start and close - start <= limit:
+            cut, _ = cutter.pick(max(pos, close - limit), start)
+            if cut is not None:
+                return cut
+    cut, fallback = cutter.pick(pos, end)
+    if cut is not None:
+        return cut
     if fallback is None:  # cannot happen for limit >= _MIN_LIMIT; kept as a loud guard
         raise AssertionError("no cut point found")
-    return fallback
+    return fallback  # only whitespace fits: a blank chunk
+
+
+class _Cutter:
+    """Candidate cuts for the chunk starting at `pos`."""
+
+    def __init__(self, text: str, fences: _Fences, pos: int, room: int, reopened: bool) -> None:
+        self.text, self.fences, self.pos, self.room = text, fences, pos, room
+        # A chunk must show something: no cut before its first visible character.
+        self.blank_until = pos if reopened else len(text) - len(text[pos:].lstrip())
+
+    def pick(self, low: int, high: int) -> tuple[int | None, int | None]:
+        """The best cut in ``(low, high]``, and the last valid one even if it leaves a blank chunk.
+
+        The best is the last cut of the most preferred kind in the top quarter of the range, so
+        messages stay nearly full, else in the whole range; a hard cut inside a word only when
+        the range has no boundary at all.
+        """
+        near: dict[int, int] = {}
+        anywhere: dict[int, int] = {}
+        fallback = None
+        zone = high - (high - low) // 4
+        for cut in range(high, low, -1):
+            inside = self.fences.inside(cut)
+            if inside and cut - self.pos > self.room - len(_CLOSE):
+                continue
+            if not self.fences.cuttable(cut):
+                continue
+            if fallback is None:
+                fallback = cut
+            if cut <= self.blank_until:
+                break
+            tier = _tier(self.text, cut, inside)
+            anywhere.setdefault(tier, cut)
+            if cut >= zone and tier != _ANY:
+                near.setdefault(tier, cut)
+        best = near or anywhere
+        return (best[min(best)] if best else None), fallback
 
 
 def _unclosed(chunk: str) -> bool:
