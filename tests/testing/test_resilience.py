@@ -157,3 +157,23 @@ async def test_privileged_intents_must_be_enabled_for_the_application() -> None:
         plain = Recorder(intents=discord.Intents.default())
         async with run_bot(plain, server):
             assert plain.is_ready()
+
+
+async def test_announced_limits_are_enforced_and_discord_py_keeps_to_them() -> None:
+    async with DiscordServer(ratelimit_limit=2, ratelimit_window=5.0) as server:
+        headers = {"Authorization": f"Bot {server.token}"}
+        async with aiohttp.ClientSession() as http:
+            statuses = []
+            for _ in range(3):
+                async with http.get(f"{server.api_url}/users/@me", headers=headers) as response:
+                    statuses.append(response.status)
+            assert statuses == [200, 200, 429]
+    async with DiscordServer(ratelimit_limit=2, ratelimit_window=0.2) as server:
+        guild = server.create_guild()
+        channel = server.create_channel(guild, "busy")
+        bot = Recorder()
+        async with run_bot(bot, server):
+            sent = [await bot.get_channel(channel.id).send(f"n{i}") for i in range(5)]
+        assert [m["content"] for m in server.bot_messages(channel)] == [m.content for m in sent]
+        # discord.py waited for each window instead of running into 429s.
+        assert server.request_count("POST", "/channels/{channel_id}/messages") == 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -97,18 +98,14 @@ def middleware(server: DiscordServer) -> Any:
         key = (request.method, route)
         server._requests[key] += 1
         bucket = hashlib.sha1(f"{request.method} {route}".encode()).hexdigest()[:16]
+        major = next(iter(request.match_info.values()), "")
+        used, reset_after = _consume(server, (request.method, route, major))
         limited = server._rate_limits.get(key)
         if limited is not None and limited[0] > 0:
             limited[0] -= 1
-            retry_after = limited[1]
-            headers = _ratelimit_headers(server, bucket, 0, retry_after) | {
-                "Via": "1.1 google", "Retry-After": str(max(1, round(retry_after))),
-                "X-RateLimit-Scope": "user",
-            }
-            body = {"message": "You are being rate limited.", "retry_after": retry_after,
-                    "global": False}
-            server._changed()
-            return json_response(body, 429, headers)
+            return _too_many_requests(server, bucket, limited[1])
+        if used > server.ratelimit_limit:
+            return _too_many_requests(server, bucket, reset_after)
         token_free = route.startswith(("/interactions/", "/webhooks/"))
         if not token_free and request.headers.get("Authorization") != f"Bot {server.token}":
             return json_response({"message": "401: Unauthorized", "code": 0}, 401)
@@ -116,8 +113,7 @@ def middleware(server: DiscordServer) -> Any:
             response = await handler(request)
         except ApiError as error:
             response = error.response()
-        major = next(iter(request.match_info.values()), "")
-        remaining, reset_after = _consume(server, (request.method, route, major))
+        remaining = server.ratelimit_limit - used
         response.headers.update(_ratelimit_headers(server, bucket, remaining, reset_after))
         server._changed()  # request counts are state a test may wait on
         return response
@@ -126,14 +122,27 @@ def middleware(server: DiscordServer) -> Any:
 
 
 def _consume(server: DiscordServer, key: tuple[str, str, str]) -> tuple[int, float]:
-    """Count a request in its bucket's window; (remaining, seconds until the window resets)."""
+    """Count a request in its bucket's window: (requests in this window, seconds to its reset)."""
     now = time.monotonic()
     reset_at, used = server._buckets.get(key, (0.0, 0))
     if now >= reset_at:
         reset_at, used = now + server.ratelimit_window, 0
     used += 1
     server._buckets[key] = (reset_at, used)
-    return max(0, server.ratelimit_limit - used), reset_at - now
+    return used, reset_at - now
+
+
+def _too_many_requests(server: DiscordServer, bucket: str, retry_after: float) -> web.Response:
+    """Discord's 429: JSON body, rate-limit headers, and the ``Via`` header of Discord's proxy
+    (without it discord.py takes a 429 for a Cloudflare ban and gives up)."""
+    headers = _ratelimit_headers(server, bucket, 0, retry_after) | {
+        "Via": "1.1 google", "Retry-After": str(max(1, round(retry_after))),
+        "X-RateLimit-Scope": "user",
+    }
+    body = {"message": "You are being rate limited.", "retry_after": round(retry_after, 3),
+            "global": False}
+    server._changed()
+    return json_response(body, 429, headers)
 
 
 def _ratelimit_headers(
@@ -143,7 +152,8 @@ def _ratelimit_headers(
         "X-RateLimit-Limit": str(server.ratelimit_limit),
         "X-RateLimit-Remaining": str(remaining),
         "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
-        "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+        # Rounded up, so a client never comes back before the window has really reset.
+        "X-RateLimit-Reset-After": f"{math.ceil(reset_after * 1000) / 1000:.3f}",
         "X-RateLimit-Bucket": bucket,
     }
 
