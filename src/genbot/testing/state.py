@@ -23,6 +23,8 @@ __all__ = [
     "Snowflakes",
     "blank_content",
     "iso_time",
+    "mentioned_role_ids",
+    "mentioned_user_ids",
     "snowflake_time",
 ]
 
