@@ -284,6 +284,8 @@ class FakeTyping:
         self.channel = channel
 
     async def __aenter__(self) -> None:
+        if self.channel.typing_fails:
+            raise http_error(403)
         self.channel.typing_now = True
 
     async def __aexit__(self, *exc: object) -> None:
@@ -297,6 +299,7 @@ class FakeChannel:
         self.requests: list[tuple[str, int]] = []
         self.edit_failures: list[Exception] = []
         self.typing_now = False
+        self.typing_fails = False
 
     def typing(self) -> FakeTyping:
         return FakeTyping(self)
@@ -432,6 +435,7 @@ async def test_stream_reply_raises_a_discord_error_that_retrying_cannot_fix() ->
                 await asyncio.sleep(0.01)
         finally:
             closed.set()
+            raise OSError("cleanup failed too")  # logged; the Discord error is what is raised
 
     with pytest.raises(discord.HTTPException) as info:
         await stream_reply(channel, deltas(), interval=0.01, pacer=ChannelPacer())
@@ -508,3 +512,10 @@ async def test_cancelling_stream_reply_closes_the_generation() -> None:
         await asyncio.wait_for(task, 5)
     assert closed.is_set()
     assert channel.contents() == ["start"]
+
+
+async def test_a_failing_typing_indicator_does_not_fail_the_reply() -> None:
+    channel = FakeChannel()
+    channel.typing_fails = True
+    await stream_reply(channel, deltas_of("still", " here"), interval=0.01, pacer=ChannelPacer())
+    assert channel.contents() == ["still here"]

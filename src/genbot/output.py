@@ -282,6 +282,8 @@ PACER = ChannelPacer()
 #: Bound on one Discord request, including discord.py's own waiting out of 429s. A send that
 #: times out after Discord took it is sent again: a duplicate is preferred to lost text.
 _REQUEST_TIMEOUT = 30.0
+#: Bound on closing the deltas' async generator (its cleanup frees the model's slot).
+_CLOSE_TIMEOUT = 10.0
 #: Failed writes in a row (each already retried by discord.py) after which a reply gives up.
 _MAX_FAILURES = 5
 
@@ -367,8 +369,19 @@ async def _keep_typing(channel: discord.abc.Messageable) -> None:
     try:
         async with channel.typing():
             await asyncio.Event().wait()
-    except discord.HTTPException as exc:  # a missing typing indicator is no reason to fail
+    except Exception as exc:  # a missing typing indicator is no reason to fail a reply
         _log.debug("typing indicator failed: %r", exc)
+
+
+async def _close(iterator: AsyncIterator[str]) -> None:
+    """Close an async generator of deltas, within a bound."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await asyncio.wait_for(aclose(), _CLOSE_TIMEOUT)
+    except Exception as exc:  # the reply is what matters here; the generator's cleanup is not
+        _log.warning("closing the deltas of a reply failed: %r", exc)
 
 
 def _with_error(text: str, error_text: str) -> str:
@@ -405,9 +418,9 @@ async def stream_reply(
     Discord error. An empty generation sends nothing and returns ``[]``. `deltas` is closed
     (``aclose``) when done. If the caller cancels, the messages stay as they were last written.
     """
+    iterator: AsyncIterator[str] = aiter(deltas)
     writer = _ReplyWriter(channel, reference, interval, pacer)
     typing = asyncio.create_task(_keep_typing(channel))
-    iterator: AsyncIterator[str] = aiter(deltas)
     text = ""
     failure: Exception | None = None
     try:
@@ -426,11 +439,14 @@ async def stream_reply(
             text = _with_error(text, error_text)
         finally:
             typing.cancel()
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await _close(iterator)
         writer.update(text, final=True)
-        await writer.task
+        try:
+            await writer.task
+        except Exception:
+            if failure is not None:
+                _log.error("generating a reply failed", exc_info=failure)
+            raise
     finally:
         for task in (writer.task, typing):
             if not task.done():
