@@ -12,73 +12,35 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .state import (
-    DM,
-    PRIVATE_THREAD,
-    PUBLIC_THREAD,
-    FakeChannel,
-    FakeGuild,
-    blank_content,
-    iso_time,
+from . import interactions
+from .payloads import (
+    ApiError,
+    channel_of,
+    form_error,
+    guild_of,
+    json_response,
+    make_attachments,
+    message_of,
+    no_content,
+    read_body,
+    reply_reference,
+    snowflake,
+    unknown_message,
+    validate_message,
+    visible,
 )
+from .state import DM, PRIVATE_THREAD, PUBLIC_THREAD, FakeChannel
 
 if TYPE_CHECKING:
-    from .server import DiscordServer, FakeInteraction
+    from .server import DiscordServer
 
-__all__ = ["ApiError", "add_routes", "find_command", "interaction_payload", "middleware"]
+__all__ = ["ROUTES", "add_routes", "middleware"]
 
 PREFIX = "/api/v10"
-MAX_CONTENT = 2000
-EPHEMERAL, LOADING = 1 << 6, 1 << 7
-CHAT_INPUT_COMMAND, THREAD_CREATED = 20, 18
+THREAD_CREATED = 18
 GUILDS = 1 << 0
-# Interaction callback types.
-CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, DEFERRED_UPDATE, UPDATE_MESSAGE = 4, 5, 6, 7
-ALL_PERMISSIONS = (1 << 53) - 1
 
 Handler = Callable[["DiscordServer", web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    """An error answered as Discord does: ``{"message", "code"[, "errors"]}`` with a status."""
-
-    def __init__(self, status: int, code: int, message: str, errors: dict | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.errors = status, code, message, errors
-
-    def response(self) -> web.Response:
-        body: dict[str, Any] = {"message": self.message, "code": self.code}
-        if self.errors is not None:
-            body["errors"] = self.errors
-        return json_response(body, self.status)
-
-
-def form_error(field: str, code: str, message: str) -> ApiError:
-    """Discord's 50035 Invalid Form Body, with the errors tree for one field."""
-    errors = {field: {"_errors": [{"code": code, "message": message}]}}
-    return ApiError(400, 50035, "Invalid Form Body", errors)
-
-
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    # Exactly "application/json": discord.py only parses JSON when the header is that string.
-    return web.Response(
-        body=json.dumps(data).encode(), status=status,
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-
-
-def no_content() -> web.Response:
-    return web.Response(status=204)
-
-
-def unknown_channel() -> ApiError:
-    return ApiError(404, 10003, "Unknown Channel")
-
-
-def unknown_message() -> ApiError:
-    return ApiError(404, 10008, "Unknown Message")
 
 
 # -- middleware: accounting, rate limits, auth ---------------------------------------------------
@@ -158,117 +120,6 @@ def _ratelimit_headers(
     }
 
 
-# -- request helpers -----------------------------------------------------------------------------
-
-
-async def read_body(server: DiscordServer, request: web.Request) -> tuple[dict[str, Any], list]:
-    """The JSON body, from JSON or multipart (``payload_json`` + ``files[n]``); and the files as
-    (index, filename, content type, bytes)."""
-    if request.content_type == "multipart/form-data":
-        body: dict[str, Any] = {}
-        files = []
-        reader = await request.multipart()
-        async for part in reader:
-            name = part.name or ""
-            if name == "payload_json":
-                body = json.loads(await part.text())
-            elif name.startswith("files["):
-                index = int(name[len("files["):-1])
-                data = await part.read()
-                content_type = part.headers.get("Content-Type", "application/octet-stream")
-                files.append((index, part.filename or f"file{index}", content_type, bytes(data)))
-        return body, files
-    if not request.can_read_body:
-        return {}, []
-    try:
-        return json.loads(await request.text()), []
-    except ValueError as error:
-        raise ApiError(400, 50109, "The request body contains invalid JSON.") from error
-
-
-def _channel(server: DiscordServer, request: web.Request) -> FakeChannel:
-    channel = server._channels.get(_int(request.match_info["channel_id"]))
-    if channel is None:
-        raise unknown_channel()
-    if channel.guild_id is not None and server.bot_user.id not in server._guilds[
-        channel.guild_id
-    ].members:
-        raise ApiError(403, 50001, "Missing Access")
-    return channel
-
-
-def _message(channel: FakeChannel, request: web.Request) -> dict[str, Any]:
-    message = channel.messages.get(_int(request.match_info["message_id"]))
-    if message is None:
-        raise unknown_message()
-    return message
-
-
-def _guild(server: DiscordServer, request: web.Request) -> FakeGuild:
-    guild = server._guilds.get(_int(request.match_info["guild_id"]))
-    if guild is None:
-        raise ApiError(404, 10004, "Unknown Guild")
-    return guild
-
-
-def _int(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError as error:
-        message = f"Value \"{value}\" is not snowflake."
-        raise form_error("id", "NUMBER_TYPE_COERCE", message) from error
-
-
-def _visible(server: DiscordServer, message: dict[str, Any]) -> dict[str, Any]:
-    """A message as REST shows it to the bot: blanked like the gateway when the bot's last
-    IDENTIFY lacked the message-content intent."""
-    if server.sees_content(server._identified_intents, message):
-        return message
-    return blank_content(message)
-
-
-def _validate_message(body: dict[str, Any], files: list, *, editing: bool = False) -> None:
-    content = body.get("content")
-    if content is not None and len(content) > MAX_CONTENT:
-        raise form_error("content", "BASE_TYPE_MAX_LENGTH",
-                         f"Must be {MAX_CONTENT} or fewer in length.")
-    if editing:
-        return
-    if not ((content or "").strip() or body.get("embeds") or files or body.get("sticker_ids")
-            or body.get("components") or body.get("poll") or body.get("attachments")):
-        raise ApiError(400, 50006, "Cannot send an empty message")
-
-
-def _attachments(
-    server: DiscordServer, channel: FakeChannel, body: dict[str, Any], files: list
-) -> list[dict[str, Any]]:
-    described = {int(a["id"]): a for a in body.get("attachments") or [] if "id" in a}
-    made = []
-    for index, filename, content_type, data in sorted(files):
-        attachment_id = server.snowflakes.next()
-        name = described.get(index, {}).get("filename", filename)
-        server._files[attachment_id] = (content_type, data)
-        url = f"{server.base_url}/attachments/{channel.id}/{attachment_id}/{name}"
-        made.append({
-            "id": str(attachment_id), "filename": name, "size": len(data), "url": url,
-            "proxy_url": url, "content_type": content_type,
-            "description": described.get(index, {}).get("description"),
-        })
-    return made
-
-
-def _reference(channel: FakeChannel, body: dict[str, Any]) -> dict[str, Any] | None:
-    reference = body.get("message_reference")
-    if not reference or reference.get("message_id") is None:
-        return None
-    if int(reference["message_id"]) not in channel.messages:
-        if reference.get("fail_if_not_exists", True):
-            raise form_error("message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE",
-                             "Unknown message")
-        return None
-    return reference
-
-
 # -- users, application, gateway -----------------------------------------------------------------
 
 
@@ -277,7 +128,7 @@ async def get_me(server: DiscordServer, request: web.Request) -> web.Response:
 
 
 async def get_user(server: DiscordServer, request: web.Request) -> web.Response:
-    user = server._users.get(_int(request.match_info["user_id"]))
+    user = server._users.get(snowflake(request.match_info["user_id"]))
     if user is None:
         raise ApiError(404, 10013, "Unknown User")
     return json_response(user.to_json())
@@ -318,42 +169,42 @@ async def get_gateway(server: DiscordServer, request: web.Request) -> web.Respon
 
 
 async def get_channel(server: DiscordServer, request: web.Request) -> web.Response:
-    return json_response(_channel(server, request).to_json())
+    return json_response(channel_of(server, request).to_json())
 
 
 async def create_message(server: DiscordServer, request: web.Request) -> web.Response:
-    channel = _channel(server, request)
+    channel = channel_of(server, request)
     body, files = await read_body(server, request)
-    _validate_message(body, files)
-    reference = _reference(channel, body)
+    validate_message(body, files)
+    reference = reply_reference(channel, body)
     message = server.create_message(
         channel, server.bot_user, body, reference=reference,
-        attachments=_attachments(server, channel, body, files),
+        attachments=make_attachments(server, channel, body, files),
     )
     await server.dispatch_message("MESSAGE_CREATE", message)
     return json_response(message)
 
 
 async def edit_message(server: DiscordServer, request: web.Request) -> web.Response:
-    channel = _channel(server, request)
-    message = _message(channel, request)
+    channel = channel_of(server, request)
+    message = message_of(channel, request)
     if message["author"]["id"] != str(server.bot_user.id):
         raise ApiError(403, 50005, "Cannot edit a message authored by another user")
     body, files = await read_body(server, request)
-    _validate_message(body, files, editing=True)
+    validate_message(body, files, editing=True)
     if files:
         body["attachments"] = [
             a for a in message["attachments"]
             if any(str(b.get("id")) == a["id"] for b in body.get("attachments") or [])
-        ] + _attachments(server, channel, body, files)
+        ] + make_attachments(server, channel, body, files)
     message = server.update_message(channel, int(message["id"]), body)
     await server.dispatch_message("MESSAGE_UPDATE", message)
     return json_response(message)
 
 
 async def delete_message(server: DiscordServer, request: web.Request) -> web.Response:
-    channel = _channel(server, request)
-    message = _message(channel, request)
+    channel = channel_of(server, request)
+    message = message_of(channel, request)
     if channel.type == DM and message["author"]["id"] != str(server.bot_user.id):
         raise ApiError(403, 50003, "Cannot execute action on a DM channel")
     await server.delete_message(channel, int(message["id"]))
@@ -361,7 +212,7 @@ async def delete_message(server: DiscordServer, request: web.Request) -> web.Res
 
 
 async def bulk_delete(server: DiscordServer, request: web.Request) -> web.Response:
-    channel = _channel(server, request)
+    channel = channel_of(server, request)
     body, _ = await read_body(server, request)
     ids = [int(i) for i in body.get("messages") or []]
     if not 2 <= len(ids) <= 100:
@@ -373,13 +224,13 @@ async def bulk_delete(server: DiscordServer, request: web.Request) -> web.Respon
 
 
 async def get_message(server: DiscordServer, request: web.Request) -> web.Response:
-    channel = _channel(server, request)
-    return json_response(_visible(server, _message(channel, request)))
+    channel = channel_of(server, request)
+    return json_response(visible(server, message_of(channel, request)))
 
 
 async def history(server: DiscordServer, request: web.Request) -> web.Response:
     """Up to `limit` messages (1..100, default 50), newest first, before/after/around an id."""
-    channel = _channel(server, request)
+    channel = channel_of(server, request)
     query = request.query
     try:
         limit = int(query.get("limit", 50))
@@ -389,21 +240,21 @@ async def history(server: DiscordServer, request: web.Request) -> web.Response:
         raise form_error("limit", "NUMBER_TYPE_MAX", "int value should be between 1 and 100.")
     ids = sorted(channel.messages)
     if "around" in query:
-        around = _int(query["around"])
+        around = snowflake(query["around"])
         index = sum(1 for i in ids if i < around)
         start = max(0, index - limit // 2)
         chosen = ids[start:start + limit]
     elif "after" in query:
-        after = _int(query["after"])
+        after = snowflake(query["after"])
         chosen = [i for i in ids if i > after][:limit]
     else:
-        before = _int(query["before"]) if "before" in query else None
+        before = snowflake(query["before"]) if "before" in query else None
         chosen = [i for i in ids if before is None or i < before][-limit:]
-    return json_response([_visible(server, channel.messages[i]) for i in reversed(chosen)])
+    return json_response([visible(server, channel.messages[i]) for i in reversed(chosen)])
 
 
 async def typing(server: DiscordServer, request: web.Request) -> web.Response:
-    await server.start_typing(_channel(server, request), server.bot_user)
+    await server.start_typing(channel_of(server, request), server.bot_user)
     return no_content()
 
 
@@ -434,8 +285,8 @@ async def _open_thread(
 
 
 async def thread_from_message(server: DiscordServer, request: web.Request) -> web.Response:
-    parent = _channel(server, request)
-    message = _message(parent, request)
+    parent = channel_of(server, request)
+    message = message_of(parent, request)
     if "thread" in message:
         raise ApiError(400, 160004, "A thread has already been created for this message")
     body, _ = await read_body(server, request)
@@ -447,7 +298,7 @@ async def thread_from_message(server: DiscordServer, request: web.Request) -> we
 
 
 async def thread_without_message(server: DiscordServer, request: web.Request) -> web.Response:
-    parent = _channel(server, request)
+    parent = channel_of(server, request)
     body, _ = await read_body(server, request)
     thread_type = int(body.get("type") or PRIVATE_THREAD)
     if thread_type not in (PUBLIC_THREAD, PRIVATE_THREAD):
@@ -466,9 +317,9 @@ async def thread_without_message(server: DiscordServer, request: web.Request) ->
 
 
 async def join_thread(server: DiscordServer, request: web.Request) -> web.Response:
-    thread = _channel(server, request)
+    thread = channel_of(server, request)
     user_id = request.match_info.get("user_id", "@me")
-    user = server.bot_user if user_id == "@me" else server._users.get(_int(user_id))
+    user = server.bot_user if user_id == "@me" else server._users.get(snowflake(user_id))
     if not thread.is_thread:
         raise ApiError(400, 50024, "Cannot execute action on this channel type")
     if user is None:
@@ -478,9 +329,9 @@ async def join_thread(server: DiscordServer, request: web.Request) -> web.Respon
 
 
 async def leave_thread(server: DiscordServer, request: web.Request) -> web.Response:
-    thread = _channel(server, request)
+    thread = channel_of(server, request)
     user_id = request.match_info.get("user_id", "@me")
-    member_id = server.bot_user.id if user_id == "@me" else _int(user_id)
+    member_id = server.bot_user.id if user_id == "@me" else snowflake(user_id)
     if member_id in thread.thread_members:
         thread.thread_members.remove(member_id)
         await server.dispatch("THREAD_MEMBERS_UPDATE", {
@@ -491,13 +342,13 @@ async def leave_thread(server: DiscordServer, request: web.Request) -> web.Respo
 
 
 async def thread_members(server: DiscordServer, request: web.Request) -> web.Response:
-    thread = _channel(server, request)
+    thread = channel_of(server, request)
     return json_response([thread.thread_member_json(u) for u in thread.thread_members])
 
 
 async def open_dm(server: DiscordServer, request: web.Request) -> web.Response:
     body, _ = await read_body(server, request)
-    user = server._users.get(_int(str(body.get("recipient_id"))))
+    user = server._users.get(snowflake(str(body.get("recipient_id"))))
     if user is None:
         raise ApiError(404, 10013, "Unknown User")
     if user is server.bot_user:
@@ -509,26 +360,26 @@ async def open_dm(server: DiscordServer, request: web.Request) -> web.Response:
 
 
 async def get_guild(server: DiscordServer, request: web.Request) -> web.Response:
-    data = _guild(server, request).to_json()
+    data = guild_of(server, request).to_json()
     for key in ("members", "channels", "threads", "voice_states", "presences", "joined_at"):
         data.pop(key)
     return json_response(data)
 
 
 async def guild_channels(server: DiscordServer, request: web.Request) -> web.Response:
-    guild = _guild(server, request)
+    guild = guild_of(server, request)
     return json_response([c.to_json() for c in guild.channels if not c.is_thread])
 
 
 async def get_member(server: DiscordServer, request: web.Request) -> web.Response:
-    member = _guild(server, request).members.get(_int(request.match_info["user_id"]))
+    member = guild_of(server, request).members.get(snowflake(request.match_info["user_id"]))
     if member is None:
         raise ApiError(404, 10007, "Unknown Member")
     return json_response(member.to_json())
 
 
 async def list_members(server: DiscordServer, request: web.Request) -> web.Response:
-    guild = _guild(server, request)
+    guild = guild_of(server, request)
     limit = int(request.query.get("limit", 1))
     after = int(request.query.get("after", 0))
     members = sorted((m for m in guild.members.values() if m.user.id > after),
@@ -537,310 +388,14 @@ async def list_members(server: DiscordServer, request: web.Request) -> web.Respo
 
 
 async def guild_roles(server: DiscordServer, request: web.Request) -> web.Response:
-    return json_response([r.to_json() for r in _guild(server, request).roles.values()])
-
-
-# -- application commands ------------------------------------------------------------------------
-
-
-def _scope(server: DiscordServer, request: web.Request) -> int | None:
-    if _int(request.match_info["application_id"]) != server.application_id:
-        raise ApiError(403, 50001, "Missing Access")
-    if "guild_id" not in request.match_info:
-        return None
-    return _guild(server, request).id
-
-
-async def get_commands(server: DiscordServer, request: web.Request) -> web.Response:
-    return json_response(server._commands.get(_scope(server, request), []))
-
-
-async def overwrite_commands(server: DiscordServer, request: web.Request) -> web.Response:
-    scope = _scope(server, request)
-    body, _ = await read_body(server, request)
-    if not isinstance(body, list):
-        raise form_error("_", "LIST_TYPE_CONVERT", "Only iterables may be used in a ListType")
-    old = {(c["name"], c["type"]): c["id"] for c in server._commands.get(scope, [])}
-    commands = []
-    for index, command in enumerate(body):
-        name = command.get("name", "")
-        kind = int(command.get("type", 1))
-        if not name or len(name) > 32 or (kind == 1 and name != name.lower()):
-            raise form_error(str(index), "APPLICATION_COMMAND_INVALID_NAME",
-                             "Command name is invalid")
-        commands.append({
-            "type": kind, "description": "", "options": [], "default_member_permissions": None,
-            "dm_permission": True, "nsfw": False,
-        } | command | {
-            "id": old.get((name, kind)) or str(server.snowflakes.next()),
-            "application_id": str(server.application_id),
-            "version": str(server.snowflakes.next()),
-        } | ({} if scope is None else {"guild_id": str(scope)}))
-    server._commands[scope] = commands
-    server._changed()
-    return json_response(commands)
-
-
-def find_command(server: DiscordServer, guild: FakeGuild | None, name: str) -> dict | None:
-    """The registered chat-input command `name` for a channel of `guild` (None: a DM)."""
-    scopes = ([guild.id] if guild is not None else []) + [None]
-    for scope in scopes:
-        for command in server._commands.get(scope, []):
-            if command["name"] == name and command["type"] == 1:
-                return command
-    return None
-
-
-def interaction_payload(
-    server: DiscordServer, interaction: FakeInteraction, command: dict[str, Any],
-    values: dict[str, Any],
-) -> dict[str, Any]:
-    """The INTERACTION_CREATE payload of a chat-input command invoked with option `values`."""
-    channel, user = interaction.channel, interaction.user
-    path = interaction.name.split()
-    declared = command.get("options") or []
-    # "group sub" names a subcommand: its options nest inside the group's and the sub's.
-    nesting: list[dict[str, Any]] = []
-    for part in path[1:]:
-        found = [o for o in declared if o["name"] == part and int(o["type"]) in (1, 2)]
-        if not found:
-            raise LookupError(f"/{interaction.name}: no subcommand {part!r}")
-        nesting.append({"name": part, "type": int(found[0]["type"]), "options": []})
-        declared = found[0].get("options") or []
-    by_name = {o["name"]: o for o in declared}
-    options, resolved = [], {}
-    for name, value in values.items():
-        if name not in by_name:
-            raise ValueError(f"/{interaction.name} has no option {name!r}")
-        kind = int(by_name[name]["type"])
-        if kind in (6, 9):  # USER, MENTIONABLE
-            target = server.user(value)
-            resolved.setdefault("users", {})[str(target.id)] = target.to_json()
-            value = str(target.id)
-        options.append({"name": name, "type": kind, "value": value})
-    for level in reversed(nesting):
-        level["options"] = options
-        options = [level]
-    data: dict[str, Any] = {
-        "id": command["id"], "name": command["name"], "type": 1, "options": options,
-    }
-    if resolved:
-        data["resolved"] = resolved
-    if "guild_id" in command:
-        data["guild_id"] = command["guild_id"]
-    payload: dict[str, Any] = {
-        "id": str(interaction.id),
-        "application_id": str(server.application_id),
-        "type": 2,
-        "token": interaction.token,
-        "version": 1,
-        "data": data,
-        "channel_id": str(channel.id),
-        "channel": channel.to_json(),
-        "app_permissions": str(ALL_PERMISSIONS),
-        "locale": "en-US",
-        "entitlements": [],
-        "attachment_size_limit": 10 * 2**20,
-    }
-    if channel.guild_id is not None:
-        member = server._guilds[channel.guild_id].members[user.id]
-        payload.update(
-            guild_id=str(channel.guild_id),
-            guild_locale="en-US",
-            guild={"id": str(channel.guild_id), "locale": "en-US", "features": []},
-            member=member.to_json() | {"permissions": str(ALL_PERMISSIONS)},
-            authorizing_integration_owners={"0": str(channel.guild_id)},
-            context=0,
-        )
-    else:
-        payload.update(user=user.to_json(), authorizing_integration_owners={"1": str(user.id)},
-                       context=1)
-    return payload
-
-
-# -- interaction responses -----------------------------------------------------------------------
-
-
-def _interaction(server: DiscordServer, request: web.Request) -> FakeInteraction:
-    interaction = server._interactions.get(request.match_info["interaction_token"])
-    if interaction is None or (
-        "interaction_id" in request.match_info
-        and _int(request.match_info["interaction_id"]) != interaction.id
-    ):
-        raise ApiError(404, 10062, "Unknown interaction")
-    if "application_id" in request.match_info and (
-        _int(request.match_info["application_id"]) != server.application_id
-    ):
-        raise ApiError(404, 10015, "Unknown Webhook")
-    return interaction
-
-
-def _response_message(
-    server: DiscordServer, interaction: FakeInteraction, body: dict[str, Any], files: list,
-    flags: int,
-) -> dict[str, Any]:
-    """A message the bot makes through an interaction; kept in the channel unless ephemeral."""
-    channel = interaction.channel
-    metadata = {
-        "id": str(interaction.id), "type": 2, "name": interaction.name,
-        "user": interaction.user.to_json(), "command_type": 1,
-        "authorizing_integration_owners": interaction.payload["authorizing_integration_owners"],
-    }
-    extra = {
-        "type": CHAT_INPUT_COMMAND, "flags": flags, "webhook_id": str(server.application_id),
-        "application_id": str(server.application_id), "interaction_metadata": metadata,
-        "interaction": {k: metadata[k] for k in ("id", "type", "name", "user")},
-    }
-    message = server.create_message(channel, server.bot_user, body,
-                                    attachments=_attachments(server, channel, body, files),
-                                    extra=extra)
-    if flags & EPHEMERAL:
-        del channel.messages[int(message["id"])]
-    return message
-
-
-def _record(
-    interaction: FakeInteraction, kind: str, body: dict[str, Any],
-    message: dict[str, Any] | None, callback_type: int | None = None,
-) -> None:
-    interaction.responses.append({
-        "kind": kind,
-        "type": callback_type,
-        "content": None if message is None else message["content"],
-        "ephemeral": bool(message is not None and message["flags"] & EPHEMERAL),
-        "message": message,
-        "payload": body,
-    })
-    interaction.server._changed()
-
-
-async def interaction_callback(server: DiscordServer, request: web.Request) -> web.Response:
-    interaction = _interaction(server, request)
-    if interaction.acknowledged:
-        raise ApiError(400, 40060, "Interaction has already been acknowledged.")
-    body, files = await read_body(server, request)
-    kind = int(body.get("type", 0))
-    data = body.get("data") or {}
-    flags = int(data.get("flags") or 0)
-    message = None
-    if kind == CHANNEL_MESSAGE:
-        _validate_message(data, files)
-        message = _response_message(server, interaction, data, files, flags & EPHEMERAL)
-    elif kind == DEFERRED_CHANNEL_MESSAGE:
-        message = _response_message(server, interaction, {}, [], (flags & EPHEMERAL) | LOADING)
-        interaction.deferred = True
-    elif kind == UPDATE_MESSAGE and interaction.original is not None:
-        _validate_message(data, files, editing=True)
-        message = _edit_original(server, interaction, data)
-    elif kind not in (DEFERRED_UPDATE, UPDATE_MESSAGE, 9):
-        raise form_error("type", "BASE_TYPE_CHOICES", "Value must be one of {4, 5, 6, 7, 9}.")
-    if kind in (CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE):
-        assert message is not None
-        interaction.original = message
-        interaction.ephemeral = bool(flags & EPHEMERAL)
-        if not interaction.ephemeral:
-            await server.dispatch_message("MESSAGE_CREATE", message)
-    _record(interaction, "callback", body, message, kind)
-    if request.query.get("with_response") not in ("1", "true", "True"):
-        return no_content()
-    result: dict[str, Any] = {
-        "interaction": {
-            "id": str(interaction.id), "type": 2,
-            "response_message_id": None if message is None else message["id"],
-            "response_message_loading": kind == DEFERRED_CHANNEL_MESSAGE,
-            "response_message_ephemeral": interaction.ephemeral,
-        }
-    }
-    if message is not None:
-        result["resource"] = {"type": kind, "message": message}
-    return json_response(result)
-
-
-def _edit_original(
-    server: DiscordServer, interaction: FakeInteraction, body: dict[str, Any]
-) -> dict[str, Any]:
-    original = interaction.original
-    assert original is not None
-    if original["flags"] & LOADING:
-        body = body | {"flags": original["flags"] & ~LOADING}
-    if int(original["id"]) in interaction.channel.messages:
-        return server.update_message(interaction.channel, int(original["id"]), body)
-    for key in ("content", "embeds", "components", "flags"):
-        if body.get(key) is not None:
-            original[key] = body[key]
-    original["edited_timestamp"] = iso_time()
-    server._changed()
-    return original
-
-
-async def followup(server: DiscordServer, request: web.Request) -> web.Response:
-    interaction = _interaction(server, request)
-    if not interaction.acknowledged:
-        raise ApiError(404, 10015, "Unknown Webhook")
-    body, files = await read_body(server, request)
-    _validate_message(body, files)
-    original = interaction.original
-    if original is not None and original["flags"] & LOADING:
-        # The first followup after a deferral fills in the "thinking..." message.
-        message = _edit_original(server, interaction, body)
-        event = "MESSAGE_UPDATE"
-    else:
-        flags = int(body.get("flags") or 0) & EPHEMERAL
-        message = _response_message(server, interaction, body, files, flags)
-        event = "MESSAGE_CREATE"
-    if int(message["id"]) in interaction.channel.messages:
-        await server.dispatch_message(event, message)
-    _record(interaction, "followup", body, message)
-    wait = request.query.get("wait") in ("1", "true", "True")
-    return json_response(message) if wait else no_content()
-
-
-def _webhook_message(interaction: FakeInteraction, request: web.Request) -> dict[str, Any]:
-    message_id = request.match_info.get("message_id", "@original")
-    if message_id == "@original":
-        if interaction.original is None:
-            raise unknown_message()
-        return interaction.original
-    for response in interaction.responses:
-        message = response["message"]
-        if message is not None and message["id"] == message_id:
-            return message
-    raise unknown_message()
-
-
-async def get_webhook_message(server: DiscordServer, request: web.Request) -> web.Response:
-    return json_response(_webhook_message(_interaction(server, request), request))
-
-
-async def edit_webhook_message(server: DiscordServer, request: web.Request) -> web.Response:
-    interaction = _interaction(server, request)
-    message = _webhook_message(interaction, request)
-    body, files = await read_body(server, request)
-    _validate_message(body, files, editing=True)
-    if message is interaction.original:
-        message = _edit_original(server, interaction, body)
-    elif int(message["id"]) in interaction.channel.messages:
-        message = server.update_message(interaction.channel, int(message["id"]), body)
-    if int(message["id"]) in interaction.channel.messages:
-        await server.dispatch_message("MESSAGE_UPDATE", message)
-    _record(interaction, "edit", body, message)
-    return json_response(message)
-
-
-async def delete_webhook_message(server: DiscordServer, request: web.Request) -> web.Response:
-    interaction = _interaction(server, request)
-    message = _webhook_message(interaction, request)
-    if int(message["id"]) in interaction.channel.messages:
-        await server.delete_message(interaction.channel, int(message["id"]))
-    _record(interaction, "delete", {}, message)
-    return no_content()
+    return json_response([r.to_json() for r in guild_of(server, request).roles.values()])
 
 
 # -- attachments (CDN) ---------------------------------------------------------------------------
 
 
 async def get_attachment(server: DiscordServer, request: web.Request) -> web.Response:
-    found = server._files.get(_int(request.match_info["attachment_id"]))
+    found = server._files.get(snowflake(request.match_info["attachment_id"]))
     if found is None:
         raise web.HTTPNotFound()
     content_type, data = found
@@ -881,22 +436,25 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/guilds/{guild_id}/members", list_members),
     ("GET", "/guilds/{guild_id}/members/{user_id}", get_member),
     ("GET", "/guilds/{guild_id}/roles", guild_roles),
-    ("GET", "/applications/{application_id}/commands", get_commands),
-    ("PUT", "/applications/{application_id}/commands", overwrite_commands),
-    ("GET", "/applications/{application_id}/guilds/{guild_id}/commands", get_commands),
-    ("PUT", "/applications/{application_id}/guilds/{guild_id}/commands", overwrite_commands),
-    ("POST", "/interactions/{interaction_id}/{interaction_token}/callback", interaction_callback),
-    ("POST", "/webhooks/{application_id}/{interaction_token}", followup),
+    ("GET", "/applications/{application_id}/commands", interactions.get_commands),
+    ("PUT", "/applications/{application_id}/commands", interactions.overwrite_commands),
+    ("GET", "/applications/{application_id}/guilds/{guild_id}/commands",
+     interactions.get_commands),
+    ("PUT", "/applications/{application_id}/guilds/{guild_id}/commands",
+     interactions.overwrite_commands),
+    ("POST", "/interactions/{interaction_id}/{interaction_token}/callback",
+     interactions.interaction_callback),
+    ("POST", "/webhooks/{application_id}/{interaction_token}", interactions.followup),
     ("GET", "/webhooks/{application_id}/{interaction_token}/messages/@original",
-     get_webhook_message),
+     interactions.get_webhook_message),
     ("PATCH", "/webhooks/{application_id}/{interaction_token}/messages/@original",
-     edit_webhook_message),
+     interactions.edit_webhook_message),
     ("DELETE", "/webhooks/{application_id}/{interaction_token}/messages/@original",
-     delete_webhook_message),
+     interactions.delete_webhook_message),
     ("PATCH", "/webhooks/{application_id}/{interaction_token}/messages/{message_id}",
-     edit_webhook_message),
+     interactions.edit_webhook_message),
     ("DELETE", "/webhooks/{application_id}/{interaction_token}/messages/{message_id}",
-     delete_webhook_message),
+     interactions.delete_webhook_message),
 ]
 
 

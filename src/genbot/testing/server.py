@@ -17,7 +17,7 @@ import discord.http
 import yarl
 from aiohttp import web
 
-from . import gateway, rest
+from . import gateway, interactions, rest
 from .state import (
     DM,
     EVERYONE_PERMISSIONS,
@@ -439,13 +439,15 @@ class DiscordServer:
         fake = self.channel(channel)
         self._check_can_post(fake, user)
         guild = self._guilds.get(fake.guild_id) if fake.guild_id is not None else None
-        command = rest.find_command(self, guild, name.split()[0])
+        command = interactions.find_command(self, guild, name.split()[0])
         if command is None:
             raise LookupError(f"the bot registered no command named {name!r} here")
         interaction = FakeInteraction(
             self.snowflakes.next(), secrets.token_urlsafe(32), name, fake, user, {}, self
         )
-        interaction.payload = rest.interaction_payload(self, interaction, command, options or {})
+        interaction.payload = interactions.interaction_payload(
+            self, interaction, command, options or {}
+        )
         self._interactions[interaction.token] = interaction
         await self.dispatch("INTERACTION_CREATE", interaction.payload)
         return interaction

@@ -1,0 +1,185 @@
+"""Discord's shapes for the REST half: error answers, JSON responses, request bodies (JSON or
+multipart), message validation, and the lookups every handler starts with."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .state import FakeChannel, FakeGuild, blank_content
+
+if TYPE_CHECKING:
+    from .server import DiscordServer
+
+__all__ = [
+    "ApiError",
+    "channel_of",
+    "form_error",
+    "guild_of",
+    "json_response",
+    "make_attachments",
+    "message_of",
+    "no_content",
+    "read_body",
+    "reply_reference",
+    "snowflake",
+    "unknown_channel",
+    "unknown_message",
+    "validate_message",
+    "visible",
+]
+
+MAX_CONTENT = 2000
+
+
+class ApiError(Exception):
+    """An error answered as Discord does: ``{"message", "code"[, "errors"]}`` with a status."""
+
+    def __init__(self, status: int, code: int, message: str, errors: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.errors = status, code, message, errors
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {"message": self.message, "code": self.code}
+        if self.errors is not None:
+            body["errors"] = self.errors
+        return json_response(body, self.status)
+
+
+def form_error(field: str, code: str, message: str) -> ApiError:
+    """Discord's 50035 Invalid Form Body, with the errors tree for one field."""
+    errors = {field: {"_errors": [{"code": code, "message": message}]}}
+    return ApiError(400, 50035, "Invalid Form Body", errors)
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    # Exactly "application/json": discord.py only parses JSON when the header is that string.
+    return web.Response(
+        body=json.dumps(data).encode(), status=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+def no_content() -> web.Response:
+    return web.Response(status=204)
+
+
+def unknown_channel() -> ApiError:
+    return ApiError(404, 10003, "Unknown Channel")
+
+
+def unknown_message() -> ApiError:
+    return ApiError(404, 10008, "Unknown Message")
+
+
+
+async def read_body(server: DiscordServer, request: web.Request) -> tuple[dict[str, Any], list]:
+    """The JSON body, from JSON or multipart (``payload_json`` + ``files[n]``); and the files as
+    (index, filename, content type, bytes)."""
+    if request.content_type == "multipart/form-data":
+        body: dict[str, Any] = {}
+        files = []
+        reader = await request.multipart()
+        async for part in reader:
+            name = part.name or ""
+            if name == "payload_json":
+                body = json.loads(await part.text())
+            elif name.startswith("files["):
+                index = int(name[len("files["):-1])
+                data = await part.read()
+                content_type = part.headers.get("Content-Type", "application/octet-stream")
+                files.append((index, part.filename or f"file{index}", content_type, bytes(data)))
+        return body, files
+    if not request.can_read_body:
+        return {}, []
+    try:
+        return json.loads(await request.text()), []
+    except ValueError as error:
+        raise ApiError(400, 50109, "The request body contains invalid JSON.") from error
+
+
+def channel_of(server: DiscordServer, request: web.Request) -> FakeChannel:
+    channel = server._channels.get(snowflake(request.match_info["channel_id"]))
+    if channel is None:
+        raise unknown_channel()
+    if channel.guild_id is not None and server.bot_user.id not in server._guilds[
+        channel.guild_id
+    ].members:
+        raise ApiError(403, 50001, "Missing Access")
+    return channel
+
+
+def message_of(channel: FakeChannel, request: web.Request) -> dict[str, Any]:
+    message = channel.messages.get(snowflake(request.match_info["message_id"]))
+    if message is None:
+        raise unknown_message()
+    return message
+
+
+def guild_of(server: DiscordServer, request: web.Request) -> FakeGuild:
+    guild = server._guilds.get(snowflake(request.match_info["guild_id"]))
+    if guild is None:
+        raise ApiError(404, 10004, "Unknown Guild")
+    return guild
+
+
+def snowflake(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError as error:
+        message = f"Value \"{value}\" is not snowflake."
+        raise form_error("id", "NUMBER_TYPE_COERCE", message) from error
+
+
+def visible(server: DiscordServer, message: dict[str, Any]) -> dict[str, Any]:
+    """A message as REST shows it to the bot: blanked like the gateway when the bot's last
+    IDENTIFY lacked the message-content intent."""
+    if server.sees_content(server._identified_intents, message):
+        return message
+    return blank_content(message)
+
+
+def validate_message(body: dict[str, Any], files: list, *, editing: bool = False) -> None:
+    content = body.get("content")
+    if content is not None and len(content) > MAX_CONTENT:
+        raise form_error("content", "BASE_TYPE_MAX_LENGTH",
+                         f"Must be {MAX_CONTENT} or fewer in length.")
+    if editing:
+        return
+    if not ((content or "").strip() or body.get("embeds") or files or body.get("sticker_ids")
+            or body.get("components") or body.get("poll") or body.get("attachments")):
+        raise ApiError(400, 50006, "Cannot send an empty message")
+
+
+def make_attachments(
+    server: DiscordServer, channel: FakeChannel, body: dict[str, Any], files: list
+) -> list[dict[str, Any]]:
+    described = {int(a["id"]): a for a in body.get("attachments") or [] if "id" in a}
+    made = []
+    for index, filename, content_type, data in sorted(files):
+        attachment_id = server.snowflakes.next()
+        name = described.get(index, {}).get("filename", filename)
+        server._files[attachment_id] = (content_type, data)
+        url = f"{server.base_url}/attachments/{channel.id}/{attachment_id}/{name}"
+        made.append({
+            "id": str(attachment_id), "filename": name, "size": len(data), "url": url,
+            "proxy_url": url, "content_type": content_type,
+            "description": described.get(index, {}).get("description"),
+        })
+    return made
+
+
+def reply_reference(channel: FakeChannel, body: dict[str, Any]) -> dict[str, Any] | None:
+    reference = body.get("message_reference")
+    if not reference or reference.get("message_id") is None:
+        return None
+    if int(reference["message_id"]) not in channel.messages:
+        if reference.get("fail_if_not_exists", True):
+            raise form_error("message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE",
+                             "Unknown message")
+        return None
+    return reference
