@@ -200,3 +200,12 @@ async def test_prompt_from_real_messages_renders_mentions_as_names(world: World)
 
 async def _once(text: str) -> AsyncIterator[str]:
     yield text
+
+
+async def test_reply_to_a_deleted_message_is_still_sent(world: World) -> None:
+    question = await world.ask("Quick, answer before I delete this")
+    await world.server.delete_message(world.fake, question.id)
+    await stream_reply(world.channel, _once("Answered anyway."), reference=question)
+    (reply,) = world.server.bot_messages(world.fake)
+    assert reply["content"] == "Answered anyway."
+    assert "message_reference" not in reply
