@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from genbot.gatekeep import GateHandle, gatekeep, running
+from genbot.gatekeep import GateHandle, Gatekeeper, gatekeep, running
 
 
 class Recorder:
@@ -157,3 +157,15 @@ async def test_unhashable_arguments_rejected_clearly() -> None:
 
     with pytest.raises(TypeError, match="hashable"):
         f([1])
+
+
+def test_genbot_gatekeep_is_the_decorator_even_after_the_module_was_imported() -> None:
+    import genbot
+    import genbot.gatekeep as module  # binds the module to `genbot.gatekeep`
+
+    assert genbot.gatekeep is module or genbot.gatekeep is gatekeep
+
+    async def fn() -> None:
+        return None
+
+    assert isinstance(genbot.gatekeep(fn), Gatekeeper)

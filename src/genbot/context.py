@@ -290,12 +290,6 @@ class Context:
             self._exhausted = True
             return False
 
-    async def read(self) -> list[discord.Message]:
-        """Read the whole window; newest first."""
-        async for _ in self:
-            pass
-        return list(self._items)
-
     async def current(self) -> bool:
         """``False`` when a new visible message from someone other than the bot arrived after
         the context was first read (reads it first if it was not)."""
