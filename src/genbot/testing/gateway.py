@@ -45,20 +45,25 @@ class Connection:
         await self.ws.close(code=code, message=message)
 
     async def send(self, payload: dict[str, Any]) -> None:
-        text = json.dumps(payload, separators=(",", ":"))
+        await self.send_all([payload])
+
+    async def send_all(self, payloads: list[dict[str, Any]]) -> None:
+        """Send in order, with nothing else interleaved (a RESUME's replay)."""
         async with self._lock:
-            if self.ws.closed:
-                return
-            try:
-                if self._compressor is None:
-                    await self.ws.send_str(text)
-                else:
-                    data = self._compressor.compress(text.encode())
-                    data += self._compressor.flush(zlib.Z_SYNC_FLUSH)
-                    await self.ws.send_bytes(data)
-            except (ConnectionError, RuntimeError):
-                # The peer went away; the event stays in the session for a RESUME.
-                pass
+            for payload in payloads:
+                text = json.dumps(payload, separators=(",", ":"))
+                if self.ws.closed:
+                    return
+                try:
+                    if self._compressor is None:
+                        await self.ws.send_str(text)
+                    else:
+                        data = self._compressor.compress(text.encode())
+                        data += self._compressor.flush(zlib.Z_SYNC_FLUSH)
+                        await self.ws.send_bytes(data)
+                except (ConnectionError, RuntimeError):
+                    # The peer went away; the events stay in the session for a RESUME.
+                    return
 
 
 class GatewaySession:
@@ -184,18 +189,18 @@ async def _resume(
     server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
     found = server._sessions.get(str(data.get("session_id")))
-    missed = None
-    if found is not None and data.get("token") == server.token and session is None:
-        missed = found.missed_since(int(data.get("seq") or 0))
-    if found is None or missed is None:
+    seq = int(data.get("seq") or 0)
+    valid = found is not None and data.get("token") == server.token and session is None
+    if found is None or not valid or found.missed_since(seq) is None:
         await connection.send({"op": INVALID_SESSION, "d": False})
         return session
     if found.connection is not None and found.connection is not connection:
         await found.connection.close(4000, b"session resumed elsewhere")
+    # Attach and take the missed events with no await in between, so none falls in a gap.
+    missed = found.missed_since(seq) or []
     found.connection = connection
     server.resumes += 1
-    for payload in missed:
-        await connection.send(payload)
+    await connection.send_all(missed)
     await found.dispatch("RESUMED", {"_trace": ["genbot-loopback"]})
     server._changed()
     return found
