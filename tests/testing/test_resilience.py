@@ -150,10 +150,9 @@ async def test_a_clean_close_ends_the_session_and_a_second_bot_can_log_in(world:
 
 async def test_privileged_intents_must_be_enabled_for_the_application() -> None:
     async with DiscordServer(privileged_intents=False) as server:
-        bot = Recorder()  # asks for message_content and members
-        with pytest.raises(discord.PrivilegedIntentsRequired):
-            await asyncio.wait_for(bot.start(server.token), 10)
-        await bot.close()
+        with pytest.raises(discord.PrivilegedIntentsRequired):  # run_bot re-raises the failure
+            async with run_bot(Recorder(), server):  # asks for message_content and members
+                pytest.fail("a bot that cannot identify is never ready")
         plain = Recorder(intents=discord.Intents.default())
         async with run_bot(plain, server):
             assert plain.is_ready()
