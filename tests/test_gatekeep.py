@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
-from genbot.gatekeep import GateHandle, Gatekeeper, gatekeep, running
+from genbot.gatekeep import GateHandle, gatekeep, running
 
 
 class Recorder:
@@ -160,12 +162,7 @@ async def test_unhashable_arguments_rejected_clearly() -> None:
 
 
 def test_genbot_gatekeep_is_the_decorator_even_after_the_module_was_imported() -> None:
-    import genbot
-    import genbot.gatekeep as module  # binds the module to `genbot.gatekeep`
-
-    assert genbot.gatekeep is module or genbot.gatekeep is gatekeep
-
-    async def fn() -> None:
-        return None
-
-    assert isinstance(genbot.gatekeep(fn), Gatekeeper)
+    # In a fresh interpreter: importing the module first must not shadow the decorator.
+    code = ("import sys, genbot.gatekeep, genbot\n"
+            "assert genbot.gatekeep is sys.modules['genbot.gatekeep'].gatekeep\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

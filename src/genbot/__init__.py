@@ -2,12 +2,16 @@
 
 Public names are imported lazily, so that a streamer's worker process (started with
 ``spawn``) that only needs :mod:`genbot.streaming` does not pay for importing discord.py.
+The exception is ``gatekeep`` (standard library only): its module has the same name, and
+importing ``genbot.gatekeep`` would bind the module over a lazily exported decorator.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from genbot.gatekeep import gatekeep
 
 __all__ = [
     "Context",
@@ -23,7 +27,6 @@ __version__ = "0.1.0"
 _LAZY = {
     "Genbot": "genbot.bot",
     "Context": "genbot.context",
-    "gatekeep": "genbot.gatekeep",
     "Streamer": "genbot.streaming",
     "StreamError": "genbot.streaming",
     "streamer": "genbot.streaming",
@@ -32,8 +35,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from genbot.bot import Genbot
     from genbot.context import Context
-    from genbot.gatekeep import gatekeep
-    from genbot.streaming import StreamError, Streamer, streamer
+    from genbot.streaming import Streamer, StreamError, streamer
 
 
 def __getattr__(name: str) -> Any:

@@ -23,7 +23,6 @@ import asyncio
 import functools
 import inspect
 import logging
-import sys
 import types
 from collections.abc import Awaitable, Callable, Generator, Hashable
 from typing import Any, Generic, ParamSpec
@@ -149,15 +148,3 @@ def gatekeep(fn: Callable[P, Awaitable[Any]]) -> Gatekeeper[P]:
     """Decorate an async function (or method) so it runs at most once per arguments at a time."""
     return Gatekeeper(fn)
 
-
-class _CallableModule(types.ModuleType):
-    """Importing ``genbot.gatekeep`` binds the *module* to ``genbot.gatekeep`` (the import
-    system sets the package attribute), shadowing the lazily exported decorator of the same
-    name. Making the module itself a decorator keeps ``@genbot.gatekeep`` working whatever was
-    imported first."""
-
-    def __call__(self, fn: Callable[P, Awaitable[Any]]) -> Gatekeeper[P]:
-        return gatekeep(fn)
-
-
-sys.modules[__name__].__class__ = _CallableModule
