@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import multiprocessing
 import os
 import signal
@@ -33,14 +34,21 @@ FLOOR_MESSAGES = 200_000
 FLOOR_ROUND_TRIPS = 2_000
 
 
+@functools.cache
+def distinct_outputs(count: int, size: int) -> list[list[str]]:
+    """For each of 64 streams, ``count`` different strings of ``size`` characters (different
+    objects, as a model's tokens would be, so that pickling cannot share them)."""
+    return [[f"{stream}.{i}".rjust(size, "x")[:size] for i in range(count)] for stream in range(64)]
+
+
 @genbot.streamer(maximum=64)
 def bench_worker(streams: list[Stream]) -> None:
     """Writes ``count`` outputs of ``size`` bytes to every stream, one step at a time."""
     count, size = streams[0].data
-    payload = "x" * size
-    for _ in range(count):
-        for stream in streams:
-            stream.write(payload)
+    outputs = distinct_outputs(count, size) if count <= 64 else None
+    for i in range(count):
+        for j, stream in enumerate(streams):
+            stream.write(outputs[j][i] if outputs else "x" * size)
 
 
 def _floor_child(conn: Connection, messages: int) -> None:

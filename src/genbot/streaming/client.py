@@ -29,6 +29,8 @@ log = logging.getLogger("genbot.streaming")
 
 _Waiter = asyncio.Future[None] | threading.Event
 
+_UNREADABLE = -1  # not a frame kind: an output the caller side cannot unpickle
+
 
 def _on_loop_thread() -> bool:
     try:
@@ -234,23 +236,46 @@ class Hub:
     def route(self, link: _Link, received: list[frames.Frame]) -> None:
         if link is not self._link:
             return
+        # Unpickle before taking the lock; then route by stream id under it.
+        decoded: list[tuple[int, int, Any]] = []
+        for kind, sid, payload in received:
+            value: Any = None
+            if kind == frames.OUTS:
+                value = frames.loads(payload, "outputs")
+            elif kind == frames.OUT:
+                try:
+                    value = frames.loads(payload, "an output")
+                except StreamError as exc:
+                    kind, value = _UNREADABLE, exc
+            elif kind == frames.ERROR:
+                message, text = frames.loads(payload, "an error")
+                value = StreamError(message, traceback=text)
+            decoded.append((kind, sid, value))
         wake: list[_Waiter | None] = []
         with self.lock:
             streams = self.streams
-            for kind, sid, payload in received:
+            for kind, sid, value in decoded:
+                if kind == frames.OUTS:
+                    for out_sid, obj in value:
+                        st = streams.get(out_sid)
+                        if st is not None:
+                            st._buffer.append(obj)
+                            if st._waiter is not None:
+                                wake.append(st._waiter)
+                                st._waiter = None
+                    continue
                 st = streams.get(sid)
                 if st is None:
                     continue  # the caller went away
                 if kind == frames.OUT:
-                    st._buffer.append(payload)
+                    st._buffer.append(value)
                 elif kind == frames.GRANT:
                     st._granted = True
                 elif kind == frames.END:
                     st._ended = True
                     del streams[sid]
                 elif kind == frames.ERROR:
-                    message, text = frames.loads(payload, "error")
-                    st._error = StreamError(message, traceback=text)
+                    st._error = value
                     del streams[sid]
                 elif kind == frames.EXPIRE:
                     st._error = StreamError(
@@ -258,8 +283,10 @@ class Hub:
                         " turn was granted, so its slot was given up"
                     )
                     del streams[sid]
-                else:
-                    continue
+                elif kind == _UNREADABLE:
+                    st._error = value
+                    del streams[sid]
+                    self._send_locked(frames.frame(frames.CANCEL, sid))
                 waiter = st._waiter
                 if waiter is not None:
                     st._waiter = None
@@ -322,8 +349,8 @@ class CallerStream:
     def __init__(self, hub: Hub) -> None:
         self.id = 0
         self._hub = hub
-        self._buffer: deque[bytes] = deque()  # filled by the hub
-        self._taken: deque[bytes] = deque()  # the caller's, emptied without the lock
+        self._buffer: deque[Any] = deque()  # outputs, filled by the hub
+        self._taken: deque[Any] = deque()  # the caller's, emptied without the lock
         self._granted = False
         self._ended = False
         self._error: StreamError | None = None
@@ -391,7 +418,7 @@ class CallerStream:
                     self._waiter = future
             if not self._taken:
                 await future
-        return frames.loads(self._taken.popleft(), "output")
+        return self._taken.popleft()
 
     def __iter__(self) -> CallerStream:
         _refuse_on_loop("for out in stream(inputs)", "async for out in stream(inputs)")
@@ -408,7 +435,7 @@ class CallerStream:
                     self._waiter = event
             if not self._taken:
                 event.wait()
-        return frames.loads(self._taken.popleft(), "output")
+        return self._taken.popleft()
 
     # -- turn and closing ------------------------------------------------------------------
 

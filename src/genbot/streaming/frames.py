@@ -23,6 +23,8 @@ __all__ = [
     "HEADER",
     "OPEN",
     "OUT",
+    "OUTS",
+    "PLAIN_TYPES",
     "FrameReader",
     "dumps",
     "frame",
@@ -41,6 +43,11 @@ OUT = 5  # one output (payload: pickle)
 END = 6  # the worker closed the stream
 ERROR = 7  # the stream failed (payload: pickle of (message, traceback text or None))
 EXPIRE = 8  # the inputs did not arrive in time after GRANT; the slot was released
+OUTS = 9  # outputs of plain types (str, bytes, numbers, None), many streams' in one pickle:
+#           a list of (stream id, output); the stream id in the header is 0
+
+#: Output types that always pickle: the worker batches them into OUTS frames.
+PLAIN_TYPES = frozenset({str, bytes, int, float, bool, type(None)})
 
 Frame = tuple[int, int, bytes]
 

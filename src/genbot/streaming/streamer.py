@@ -142,31 +142,35 @@ class WorkerProcess:
 class _ProcessWorker(LaunchedWorker):
     def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
         self.process = process
+        # Process.join is not safe from two threads at once (the loser of the race for the
+        # exit status sees none): the hub's death watch and close() take turns.
+        self._join_lock = threading.Lock()
 
     def watch(self, loop: Any, on_death: Callable[[str], None]) -> None:
         sentinel = self.process.sentinel
 
         def died() -> None:
             loop.remove_reader(sentinel)
-            self.process.join(1.0)
-            on_death(
-                f"the worker process {self.process.pid} died (exit code {self.process.exitcode})"
-            )
+            with self._join_lock:
+                self.process.join(1.0)
+            pid, code = self.process.pid, self.process.exitcode
+            on_death(f"the worker process {pid} died (exit code {code})")
 
         loop.add_reader(sentinel, died)
 
     def stop(self, timeout: float) -> None:
-        process = self.process
-        process.join(timeout)
-        if process.exitcode is None:
-            log.warning(
-                "streamer worker %s did not stop in %.1f s; terminating", process.pid, timeout
-            )
-            process.terminate()
-            process.join(2.0)
-        if process.exitcode is None:
-            process.kill()
-            process.join()
+        with self._join_lock:
+            process = self.process
+            process.join(timeout)
+            if process.exitcode is None:
+                log.warning(
+                    "streamer worker %s did not stop in %.1f s; terminating", process.pid, timeout
+                )
+                process.terminate()
+                process.join(2.0)
+            if process.exitcode is None:
+                process.kill()
+                process.join()
 
 
 class _ThreadWorker(LaunchedWorker):

@@ -43,8 +43,11 @@ class Stream:
     def write(self, obj: object) -> None:
         if self.closed:
             return
-        payload = frames.dumps(obj, "output")
-        self._side.send(frames.frame(frames.OUT, self.id, payload))
+        if type(obj) in frames.PLAIN_TYPES:
+            self._side.send_plain(self.id, obj)
+        else:
+            payload = frames.dumps(obj, "output")  # fails here, in the worker, if unpicklable
+            self._side.send(frames.frame(frames.OUT, self.id, payload))
 
     def close(self) -> None:
         if not self.closed:
@@ -64,6 +67,23 @@ class Stream:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<Stream {self.id} {state} data={self.data!r:.60}>"
+
+
+def _encode(batch: list[bytes | tuple[int, object]]) -> bytes:
+    """One send's bytes: frames as they are, each run of plain outputs as one OUTS frame."""
+    chunks: list[bytes] = []
+    run: list[tuple[int, object]] = []
+    for item in batch:
+        if type(item) is tuple:
+            run.append(item)
+            continue
+        if run:
+            chunks.append(frames.frame(frames.OUTS, 0, frames.dumps(run, "outputs")))
+            run = []
+        chunks.append(item)  # type: ignore[arg-type]
+    if run:
+        chunks.append(frames.frame(frames.OUTS, 0, frames.dumps(run, "outputs")))
+    return b"".join(chunks)
 
 
 def _error_payload(message: str, text: str | None) -> bytes:
@@ -91,7 +111,7 @@ class WorkerSide:
         self.eof = False
         self.consumed = 0
         self._out_cond = threading.Condition(threading.Lock())
-        self._outbox: list[bytes] = []
+        self._outbox: list[bytes | tuple[int, object]] = []
         self._stopping = False
         self._receiver = threading.Thread(target=self._receive, name="genbot-recv", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name="genbot-send", daemon=True)
@@ -106,6 +126,13 @@ class WorkerSide:
             if len(self._outbox) == 1:
                 self._out_cond.notify()
 
+    def send_plain(self, sid: int, obj: object) -> None:
+        """Queue an output of a plain type; the sender pickles a run of them at once."""
+        with self._out_cond:
+            self._outbox.append((sid, obj))
+            if len(self._outbox) == 1:
+                self._out_cond.notify()
+
     def _send_loop(self) -> None:
         while True:
             with self._out_cond:
@@ -115,7 +142,7 @@ class WorkerSide:
                 stopping = self._stopping
             if batch:
                 try:
-                    self.end.send(b"".join(batch))
+                    self.end.send(_encode(batch))
                 except OSError:
                     self._lost()
                     return
