@@ -5,7 +5,8 @@ connection to the worker, routes incoming frames by stream id into per-stream bu
 the worker's death, and restarts it. Callers never run on the hub: an ``async`` caller waits on
 a future of its own loop, which the hub completes through ``call_soon_threadsafe`` (one call per
 loop per chunk received, not per frame); a synchronous caller waits on a ``threading.Event``.
-Nothing polls.
+Callers send their frames (open, inputs, cancel) straight to the connection from their own
+thread (see :class:`~genbot.streaming.transport.CallerEnd`). Nothing polls.
 """
 
 from __future__ import annotations
@@ -54,22 +55,18 @@ def _wake(futures: list[asyncio.Future[None]]) -> None:
             future.set_result(None)
 
 
-class _Link(asyncio.Protocol):
+class _Link:
     """One connection to one worker; the hub replaces it when the worker restarts."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, end: CallerEnd) -> None:
         self.hub = hub
+        self.end = end
         self.reader = frames.FrameReader()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.hub.route(self, self.reader.feed(data))
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def closed(self) -> None:
         self.hub.link_lost(self, "the connection to the worker closed")
 
 
@@ -104,10 +101,8 @@ class Hub:
         self.lock = threading.Lock()
         self.streams: dict[int, CallerStream] = {}
         self.worker: LaunchedWorker | None = None
-        self._outbox: list[bytes] = []
-        self._flush_scheduled = False
-        self._link: _Link | None = None
-        self._linked = False
+        self._outbox: list[bytes] = []  # frames for a worker being (re)started
+        self._link: _Link | None = None  # set and cleared under the lock
         self._restart: asyncio.TimerHandle | None = None
         self.closed = False
         self.dead: str | None = None  # why, once the worker is dead for good (no restart)
@@ -129,32 +124,26 @@ class Hub:
         if self.closed:
             return
         caller_end, worker_end = self._pair()
-        link = _Link(self)
         try:
             worker = self._launch(caller_end, worker_end)
         except BaseException:
             caller_end.close()
             raise
         self.worker = worker
-        await caller_end.connect(lambda: link)
-        if self.closed:
-            if link.transport is not None:
-                link.transport.close()
-            return
-        self._link = link
-        worker.watch(self.loop, lambda reason: self.link_lost(link, reason))
+        link = _Link(self, caller_end)
+        caller_end.start(self.loop, link.data_received, link.closed)
         with self.lock:
-            self._linked = True
-            self._flush_scheduled = True
-        self._flush()
+            self._link = link
+            if self._outbox:  # opened while the worker (re)started
+                caller_end.send(b"".join(self._outbox))
+                self._outbox.clear()
+        worker.watch(self.loop, lambda reason: self.link_lost(link, reason))
 
     def link_lost(self, link: _Link, reason: str) -> None:
         """Fail every open and waiting stream, then restart the worker (with back-off)."""
         if link is not self._link:
             return
-        self._link = None
-        if link.transport is not None:
-            link.transport.abort()
+        link.end.close()
         self._fail_all(reason)
         if self.closed:
             return
@@ -164,7 +153,7 @@ class Hub:
 
     def _fail_all(self, reason: str) -> None:
         with self.lock:
-            self._linked = False
+            self._link = None
             self._outbox.clear()
             streams = list(self.streams.values())
             self.streams.clear()
@@ -200,7 +189,6 @@ class Hub:
             if self.closed:
                 return
             self.closed = True
-            self._linked = False
             self._outbox.clear()
             streams = list(self.streams.values())
             self.streams.clear()
@@ -218,9 +206,10 @@ class Hub:
         if self._restart is not None:
             self._restart.cancel()
             self._restart = None
-        link, self._link = self._link, None
-        if link is not None and link.transport is not None:
-            link.transport.close()
+        with self.lock:
+            link, self._link = self._link, None
+        if link is not None:
+            link.end.close()
 
     def stop(self) -> None:
         """Stop the hub's loop and thread (after :meth:`close` and the worker stopped)."""
@@ -311,21 +300,10 @@ class Hub:
     # -- frames out (any thread) -----------------------------------------------------------
 
     def _send_locked(self, data: bytes) -> None:
-        self._outbox.append(data)
-        if self._linked and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon_threadsafe(self._flush)
-
-    def _flush(self) -> None:
-        with self.lock:
-            self._flush_scheduled = False
-            if not self._linked or not self._outbox:
-                return
-            data = b"".join(self._outbox)
-            self._outbox.clear()
-        link = self._link
-        if link is not None and link.transport is not None:
-            link.transport.write(data)
+        if self._link is not None:
+            self._link.end.send(data)
+        else:
+            self._outbox.append(data)  # the worker is (re)starting
 
     def register(self, st: CallerStream) -> None:
         with self.lock:

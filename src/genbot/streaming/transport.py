@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -40,11 +41,21 @@ class WorkerEnd(ABC):
 
 
 class CallerEnd(ABC):
-    """The caller side's end, driven by the streamer's asyncio loop."""
+    """The caller side's end: read on the streamer's asyncio loop, written from any thread."""
 
     @abstractmethod
-    async def connect(self, protocol_factory: Callable[[], asyncio.Protocol]) -> None:
-        """Attach the end to the running loop, feeding ``protocol_factory()``'s protocol."""
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_data: Callable[[bytes], None],
+        on_closed: Callable[[], None],
+    ) -> None:
+        """On ``loop``'s thread: feed what arrives to ``on_data``; call ``on_closed`` once the
+        other end is gone (not after :meth:`close`)."""
+
+    @abstractmethod
+    def send(self, data: bytes) -> None:
+        """From any thread, without blocking: send ``data`` after everything sent before."""
 
     @abstractmethod
     def release_worker_copy(self) -> None:
@@ -52,7 +63,7 @@ class CallerEnd(ABC):
 
     @abstractmethod
     def close(self) -> None:
-        """Close this end (used when launching the worker failed)."""
+        """Stop and close (on the loop's thread once started)."""
 
 
 class Transport(ABC):
@@ -83,19 +94,101 @@ class _SocketWorkerEnd(WorkerEnd):
 
 
 class _SocketCallerEnd(CallerEnd):
+    """Sends go straight to the (non-blocking) socket from the sending thread, so a caller's
+    frame costs no hop to the loop's thread; what the socket does not take at once is queued
+    and written by the loop when the socket is writable."""
+
     def __init__(self, sock: socket.socket, worker_sock: socket.socket) -> None:
+        sock.setblocking(False)
         self.sock = sock
         self.worker_sock = worker_sock
+        self._lock = threading.Lock()
+        self._pending: list[bytes] = []  # not sent yet, in order
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._on_data: Callable[[bytes], None] = lambda data: None
+        self._on_closed: Callable[[], None] = lambda: None
         _caller_ends.add(self)
 
-    async def connect(self, protocol_factory: Callable[[], asyncio.Protocol]) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.connect_accepted_socket(protocol_factory, self.sock)
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_data: Callable[[bytes], None],
+        on_closed: Callable[[], None],
+    ) -> None:
+        self._on_data = on_data
+        self._on_closed = on_closed
+        loop.add_reader(self.sock.fileno(), self._readable)
+        with self._lock:
+            self._loop = loop
+            if self._pending:
+                loop.add_writer(self.sock.fileno(), self._writable)
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._on_data(data)
+        elif not self._closed:
+            self.close()
+            self._on_closed()
+
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._pending or self._loop is None:
+                self._pending.append(data)  # behind what waits for the loop's writer
+                return
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                return  # the connection is gone: the reader tells the loop
+            if sent == len(data):
+                return
+            self._pending.append(data[sent:])
+            loop = self._loop
+        try:
+            loop.call_soon_threadsafe(self._start_writing)
+        except RuntimeError:
+            pass  # the loop is closed: so is this end
+
+    def _start_writing(self) -> None:
+        if not self._closed:
+            assert self._loop is not None
+            self._loop.add_writer(self.sock.fileno(), self._writable)
+
+    def _writable(self) -> None:
+        with self._lock:
+            data = b"".join(self._pending)
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = len(data)  # gone: the reader tells the loop
+            self._pending = [data[sent:]] if sent < len(data) else []
+            if not self._pending and self._loop is not None:
+                self._loop.remove_writer(self.sock.fileno())
 
     def release_worker_copy(self) -> None:
         self.worker_sock.close()
 
     def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._pending.clear()
+            if self._loop is not None:
+                self._loop.remove_reader(self.sock.fileno())
+                self._loop.remove_writer(self.sock.fileno())
         self.sock.close()
         self.worker_sock.close()
 

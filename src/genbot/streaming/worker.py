@@ -113,6 +113,7 @@ class WorkerSide:
         self._out_cond = threading.Condition(threading.Lock())
         self._outbox: list[bytes | tuple[int, object]] = []
         self._stopping = False
+        self._sending = False  # a thread is in end.send(): the others queue behind it
         self._receiver = threading.Thread(target=self._receive, name="genbot-recv", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name="genbot-send", daemon=True)
         self._receiver.start()
@@ -121,31 +122,61 @@ class WorkerSide:
     # -- sending ---------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
+        """Queue ``data`` for the sender thread, which sends everything queued at once."""
         with self._out_cond:
             self._outbox.append(data)
-            if len(self._outbox) == 1:
+            if len(self._outbox) == 1 and not self._sending:
                 self._out_cond.notify()
 
     def send_plain(self, sid: int, obj: object) -> None:
         """Queue an output of a plain type; the sender pickles a run of them at once."""
         with self._out_cond:
             self._outbox.append((sid, obj))
-            if len(self._outbox) == 1:
+            if len(self._outbox) == 1 and not self._sending:
                 self._out_cond.notify()
+
+    def send_now(self, data: bytes) -> None:
+        """Queue ``data`` and :meth:`flush`."""
+        with self._out_cond:
+            self._outbox.append(data)
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what is queued from this thread, unless a send is under way (then the sender
+        thread sends it after). Saves the hop to the sender thread when the worker is about to
+        wait anyway (in ``consume``); the order of frames is kept either way."""
+        with self._out_cond:
+            if self._sending or not self._outbox:
+                return
+            batch, self._outbox = self._outbox, []
+            self._sending = True
+        try:
+            self.end.send(_encode(batch))
+        except OSError:
+            pass  # the caller side is gone: the receiver sees EOF (we may hold ``cond`` here)
+        finally:
+            with self._out_cond:
+                self._sending = False
+                if self._outbox:
+                    self._out_cond.notify()
 
     def _send_loop(self) -> None:
         while True:
             with self._out_cond:
-                while not self._outbox and not self._stopping:
+                while self._sending or (not self._outbox and not self._stopping):
                     self._out_cond.wait()
                 batch, self._outbox = self._outbox, []
                 stopping = self._stopping
+                self._sending = bool(batch)
             if batch:
                 try:
                     self.end.send(_encode(batch))
                 except OSError:
                     self._lost()
                     return
+                finally:
+                    with self._out_cond:
+                        self._sending = False
             if stopping:
                 return
 
@@ -213,17 +244,21 @@ class WorkerSide:
         if not 0 <= minimum <= maximum:
             raise ValueError(f"need 0 <= minimum <= maximum, got {minimum} and {maximum}")
         deadline = None if timeout is None else time.monotonic() + timeout
+        self.flush()  # the outputs written since the last call
         with self.cond:
             while True:
                 if self.eof:
                     raise WorkerExit
                 now = time.monotonic()
                 self._expire(now)
+                grants = []
                 while self.pending and len(self.granted) + len(self.ready) < maximum:
                     sid = next(iter(self.pending))
                     del self.pending[sid]
                     self.granted[sid] = now + self.input_timeout
-                    self.send(frames.frame(frames.GRANT, sid))
+                    grants.append(frames.frame(frames.GRANT, sid))
+                if grants:
+                    self.send_now(b"".join(grants))
                 if len(self.ready) >= maximum or (len(self.ready) >= minimum and not self.granted):
                     break
                 if minimum == 0:
