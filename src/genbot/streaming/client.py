@@ -64,7 +64,11 @@ class _Link:
         self.reader = frames.FrameReader()
 
     def data_received(self, data: bytes) -> None:
-        self.hub.route(self, self.reader.feed(data))
+        try:
+            self.hub.route(self, self.reader.feed(data))
+        except Exception as exc:  # a malformed frame: this connection cannot be trusted
+            log.exception("streamer %s: bad data from the worker", self.hub.name)
+            self.hub.link_lost(self, f"bad data from the worker ({exc!r})")
 
     def closed(self) -> None:
         self.hub.link_lost(self, "the connection to the worker closed")
