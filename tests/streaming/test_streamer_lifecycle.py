@@ -44,7 +44,7 @@ async def test_the_body_runs_only_once_the_worker_took_the_stream() -> None:
         await asyncio.wait_for(in_first.wait(), 10)
         task2 = asyncio.create_task(second())
         # one slot (maximum=1), held by the first stream: the second waits in the queue
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(entered_second.wait()), 0.3)
         release.set()
         assert await asyncio.wait_for(task2, 10) == [0, 1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-import design_examples
+import streamer_design_examples
 
 
 class Channel:
@@ -16,11 +16,11 @@ class Channel:
 
 
 async def test_subclass_example() -> None:
-    streamer = design_examples.MyStreamer()
+    streamer = streamer_design_examples.MyStreamer()
     process = streamer.start_process()
     try:
         channels = [Channel() for _ in range(3)]
-        bot = design_examples.MyBot(streamer)
+        bot = streamer_design_examples.MyBot(streamer)
         await asyncio.wait_for(asyncio.gather(*(bot.attend(c) for c in channels)), 30)
     finally:
         streamer.close()
@@ -29,11 +29,11 @@ async def test_subclass_example() -> None:
 
 
 async def test_decorator_example() -> None:
-    streamer = design_examples.streamer
+    streamer = streamer_design_examples.streamer
     process = streamer.start_process(minimum=1, maximum=64)
     try:
         channel = Channel()
-        await asyncio.wait_for(design_examples.MyBot(streamer).attend(channel), 30)
+        await asyncio.wait_for(streamer_design_examples.MyBot(streamer).attend(channel), 30)
     finally:
         streamer.close()
     assert channel.sent == ["Pong: some input data"]
@@ -41,15 +41,18 @@ async def test_decorator_example() -> None:
 
 
 async def test_putting_everything_together() -> None:
-    design_examples.echo.start_process()
+    streamer_design_examples.echo.start_process()
     try:
         history = [("bob", "hello"), ("alice", "hi")]
         channels = [Channel(), Channel()]
-        bots = [design_examples.EchoBot(history), design_examples.EchoBot(history[:1])]
+        bots = [
+            streamer_design_examples.EchoBot(history),
+            streamer_design_examples.EchoBot(history[:1]),
+        ]
         await asyncio.wait_for(
             asyncio.gather(*(b.attend(c) for b, c in zip(bots, channels, strict=True))), 30
         )
     finally:
-        design_examples.echo.close()
+        streamer_design_examples.echo.close()
     assert channels[0].sent == ["Echo 20"] * 2  # "alice: hi\nbob: hello"
     assert channels[1].sent == ["Echo 10"] * 2  # "bob: hello"
