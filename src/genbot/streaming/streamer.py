@@ -532,7 +532,10 @@ def _close_all() -> None:
 
 
 def _forget_in_child() -> None:
-    """A forked child does not own its parent's streamers (their threads are not there)."""
+    """A forked child does not own its parent's streamers (their threads are not there), and
+    the registry's lock may have been held by a parent thread when it forked."""
+    global _registry_lock
+    _registry_lock = threading.Lock()
     _active.clear()
 
 
