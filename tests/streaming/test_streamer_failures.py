@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -138,3 +139,42 @@ def test_a_nested_streamer_function_cannot_be_spawned_and_says_why() -> None:
     assert not local.running
     local.start_process(start_method="fork")  # fork needs no pickling
     local.close()
+
+
+def test_sync_callers_fail_too_when_the_worker_dies_or_the_streamer_closes() -> None:
+    process = endless.start_process(backoff=0.1)
+    errors: list[BaseException] = []
+    reading = threading.Barrier(3)
+
+    def call() -> None:
+        try:
+            with endless.stream() as stream:
+                for i, _ in enumerate(stream("sync")):
+                    if i == 0:
+                        reading.wait(30)
+        except StreamError as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=call) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        reading.wait(30)
+        os.kill(process.pid or 0, signal.SIGKILL)
+        for thread in threads:
+            thread.join(10)
+        assert len(errors) == 2
+        assert all(isinstance(e, WorkerDied) for e in errors)
+
+        errors.clear()
+        reading.reset()
+        threads = [threading.Thread(target=call) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        reading.wait(30)  # served by the restarted worker
+    finally:
+        endless.close()
+    for thread in threads:
+        thread.join(10)
+    assert len(errors) == 2
+    assert all("closed" in str(e) for e in errors)
