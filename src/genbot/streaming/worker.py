@@ -109,7 +109,6 @@ class WorkerSide:
         self.ready: dict[int, Stream] = {}
         self.active: dict[int, Stream] = {}
         self.eof = False
-        self.consumed = 0
         self._out_cond = threading.Condition(threading.Lock())
         self._outbox: list[bytes | tuple[int, object]] = []
         self._stopping = False
@@ -274,7 +273,6 @@ class WorkerSide:
                 stream = self.ready.pop(sid)
                 self.active[sid] = stream
                 taken.append(stream)
-            self.consumed += len(taken)
             return taken
 
     def _expire(self, now: float) -> None:
