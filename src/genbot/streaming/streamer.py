@@ -251,13 +251,17 @@ class Streamer:
     def consume(
         self, minimum: int = 1, maximum: int = 1, timeout: float | None = None
     ) -> list[Stream]:
-        """Wait for at least ``minimum`` streams whose inputs arrived; return up to ``maximum``.
+        """Take waiting streams: give them their turn, return them once their inputs arrived.
 
-        Called in the worker. ``minimum=0`` returns at once with what is ready (continuous
-        batching: call it between decoding steps, with ``maximum`` the free capacity, which may
-        be 0). ``timeout`` (seconds) bounds the wait; when it
-        passes, fewer than ``minimum`` streams (maybe none) are returned. Once the streamer is
-        closed it raises :class:`~genbot.streaming.errors.WorkerExit`, which ends the worker.
+        Called in the worker. Grants turns to waiting streams (at most ``maximum`` granted or
+        ready at a time), then returns up to ``maximum`` streams whose ``data`` is there: with
+        ``minimum >= 1``, once at least ``minimum`` are ready and no granted stream's inputs are
+        still on their way (bounded by ``input_timeout``). ``minimum=0`` returns at once with
+        what is ready (continuous batching: call it between decoding steps, with ``maximum`` the
+        free capacity, which may be 0); streams granted then come with a later call.
+        ``timeout`` (seconds) bounds the wait; when it passes, fewer than ``minimum`` streams
+        (maybe none) are returned. Once the streamer is closed it raises
+        :class:`~genbot.streaming.errors.WorkerExit`, which ends the worker.
         """
         side = self._worker_side or self._attach_manual()
         try:
