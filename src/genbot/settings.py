@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["BACKENDS", "Settings", "SettingsError", "settings_table"]
+__all__ = ["BACKENDS", "Settings", "SettingsError", "settings_help", "settings_table"]
 
 BACKENDS = ("llamacpp", "transformers", "openai")
 
@@ -226,3 +226,13 @@ def settings_table() -> str:
         rows.append(f"| `{f.name}` | `GENBOT_{f.name.upper()}` | `{shown}` "
                     f"| {f.metadata['help']} |")
     return "\n".join(rows)
+
+
+def settings_help() -> str:
+    """The settings as plain text for ``--help``: name, default and description."""
+    lines = ["Settings (config file key, GENBOT_<NAME> variable or --set NAME=VALUE):"]
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = "(see genbot settings)" if f.name == "system_prompt" else json.dumps(default)
+        lines.append(f"{f.name} = {shown}: {f.metadata['help']}")
+    return "\n\n".join(lines)
