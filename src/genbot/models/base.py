@@ -1,0 +1,178 @@
+"""What every backend shares: the chat input, message preparation and stop-string handling."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from genbot.streaming import Streamer
+
+if TYPE_CHECKING:
+    from genbot.streaming.worker import Stream
+
+__all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "ChatRequest",
+    "ChatStreamer",
+    "GenerationSettings",
+    "ModelError",
+    "StopBuffer",
+    "prepare_messages",
+]
+
+#: Keeps a very small model (SmolLM2-135M) short and on the conversation's topic.
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly assistant in a Discord chat. Answer the last message briefly, in one "
+    "to three sentences, and stay on its topic. If you do not know, say so."
+)
+
+ROLES = ("system", "user", "assistant")
+
+
+class ModelError(RuntimeError):
+    """A backend failed to generate (bad request, server error, engine failure).
+
+    Raised inside the worker; the caller sees it as a :class:`genbot.StreamError`.
+    """
+
+
+@dataclass
+class GenerationSettings:
+    """How to generate. ``temperature == 0`` means greedy decoding."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.2
+    top_p: float = 0.9
+    repeat_penalty: float = 1.1
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must not be negative, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.repeat_penalty <= 0:
+            raise ValueError(f"repeat_penalty must be positive, not {self.repeat_penalty}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop must be a list of non-empty strings, not {self.stop!r}")
+
+
+@dataclass
+class ChatRequest:
+    """One chat turn to complete: the conversation so far (oldest first) and the settings.
+
+    Messages are ``{"role": "system" | "user" | "assistant", "name"?: str, "content": str}``.
+    """
+
+    messages: list[dict]
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+
+
+def prepare_messages(messages: Sequence[dict], system_prompt: str | None = None) -> list[dict]:
+    """Turn request messages into plain ``{role, content}`` messages for a chat template.
+
+    Chat templates (and many servers) drop the ``name`` field, yet in a group chat who said
+    what matters, so a named user message becomes ``"name: content"``. ``system_prompt`` is
+    put first when the conversation has no system message of its own.
+    """
+    out: list[dict] = []
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        content = message.get("content")
+        if role not in ROLES:
+            raise ModelError(f"message {i}: role must be one of {ROLES}, not {role!r}")
+        if not isinstance(content, str):
+            raise ModelError(f"message {i}: content must be a string, not {type(content).__name__}")
+        name = message.get("name")
+        if name and role == "user":
+            content = f"{name}: {content}"
+        out.append({"role": role, "content": content})
+    if system_prompt and not any(m["role"] == "system" for m in out):
+        out.insert(0, {"role": "system", "content": system_prompt})
+    if not any(m["role"] != "system" for m in out):
+        raise ModelError("a chat request needs at least one user or assistant message")
+    return out
+
+
+class StopBuffer:
+    """Incremental stop-string matching over streamed text.
+
+    ``feed`` returns the text that is safe to show: text that may be the start of a stop
+    string is held back until it is known not to be one. After a stop string is seen,
+    ``stopped`` is true and nothing more is returned.
+    """
+
+    def __init__(self, stop: Iterable[str]) -> None:
+        self.stop = [s for s in stop if s]
+        self.stopped = False
+        self._pending = ""
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self._pending += text
+        cut = min((i for i in (self._pending.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out, self._pending = self._pending[:cut], ""
+            return out
+        hold = self._held_length()
+        out = self._pending[: len(self._pending) - hold]
+        self._pending = self._pending[len(self._pending) - hold :]
+        return out
+
+    def flush(self) -> str:
+        """The held-back text, at the end of generation (it turned out not to be a stop)."""
+        out, self._pending = ("" if self.stopped else self._pending), ""
+        return out
+
+    def _held_length(self) -> int:
+        """Length of the longest suffix of the pending text that starts some stop string."""
+        best = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(self._pending)), best, -1):
+                if self._pending.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+
+class ChatStreamer(Streamer):
+    """What every backend adds to :class:`genbot.Streamer`: ``chat()`` and serving one stream."""
+
+    async def chat(self, request: ChatRequest) -> AsyncIterator[str]:
+        """Open a stream, send ``request`` and yield the reply's text deltas.
+
+        Waits for a free slot first; failures raise :class:`genbot.StreamError`. Leaving the
+        loop early (or cancelling the task) closes the stream, which stops its generation.
+        """
+        async with self.stream() as stream:
+            async for delta in stream(request):
+                yield delta
+
+    @staticmethod
+    def serve_stream(
+        stream: Stream, generate: Callable[[ChatRequest, Callable[[str], bool]], object]
+    ) -> None:
+        """Serve one stream with ``generate(request, emit)``, where ``emit(delta)`` writes a
+        delta and returns ``False`` once the caller has gone away. Closes the stream at the end;
+        an exception fails it (the caller gets a StreamError with the traceback)."""
+
+        def emit(delta: str) -> bool:
+            if stream.closed:
+                return False
+            stream.write(delta)
+            return True
+
+        try:
+            if not isinstance(stream.data, ChatRequest):
+                raise ModelError(f"expected a ChatRequest, got {type(stream.data).__name__}")
+            generate(stream.data, emit)
+        except Exception as exc:
+            stream.fail(exc)
+        else:
+            stream.close()
