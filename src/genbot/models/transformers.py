@@ -1,0 +1,408 @@
+"""transformers backend: any Hugging Face causal LM, by hub name or local path.
+
+Generation is a continuous-batching decode loop over one KV cache (:class:`TransformersEngine`):
+every step decodes one token for all running sequences together; between steps the worker
+takes newly arrived streams (``consume(minimum=0)``), prefills them as a batch and merges
+their cache rows into the running batch (rows are left-padded to a common length and masked),
+and drops the rows of finished or cancelled streams at once.
+
+Why not transformers' own continuous batching (``init_continuous_batching``)? It works on CPU
+and streams per request, but it has no per-request seed and no repetition penalty, and it
+runs its own generation thread beside the Streamer's worker. This loop is small, keeps every
+per-request setting, and lets the Streamer worker be the one scheduler.
+
+Models whose cache has sliding-window layers (e.g. Mistral, Gemma 2/3) are not supported by
+the loop: their cache rows cannot be left-padded and merged.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from genbot.models.base import ChatRequest, ChatStreamer, ModelError, StopBuffer, prepare_messages
+
+if TYPE_CHECKING:
+    from genbot.streaming.worker import Stream
+
+__all__ = ["TransformersEngine", "TransformersStreamer"]
+
+#: Like llama.cpp's ``repeat_last_n``: the repeat penalty looks at this many latest tokens.
+REPEAT_LAST_N = 64
+
+
+class IncrementalDetokenizer:
+    """Turns tokens into text deltas without splitting multi-byte characters.
+
+    Decodes a short window of tokens twice (with and without the newest ones) and emits
+    the difference only once it no longer ends in an incomplete character (U+FFFD).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.ids[self._prefix : self._read])
+        after = self._decode(self.ids[self._prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        """What is left undecoded at the end, less a trailing incomplete character."""
+        before = self._decode(self.ids[self._prefix : self._read])
+        after = self._decode(self.ids[self._prefix :])
+        self._prefix = self._read = len(self.ids)
+        return after[len(before) :].rstrip("\ufffd")
+
+
+@dataclass
+class _Sequence:
+    key: Any
+    request: ChatRequest
+    prompt: list[int]
+    generator: torch.Generator
+    detokenizer: IncrementalDetokenizer
+    stops: StopBuffer
+    generated: list[int] = field(default_factory=list)
+    pending: int = -1  # sampled, not yet fed to the model
+
+
+class TransformersEngine:
+    """Continuous-batching generation for one causal LM; not thread-safe (one worker drives it).
+
+    ``add`` queues a request, ``step`` advances everything by one token and returns
+    ``(key, delta, finish_reason | None)`` events, ``remove`` drops a request at once.
+    """
+
+    def __init__(
+        self,
+        model: str | Any,
+        tokenizer: Any = None,
+        *,
+        max_batch: int = 16,
+        device: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        system_prompt: str | None = None,
+        **from_pretrained: Any,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if isinstance(model, str):
+            if dtype is None:
+                dtype = torch.float32 if self.device.type == "cpu" else "auto"
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model, **from_pretrained)
+            model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, **from_pretrained)
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer with a model object")
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelError("the tokenizer has no chat template: use a chat (instruct) model")
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.system_prompt = system_prompt
+        self.max_length = int(
+            getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 1 << 30
+        )
+        eos = {
+            tokenizer.eos_token_id,
+            *_as_list(getattr(model.generation_config, "eos_token_id", None)),
+        }
+        self.eos = {t for t in eos if t is not None}
+        # transformers 5 renamed the forward argument ``past_key_values`` to ``cache``
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.cancelled = 0
+        self._waiting: list[_Sequence] = []
+        self._rows: list[_Sequence] = []
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        """Requests being served: running plus waiting for their prefill."""
+        return len(self._rows) + len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Rows in the running batch (its KV cache)."""
+        return len(self._rows)
+
+    def add(self, key: Any, request: ChatRequest) -> None:
+        """Queue a request; it joins the batch at the next step. Raises :class:`ModelError`."""
+        if not isinstance(request, ChatRequest):
+            raise ModelError(f"expected a ChatRequest, got {type(request).__name__}")
+        if self.size >= self.max_batch:
+            raise ModelError(f"the batch is full ({self.max_batch} requests)")
+        messages = prepare_messages(request.messages, self.system_prompt)
+        try:
+            prompt = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        except Exception as exc:
+            raise ModelError(f"the chat template failed: {exc}") from exc
+        if not isinstance(prompt, list):
+            prompt = list(prompt["input_ids"])
+        if len(prompt) >= self.max_length:
+            raise ModelError(
+                f"the prompt has {len(prompt)} tokens; the model takes {self.max_length}"
+            )
+        generator = torch.Generator()
+        s = request.settings
+        generator.manual_seed(s.seed if s.seed is not None else torch.seed())
+        self._waiting.append(
+            _Sequence(
+                key,
+                request,
+                prompt,
+                generator,
+                IncrementalDetokenizer(self.tokenizer),
+                StopBuffer(s.stop),
+            )
+        )
+
+    def remove(self, key: Any) -> None:
+        """Drop a request (its caller went away): its row leaves the batch now."""
+        waiting = [q for q in self._waiting if q.key != key]
+        keep = [i for i, q in enumerate(self._rows) if q.key != key]
+        if len(waiting) < len(self._waiting) or len(keep) < len(self._rows):
+            self.cancelled += 1
+        self._waiting = waiting
+        if len(keep) < len(self._rows):
+            self._select(keep)
+
+    def reset(self) -> None:
+        """Forget every request (after a failed step)."""
+        self._waiting, self._rows, self._cache, self._mask = [], [], None, None
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Any, str, str | None]]:
+        """Decode one token for every running row, then prefill the waiting requests."""
+        events: list[tuple[Any, str, str | None]] = []
+        if self._rows:
+            assert self._mask is not None
+            ids = torch.tensor([[q.pending] for q in self._rows], device=self.device)
+            positions = self._mask.sum(dim=1, keepdim=True)
+            self._mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
+            logits = self._forward(ids, self._mask, positions, self._cache)
+            events += self._sample(self._rows, logits)
+        if self._waiting:
+            events += self._prefill()
+        finished = {key for key, _, finish in events if finish}
+        if finished:
+            self._select([i for i, q in enumerate(self._rows) if q.key not in finished])
+        return events
+
+    def _prefill(self) -> list[tuple[Any, str, str | None]]:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        new, self._waiting = self._waiting, []
+        width = max(len(q.prompt) for q in new)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor(
+            [[pad] * (width - len(q.prompt)) + q.prompt for q in new], device=self.device
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(q.prompt)) + [1] * len(q.prompt) for q in new], device=self.device
+        )
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        if any(type(layer) is not DynamicLayer for layer in cache.layers):
+            raise ModelError("models with sliding-window attention layers are not supported")
+        logits = self._forward(ids, mask, positions, cache)
+        self._merge(cache, mask)
+        self._rows += new
+        return self._sample(new, logits)
+
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
+        """Run the model over ``ids`` (the cache grows in place); the last position's logits."""
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: cache},
+        )
+        return out.logits[:, -1, :]
+
+    def _merge(self, cache: Any, mask: torch.Tensor) -> None:
+        """Append the rows of ``cache`` to the running batch, left-padding the shorter side."""
+        if self._cache is None or self._mask is None:
+            self._cache, self._mask = cache, mask
+            return
+        old_len, new_len = self._mask.shape[1], mask.shape[1]
+        width = max(old_len, new_len)
+        for old, add in zip(self._cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([_pad_left(old.keys, width), _pad_left(add.keys, width)])
+            old.values = torch.cat([_pad_left(old.values, width), _pad_left(add.values, width)])
+        self._mask = torch.cat([_pad_left(self._mask, width, dim=1), _pad_left(mask, width, dim=1)])
+
+    def _select(self, keep: list[int]) -> None:
+        """Keep only these rows, and cut the cache columns that no row uses any more."""
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = None
+            return
+        assert self._mask is not None
+        index = torch.tensor(keep, device=self.device)
+        mask = self._mask[index]
+        start = int(mask.any(dim=0).nonzero()[0])
+        for layer in self._cache.layers:
+            layer.keys = layer.keys[index, :, start:]
+            layer.values = layer.values[index, :, start:]
+        self._mask = mask[:, start:]
+
+    def _sample(
+        self, rows: list[_Sequence], logits: torch.Tensor
+    ) -> list[tuple[Any, str, str | None]]:
+        events: list[tuple[Any, str, str | None]] = []
+        for q, row in zip(rows, logits.float(), strict=True):
+            token = _choose(row, q)
+            finish: str | None = None
+            delta = ""
+            if token in self.eos:
+                finish = "stop"
+            else:
+                q.generated.append(token)
+                q.pending = token
+                delta = q.stops.feed(q.detokenizer.add(token))
+                if q.stops.stopped:
+                    finish = "stop"
+                elif (
+                    len(q.generated) >= q.request.settings.max_new_tokens
+                    or len(q.prompt) + len(q.generated) >= self.max_length
+                ):
+                    finish = "length"
+            if finish and not q.stops.stopped:
+                delta += q.stops.feed(q.detokenizer.flush()) + q.stops.flush()
+            if delta or finish:
+                events.append((q.key, delta, finish))
+        return events
+
+
+def _choose(logits: torch.Tensor, q: _Sequence) -> int:
+    """Pick the next token: repeat penalty, then greedy or temperature + top-p sampling."""
+    s = q.request.settings
+    if s.repeat_penalty != 1.0:
+        recent = torch.tensor(
+            sorted(set((q.prompt + q.generated)[-REPEAT_LAST_N:])), device=logits.device
+        )
+        values = logits[recent]
+        logits[recent] = torch.where(
+            values > 0, values / s.repeat_penalty, values * s.repeat_penalty
+        )
+    if s.temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / s.temperature, dim=-1)
+    if s.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > s.top_p
+        sorted_probs[outside] = 0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs.cpu(), 1, generator=q.generator))
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+class TransformersStreamer(ChatStreamer):
+    """The transformers backend: a Hugging Face causal chat LM by hub name or local path.
+
+    Up to ``max_batch`` streams generate together; new streams join the running batch
+    between decoding steps. Extra keyword arguments go to ``from_pretrained`` (e.g.
+    ``revision``, ``gguf_file``). The model is loaded in the worker, not here.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_batch: int = 16,
+        device: str | None = None,
+        dtype: str | None = None,
+        system_prompt: str | None = None,
+        threads: int | None = None,
+        from_pretrained: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self.threads = threads
+        self.engine_kwargs = {
+            "device": device,
+            "dtype": dtype,
+            "system_prompt": system_prompt,
+            **(from_pretrained or {}),
+        }
+        self.engine: TransformersEngine | None = None
+
+    def worker(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        engine = TransformersEngine(self.model, max_batch=self.max_batch, **self.engine_kwargs)
+        self.engine = engine
+        streams: dict[int, Stream] = {}
+        try:
+            while True:
+                if engine.size < self.max_batch:
+                    for stream in self.consume(
+                        minimum=0 if streams else 1, maximum=self.max_batch - engine.size
+                    ):
+                        try:
+                            engine.add(id(stream), stream.data)
+                        except Exception as exc:
+                            stream.fail(exc)
+                        else:
+                            streams[id(stream)] = stream
+                for key, stream in list(streams.items()):
+                    if stream.closed:
+                        engine.remove(key)
+                        del streams[key]
+                if not streams:
+                    continue
+                try:
+                    events = engine.step()
+                except Exception as exc:
+                    engine.reset()
+                    for stream in streams.values():
+                        stream.fail(exc)
+                    streams.clear()
+                    continue
+                for key, delta, finish in events:
+                    stream = streams[key]
+                    if delta:
+                        stream.write(delta)
+                    if finish:
+                        stream.close()
+                        del streams[key]
+        finally:
+            self.engine = None
