@@ -192,9 +192,9 @@ async def test_prompt_from_real_messages_renders_mentions_as_names(world: World)
     history = [m async for m in world.channel.history(limit=10)]
     assert context_to_messages(history, world.client.user, system_prompt="Be kind.") == [
         {"role": "system", "content": "Be kind."},
-        {"role": "user", "name": "alice", "content": "alice: @genbot what about @bob?"},
+        {"role": "user", "content": "alice: @genbot what about @bob?"},
         {"role": "assistant", "content": "Bob is nice."},
-        {"role": "user", "name": "bob", "content": "bob: thanks!"},
+        {"role": "user", "content": "bob: thanks!"},
     ]
 
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from genbot.models.base import prepare_messages
 from genbot.prompt import context_to_messages
 
 BOT = SimpleNamespace(id=1, display_name="Genbot")
@@ -31,13 +32,13 @@ def test_roles_names_and_order() -> None:
     chat = context_to_messages(reversed(history), BOT, system_prompt="Be brief.")
     assert chat == [
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "name": "Alice", "content": "Alice: hi @Genbot"},
+        {"role": "user", "content": "Alice: hi @Genbot"},
         {"role": "assistant", "content": "Hello Alice!"},
-        {"role": "user", "name": "Bob_the_Builder", "content": "Bob the Builder: and me?"},
+        {"role": "user", "content": "Bob the Builder: and me?"},
     ]
 
 
-def test_consecutive_turns_merge_and_keep_a_name_only_for_one_author() -> None:
+def test_consecutive_turns_of_one_role_merge() -> None:
     history = [
         msg(ALICE, "one"),
         msg(ALICE, "two"),
@@ -47,7 +48,7 @@ def test_consecutive_turns_merge_and_keep_a_name_only_for_one_author() -> None:
         msg(BOB, "four"),
     ]
     assert context_to_messages(history, BOT) == [
-        {"role": "user", "name": "Alice", "content": "Alice: one\nAlice: two"},
+        {"role": "user", "content": "Alice: one\nAlice: two"},
         {"role": "assistant", "content": "part 1\npart 2"},
         {"role": "user", "content": "Alice: three\nBob the Builder: four"},
     ]
@@ -60,11 +61,11 @@ def test_attachments_show_and_empty_messages_are_skipped() -> None:
     ]
 
 
-def test_a_display_name_with_nothing_allowed_gets_no_name_field() -> None:
+def test_no_name_field_so_backends_do_not_prefix_twice() -> None:
     user = SimpleNamespace(id=9, display_name="\u0416\u0435\u043d\u044f")
-    assert context_to_messages([msg(user, "hi")], BOT) == [
-        {"role": "user", "content": "\u0416\u0435\u043d\u044f: hi"}
-    ]
+    chat = context_to_messages([msg(user, "hi")], BOT)
+    assert chat == [{"role": "user", "content": "\u0416\u0435\u043d\u044f: hi"}]
+    assert prepare_messages(chat) == chat
 
 
 def test_char_budget_keeps_the_newest_whole_messages() -> None:
@@ -73,7 +74,7 @@ def test_char_budget_keeps_the_newest_whole_messages() -> None:
     assert chat == [
         {"role": "system", "content": "s" * 500},
         {"role": "assistant", "content": "b" * 30},
-        {"role": "user", "name": "Alice", "content": "Alice: " + "c" * 10},
+        {"role": "user", "content": "Alice: " + "c" * 10},
     ]
 
 

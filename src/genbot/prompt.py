@@ -5,13 +5,12 @@ Decisions, so that one prompt works with every backend and chat template:
 - Roles come from authors: the bot's own messages are ``assistant``, everyone else's ``user``.
 - A user message's content is prefixed with the author's display name (``"alice: hi"``), because
   most chat templates of local models (SmolLM2's included) drop the ``name`` field, and without
-  the prefix a conversation between several people reads as one anonymous user. ``name`` is set
-  as well, reduced to what OpenAI accepts (``[A-Za-z0-9_-]``, at most 64), and left out when
-  nothing of the display name survives that.
+  the prefix a conversation between several people reads as one anonymous user. No ``name``
+  field is set: the backends prefix a named message's content themselves
+  (:func:`genbot.models.base.prepare_messages`), so a name here would be written twice.
 - Consecutive messages of the same role become one turn, their contents joined by newlines, so
   roles alternate (templates like Mistral's or Gemma's refuse anything else) and a long reply
-  the bot sent as several Discord messages reads as one reply. ``name`` stays only on a turn
-  written by one person.
+  the bot sent as several Discord messages reads as one reply.
 - Mentions show as the names Discord shows (``@alice``, ``#general``, via
   :attr:`discord.Message.clean_content`); ``@everyone``/``@here`` are defused. Attachments
   appear as ``[attachment: name]``. Messages left with no text are skipped.
@@ -23,18 +22,16 @@ Decisions, so that one prompt works with every backend and chat template:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 
 import discord
 
 __all__ = ["ChatMessage", "context_to_messages", "message_text"]
 
-#: ``{"role": "system"|"user"|"assistant", "name"?: str, "content": str}``
+#: ``{"role": "system"|"user"|"assistant", "content": str}``
 ChatMessage = dict[str, str]
 
 _ELLIPSIS = "\u2026"
-_NAME_INVALID = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 def message_text(message: discord.Message) -> str:
@@ -42,10 +39,6 @@ def message_text(message: discord.Message) -> str:
     parts = [message.clean_content.strip()]
     parts += [f"[attachment: {attachment.filename}]" for attachment in message.attachments]
     return "\n".join(part for part in parts if part)
-
-
-def _api_name(display_name: str) -> str:
-    return _NAME_INVALID.sub("_", display_name).strip("_")[:64]
 
 
 def context_to_messages(
@@ -83,19 +76,12 @@ def context_to_messages(
     chat: list[ChatMessage] = []
     if system_prompt:
         chat.append({"role": "system", "content": system_prompt})
-    authors: list[int] = []
     for message, text in reversed(kept):
         role = "assistant" if message.author.id == bot_user.id else "user"
         if len(chat) > (1 if system_prompt else 0) and chat[-1]["role"] == role:
             chat[-1]["content"] += "\n" + text
-            if message.author.id != authors[-1]:
-                chat[-1].pop("name", None)
         else:
             chat.append({"role": role, "content": text})
-            name = _api_name(message.author.display_name)
-            if role == "user" and name:
-                chat[-1]["name"] = name
-        authors.append(message.author.id)
     return chat
 
 
