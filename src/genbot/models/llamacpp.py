@@ -254,12 +254,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--parallel", type=int, default=4, help="slots generating together")
+    parser.add_argument("--ctx", type=int, default=2048, help="context tokens per slot")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with LlamaEngine(
-        args.model, n_parallel=args.parallel, host=args.host, port=args.port, system_prompt=None
+        args.model,
+        n_parallel=args.parallel,
+        n_ctx=args.ctx,
+        host=args.host,
+        port=args.port,
+        system_prompt=None,
     ) as engine:
         print(f"listening on {engine.address}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
