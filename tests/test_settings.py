@@ -54,7 +54,7 @@ def test_bad_values_name_the_field_and_source(values: dict, message: str) -> Non
 
 
 def test_bad_environment_variable_is_named() -> None:
-    with pytest.raises(SettingsError, match="GENBOT_CONTEXT_LIMIT.*must be greater than 0"):
+    with pytest.raises(SettingsError, match=r"GENBOT_CONTEXT_LIMIT.*must be greater than 0"):
         Settings.load(environ={"GENBOT_CONTEXT_LIMIT": "0"})
 
 
