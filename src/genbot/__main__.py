@@ -1,0 +1,5 @@
+"""``python -m genbot`` is the ``genbot`` command."""
+
+from genbot.cli import main
+
+main()

@@ -1,0 +1,116 @@
+"""The ready-made chat bot end to end: loopback Discord, a real model, streamed replies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+import genbot
+from genbot.chatbot import ChatBot
+from genbot.models.llamacpp import LlamaCppStreamer
+from genbot.output import DEFAULT_ERROR_TEXT
+from genbot.settings import Settings
+from genbot.testing import DiscordServer, FakeChannel, FakeUser, run_bot
+
+FAST: dict[str, Any] = {"guild_ready_timeout": 0.05, "shutdown_timeout": 2.0}
+EDIT = ("PATCH", "/channels/{channel_id}/messages/{message_id}")
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Iterator[LlamaCppStreamer]:
+    """The embedded default model in a worker process, shared by this module's tests."""
+    backend = LlamaCppStreamer(n_parallel=2)
+    backend.start_process()
+    yield backend
+    backend.close()
+
+
+@genbot.streamer
+def broken(streams: list[Any]) -> None:
+    """Passes the one-token warm-up, then fails every reply after its first delta."""
+    for stream in streams:
+        stream.write("Let me think")
+        if stream.data.settings.max_new_tokens == 1:
+            stream.close()
+    if any(not stream.closed for stream in streams):
+        raise RuntimeError("the GPU caught fire")
+
+
+@genbot.streamer
+def unloadable(streams: list[Any]) -> None:
+    raise RuntimeError("model file is corrupt")
+
+
+class Chat:
+    def __init__(self, server: DiscordServer) -> None:
+        self.server = server
+        guild = server.create_guild("Guild")
+        self.alice: FakeUser = server.create_user("alice")
+        server.add_member(guild, self.alice)
+        self.general: FakeChannel = server.create_channel(guild, "general")
+
+
+@pytest.fixture
+async def chat() -> AsyncIterator[Chat]:
+    async with DiscordServer() as server:
+        yield Chat(server)
+
+
+async def settle(bot: ChatBot, timeout: float = 60.0) -> None:
+    """Wait until the bot has no attend running (bounded)."""
+    async with asyncio.timeout(timeout):
+        while running := bot.attending():
+            await asyncio.wait(running)
+
+
+def settings(**values: Any) -> Settings:
+    defaults = {"max_new_tokens": 24, "temperature": 0.0, "edit_interval": 0.05}
+    return Settings().updated({**defaults, **values}, "test")
+
+
+async def test_a_mention_gets_a_streamed_reply_from_the_default_model(
+    chat: Chat, smollm2: LlamaCppStreamer
+) -> None:
+    server = chat.server
+    bot = ChatBot(settings(), backend=smollm2, close_streamers=False, **FAST)
+    async with run_bot(bot, server, timeout=120):
+        question = await server.send_message(chat.general, chat.alice,
+                                             "What is the capital of France?", mentions_bot=True)
+        await server.wait_for(lambda: server.bot_messages(chat.general), timeout=60)
+        await settle(bot)
+    (reply,) = server.bot_messages(chat.general)
+    assert reply["message_reference"]["message_id"] == question["id"]
+    assert "paris" in reply["content"].lower()
+    assert server.typing_events(chat.general), "typing shows until the first delta"
+    assert server.request_count(*EDIT) >= 1, "the reply was streamed as edits"
+
+
+async def test_a_failing_backend_produces_a_visible_error_reply(chat: Chat) -> None:
+    server = chat.server
+    broken.start_thread()
+    try:
+        bot = ChatBot(settings(), backend=broken, **FAST)
+        async with run_bot(bot, server):
+            await server.send_message(chat.general, chat.alice, "hello?", mentions_bot=True)
+            await server.wait_for(lambda: any(DEFAULT_ERROR_TEXT in m["content"]
+                                              for m in server.bot_messages(chat.general)),
+                                  timeout=30)
+    finally:
+        broken.close()
+    (reply,) = server.bot_messages(chat.general)
+    assert reply["content"].startswith("Let me think")
+
+
+async def test_a_model_that_cannot_load_stops_the_start(chat: Chat) -> None:
+    unloadable.start_thread()
+    try:
+        bot = ChatBot(settings(), backend=unloadable, **FAST)
+        with pytest.raises(genbot.StreamError, match="model file is corrupt"):
+            async with run_bot(bot, chat.server):
+                pass
+    finally:
+        unloadable.close()
+    assert not chat.server.connected, "the bot never went online"
