@@ -42,7 +42,10 @@ class Genbot(discord.Client):
     ``ignore_prefix`` (messages starting with it are invisible), ``allow_bots`` (other bots'
     messages wake it and show in contexts), ``sync_commands`` (sync the slash commands at
     start-up), ``shutdown_timeout`` (seconds running attends get to finish on close before they
-    are cancelled), ``intents`` (default: :func:`default_intents`); anything else goes to
+    are cancelled), ``close_streamers`` (on close, also close every running
+    :class:`genbot.Streamer` of the process and its worker; pass ``False`` when the streamers
+    outlive the bot, e.g. several bots sharing one model), ``intents`` (default:
+    :func:`default_intents`); anything else goes to
     :class:`discord.Client` (``allowed_mentions`` defaults to ``genbot.output.SAFE_MENTIONS``).
     """
 
@@ -57,6 +60,7 @@ class Genbot(discord.Client):
         allow_bots: bool = False,
         sync_commands: bool = True,
         shutdown_timeout: float = 10.0,
+        close_streamers: bool = True,
         intents: discord.Intents | None = None,
         **client_kwargs: Any,
     ) -> None:
@@ -69,6 +73,7 @@ class Genbot(discord.Client):
         self.message_cache = MessageCache()
         self.sync_commands = sync_commands
         self.shutdown_timeout = shutdown_timeout
+        self.close_streamers = close_streamers
         self.tree: app_commands.CommandTree[Genbot] = app_commands.CommandTree(self)
         install_commands(self)
         self._attends: set[asyncio.Task[Any]] = set()
@@ -199,13 +204,16 @@ class Genbot(discord.Client):
                 _log.warning("cancelled %d attend(s) still running after %.1f s",
                              len(pending), self.shutdown_timeout)
                 await asyncio.wait(pending, timeout=self.shutdown_timeout)
-        await self._close_streamers()
+        if self.close_streamers:
+            await self._close_streamers()
 
     async def _close_streamers(self) -> None:
         from genbot.streaming import active_streamers
 
-        for streamer in active_streamers():
+        async def close(streamer: Any) -> None:
             try:
                 await asyncio.wait_for(asyncio.to_thread(streamer.close), self.shutdown_timeout)
             except Exception:
                 _log.exception("closing %r failed", streamer)
+
+        await asyncio.gather(*(close(streamer) for streamer in active_streamers()))
