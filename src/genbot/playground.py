@@ -53,25 +53,46 @@ class _Printer:
         self.name = server.bot_user.name
         self.shown: dict[str, str] = {}  # message id -> content printed
         self.typing = len(server.typing_events(channel))
+        self.open: str | None = None  # id of the message whose line is still open
 
     def say(self, line: str) -> None:
-        self.out.write(line + "\n")
-        self.out.flush()
+        self.end_line()
+        self.write(line + "\n")
 
-    def flush(self, *, show_typing: bool) -> None:
+    def flush(self, *, live: bool) -> None:
+        """Print what changed. ``live`` (terminal mode): typing shows, and an edit that only
+        extends the text (a streamed reply) prints just the new text on the same line."""
         typing = len(self.server.typing_events(self.channel))
         new_typing, self.typing = typing > self.typing, typing
         posted = False
         for message in self.server.bot_messages(self.channel):
-            before = self.shown.get(message["id"])
-            if before == message["content"]:
+            before, content = self.shown.get(message["id"]), message["content"]
+            if before == content:
                 continue
-            edited = " (edited)" if before is not None else ""
-            self.say(f"{self.name}{edited}: {message['content']}")
-            self.shown[message["id"]] = message["content"]
+            if live and before is not None and self.open == message["id"] \
+                    and content.startswith(before):
+                self.write(content[len(before):])
+            else:
+                self.end_line()
+                edited = " (edited)" if before is not None else ""
+                self.write(f"{self.name}{edited}: {content}")
+                self.open = message["id"]
+            self.shown[message["id"]] = content
             posted = True
-        if show_typing and new_typing and not posted:
+        if not live:
+            self.end_line()
+        elif new_typing and not posted:
             self.say(f"({self.name} is typing...)")
+
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def end_line(self) -> None:
+        """End the line of the message being shown (a later edit starts a new line)."""
+        if self.open is not None:
+            self.write("\n")
+            self.open = None
 
     def snapshot(self) -> tuple[int, tuple[tuple[str, str], ...]]:
         messages = self.server.bot_messages(self.channel)
@@ -86,7 +107,7 @@ class _Printer:
                 await self.server.wait_for(lambda last=last: self.snapshot() != last, timeout=3600)
             except TimeoutError:
                 continue
-            self.flush(show_typing=True)
+            self.flush(live=True)
 
 
 async def _settle(bot: Genbot, processed: Awaitable[Any], timeout: float) -> None:
@@ -165,13 +186,14 @@ async def playground(
                 if not interactive:
                     printer.say(f"{user_name}: {line}")
                 await _send_line(server, bot, dm, user, line, printer, reply_timeout)
-                printer.flush(show_typing=interactive)
+                printer.flush(live=interactive)
+                printer.end_line()
         finally:
             if follower is not None:
                 follower.cancel()
             await bot.close()
             await asyncio.wait_for(runner, reply_timeout)
-        printer.flush(show_typing=False)
+        printer.flush(live=False)
     return 0
 
 
