@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,10 +29,33 @@ from genbot.models.base import ChatRequest, ChatStreamer, ModelError, StopBuffer
 if TYPE_CHECKING:
     from genbot.streaming.worker import Stream
 
-__all__ = ["TransformersEngine", "TransformersStreamer"]
+__all__ = ["TransformersEngine", "TransformersStreamer", "gguf_to_hf"]
 
 #: Like llama.cpp's ``repeat_last_n``: the repeat penalty looks at this many latest tokens.
 REPEAT_LAST_N = 64
+
+
+def gguf_to_hf(gguf_path: str, folder: str) -> str:
+    """Dequantise a GGUF model (e.g. :func:`genbot.models.default_model_path`) into a Hugging
+    Face model folder that :class:`TransformersStreamer` can load; returns ``folder``.
+
+    The same conversion as ``from_pretrained(..., gguf_file=...)``, which also needs
+    ``accelerate``; this needs only ``gguf``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    source = Path(gguf_path)
+    config = AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tensors = load_gguf_checkpoint(str(source), return_tensors=True, model_to_load=model)
+    model.load_state_dict(
+        {k: torch.as_tensor(v) for k, v in tensors["tensors"].items()}, strict=False
+    )
+    model.tie_weights()
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name).save_pretrained(folder)
+    return folder
 
 
 class IncrementalDetokenizer:
