@@ -95,7 +95,9 @@ def make_streamer(args: argparse.Namespace, batch: int) -> tuple[ChatStreamer, s
 
         model = args.model or default_model_path()
         # no prompt cache: the sequential run must not warm it up for the concurrent one
-        streamer = LlamaCppStreamer(model, n_parallel=batch, extra_body={"cache_prompt": False})
+        streamer = LlamaCppStreamer(
+            model, n_parallel=batch, n_threads=args.threads, extra_body={"cache_prompt": False}
+        )
         return streamer, f"llama.cpp, {Path(model).name}"
     if args.backend == "transformers":
         from genbot.models.transformers import TransformersStreamer, gguf_to_hf
@@ -123,7 +125,7 @@ async def main() -> None:
     parser.add_argument("--base-url", help="for --backend openai, e.g. http://127.0.0.1:8080/v1")
     parser.add_argument("-n", type=int, nargs="+", default=[1, 4, 16], help="concurrent chats")
     parser.add_argument("--tokens", type=int, default=64, help="max new tokens per chat")
-    parser.add_argument("--threads", type=int, help="torch threads (transformers)")
+    parser.add_argument("--threads", type=int, help="compute threads (default: the backend's)")
     args = parser.parse_args()
     if args.backend == "openai" and not args.base_url:
         parser.error("--backend openai needs --base-url")
@@ -138,7 +140,7 @@ async def main() -> None:
         await concurrent(streamer, [warm])
         print(
             f"backend: {what}; batch up to {max(args.n)}; max {args.tokens} new tokens, greedy;"
-            f" {os.cpu_count()} CPUs"
+            f" {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start"
         )
         head = (
             f"{'N':>3} {'mode':<11} {'tokens':>6} {'wall s':>7} {'tok/s':>7}"

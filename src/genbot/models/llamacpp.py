@@ -174,7 +174,8 @@ class LlamaEngine:
         return finish
 
     def close(self) -> None:
-        """Stop the server (waits for its loop to exit); idempotent."""
+        """Stop the server (waits for its loop to exit); idempotent. Call it once no
+        :meth:`chat` is running: a server still in use lives on until its last call returns."""
         server = self.__dict__.pop("_server", None)
         if server is not None:
             del server
@@ -190,8 +191,13 @@ class LlamaEngine:
 class LlamaCppStreamer(ChatStreamer):
     """The llama.cpp backend: any GGUF chat model, by default SmolLM2-135M-Instruct.
 
-    Up to ``n_parallel`` streams generate together, one llama.cpp slot each. The model is
-    loaded in the worker (thread or process), not here, so the streamer stays picklable.
+    Up to ``n_parallel`` streams generate together, one llama.cpp slot each; more wait in the
+    queue. ``n_ctx``: context tokens per slot (default 2048); ``n_threads``: compute threads
+    (default: llama.cpp's choice, the physical cores; on a machine shared with other busy
+    processes, fewer threads can be much faster); ``system_prompt``: used when a request has
+    no system message (``None`` for none); ``extra_body``: llama.cpp request parameters added
+    to every request. The model is loaded in the worker (thread or process), not here, so the
+    streamer stays picklable.
     """
 
     def __init__(
