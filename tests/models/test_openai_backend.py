@@ -82,6 +82,20 @@ async def test_stop_strings_are_sent(openai: OpenAIStreamer) -> None:
     assert cut == full[: full.index(word)]
 
 
+async def test_api_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for address in serve("--parallel", "1", "--api-key", "sesame"):
+        monkeypatch.setenv("OPENAI_API_KEY", "wrong")
+        monkeypatch.setenv("GENBOT_API_KEY", "sesame")  # GENBOT_API_KEY comes first
+        with OpenAIStreamer(f"{address}/v1", model="m") as streamer:
+            streamer.start_thread()
+            assert await reply(streamer, greedy("What is Discord?", 3))
+        monkeypatch.delenv("GENBOT_API_KEY")
+        with OpenAIStreamer(f"{address}/v1", model="m", max_retries=0) as streamer:
+            streamer.start_thread()
+            with pytest.raises(StreamError, match="401"):
+                await reply(streamer, greedy("What is Discord?", 3))
+
+
 async def test_concurrency_is_bounded(server: str) -> None:
     streamer = OpenAIStreamer(f"{server}/v1", max_concurrency=1)
     streamer.start_thread()

@@ -49,8 +49,9 @@ class LlamaEngine:
     KV cache of its own: with one cache shared by all slots (llama.cpp's ``kv_unified``),
     greedy replies generated together differed from the same replies generated alone.
     ``port=0`` listens for HTTP on a free port of 127.0.0.1 (llama.cpp's server always
-    listens; :attr:`address` says where). ``extra_body`` is merged into every request:
-    any llama.cpp server parameter, e.g. ``{"min_p": 0.05}`` or ``{"ignore_eos": True}``.
+    listens; :attr:`address` says where); with ``api_key``, HTTP requests must bring it.
+    ``extra_body`` is merged into every request: any llama.cpp server parameter, e.g.
+    ``{"min_p": 0.05}`` or ``{"ignore_eos": True}``.
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class LlamaEngine:
         extra_body: dict[str, Any] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        api_key: str | None = None,
         verbosity: int = 0,
     ) -> None:
         import xllamacpp
@@ -92,6 +94,8 @@ class LlamaEngine:
         params.n_ctx = (n_ctx or 2048) * n_parallel
         params.hostnames = [host]
         params.port = port
+        if api_key:
+            params.api_keys = [api_key]
         params.verbosity = verbosity
         if n_threads:
             params.cpuparams.n_threads = n_threads
@@ -261,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--parallel", type=int, default=4, help="slots generating together")
     parser.add_argument("--ctx", type=int, default=2048, help="context tokens per slot")
+    parser.add_argument("--api-key", help="require this API key (default: none)")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -271,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         n_ctx=args.ctx,
         host=args.host,
         port=args.port,
+        api_key=args.api_key,
         system_prompt=None,
     ) as engine:
         print(f"listening on {engine.address}", flush=True)
