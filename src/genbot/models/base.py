@@ -23,8 +23,8 @@ __all__ = [
 
 #: Keeps a very small model (SmolLM2-135M) short and on the conversation's topic.
 DEFAULT_SYSTEM_PROMPT = (
-    "You are a friendly assistant in a Discord chat. Answer the last message briefly, in one "
-    "to three sentences, and stay on its topic. If you do not know, say so."
+    "You are a helpful assistant chatting on Discord. Reply to the last message in one or two "
+    "short sentences. Stay on its topic and do not make things up."
 )
 
 ROLES = ("system", "user", "assistant")
