@@ -117,3 +117,12 @@ def test_one_llama_server_per_process() -> None:
 def test_missing_model_file_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ModelError, match="no GGUF model file"):
         LlamaEngine(str(tmp_path / "nope.gguf"))
+
+
+async def test_model_that_cannot_load_fails_the_waiting_callers(tmp_path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF but not really a model")
+    with LlamaCppStreamer(str(broken), n_parallel=1) as streamer:
+        streamer.start_thread(restart=False)
+        with pytest.raises(StreamError, match="could not load"):
+            await reply(streamer, greedy("What is Discord?", 3), timeout=30)

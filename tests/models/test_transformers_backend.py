@@ -120,3 +120,10 @@ async def test_bad_request_fails_that_stream_only(hf: TransformersStreamer) -> N
     with pytest.raises(StreamError, match="role must be one of"):
         await reply(hf, ChatRequest([{"role": "robot", "content": "beep"}]))
     assert await reply(hf, greedy(QUESTIONS[0], 3))
+
+
+async def test_model_that_cannot_load_fails_the_waiting_callers(tmp_path) -> None:
+    with TransformersStreamer(str(tmp_path / "no-such-model")) as streamer:
+        streamer.start_thread(restart=False)
+        with pytest.raises(StreamError):
+            await reply(streamer, greedy("What is Discord?", 3), timeout=30)
