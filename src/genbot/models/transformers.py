@@ -18,6 +18,7 @@ the loop: their cache rows cannot be left-padded and merged.
 from __future__ import annotations
 
 import inspect
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -187,7 +188,7 @@ class TransformersEngine:
             )
         generator = torch.Generator()
         s = request.settings
-        generator.manual_seed(s.seed if s.seed is not None else torch.seed())
+        generator.manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
         self._waiting.append(
             _Sequence(
                 key,
