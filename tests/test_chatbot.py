@@ -61,9 +61,11 @@ async def chat() -> AsyncIterator[Chat]:
 
 async def settle(bot: ChatBot, timeout: float = 60.0) -> None:
     """Wait until the bot has no attend running (bounded)."""
-    async with asyncio.timeout(timeout):
-        while running := bot.attending():
-            await asyncio.wait(running)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while running := bot.attending():
+        assert loop.time() < deadline, "the bot is still attending"
+        await asyncio.wait(running, timeout=deadline - loop.time())
 
 
 def settings(**values: Any) -> Settings:

@@ -7,6 +7,7 @@ arrived while it was generating.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -63,9 +64,16 @@ async def warm_up(backend: Streamer, timeout: float = 600.0) -> float:
     started = time.perf_counter()
     request = ChatRequest(messages=[{"role": "user", "content": "Hi"}],
                           settings=GenerationSettings(max_new_tokens=1, temperature=0.0))
-    async with backend.stream() as stream:
-        async for _ in stream(request):
-            pass
+
+    async def one_token() -> None:
+        async with backend.stream() as stream:
+            async for _ in stream(request):
+                pass
+
+    try:
+        await asyncio.wait_for(one_token(), timeout)
+    except asyncio.TimeoutError as error:
+        raise TimeoutError(f"the model did not answer within {timeout:.0f} s") from error
     return time.perf_counter() - started
 
 
