@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
@@ -147,3 +148,15 @@ class Pairs(Streamer):
             for stream in streams:
                 stream.write(len(streams))
                 stream.close()
+
+
+class HangUp(Streamer):
+    """Drops its connection on its first stream and lives on, wedged: the caller side sees the
+    connection close at once but needs a while (terminate) to stop the process."""
+
+    def worker(self) -> None:
+        self.consume()
+        side = self._worker_side
+        assert side is not None
+        side.end.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
+        time.sleep(60)

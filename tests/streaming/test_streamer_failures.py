@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from stream_workers import Fragile, endless, flaky, unpicklable_output
+from stream_workers import Fragile, HangUp, endless, flaky, unpicklable_output
 
 import genbot
 from genbot.streaming import Stream, StreamError, WorkerDied
@@ -127,6 +127,20 @@ async def test_without_restart_a_dead_worker_fails_new_streams_at_once() -> None
                 await asyncio.sleep(0.05)
     finally:
         endless.close()
+
+
+async def test_without_restart_a_stream_opened_while_the_worker_is_stopped_fails() -> None:
+    hangup = HangUp()
+    hangup.start_process(restart=False)
+    try:
+        with pytest.raises(WorkerDied):
+            await asyncio.wait_for(ask(hangup, "x"), 30)
+        # The caller side is still stopping the wedged process (it waits for it to exit, then
+        # terminates it): a stream opened meanwhile must fail too, not wait for a restart.
+        with pytest.raises(WorkerDied):
+            await asyncio.wait_for(ask(hangup, "y"), 10)
+    finally:
+        hangup.close()
 
 
 def test_a_nested_streamer_function_cannot_be_spawned_and_says_why() -> None:

@@ -148,30 +148,37 @@ class Hub:
         if link is not self._link:
             return
         link.end.close()
-        self._fail_all(reason)
+        delay = self._fail_all(reason)
         if self.closed:
             return
         if self.worker is not None:
             self.worker.stop(1.0)
-        self._schedule_restart(reason)
+        self._schedule_restart(reason, delay)
 
-    def _fail_all(self, reason: str) -> None:
+    def _fail_all(self, reason: str) -> float | None:
+        """Fail every stream; returns the delay before a restart, or ``None`` for none.
+
+        Without a restart the hub is marked dead under the same lock, so that a stream opened
+        after this (e.g. while the dead worker is being stopped) fails at once instead of
+        waiting for a worker that never comes.
+        """
+        delay = None if self.closed else self._restart_delay()
         with self.lock:
             self._link = None
             self._outbox.clear()
+            if delay is None and not self.closed:
+                self.dead = reason
             streams = list(self.streams.values())
             self.streams.clear()
             wake = [
                 st._fail_locked(WorkerDied(f"{reason}; stream {st.id} failed")) for st in streams
             ]
         self._wake(wake)
+        return delay
 
-    def _schedule_restart(self, reason: str) -> None:
-        delay = self._restart_delay()
+    def _schedule_restart(self, reason: str, delay: float | None) -> None:
         if delay is None:
             log.error("streamer %s: %s; not restarting", self.name, reason)
-            with self.lock:
-                self.dead = reason
             return
         log.warning("streamer %s: %s; restarting the worker in %.2f s", self.name, reason, delay)
         self._restart = self.loop.call_later(delay, self._start_restart)
@@ -184,8 +191,7 @@ class Hub:
         exc = task.exception()
         if exc is not None and not self.closed:
             reason = f"restarting the worker failed: {exc}"
-            self._fail_all(reason)
-            self._schedule_restart(reason)
+            self._schedule_restart(reason, self._fail_all(reason))
 
     def close(self) -> None:
         """Fail open streams and drop the connection; the worker sees EOF. Idempotent."""
