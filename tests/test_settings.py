@@ -44,6 +44,7 @@ def test_a_genbot_table_is_accepted(tmp_path: Path) -> None:
         ({"allow_bots": "maybe"}, "'allow_bots': expected true or false"),
         ({"users": ["alice"]}, "'users': expected a list of ids"),
         ({"roles": {"greylist": [1]}}, "'roles': expected a list of ids"),
+        ({"log_level": "loud"}, "'log_level': must be one of DEBUG, INFO, WARNING"),
     ],
 )
 def test_bad_values_name_the_field_and_source(values: dict, message: str) -> None:
@@ -70,6 +71,8 @@ def test_access_lists_from_the_environment() -> None:
                                       '{"blacklist": [3]}'})
     assert settings.users == ["1", "2"]
     assert settings.roles == {"blacklist": [3]}
+    # an empty variable is an empty list: everyone (the documented default), not an error
+    assert Settings.load(environ={"GENBOT_USERS": "", "GENBOT_ADMINS": " "}).users is None
 
 
 def test_readme_table_is_generated_from_the_settings() -> None:

@@ -63,6 +63,11 @@ def _backend(value: Any) -> str | None:
     return None if value in BACKENDS else f"must be one of {', '.join(BACKENDS)}"
 
 
+def _log_level(value: Any) -> str | None:
+    levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    return None if value.upper() in levels else f"must be one of {', '.join(levels)}"
+
+
 @dataclass
 class Settings:
     """What `genbot run` and `genbot playground` can be told."""
@@ -103,7 +108,8 @@ class Settings:
     sync_commands: bool = setting(True, "Register the slash commands with Discord at start-up.")
     edit_interval: float = setting(1.0, "Seconds between edits of a streamed reply, per "
                                    "channel.", check=_positive)
-    log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
+    log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.",
+                             check=_log_level)
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -207,7 +213,7 @@ def _as_access(raw: Any) -> Any:
 
     if isinstance(raw, str):
         text = raw.strip()
-        raw = json.loads(text) if text[:1] in "[{" else _as_list(text)
+        raw = json.loads(text) if text.startswith(("[", "{")) else _as_list(text)
     if raw in ([], {}):
         return None
     AccessList.parse(raw)  # raises TypeError/ValueError with the reason
