@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
 
+# The design doc's subclass and decorator examples, under the tests' names.
+from streamer_design_examples import MyStreamer as Ping
+from streamer_design_examples import streamer as pong
+
 import genbot
 from genbot.streaming import Stream, Streamer
 
-
-class Ping(genbot.Streamer):
-    """The design doc's subclass example."""
-
-    def worker(self) -> None:
-        while True:
-            streams = self.consume(minimum=1, maximum=64)
-            for stream in streams:
-                stream.write(f"Pong: {stream.data}")
-                stream.close()
-
-
-@genbot.streamer
-def pong(streams: list[Stream]) -> None:
-    """The design doc's decorator example."""
-    for stream in streams:
-        stream.write(f"Pong: {stream.data}")
-        stream.close()
+__all__ = [
+    "Continuous",
+    "Fragile",
+    "HangUp",
+    "Pairs",
+    "Ping",
+    "Recorder",
+    "endless",
+    "flaky",
+    "numbers",
+    "pong",
+    "unpicklable_output",
+]
 
 
 @genbot.streamer
@@ -38,13 +36,6 @@ def numbers(streams: list[Stream]) -> None:
         for stream in streams:
             if i < stream.data[1]:
                 stream.write((stream.data[0], i))
-
-
-@genbot.streamer
-def whoami(streams: list[Stream]) -> None:
-    """Tells each stream the worker's pid."""
-    for stream in streams:
-        stream.write(os.getpid())
 
 
 @genbot.streamer
