@@ -1,4 +1,5 @@
-"""Streamers for the streaming tests, at module level so that spawned workers can import them."""
+"""Streamers for the streaming tests, at module level so that spawned workers can import them,
+and ``ask``, the caller every test uses."""
 
 from __future__ import annotations
 
@@ -20,12 +21,19 @@ __all__ = [
     "Pairs",
     "Ping",
     "Recorder",
+    "ask",
     "endless",
     "flaky",
     "numbers",
     "pong",
     "unpicklable_output",
 ]
+
+
+async def ask(streamer: Streamer, inputs: object) -> list[object]:
+    """Open a stream, send ``inputs`` and return all its outputs."""
+    async with streamer.stream() as stream:
+        return [out async for out in stream(inputs)]
 
 
 @genbot.streamer

@@ -7,15 +7,10 @@ import contextlib
 import threading
 
 import pytest
-from stream_workers import Ping, numbers, pong
+from stream_workers import Ping, ask, numbers, pong
 
 import genbot
 from genbot.streaming import StreamError, WorkerExit, active_streamers
-
-
-async def ask(streamer: genbot.Streamer, inputs: object) -> list[object]:
-    async with streamer.stream() as stream:
-        return [out async for out in stream(inputs)]
 
 
 async def test_subclass_in_a_spawned_process() -> None:

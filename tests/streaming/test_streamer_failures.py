@@ -9,15 +9,10 @@ import threading
 import time
 
 import pytest
-from stream_workers import Fragile, HangUp, endless, flaky, unpicklable_output
+from stream_workers import Fragile, HangUp, ask, endless, flaky, unpicklable_output
 
 import genbot
 from genbot.streaming import Stream, StreamError, WorkerDied
-
-
-async def ask(streamer: genbot.Streamer, inputs: object) -> list[object]:
-    async with streamer.stream() as stream:
-        return [out async for out in stream(inputs)]
 
 
 async def test_batch_function_exception_reaches_the_caller_with_traceback() -> None:

@@ -8,15 +8,9 @@ import textwrap
 import threading
 
 import pytest
-from stream_workers import Continuous, Pairs, Recorder, endless, numbers, pong
+from stream_workers import Continuous, Pairs, Recorder, ask, endless, numbers, pong
 
-import genbot
 from genbot.streaming import StreamError, active_streamers
-
-
-async def ask(streamer: genbot.Streamer, inputs: object) -> list[object]:
-    async with streamer.stream() as stream:
-        return [out async for out in stream(inputs)]
 
 
 async def test_the_body_runs_only_once_the_worker_took_the_stream() -> None:
