@@ -226,12 +226,19 @@ def test_run_returns_after_admin_shutdown() -> None:
             return await interaction.wait_response(timeout=10)
 
         response = asyncio.run_coroutine_threadsafe(shut_down(), loop)
-        guard = threading.Timer(30, lambda: asyncio.run_coroutine_threadsafe(bot.close(), bot.loop))
+        guard_fired = threading.Event()
+
+        def guard_close() -> None:  # only so that a failing test cannot hang: it fails instead
+            guard_fired.set()
+            asyncio.run_coroutine_threadsafe(bot.close(), bot.loop)
+
+        guard = threading.Timer(30, guard_close)
         guard.start()
         try:
             bot.run(server.token, log_handler=None)
         finally:
             guard.cancel()
+        assert not guard_fired.is_set(), "run() returned only because the test closed the bot"
         assert response.result(5)["ephemeral"]
         assert bot.is_closed()
     finally:
