@@ -26,6 +26,7 @@ __all__ = [
     "flaky",
     "numbers",
     "pong",
+    "silent",
     "unpicklable_output",
 ]
 
@@ -44,6 +45,13 @@ def numbers(streams: list[Stream]) -> None:
         for stream in streams:
             if i < stream.data[1]:
                 stream.write((stream.data[0], i))
+
+
+@genbot.streamer
+def silent(streams: list[Stream]) -> None:
+    """Writes nothing: holds its streams until their callers close them."""
+    while not all(stream.closed for stream in streams):
+        time.sleep(0.01)
 
 
 @genbot.streamer

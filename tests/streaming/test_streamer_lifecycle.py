@@ -8,7 +8,7 @@ import textwrap
 import threading
 
 import pytest
-from stream_workers import Continuous, Pairs, Recorder, ask, endless, numbers, pong
+from stream_workers import Continuous, Pairs, Recorder, ask, endless, numbers, pong, silent
 
 from genbot.streaming import StreamError, active_streamers
 
@@ -92,6 +92,24 @@ async def test_leaving_the_block_early_frees_the_slot() -> None:
         assert recorder.seen[0] == (10**9, True)
     finally:
         recorder.close()
+
+
+async def test_closing_a_stream_ends_the_read_waiting_on_it_in_another_task() -> None:
+    silent.start_thread()
+    try:
+        async with silent.stream() as stream:
+            stream("x")
+
+            async def read() -> list[object]:
+                return [out async for out in stream]
+
+            reader = asyncio.create_task(read())
+            await asyncio.sleep(0)  # the reader runs until it waits for an output
+            stream.close()
+            with pytest.raises(StreamError, match="closed"):
+                await asyncio.wait_for(reader, 10)
+    finally:
+        silent.close()
 
 
 async def test_inputs_not_sent_in_time_release_the_slot() -> None:

@@ -430,6 +430,8 @@ class CallerStream:
     def _ready_locked(self) -> bool:
         if self._error is not None:
             raise self._error
+        if self._closed:
+            raise StreamError(f"stream {self.id} is closed")
         return self._granted
 
     async def _await_turn(self) -> None:
@@ -453,15 +455,20 @@ class CallerStream:
             event.wait()
 
     def close(self) -> None:
-        """Leave the stream: the worker sees it closed and the slot is free at once."""
+        """Leave the stream: the worker sees it closed and the slot is free at once.
+
+        A read (or turn) waiting on the stream in another task or thread wakes up and raises
+        :class:`StreamError`.
+        """
         hub = self._hub
         with hub.lock:
             if self._closed:
                 return
             self._closed = True
-            self._waiter = None
+            waiter, self._waiter = self._waiter, None
             if hub.streams.pop(self.id, None) is not None:
                 hub._send_locked(frames.frame(frames.CANCEL, self.id))
+        hub._wake([waiter])
 
     def __repr__(self) -> str:
         return f"<CallerStream {self.id}{' closed' if self.closed else ''}>"
