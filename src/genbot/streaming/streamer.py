@@ -192,9 +192,6 @@ class _ThreadWorker(LaunchedWorker):
 class _ManualWorker(LaunchedWorker):
     """``worker()`` called by the user: ``consume()`` attached it; nothing to start or stop."""
 
-    def __init__(self, end: WorkerEnd) -> None:
-        self.end = end
-
     def watch(self, loop: Any, on_death: Callable[[str], None]) -> None:
         """Its death shows as its connection closing."""
 
@@ -276,7 +273,7 @@ class Streamer:
 
         def launch(caller_end: CallerEnd, worker_end: WorkerEnd) -> LaunchedWorker:
             ends.append(worker_end)
-            return _ManualWorker(worker_end)
+            return _ManualWorker()
 
         with _registry_lock:
             if self._hub is not None:
