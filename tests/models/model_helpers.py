@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
+
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.models.base import ChatStreamer
 
@@ -47,6 +49,13 @@ async def started(
     task = asyncio.create_task(run())
     await asyncio.wait_for(seen.wait(), 60)
     return task, parts
+
+
+async def cancel(task: asyncio.Task[str]) -> None:
+    """Cancel a chat started by :func:`started` and wait (bounded) until it ended cancelled."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 30)
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
