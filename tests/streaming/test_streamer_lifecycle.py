@@ -65,12 +65,13 @@ async def test_cancelling_a_caller_closes_its_stream_and_frees_the_slot() -> Non
             async with recorder.stream() as stream:
                 stream("never")
 
-        queued_task = asyncio.create_task(queued())  # waits behind the hog...
-        await asyncio.sleep(0.05)
+        queued_task = asyncio.create_task(queued())
+        await asyncio.sleep(0)  # it runs until it waits for its turn, behind the hog...
         queued_task.cancel()  # ...and gives up while waiting
         hog_task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await hog_task
+        for task in (queued_task, hog_task):
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 10)
         # the slot is free: the next caller is served
         assert await asyncio.wait_for(ask(recorder, 3), 10) == [0, 1, 2]
         # the worker saw the hog's stream closed by the caller, never saw the queued one
