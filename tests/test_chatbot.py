@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -116,3 +117,44 @@ async def test_a_model_that_cannot_load_stops_the_start(chat: Chat) -> None:
     finally:
         unloadable.close()
     assert not chat.server.connected, "the bot never went online"
+
+
+async def test_messages_that_arrive_while_replying_get_one_more_reply(chat: Chat) -> None:
+    """The gatekept attend absorbs the messages sent while it generates, sees at the end that
+    its context is stale, and attends once more with all of them."""
+    server, generating, release = chat.server, threading.Event(), threading.Event()
+    prompts: list[list[str]] = []
+
+    @genbot.streamer
+    def held(streams: list[Any]) -> None:
+        for stream in streams:
+            if stream.data.settings.max_new_tokens > 1:  # not the warm-up
+                prompts.append([m["content"] for m in stream.data.messages if m["role"] == "user"])
+                generating.set()
+                release.wait(10)
+            stream.write(f"answer {len(prompts)}")
+            stream.close()
+
+    held.start_thread()
+    dm = server.create_dm(chat.alice)
+    try:
+        bot = ChatBot(settings(), backend=held, **FAST)
+        async with run_bot(bot, server):
+            await server.send_message(dm, chat.alice, "first")
+            assert await asyncio.to_thread(generating.wait, 10)
+            for text in ("second", "third"):
+                seen = asyncio.ensure_future(bot.wait_for(
+                    "message", check=lambda m, text=text: m.content == text, timeout=5))
+                last = await server.send_message(dm, chat.alice, text)
+                await seen
+            release.set()
+            await server.wait_for(lambda: len(server.bot_messages(dm)) == 2, timeout=30)
+            await settle(bot)
+    finally:
+        release.set()
+        held.close()
+    first_answer, second_answer = server.bot_messages(dm)
+    assert (first_answer["content"], second_answer["content"]) == ("answer 1", "answer 2")
+    assert second_answer["message_reference"]["message_id"] == last["id"]  # replies to "third"
+    assert len(prompts) == 2 and prompts[0] == ["alice: first"]
+    assert "alice: second\nalice: third" in "\n".join(prompts[1])  # the follow-up saw both

@@ -106,16 +106,25 @@ class ChatBot(Genbot):
             # Our turn at the model: read the context now, so it is as fresh as it can be.
             ctx = self.context(channel, limit=self.settings.context_limit)
             history = [message async for message in ctx]
-            if not ctx or ctx[0].author == self.user:
+            question = next((m for m in history if m.author != self.user), None)
+            if question is None or self._answered(question, history):
                 return
-            chat = context_to_messages(history[::-1], self.user,
+            chat = context_to_messages(history, self.user,
                                        system_prompt=self.settings.system_prompt,
                                        max_chars=self.settings.context_chars)
-            log.info("replying to %s in %s", ctx[0].author.display_name, _where(channel))
+            log.info("replying to %s in %s", question.author.display_name, _where(channel))
             await stream_reply(channel, stream(ChatRequest(chat, self.generation)),
-                               reference=ctx[0], interval=self.settings.edit_interval)
+                               reference=question, interval=self.settings.edit_interval)
         if not await ctx.current():
             self.attend(channel, force=True)
+
+    def _answered(self, question: discord.Message, history: list[discord.Message]) -> bool:
+        """Whether one of the bot's replies after ``question`` answers it. Not just "the bot
+        spoke last": messages that arrived while it generated precede its reply, and the
+        follow-up attend must still answer them."""
+        return any(m.author == self.user and m.reference is not None
+                   and m.reference.message_id == question.id
+                   for m in history if m.id > question.id)
 
 
 def _where(channel: discord.abc.Messageable) -> str:
