@@ -79,16 +79,22 @@ async def measure_floor() -> tuple[float, float]:
 
     def readable() -> None:
         nonlocal received, started, reply
-        while parent.poll():  # only what is already there: poll() is a zero-timeout select
-            parent.recv_bytes()
-            if received < FLOOR_MESSAGES:
-                if received == 0:
-                    started = time.perf_counter()
-                received += 1
-                if received == FLOOR_MESSAGES:
-                    done.set_result(time.perf_counter() - started)
-            elif reply is not None and not reply.done():
-                reply.set_result(None)
+        try:
+            while parent.poll():  # only what is already there: poll() is a zero-timeout select
+                parent.recv_bytes()
+                if received < FLOOR_MESSAGES:
+                    if received == 0:
+                        started = time.perf_counter()
+                    received += 1
+                    if received == FLOOR_MESSAGES:
+                        done.set_result(time.perf_counter() - started)
+                elif reply is not None and not reply.done():
+                    reply.set_result(None)
+        except EOFError:  # the child died: fail the waits instead of leaving them hanging
+            loop.remove_reader(parent.fileno())
+            for future in (done, reply):
+                if future is not None and not future.done():
+                    future.set_exception(RuntimeError("the floor's child process died"))
 
     loop.add_reader(parent.fileno(), readable)
     elapsed = await done
