@@ -136,7 +136,7 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-async def measure_death() -> list[float]:
+async def measure_death(process: genbot.streaming.WorkerProcess) -> list[float]:
     """Seconds from kill -9 of the worker to 8 open streams all having failed."""
     figures = []
     for _ in range(3):
@@ -154,7 +154,8 @@ async def measure_death() -> list[float]:
         tasks = [asyncio.create_task(reader()) for _ in range(8)]
         await asyncio.wait_for(started.wait(), 60)
         killed = time.perf_counter()
-        os.kill(PROCESS.pid, signal.SIGKILL)
+        assert process.pid is not None
+        os.kill(process.pid, signal.SIGKILL)
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
         figures.append(time.perf_counter() - killed)
         assert all(isinstance(r, StreamError) for r in results)
@@ -174,12 +175,11 @@ def repeats(n: int, quick: bool) -> int:
 
 
 async def main(quick: bool) -> None:
-    global PROCESS
     floor_rate, floor_rtt = await measure_floor()
     print("floor (bare multiprocessing.Pipe -> asyncio reader, one message per send):")
     print(f"  {floor_rate:,.0f} messages/s one way; round trip {floor_rtt * 1e6:.1f} us (median)")
     print()
-    PROCESS = bench_worker.start_process(maximum=64, backoff=0.05)
+    process = bench_worker.start_process(maximum=64, backoff=0.05)
     try:
         await asyncio.wait_for(warm_up(), 60)
         header = (
@@ -205,7 +205,7 @@ async def main(quick: bool) -> None:
                     f" {p99(firsts) / floor_rtt:>7.1f}x {rate / floor_rate:>9.2f}x"
                 )
         print()
-        deaths = await measure_death()
+        deaths = await measure_death(process)
         print(
             "kill -9 of the worker -> 8 open streams failed in "
             + ", ".join(f"{d * 1e3:.1f} ms" for d in deaths),
@@ -214,8 +214,6 @@ async def main(quick: bool) -> None:
     finally:
         bench_worker.close()
 
-
-PROCESS: genbot.streaming.WorkerProcess
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
