@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -13,7 +14,8 @@ from typing import Any
 import pytest
 
 import genbot
-from genbot.playground import run_playground
+from genbot.playground import EchoBot, run_playground
+from genbot.testing import DiscordServer, run_bot
 
 
 def test_scripted_chat_with_the_echo_bot() -> None:
@@ -28,6 +30,26 @@ def test_scripted_chat_with_the_echo_bot() -> None:
         "tester: /reset", "genbot: \u2014 context reset \u2014",
         "tester: /nosuchcommand", "genbot: echo: /nosuchcommand",
     ]
+
+
+async def test_echo_bot_answers_messages_that_arrive_while_it_answers() -> None:
+    async with DiscordServer() as server:
+        user = server.create_user("you")
+        dm = server.create_dm(user)
+        post = ("POST", "/channels/{channel_id}/messages")
+        async with run_bot(EchoBot(guild_ready_timeout=0.05), server) as bot:
+            server.rate_limit(*post, retry_after=1.0)  # holds the first echo back a while
+            await server.send_message(dm, user, "first")
+            await server.wait_for(lambda: server.request_count(*post) == 1)
+            for text in ("second", "third"):
+                seen = asyncio.ensure_future(bot.wait_for(
+                    "message", check=lambda m, text=text: m.content == text, timeout=5))
+                await server.send_message(dm, user, text)
+                await seen
+            await server.wait_for(lambda: len(server.bot_messages(dm)) == 3)
+            await asyncio.wait_for(asyncio.gather(*bot.attending()), 5)
+        assert [m["content"] for m in server.bot_messages(dm)] == [
+            "echo: first", "echo: second", "echo: third"]
 
 
 class Editor(genbot.Genbot):

@@ -28,19 +28,26 @@ __all__ = ["EchoBot", "playground", "run_playground"]
 
 
 class EchoBot(Genbot):
-    """The built-in bot: answers every message with ``echo: <its text>``."""
+    """The built-in bot: answers every message with ``echo: <its text>``, as a reply to it."""
 
     @gatekeep
     async def attend(self, channel: discord.abc.Messageable) -> None:
         assert self.user is not None
+        # Not "everything since the bot last spoke": messages that arrived while it was
+        # answering come before that answer. The echoes reply to what they echo.
+        answered: set[int] = set()
         unanswered: list[discord.Message] = []
         async for msg in (ctx := self.context(channel, limit=16)):
             if msg.author.id == self.user.id:
+                if msg.reference is not None and msg.reference.message_id is not None:
+                    answered.add(msg.reference.message_id)
+            elif msg.id in answered:
                 break
-            unanswered.append(msg)
+            else:
+                unanswered.append(msg)
         for msg in reversed(unanswered):
             async with channel.typing():
-                await channel.send(f"echo: {msg.content}")
+                await channel.send(f"echo: {msg.content}", reference=msg)
         if not await ctx.current():
             self.attend(channel, force=True)
 
