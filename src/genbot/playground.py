@@ -132,8 +132,9 @@ async def _settle(bot: Genbot, processed: Awaitable[Any], timeout: float) -> Non
 async def _send_line(server: DiscordServer, bot: Genbot, dm: FakeChannel, user: FakeUser,
                      line: str, printer: _Printer, timeout: float) -> None:
     name, _, text = line[1:].partition(" ")
-    if line.startswith("/") and any(c["name"] == name for c in server.commands()):
-        command = next(c for c in server.commands() if c["name"] == name)
+    commands = server.commands() if line.startswith("/") else []
+    command = next((c for c in commands if c["name"] == name), None)
+    if command is not None:
         options = command.get("options") or []
         values = {options[0]["name"]: text} if options and text else {}
         interaction = await server.invoke_command(dm, user, name, values)
