@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import discord
 import discord.gateway
@@ -44,6 +44,7 @@ DIRECT_MESSAGES, DIRECT_MESSAGE_TYPING = 1 << 12, 1 << 14
 REPLY = 19
 ChannelRef = FakeChannel | int
 UserRef = FakeUser | int
+ClientT = TypeVar("ClientT", bound=discord.Client)
 
 
 @dataclass(eq=False)
@@ -608,8 +609,8 @@ def _channel_ref(channel: FakeChannel) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def run_bot(
-    bot: discord.Client, server: DiscordServer, *, timeout: float = 10.0
-) -> AsyncIterator[discord.Client]:
+    bot: ClientT, server: DiscordServer, *, timeout: float = 10.0
+) -> AsyncIterator[ClientT]:
     """Run ``bot.start(server.token)`` in a task until the block ends.
 
     Waits (at most `timeout` s) until discord.py fires on_ready. Tip: discord.py waits
