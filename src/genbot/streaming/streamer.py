@@ -39,6 +39,7 @@ then imports the streamer's module afresh, so scripts must keep their start-up c
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import logging
@@ -146,7 +147,7 @@ class _ProcessWorker(LaunchedWorker):
         # exit status sees none): the hub's death watch and close() take turns.
         self._join_lock = threading.Lock()
 
-    def watch(self, loop: Any, on_death: Callable[[str], None]) -> None:
+    def watch(self, loop: asyncio.AbstractEventLoop, on_death: Callable[[str], None]) -> None:
         sentinel = self.process.sentinel
 
         def died() -> None:
@@ -177,7 +178,7 @@ class _ThreadWorker(LaunchedWorker):
     def __init__(self, thread: threading.Thread) -> None:
         self.thread = thread
 
-    def watch(self, loop: Any, on_death: Callable[[str], None]) -> None:
+    def watch(self, loop: asyncio.AbstractEventLoop, on_death: Callable[[str], None]) -> None:
         """A thread's death shows as its connection closing; nothing else to watch."""
 
     def stop(self, timeout: float) -> None:
@@ -192,7 +193,7 @@ class _ThreadWorker(LaunchedWorker):
 class _ManualWorker(LaunchedWorker):
     """``worker()`` called by the user: ``consume()`` attached it; nothing to start or stop."""
 
-    def watch(self, loop: Any, on_death: Callable[[str], None]) -> None:
+    def watch(self, loop: asyncio.AbstractEventLoop, on_death: Callable[[str], None]) -> None:
         """Its death shows as its connection closing."""
 
     def stop(self, timeout: float) -> None:
