@@ -182,6 +182,35 @@ async def test_errors_in_attend_are_logged_and_the_channel_still_attended(
         assert not bot.is_closed()
 
 
+class Fragile(genbot.Genbot):
+    """Its access check fails while `broken`; answers otherwise."""
+
+    broken = True
+
+    def may_chat(self, user: Any, channel: Any) -> bool:
+        if self.broken:
+            raise RuntimeError("access lookup failed")
+        return super().may_chat(user, channel)
+
+    async def attend(self, channel: Any) -> None:
+        await channel.send("here")
+
+
+async def test_an_error_while_deciding_to_wake_does_not_stop_the_bot(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with world() as w, run_bot(Fragile(**FAST), w.server) as bot:
+        dm = w.server.create_dm(w.alice)
+        with caplog.at_level(logging.ERROR, logger="genbot.bot"):
+            await send(bot, w.server, dm, w.alice, "one")  # on_message still sees it
+        assert any(r.exc_info and "access lookup failed" in str(r.exc_info[1])
+                   for r in caplog.records)
+        bot.broken = False
+        await send(bot, w.server, dm, w.alice, "two")
+        await w.server.wait_for(lambda: w.contents(dm) == ["here"], timeout=5)
+        assert not bot.is_closed()
+
+
 class Shouter(genbot.Genbot):
     def __init__(self, text: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -121,7 +121,17 @@ class Genbot(discord.Client):
 
     def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
         """Feed the message cache and wake ``attend`` before any ``on_*`` handler runs, so both
-        keep working when a subclass overrides ``on_message`` without calling ``super()``."""
+        keep working when a subclass overrides ``on_message`` without calling ``super()``.
+
+        This runs inside discord.py's gateway parser, where an exception would end ``start()``:
+        a failure here is logged and the event still reaches the handlers."""
+        try:
+            self._observe(event, args)
+        except Exception:
+            _log.exception("handling %s failed; the bot carries on", event)
+        super().dispatch(event, *args, **kwargs)
+
+    def _observe(self, event: str, args: tuple[Any, ...]) -> None:
         cache = self.message_cache
         if event == "message":
             cache.on_create(args[0])
@@ -134,7 +144,6 @@ class Genbot(discord.Client):
             cache.on_delete(args[0].channel_id, args[0].message_ids)
         elif event == "connect":  # a new gateway session: events may have been missed
             cache.invalidate()
-        super().dispatch(event, *args, **kwargs)
 
     def _maybe_attend(self, message: discord.Message) -> None:
         if self.closing or self.user is None:
