@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import discord
 
-from genbot.wake import is_ignored
+from genbot.wake import CHAT_TYPES, is_ignored
 
 if TYPE_CHECKING:
     from genbot.bot import Genbot
@@ -39,8 +39,6 @@ __all__ = ["RESET_MARKER", "Context", "MessageCache", "is_reset", "visible"]
 RESET_MARKER = "\u2014 context reset \u2014"
 
 _PAGE = 100  # Discord's largest history page
-_COMMAND_TYPES = (discord.MessageType.chat_input_command, discord.MessageType.context_menu_command)
-_CHAT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 
 
 def is_reset(message: discord.Message, bot_id: int) -> bool:
@@ -51,13 +49,10 @@ def is_reset(message: discord.Message, bot_id: int) -> bool:
 def visible(message: discord.Message, bot: Genbot) -> bool:
     """Whether ``message`` belongs in a context: from a user allowed to chat, or the bot's own;
     never ignored (prefix), control or command messages, nor system messages."""
-    if is_ignored(message.content, bot.wake_rules.ignore_prefix):
+    if is_ignored(message.content, bot.wake_rules.ignore_prefix) or message.type not in CHAT_TYPES:
         return False
     if bot.user is not None and message.author.id == bot.user.id:
-        command = message.type in _COMMAND_TYPES or message.interaction_metadata is not None
-        return message.type in _CHAT_TYPES and not command
-    if message.type not in _CHAT_TYPES:
-        return False
+        return message.interaction_metadata is None  # not a command's response
     if message.author.bot and not bot.wake_rules.allow_bots:
         return False
     return bot.may_chat(message.author, message.channel)

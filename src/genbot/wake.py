@@ -28,11 +28,12 @@ import discord
 
 from genbot.access import AccessList
 
-__all__ = ["Incoming", "WakeRules", "incoming", "is_ignored"]
+__all__ = ["CHAT_TYPES", "Incoming", "WakeRules", "incoming", "is_ignored"]
 
 Place = Literal["dm", "thread", "channel"]
 
-_CHAT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+#: Messages people write (plain and replies), not ones Discord makes (joins, pins, commands...).
+CHAT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 
 
 def is_ignored(content: str, ignore_prefix: str | None) -> bool:
@@ -115,7 +116,7 @@ def incoming(
         author_id=message.author.id,
         author_is_bot=message.author.bot,
         content=message.content,
-        chat=message.type in _CHAT_TYPES,
+        chat=message.type in CHAT_TYPES,
         place=place,
         channel_id=channel.id,
         parent_id=parent_id,
