@@ -262,6 +262,15 @@ class FakeHistoryChannel:
             yield self.message(message_id)
 
 
+async def _until_requested(channel: FakeHistoryChannel) -> None:
+    """Wait (bounded) until the cache has asked `channel` for a page."""
+    async def requested() -> None:
+        while channel.requests == 0:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(requested(), 5)
+
+
 async def _walk(cache: MessageCache, channel: Any) -> list[int]:
     ids, before = [], None
     while (message := await cache.next_older(channel, before)) is not None:
@@ -308,8 +317,7 @@ async def test_events_during_a_fetch_apply_to_its_result() -> None:
     cache, channel = MessageCache(), FakeHistoryChannel(1, 5)
     channel.gate = asyncio.Event()
     reading = asyncio.ensure_future(_walk(cache, channel))
-    while channel.requests == 0:
-        await asyncio.sleep(0)
+    await _until_requested(channel)
     channel.ids.remove(2)
     cache.on_delete(1, [2])  # the page in flight may still hold it
     edited = channel.message(3)
@@ -326,8 +334,7 @@ async def test_invalidation_during_a_fetch_discards_it() -> None:
     cache, channel = MessageCache(), FakeHistoryChannel(1, 5)
     channel.gate = asyncio.Event()
     reading = asyncio.ensure_future(cache.next_older(channel, None))
-    while channel.requests == 0:
-        await asyncio.sleep(0)
+    await _until_requested(channel)
     cache.invalidate()
     channel.gate.set()
     newest = await asyncio.wait_for(reading, 5)

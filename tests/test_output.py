@@ -330,9 +330,11 @@ async def deltas_of(*parts: str) -> AsyncIterator[str]:
 
 
 async def wait_until(condition: object, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
+    async def poll() -> None:  # asyncio.timeout() would need Python 3.11
         while not condition():  # type: ignore[operator]
             await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), timeout)
 
 
 async def test_stream_reply_writes_the_whole_text() -> None:
