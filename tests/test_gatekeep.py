@@ -22,8 +22,6 @@ class Recorder:
         self.errors: list[tuple[str, tuple[Any, ...], BaseException | None]] = []
 
     async def on_error(self, name: str, *args: Any) -> None:
-        import sys
-
         self.errors.append((name, args, sys.exc_info()[1]))
 
     @gatekeep
