@@ -483,7 +483,7 @@ async def test_stream_reply_bounds_the_wait_for_the_next_delta() -> None:
         finally:
             closed.set()
 
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):
         await stream_reply(channel, deltas(), timeout=0.2, error_text="Timed out.", interval=0.01)
     assert channel.contents() == ["Thinking\n\n*Timed out.*"]
     assert closed.is_set()
