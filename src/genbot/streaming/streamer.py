@@ -50,7 +50,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 from genbot.streaming.client import Hub, LaunchedWorker, StreamSlot
 from genbot.streaming.errors import StreamError, WorkerExit
@@ -512,9 +512,22 @@ class FunctionStreamer(Streamer):
         return (FunctionStreamer, (self.fn, self.minimum, self.maximum))
 
 
+BatchFunction = Callable[[list[Stream]], Any]
+
+
+@overload
+def streamer(fn: BatchFunction, *, minimum: int = 1, maximum: int = 64) -> FunctionStreamer: ...
+
+
+@overload
 def streamer(
-    fn: Callable[[list[Stream]], Any] | None = None, *, minimum: int = 1, maximum: int = 64
-) -> Any:
+    fn: None = None, *, minimum: int = 1, maximum: int = 64
+) -> Callable[[BatchFunction], FunctionStreamer]: ...
+
+
+def streamer(
+    fn: BatchFunction | None = None, *, minimum: int = 1, maximum: int = 64
+) -> FunctionStreamer | Callable[[BatchFunction], FunctionStreamer]:
     """Decorator: make a :class:`FunctionStreamer` from a batch function ``fn(streams)``.
 
     ``@genbot.streamer`` or ``@genbot.streamer(minimum=1, maximum=64)``; ``start_process`` and
