@@ -54,7 +54,9 @@ async def test_thread_opens_a_chat_thread() -> None:
     async with world() as w, run_bot(Replier(**FAST), w.server) as bot:
         s = w.server
         interaction = await s.invoke_command(w.general, w.alice, "thread", {"name": "chat"})
-        response = await interaction.wait_response()
+        thinking = await interaction.wait_response()  # acknowledged before any other request
+        assert thinking["type"] == 5 and thinking["ephemeral"]
+        response = await interaction.wait_response(index=1)
         assert response["ephemeral"] and response["content"].startswith("Opened <#")
         thread_id = int(response["content"].removeprefix("Opened <#").removesuffix(">."))
         thread = s.channel(thread_id)
@@ -62,6 +64,14 @@ async def test_thread_opens_a_chat_thread() -> None:
         assert thread.owner_id == s.bot_user.id and w.alice.id in thread.thread_members
         await send(bot, s, thread, w.alice, "no mention needed here")
         await s.wait_for(lambda: w.contents(thread) == ["re: no mention needed here"])
+
+
+async def test_a_failing_command_tells_the_user() -> None:
+    async with world() as w, run_bot(genbot.Genbot(**FAST), w.server):
+        w.server.rate_limit("POST", "/channels/{channel_id}/threads", times=5, retry_after=0.01)
+        interaction = await w.server.invoke_command(w.general, w.alice, "thread", {"name": "x"})
+        answer = await interaction.wait_response(index=1)  # after the "thinking..." defer
+        assert answer["ephemeral"] and answer["content"] == "Sorry, that failed."
 
 
 @pytest.mark.parametrize("where", ["dm", "blacklisted"])

@@ -58,9 +58,12 @@ def install_commands(bot: Genbot) -> None:
             return await _refuse(interaction, "Threads can be opened in a server's text channels.")
         if not bot.may_chat(interaction.user, channel):
             return await _refuse(interaction, NOT_ALLOWED)
+        # Two requests (rate limits may hold them up) before the answer: Discord drops an
+        # interaction not acknowledged within 3 s, so acknowledge it first.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         opened = await channel.create_thread(name=name, type=discord.ChannelType.public_thread)
         await opened.add_user(interaction.user)
-        await interaction.response.send_message(f"Opened {opened.mention}.", ephemeral=True)
+        await interaction.followup.send(f"Opened {opened.mention}.", ephemeral=True)
 
     @tree.command(name="shutdown", description="Shut the bot down (admins only)")
     async def shutdown(interaction: discord.Interaction) -> None:
@@ -83,6 +86,8 @@ def install_commands(bot: Genbot) -> None:
             text = "Sorry, that failed."
         if not interaction.response.is_done():
             await interaction.response.send_message(text, ephemeral=True)
+        else:  # deferred: fill in the "thinking..." message
+            await interaction.followup.send(text, ephemeral=True)
 
 
 #: Strong references to fire-and-forget tasks (asyncio keeps only weak ones).
