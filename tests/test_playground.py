@@ -52,6 +52,22 @@ async def test_echo_bot_answers_messages_that_arrive_while_it_answers() -> None:
             "echo: first", "echo: second", "echo: third"]
 
 
+async def test_echo_bot_echoes_a_message_deleted_before_the_echo() -> None:
+    async with DiscordServer() as server:
+        user = server.create_user("you")
+        dm = server.create_dm(user)
+        post = ("POST", "/channels/{channel_id}/messages")
+        async with run_bot(EchoBot(guild_ready_timeout=0.05), server) as bot:
+            server.rate_limit(*post, retry_after=0.5)
+            doomed = await server.send_message(dm, user, "doomed")
+            await server.wait_for(lambda: server.request_count(*post) == 1)
+            await server.delete_message(dm, doomed)
+            await server.wait_for(lambda: server.bot_messages(dm))
+            await asyncio.wait_for(asyncio.gather(*bot.attending()), 5)
+        [echo] = server.bot_messages(dm)
+        assert echo["content"] == "echo: doomed" and "message_reference" not in echo
+
+
 class Editor(genbot.Genbot):
     """Posts a placeholder, then edits it into the answer; refuses /shutdown to the user."""
 

@@ -47,7 +47,8 @@ class EchoBot(Genbot):
                 unanswered.append(msg)
         for msg in reversed(unanswered):
             async with channel.typing():
-                await channel.send(f"echo: {msg.content}", reference=msg)
+                reference = msg.to_reference(fail_if_not_exists=False)  # it may be deleted
+                await channel.send(f"echo: {msg.content}", reference=reference)
         if not await ctx.current():
             self.attend(channel, force=True)
 
