@@ -105,6 +105,26 @@ async def test_await_inside_the_run_does_not_deadlock() -> None:
     assert runs == [7, 7, 7]
 
 
+async def test_waiting_for_itself_raises_instead_of_hanging() -> None:
+    errors: list[BaseException] = []
+    runs: list[int] = []
+
+    class Bot:
+        @gatekeep
+        async def attend(self, channel: int) -> None:
+            runs.append(channel)
+            if len(runs) == 1:
+                try:
+                    await self.attend(channel, force=True).wait()
+                except RuntimeError as error:
+                    errors.append(error)
+
+    bot = Bot()
+    await asyncio.wait_for(bot.attend(1).wait(), 5)
+    assert len(errors) == 1 and runs == [1, 1]  # the queued run still ran
+    assert running(bot) == []
+
+
 async def test_exception_releases_key_and_reaches_on_error() -> None:
     class Failing(Recorder):
         @gatekeep

@@ -62,10 +62,14 @@ class GateHandle:
     async def wait(self) -> None:
         """Wait until the run (and any queued run) is over; never raises the run's exception.
 
-        Do not call this from inside the run it waits for.
+        From inside the run it waits for, it raises :class:`RuntimeError` (it would wait for
+        itself forever, and block the key with it).
         """
-        if self.task is not None:
-            await asyncio.wait({self.task})
+        if self.task is None:
+            return
+        if self.task is asyncio.current_task():
+            raise RuntimeError("GateHandle.wait() called from inside the run it waits for")
+        await asyncio.wait({self.task})
 
     def __repr__(self) -> str:
         return f"<GateHandle scheduled={self.scheduled} done={self.done()}>"
