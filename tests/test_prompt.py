@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genbot.models.base import prepare_messages
-from genbot.prompt import context_to_messages
+from genbot.prompt import context_to_messages, conversation_order
 
 BOT = SimpleNamespace(id=1, display_name="Genbot")
 ALICE = SimpleNamespace(id=2, display_name="Alice")
@@ -18,13 +18,38 @@ BOB = SimpleNamespace(id=3, display_name="Bob the Builder")
 _ids = itertools.count(100)
 
 
-def msg(author: SimpleNamespace, text: str, attachments: tuple[str, ...] = ()) -> SimpleNamespace:
+def msg(author: SimpleNamespace, text: str, attachments: tuple[str, ...] = (),
+        reply_to: SimpleNamespace | None = None) -> SimpleNamespace:
     return SimpleNamespace(
         id=next(_ids),
         author=author,
         clean_content=text,
         attachments=[SimpleNamespace(filename=name) for name in attachments],
+        reference=SimpleNamespace(message_id=reply_to.id) if reply_to else None,
     )
+
+
+def test_a_reply_follows_the_message_it_answers_even_when_others_came_between() -> None:
+    question = msg(ALICE, "what is 2+2?")
+    meanwhile = [msg(BOB, "and 3+3?"), msg(ALICE, "also 4+4")]
+    reply = msg(BOT, "2+2 is 4", reply_to=question)
+    continued = msg(BOT, "(continued)")
+    newer = msg(BOB, "thanks")
+    history = [question, *meanwhile, reply, continued, newer]
+    assert [m.clean_content for m in conversation_order(reversed(history), BOT)] == [
+        "what is 2+2?", "2+2 is 4", "(continued)", "and 3+3?", "also 4+4", "thanks"]
+    chat = context_to_messages(history, BOT)
+    assert chat[-1] == {"role": "user",
+                        "content": "Bob the Builder: and 3+3?\nAlice: also 4+4\n"
+                                   "Bob the Builder: thanks"}
+
+
+def test_a_reply_to_a_message_outside_the_window_stays_in_time_order() -> None:
+    gone = msg(ALICE, "old question")
+    late = msg(BOB, "hello")
+    reply = msg(BOT, "old answer", reply_to=gone)
+    assert [m.clean_content for m in conversation_order([reply, late], BOT)] == [
+        "hello", "old answer"]
 
 
 def test_roles_names_and_order() -> None:

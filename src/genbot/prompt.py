@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 
 import discord
 
-__all__ = ["ChatMessage", "context_to_messages", "message_text"]
+__all__ = ["ChatMessage", "context_to_messages", "conversation_order", "message_text"]
 
 #: ``{"role": "system"|"user"|"assistant", "content": str}``
 ChatMessage = dict[str, str]
@@ -53,7 +53,7 @@ def context_to_messages(
     """Chat messages for a model from Discord `messages`, oldest first, newest within budget.
 
     `messages` may come in any order (a :class:`genbot.Context` yields the newest first); they
-    are ordered by id, which is their time. `bot_user` (anything with the bot's ``id``) decides
+    are put in :func:`conversation_order`. `bot_user` (anything with the bot's ``id``) decides
     which are the assistant's. `max_chars` bounds the characters of the contents, `max_tokens`
     their tokens as `count_tokens` counts them; ``None`` leaves that bound off. The system
     prompt, if given, comes first and is not counted. See the module docstring for the rules.
@@ -62,7 +62,7 @@ def context_to_messages(
         raise ValueError("max_tokens needs count_tokens")
     budget = _Budget(max_chars, max_tokens, count_tokens)
     kept: list[tuple[discord.Message, str]] = []
-    for message in sorted(messages, key=lambda m: m.id, reverse=True):
+    for message in reversed(conversation_order(messages, bot_user)):
         text = message_text(message)
         if not text:
             continue
@@ -83,6 +83,30 @@ def context_to_messages(
         else:
             chat.append({"role": role, "content": text})
     return chat
+
+
+def conversation_order(messages: Iterable[discord.Message],
+                       bot_user: discord.abc.Snowflake) -> list[discord.Message]:
+    """Oldest first, except that a reply of the bot comes right after the message it answers.
+
+    Messages that arrive while the bot generates are older than its reply, so by time alone a
+    follow-up prompt would end with the bot's answer to an earlier question and the model would
+    be asked to continue its own turn. Messages the bot sent in a row (a reply continued past
+    2000 characters) move together with the first one.
+    """
+    ordered = sorted(messages, key=lambda m: m.id)
+    ids = {m.id for m in ordered}
+    keys: dict[int, tuple[int, int]] = {}
+    anchor: int | None = None  # the message the bot's current run of messages answers
+    for message in ordered:
+        if message.author.id != bot_user.id:
+            anchor = None
+        else:
+            reference = getattr(message.reference, "message_id", None)
+            if reference in ids:
+                anchor = reference
+        keys[message.id] = (message.id, 0) if anchor is None else (anchor, message.id)
+    return sorted(ordered, key=lambda m: keys[m.id])
 
 
 class _Budget:
