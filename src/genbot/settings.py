@@ -75,10 +75,11 @@ class Settings:
     backend: str = setting("llamacpp", "Model runtime: llamacpp (embedded default), transformers, "
                            "or openai (any OpenAI-compatible server).", check=_backend)
     model: str = setting("", "GGUF path (llamacpp), Hugging Face name or local path "
-                         "(transformers), or model name (openai). Empty with llamacpp: the "
-                         "embedded SmolLM2-135M-Instruct.")
+                         "(transformers), or model name (openai). Empty: the embedded "
+                         "SmolLM2-135M-Instruct (llamacpp), the server's first model (openai).")
     base_url: str = setting("http://127.0.0.1:8000/v1", "Base URL of the OpenAI-compatible "
-                            "server (openai backend). The API key comes from OPENAI_API_KEY.")
+                            "server (openai backend). The API key comes from GENBOT_API_KEY, "
+                            "else OPENAI_API_KEY.")
     parallel: int = setting(4, "How many chats the model generates for at once "
                             "(llama.cpp slots, transformers batch, concurrent HTTP requests).",
                             check=_positive)
