@@ -184,3 +184,26 @@ def test_genbot_gatekeep_is_the_decorator_even_after_the_module_was_imported() -
     code = ("import sys, genbot.gatekeep, genbot\n"
             "assert genbot.gatekeep is sys.modules['genbot.gatekeep'].gatekeep\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_a_run_that_requeues_itself_does_not_starve_the_loop() -> None:
+    runs = 0
+
+    @gatekeep
+    async def busy() -> None:  # awaits nothing, re-queues itself 200 times
+        nonlocal runs
+        runs += 1
+        if runs < 200:
+            busy(force=True)
+
+    seen: list[int] = []
+
+    async def other() -> None:
+        seen.append(runs)
+
+    handle = busy()
+    other_task = asyncio.ensure_future(other())
+    await asyncio.wait_for(handle.wait(), 5)
+    await other_task
+    assert runs == 200
+    assert seen[0] < 200, "another task got to run between the queued runs"

@@ -131,6 +131,9 @@ class Gatekeeper(Generic[P]):
                     await self._report(args, kwargs)
                 if not run.pending:
                     return
+                # Let other tasks run first: a run that re-queues itself without awaiting
+                # anything would otherwise starve the whole event loop.
+                await asyncio.sleep(0)
         finally:
             if self._runs.get(key) is run:
                 del self._runs[key]
