@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genbot.models.base import DEFAULT_SYSTEM_PROMPT
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -27,12 +29,6 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["BACKENDS", "Settings", "SettingsError", "settings_help", "settings_table"]
 
 BACKENDS = ("llamacpp", "transformers", "openai")
-
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a friendly assistant chatting in a Discord server. "
-    "Answer the last message briefly and helpfully, in one or two short paragraphs. "
-    "Stay on the topic of the conversation and do not make things up."
-)
 
 
 class SettingsError(ValueError):
@@ -83,7 +79,8 @@ class Settings:
     parallel: int = setting(4, "How many chats the model generates for at once "
                             "(llama.cpp slots, transformers batch, concurrent HTTP requests).",
                             check=_positive)
-    system_prompt: str = setting(DEFAULT_SYSTEM_PROMPT, "The system prompt put before the chat.")
+    system_prompt: str = setting(DEFAULT_SYSTEM_PROMPT, "The system prompt put before the chat "
+                                 "(the default keeps even a tiny model short and on topic).")
     max_new_tokens: int = setting(256, "Most tokens generated for one reply.", check=_positive)
     temperature: float = setting(0.2, "Sampling temperature; 0 is greedy.", check=_non_negative)
     top_p: float = setting(0.9, "Nucleus sampling: keep the smallest token set with this "
@@ -155,10 +152,14 @@ class Settings:
         return settings
 
 
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def _coerce(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
     """Turn ``raw`` (TOML value or string from the environment) into the field's type."""
     where = f"{source}: setting {f.name!r}"
-    kind = type(f.default) if f.default is not dataclasses.MISSING else list
+    kind = type(_default(f))
     value = raw
     try:
         if kind is bool:
@@ -226,7 +227,7 @@ def settings_table() -> str:
     rows = ["| setting | environment variable | default | description |",
             "| --- | --- | --- | --- |"]
     for f in dataclasses.fields(Settings):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = _default(f)
         shown = json.dumps(default) if not isinstance(default, str) else repr(default)
         if f.name == "system_prompt":
             shown = "(a short on-topic assistant prompt)"
@@ -239,7 +240,6 @@ def settings_help() -> str:
     """The settings as plain text for ``--help``: name, default and description."""
     lines = ["Settings (config file key, GENBOT_<NAME> variable or --set NAME=VALUE):"]
     for f in dataclasses.fields(Settings):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = "(see genbot settings)" if f.name == "system_prompt" else json.dumps(default)
+        shown = "(see genbot settings)" if f.name == "system_prompt" else json.dumps(_default(f))
         lines.append(f"{f.name} = {shown}: {f.metadata['help']}")
     return "\n\n".join(lines)
