@@ -104,6 +104,11 @@ class Settings:
     ignore_prefix: str = setting("!", "Messages starting with this are invisible to the bot.")
     allow_bots: bool = setting(False, "Let other bots' messages wake the bot.")
     sync_commands: bool = setting(True, "Register the slash commands with Discord at start-up.")
+    queue_timeout: float = setting(300.0, "Most seconds a chat waits for a free model slot; "
+                                   "past it the user is told the bot is busy.", check=_positive)
+    stall_timeout: float = setting(60.0, "Most seconds a reply may go without new text from the "
+                                   "model; past it the reply ends with a visible note.",
+                                   check=_positive)
     edit_interval: float = setting(1.0, "Seconds between edits of a streamed reply, per "
                                    "channel.", check=_positive)
     log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.",
