@@ -49,35 +49,44 @@ async def world() -> AsyncIterator[World]:
         yield World(server, guild, general, mods, banned, alice, bob, mod, admin)
 
 
-async def send(bot: Any, server: DiscordServer, channel: FakeChannel, user: FakeUser,
-               text: str, **kwargs: Any) -> dict[str, Any]:
+async def send(
+    bot: Any, server: DiscordServer, channel: FakeChannel, user: FakeUser, text: str, **kwargs: Any
+) -> dict[str, Any]:
     """Post as `user` and wait until the bot has processed the MESSAGE_CREATE."""
-    seen = bot.wait_for("message", check=lambda m: m.author.id == user.id
-                        and m.content.endswith(text), timeout=5)
+    seen = bot.wait_for(
+        "message", check=lambda m: m.author.id == user.id and m.content.endswith(text), timeout=5
+    )
     task = asyncio.ensure_future(seen)
     message = await server.send_message(channel, user, text, **kwargs)
     await task
     return message
 
 
-async def edit(bot: Any, server: DiscordServer, channel: FakeChannel, message: dict[str, Any],
-               text: str) -> None:
-    task = asyncio.ensure_future(bot.wait_for(
-        "raw_message_edit", check=lambda p: p.message_id == int(message["id"]), timeout=5))
+async def edit(
+    bot: Any, server: DiscordServer, channel: FakeChannel, message: dict[str, Any], text: str
+) -> None:
+    task = asyncio.ensure_future(
+        bot.wait_for(
+            "raw_message_edit", check=lambda p: p.message_id == int(message["id"]), timeout=5
+        )
+    )
     await server.edit_message(channel, message, text)
     await task
 
 
-async def delete(bot: Any, server: DiscordServer, channel: FakeChannel,
-                 messages: list[dict[str, Any]]) -> None:
+async def delete(
+    bot: Any, server: DiscordServer, channel: FakeChannel, messages: list[dict[str, Any]]
+) -> None:
     ids = {int(m["id"]) for m in messages}
     if len(ids) == 1:
-        task = asyncio.ensure_future(bot.wait_for(
-            "raw_message_delete", check=lambda p: p.message_id in ids, timeout=5))
+        task = asyncio.ensure_future(
+            bot.wait_for("raw_message_delete", check=lambda p: p.message_id in ids, timeout=5)
+        )
         await server.delete_message(channel, messages[0])
     else:
-        task = asyncio.ensure_future(bot.wait_for(
-            "raw_bulk_message_delete", check=lambda p: p.message_ids == ids, timeout=5))
+        task = asyncio.ensure_future(
+            bot.wait_for("raw_bulk_message_delete", check=lambda p: p.message_ids == ids, timeout=5)
+        )
         await server.bulk_delete(channel, messages)
     await task
 

@@ -29,8 +29,9 @@ async def test_hello_world() -> None:
         dm = w.server.create_dm(w.alice)
         await send(bot, w.server, dm, w.alice, "hi")
         await send(bot, w.server, w.general, w.bob, "hi there", mentions_bot=True)
-        await w.server.wait_for(lambda: w.contents(dm) == ["Hello World!"]
-                                and w.contents(w.general) == ["Hello World!"])
+        await w.server.wait_for(
+            lambda: w.contents(dm) == ["Hello World!"] and w.contents(w.general) == ["Hello World!"]
+        )
 
 
 def test_access_configuration_as_written() -> None:

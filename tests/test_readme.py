@@ -11,7 +11,7 @@ README = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
 
 def example(after_heading: str) -> str:
     """The first ```python block after the heading ``after_heading``."""
-    section = README[README.index(after_heading):]
+    section = README[README.index(after_heading) :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
