@@ -1,0 +1,82 @@
+"""The project's own files: one version, a changelog that names it, a licence, and a
+repository that stands on its own (nothing points to files outside it)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import sys
+from pathlib import Path
+
+import genbot
+import genbot._version
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def released_versions() -> list[str]:
+    """The versions of CHANGELOG.md's release headings, newest first."""
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    return re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", changelog, re.M)
+
+
+def test_pyproject_reads_the_version_from_genbot_version() -> None:
+    project = PYPROJECT["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    dynamic = PYPROJECT["tool"]["setuptools"]["dynamic"]["version"]
+    assert dynamic == {"attr": "genbot._version.__version__"}
+
+
+def test_the_version_is_the_newest_release_of_the_changelog() -> None:
+    assert released_versions(), "CHANGELOG.md has no release heading"
+    assert genbot._version.__version__ == released_versions()[0]
+    assert genbot.__version__ == genbot._version.__version__
+
+
+def test_the_version_is_written_in_one_place() -> None:
+    """No module but genbot/_version.py assigns ``__version__`` (the others import it)."""
+    writers = []
+    for path in sorted((ROOT / "src" / "genbot").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if any(isinstance(t, ast.Name) and t.id == "__version__" for t in targets):
+                writers.append(path.relative_to(ROOT).as_posix())
+    assert writers == ["src/genbot/_version.py"]
+
+
+def test_the_licence_is_the_one_pyproject_declares() -> None:
+    assert PYPROJECT["project"]["license"] == "MIT"
+    licence = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert licence.startswith("MIT License\n\nCopyright (c) 2026 genbot contributors\n")
+
+
+# Paths and names of documents that live outside this repository.
+OUTSIDE = re.compile(r"shared/|genbot-design|design doc\b(?!.*docs/design\.md)", re.I)
+SKIP_DIRS = {"build", "dist", "__pycache__"}
+TEXT = {".py", ".md", ".toml", ".txt", ".cfg", ".ini", ".yml", ".yaml", ".sh", ""}
+
+
+def test_no_file_points_outside_the_repository() -> None:
+    offenders = []
+    for top, dirs, files in os.walk(ROOT):
+        dirs[:] = [
+            d
+            for d in dirs
+            if not d.startswith(".") and d not in SKIP_DIRS and not d.endswith(".egg-info")
+        ]
+        for name in files:
+            path = Path(top, name)
+            if path.suffix not in TEXT or path == Path(__file__):
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            for number, line in enumerate(text.splitlines(), 1):
+                if OUTSIDE.search(line):
+                    offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []
