@@ -1,4 +1,5 @@
-"""The README's Python examples run as written (the bot, the testing snippet, the model one)."""
+"""The README's Python examples run as written (the bot, the testing snippet, the model one),
+and the documents' links lead somewhere."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-README = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+import pytest
+
+ROOT = Path(__file__).parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def example(after_heading: str) -> str:
@@ -25,3 +29,13 @@ async def test_own_bot_example_passes_the_testing_example() -> None:
 def test_model_example_streams_a_reply(capsys: Any) -> None:
     exec(example("## Models"), {"__name__": "__main__"})
     assert len(capsys.readouterr().out.strip()) > 0
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/design.md", "examples/README.md"])
+def test_relative_links_lead_to_files_of_the_repository(document: str) -> None:
+    path = ROOT / document
+    targets = re.findall(r"\]\(([^)#]+)\)", path.read_text(encoding="utf-8"))
+    local = [t for t in targets if "://" not in t]
+    assert local, f"{document} links nothing in the repository"
+    missing = [t for t in local if not (path.parent / t).exists()]
+    assert missing == []
