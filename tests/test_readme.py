@@ -3,6 +3,7 @@ and the documents' links lead somewhere."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from typing import Any
@@ -39,3 +40,21 @@ def test_relative_links_lead_to_files_of_the_repository(document: str) -> None:
     assert local, f"{document} links nothing in the repository"
     missing = [t for t in local if not (path.parent / t).exists()]
     assert missing == []
+
+
+def definitions(source: str) -> dict[str, str]:
+    """The top-level classes and functions of ``source``, as ASTs (comments and layout aside)."""
+    nodes = ast.parse(source).body
+    return {n.name: ast.dump(n) for n in nodes if isinstance(n, ast.ClassDef | ast.FunctionDef)}
+
+
+@pytest.mark.parametrize(
+    ("heading", "script"),
+    [("## Write your own bot", "my_bot.py"), ("## Streaming: many chats", "streaming_echo.py")],
+)
+def test_the_readme_examples_are_the_scripts_in_examples(heading: str, script: str) -> None:
+    """examples/ runs the README's code (tests/test_examples.py): they must not drift apart."""
+    readme = definitions(example(heading))
+    assert readme
+    scripted = definitions((ROOT / "examples" / script).read_text(encoding="utf-8"))
+    assert {name: scripted.get(name) for name in readme} == readme
