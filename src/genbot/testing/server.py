@@ -230,15 +230,17 @@ class DiscordServer:
             guild.members[user.id] = FakeMember(user, guild.id)
         return guild
 
-    def create_role(
-        self, guild: FakeGuild, name: str, *, permissions: int = 0
-    ) -> FakeRole:
+    def create_role(self, guild: FakeGuild, name: str, *, permissions: int = 0) -> FakeRole:
         role = FakeRole(self.snowflakes.next(), name, guild.id, len(guild.roles), permissions)
         guild.roles[role.id] = role
         return role
 
     def add_member(
-        self, guild: FakeGuild, user: FakeUser, *, roles: Iterable[FakeRole] = (),
+        self,
+        guild: FakeGuild,
+        user: FakeUser,
+        *,
+        roles: Iterable[FakeRole] = (),
         nick: str | None = None,
     ) -> FakeMember:
         member = FakeMember(user, guild.id, [role.id for role in roles], nick)
@@ -251,16 +253,25 @@ class DiscordServer:
         return channel
 
     def create_thread(
-        self, channel: FakeChannel, name: str, *, owner: FakeUser | None = None,
-        members: Iterable[FakeUser] = (), private: bool = False,
+        self,
+        channel: FakeChannel,
+        name: str,
+        *,
+        owner: FakeUser | None = None,
+        members: Iterable[FakeUser] = (),
+        private: bool = False,
     ) -> FakeChannel:
         """A thread in `channel` (not started from a message). `members` are its thread members;
         the bot sees it either way, as Discord shows bots every public thread."""
         owner = owner or self.bot_user
         guild = self._guilds[_guild_id(channel)]
         thread = FakeChannel(
-            self.snowflakes.next(), name, PRIVATE_THREAD if private else PUBLIC_THREAD,
-            guild_id=guild.id, parent_id=channel.id, owner_id=owner.id,
+            self.snowflakes.next(),
+            name,
+            PRIVATE_THREAD if private else PUBLIC_THREAD,
+            guild_id=guild.id,
+            parent_id=channel.id,
+            owner_id=owner.id,
             thread_members=list(dict.fromkeys([owner.id, *(m.id for m in members)])),
         )
         self._add_channel(guild, thread)
@@ -328,8 +339,13 @@ class DiscordServer:
     # -- acting as users -----------------------------------------------------------------------
 
     async def send_message(
-        self, channel: ChannelRef, author: FakeUser, content: str = "", *,
-        reply_to: dict[str, Any] | int | None = None, mentions_bot: bool = False,
+        self,
+        channel: ChannelRef,
+        author: FakeUser,
+        content: str = "",
+        *,
+        reply_to: dict[str, Any] | int | None = None,
+        mentions_bot: bool = False,
         embeds: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Post as `author` and dispatch MESSAGE_CREATE. `mentions_bot` prefixes the bot's
@@ -343,7 +359,9 @@ class DiscordServer:
             reference_id = int(reply_to["id"]) if isinstance(reply_to, dict) else int(reply_to)
             reference = {"message_id": str(reference_id)}
         message = self.create_message(
-            fake, author, {"content": content, "embeds": embeds or []},
+            fake,
+            author,
+            {"content": content, "embeds": embeds or []},
             reference=reference,
         )
         await self.dispatch_message("MESSAGE_CREATE", message)
@@ -382,7 +400,11 @@ class DiscordServer:
         await self.dispatch_channel_event("MESSAGE_DELETE_BULK", fake, data)
 
     async def update_member(
-        self, guild: FakeGuild, user: FakeUser, *, roles: Iterable[FakeRole] | None = None,
+        self,
+        guild: FakeGuild,
+        user: FakeUser,
+        *,
+        roles: Iterable[FakeRole] | None = None,
         nick: str | None = None,
     ) -> FakeMember:
         member = guild.members[user.id]
@@ -401,7 +423,9 @@ class DiscordServer:
         now = time.time()
         self._typing.setdefault(fake.id, []).append((user.id, now))
         data: dict[str, Any] = {
-            "channel_id": str(fake.id), "user_id": str(user.id), "timestamp": int(now),
+            "channel_id": str(fake.id),
+            "user_id": str(user.id),
+            "timestamp": int(now),
         }
         if fake.guild_id is not None:
             data["guild_id"] = str(fake.guild_id)
@@ -413,8 +437,9 @@ class DiscordServer:
     async def announce_channel(self, channel: FakeChannel) -> None:
         """Dispatch CHANNEL_CREATE / THREAD_CREATE for a channel made after the bot connected."""
         if channel.is_thread:
-            await self.dispatch("THREAD_CREATE", channel.to_json() | {"newly_created": True},
-                                intent=GUILDS)
+            await self.dispatch(
+                "THREAD_CREATE", channel.to_json() | {"newly_created": True}, intent=GUILDS
+            )
         else:
             await self.dispatch("CHANNEL_CREATE", channel.to_json(), intent=GUILDS)
 
@@ -431,7 +456,10 @@ class DiscordServer:
         await self.dispatch("THREAD_MEMBERS_UPDATE", data, intent=GUILDS)
 
     async def invoke_command(
-        self, channel: ChannelRef, user: FakeUser, name: str,
+        self,
+        channel: ChannelRef,
+        user: FakeUser,
+        name: str,
         options: dict[str, Any] | None = None,
     ) -> FakeInteraction:
         """Invoke the bot's registered slash command `name` as `user` (INTERACTION_CREATE);
@@ -466,8 +494,13 @@ class DiscordServer:
     # -- shared by REST handlers and the test API ----------------------------------------------
 
     def create_message(
-        self, channel: FakeChannel, author: FakeUser, body: dict[str, Any], *,
-        reference: dict[str, Any] | None = None, attachments: list[dict[str, Any]] | None = None,
+        self,
+        channel: FakeChannel,
+        author: FakeUser,
+        body: dict[str, Any],
+        *,
+        reference: dict[str, Any] | None = None,
+        attachments: list[dict[str, Any]] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Store a new message built from a (validated) create-message body; returns its JSON."""
@@ -498,7 +531,9 @@ class DiscordServer:
         if referenced is not None:
             data["type"] = REPLY
             data["message_reference"] = {
-                "type": 0, "message_id": referenced["id"], "channel_id": str(channel.id),
+                "type": 0,
+                "message_id": referenced["id"],
+                "channel_id": str(channel.id),
             } | ({"guild_id": str(channel.guild_id)} if channel.guild_id else {})
             data["referenced_message"] = {
                 k: v for k, v in referenced.items() if k != "referenced_message"
@@ -524,7 +559,9 @@ class DiscordServer:
         return data
 
     def _set_mentions(
-        self, data: dict[str, Any], allowed: dict[str, Any] | None,
+        self,
+        data: dict[str, Any],
+        allowed: dict[str, Any] | None,
         referenced: dict[str, Any] | None,
     ) -> None:
         """Fill in who the message pings, honouring `allowed_mentions` as Discord does."""
@@ -533,7 +570,8 @@ class DiscordServer:
         allowed_users = {int(u) for u in (allowed or {}).get("users", [])}
         allowed_roles = {int(r) for r in (allowed or {}).get("roles", [])}
         users = [
-            self._users[u] for u in mentioned_user_ids(content)
+            self._users[u]
+            for u in mentioned_user_ids(content)
             if u in self._users and ("users" in parse or u in allowed_users)
         ]
         if referenced is not None and (allowed is None or allowed.get("replied_user", False)):
@@ -621,8 +659,9 @@ async def run_bot(
     task = asyncio.create_task(bot.start(server.token), name="genbot-testing-bot")
     ready = asyncio.create_task(bot.wait_until_ready())
     try:
-        done, _ = await asyncio.wait({task, ready}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {task, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if task in done:
             task.result()
             raise RuntimeError("the bot stopped before it was ready")
