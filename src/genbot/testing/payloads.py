@@ -4,11 +4,12 @@ multipart), message validation, and the lookups every handler starts with."""
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .state import FakeChannel, FakeGuild, blank_content
+from .state import FakeChannel, FakeGuild, blank_content, snowflake_time
 
 if TYPE_CHECKING:
     from .server import DiscordServer
@@ -22,6 +23,7 @@ __all__ = [
     "make_attachments",
     "message_of",
     "no_content",
+    "nonce_duplicate",
     "read_body",
     "reply_reference",
     "snowflake",
@@ -32,6 +34,8 @@ __all__ = [
 ]
 
 MAX_CONTENT = 2000
+# How long Discord remembers a nonce for ``enforce_nonce`` ("the past few minutes").
+NONCE_WINDOW = 300.0
 
 
 class ApiError(Exception):
@@ -199,3 +203,21 @@ def reply_reference(channel: FakeChannel, body: dict[str, Any]) -> dict[str, Any
             )
         return None
     return reference
+
+
+def nonce_duplicate(
+    channel: FakeChannel, author_id: int, body: dict[str, Any], now: float | None = None
+) -> dict[str, Any] | None:
+    """The message `author_id` already made in `channel` with this body's nonce in the last
+    `NONCE_WINDOW` seconds, when the body asks for ``enforce_nonce`` (Discord then returns that
+    message instead of creating another); None otherwise."""
+    nonce = body.get("nonce")
+    if not body.get("enforce_nonce") or nonce is None:
+        return None
+    moment = time.time() if now is None else now
+    for message_id, message in reversed(channel.messages.items()):
+        if moment - snowflake_time(message_id) > NONCE_WINDOW:
+            break
+        if str(message.get("nonce")) == str(nonce) and message["author"]["id"] == str(author_id):
+            return message
+    return None

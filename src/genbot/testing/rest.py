@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from . import interactions
+from .faults import error_body
 from .payloads import (
     ApiError,
     channel_of,
@@ -22,6 +23,7 @@ from .payloads import (
     make_attachments,
     message_of,
     no_content,
+    nonce_duplicate,
     read_body,
     reply_reference,
     snowflake,
@@ -71,10 +73,17 @@ def middleware(server: DiscordServer) -> Any:
         token_free = route.startswith(("/interactions/", "/webhooks/"))
         if not token_free and request.headers.get("Authorization") != f"Bot {server.token}":
             return json_response({"message": "401: Unauthorized", "code": 0}, 401)
-        try:
-            response = await handler(request)
-        except ApiError as error:
-            response = error.response()
+        fault = server._faults.take(key)
+        if fault is not None and not fault.after_effect:
+            response = json_response(error_body(fault.status), fault.status)
+        else:
+            try:
+                response = await handler(request)
+            except ApiError as error:
+                response = error.response()
+            if fault is not None:
+                # Carried out, then lost on the way back (a gateway timeout after the effect).
+                response = json_response(error_body(fault.status), fault.status)
         remaining = server.ratelimit_limit - used
         response.headers.update(_ratelimit_headers(server, bucket, remaining, reset_after))
         server._changed()  # request counts are state a test may wait on
@@ -188,6 +197,9 @@ async def create_message(server: DiscordServer, request: web.Request) -> web.Res
     channel = channel_of(server, request)
     body, files = await read_body(server, request)
     validate_message(body, files)
+    earlier = nonce_duplicate(channel, server.bot_user.id, body)
+    if earlier is not None:
+        return json_response(visible(server, earlier))
     reference = reply_reference(channel, body)
     message = server.create_message(
         channel,
@@ -518,6 +530,11 @@ ROUTES: list[tuple[str, str, Handler]] = [
         interactions.delete_webhook_message,
     ),
 ]
+
+
+def route_keys() -> set[tuple[str, str]]:
+    """(method, route template) of every REST route served (templates as in `ROUTES`)."""
+    return {(method, path) for method, path, _ in ROUTES}
 
 
 def add_routes(server: DiscordServer, app: web.Application) -> None:

@@ -18,6 +18,7 @@ import yarl
 from aiohttp import web
 
 from . import gateway, interactions, rest
+from .faults import FaultPlan, make_fault
 from .state import (
     DM,
     EVERYONE_PERMISSIONS,
@@ -129,6 +130,7 @@ class DiscordServer:
         self._files: dict[int, tuple[str, bytes]] = {}
         self._requests: Counter[tuple[str, str]] = Counter()
         self._rate_limits: dict[tuple[str, str], list[float]] = {}
+        self._faults = FaultPlan()
         self._buckets: dict[tuple[str, str, str], tuple[float, int]] = {}
         self._sessions: dict[str, gateway.GatewaySession] = {}
         self._connections: set[gateway.Connection] = set()
@@ -336,6 +338,62 @@ class DiscordServer:
         """Answer the next `times` requests to the route template with 429 Too Many Requests."""
         self._rate_limits[(method.upper(), route)] = [times, retry_after]
 
+    def fail_requests(
+        self,
+        method: str,
+        route: str,
+        *,
+        status: int = 502,
+        times: int | None = None,
+        seconds: float | None = None,
+        after_effect: bool = False,
+    ) -> None:
+        """Answer requests to a route template with an error, as an outage of Discord would.
+
+        The next `times` requests (or every request during the next `seconds`) to `method`
+        `route` (a template as in `request_count`, e.g. ``"/channels/{channel_id}/messages"``)
+        get `status` and Discord's JSON error body (``{"message": "502: Bad Gateway",
+        "code": 0}``). They still count in `request_count` and in the rate-limit window. A
+        planned `rate_limit` is answered first. Calling again for the same route replaces the
+        plan; ``times=0`` (or ``seconds=0``) clears it, `clear_failures` clears every route.
+
+        What a discord.py client sees: it retries 500, 502, 504 and 524 by itself, 5 attempts
+        in all, sleeping 1, 3, 5, 7 then 9 s after each, and raises `discord.DiscordServerError`
+        once all 5 failed; so ``times=1`` with 502 costs it one 1 s retry and then succeeds.
+        Any other 5xx (503) raises `discord.DiscordServerError` at once, 403 `discord.Forbidden`,
+        404 `discord.NotFound`, other 4xx `discord.HTTPException`, without a retry.
+
+        Parameters
+        ----------
+        method, route:
+            The request, e.g. ``"POST", "/channels/{channel_id}/messages"``.
+        status:
+            The HTTP status answered, 400..599 except 429 (use `rate_limit` for that).
+        times, seconds:
+            Exactly one: how many requests fail, or for how long every request fails.
+        after_effect:
+            Carry the request out first (the message is created, stored and dispatched on the
+            gateway) and only then answer the error, as when Discord did the work but the
+            answer was lost (a 502/504 from its proxy). A retry then repeats it, except that
+            a message created with a ``nonce`` and ``enforce_nonce`` (discord.py's ``send``
+            always sends a random one, reused by its own retries) is returned, not made again;
+            an application that calls ``send`` again makes a second message.
+
+        Raises
+        ------
+        ValueError
+            Both or neither of `times`/`seconds`, a negative one, a status that is not an
+            error (or is 429), or a route this server does not serve.
+        """
+        key = (method.upper(), route)
+        if key not in rest.route_keys():
+            raise ValueError(f"the loopback server serves no route {method.upper()} {route}")
+        self._faults.set(key, make_fault(status, times, seconds, after_effect, time.monotonic()))
+
+    def clear_failures(self) -> None:
+        """Forget every failure planned by `fail_requests`."""
+        self._faults.clear()
+
     # -- acting as users -----------------------------------------------------------------------
 
     async def send_message(
@@ -415,6 +473,40 @@ class DiscordServer:
         data = member.to_json() | {"guild_id": str(guild.id)}
         await self.dispatch("GUILD_MEMBER_UPDATE", data, intent=GUILD_MEMBERS)
         return member
+
+    async def remove_member(self, guild: FakeGuild, user: FakeUser) -> None:
+        """`user` leaves `guild` (or is kicked): no longer a member, out of its threads, and
+        GUILD_MEMBER_REMOVE (``guild_id``, ``user``) goes to bots with the members intent.
+        Their messages stay, with their author, in the channels and in REST history, as on
+        Discord. Removing the bot itself is the bot being kicked: it gets GUILD_DELETE and
+        loses access to the guild's channels (403 Missing Access).
+
+        Raises
+        ------
+        ValueError
+            `user` is not a member of `guild`, or owns it (an owner cannot leave).
+        """
+        if user.id not in guild.members:
+            raise ValueError(f"{user.name} is not a member of {guild.name}")
+        if user.id == guild.owner_id:
+            raise ValueError(f"{user.name} owns {guild.name} and cannot leave it")
+        del guild.members[user.id]
+        for thread in guild.channels:
+            if thread.is_thread and user.id in thread.thread_members:
+                thread.thread_members.remove(user.id)
+                update = {
+                    "id": str(thread.id),
+                    "guild_id": str(guild.id),
+                    "member_count": len(thread.thread_members),
+                    "removed_member_ids": [str(user.id)],
+                }
+                await self.dispatch("THREAD_MEMBERS_UPDATE", update, intent=GUILDS)
+        if user is self.bot_user:
+            await self.dispatch("GUILD_DELETE", {"id": str(guild.id)}, intent=GUILDS)
+        else:
+            data = {"guild_id": str(guild.id), "user": user.to_json()}
+            await self.dispatch("GUILD_MEMBER_REMOVE", data, intent=GUILD_MEMBERS)
+        self._changed()
 
     async def start_typing(self, channel: ChannelRef, user: FakeUser) -> None:
         """`user` starts typing in the channel (TYPING_START); recorded in `typing_events`."""
