@@ -11,7 +11,7 @@ import pytest
 from loopback_world import Recorder, World
 
 from genbot.testing import run_bot
-from genbot.testing.faults import FaultPlan, make_fault
+from genbot.testing.limits import FaultPlan, make_fault
 
 POST = ("POST", "/channels/{channel_id}/messages")
 

@@ -1,20 +1,22 @@
-"""Injected REST failures: which requests to a route template are answered with an error status
-instead of (or after) being carried out. Pure bookkeeping, no I/O; the REST middleware asks
-`FaultPlan.take` for each request."""
+"""REST bookkeeping, no I/O: request counts per route template, rate-limit windows, 429s on
+demand, and injected failures (which requests are answered with an error status instead of,
+or after, being carried out). The REST middleware consults a `RequestLedger` on each request."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-__all__ = ["Fault", "FaultPlan", "error_body"]
+__all__ = ["Fault", "FaultPlan", "RequestLedger", "error_body", "make_fault"]
 
 _log = logging.getLogger(__name__)
 
-RouteKey = tuple[str, str]
+RouteKey = tuple[str, str]  # (method, route template)
+BucketKey = tuple[str, str, str]  # (method, route template, major parameter)
 
 
 @dataclass
@@ -100,3 +102,45 @@ def error_body(status: int) -> dict[str, Any]:
     except ValueError:
         phrase = "Error"
     return {"message": f"{status}: {phrase}", "code": 0}
+
+
+class RequestLedger:
+    """What the REST half counts: requests per route template, each bucket's window of `limit`
+    requests per `window` seconds, the 429s and the failures a test planned."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self.counts: Counter[RouteKey] = Counter()
+        self.faults = FaultPlan()
+        self._forced_429: dict[RouteKey, list[float]] = {}
+        self._windows: dict[BucketKey, tuple[float, int]] = {}
+
+    def record(self, key: RouteKey) -> None:
+        self.counts[key] += 1
+
+    def count(self, key: RouteKey) -> int:
+        return self.counts[key]
+
+    def consume(self, key: BucketKey, now: float | None = None) -> tuple[int, float]:
+        """Count a request in its bucket's window: (requests in this window, seconds to its
+        reset)."""
+        moment = time.monotonic() if now is None else now
+        reset_at, used = self._windows.get(key, (0.0, 0))
+        if moment >= reset_at:
+            reset_at, used = moment + self.window, 0
+        used += 1
+        self._windows[key] = (reset_at, used)
+        return used, reset_at - moment
+
+    def force_rate_limit(self, key: RouteKey, times: int, retry_after: float) -> None:
+        """Answer the next `times` requests to `key` with 429 and this ``retry_after``."""
+        self._forced_429[key] = [times, retry_after]
+
+    def take_rate_limit(self, key: RouteKey) -> float | None:
+        """The ``retry_after`` of a planned 429 for this request, or None."""
+        forced = self._forced_429.get(key)
+        if forced is None or forced[0] <= 0:
+            return None
+        forced[0] -= 1
+        return forced[1]
