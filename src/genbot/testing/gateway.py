@@ -4,6 +4,7 @@ outlive their connection so a client can RESUME and get the events it missed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -30,44 +31,72 @@ UNKNOWN_OPCODE, DECODE_ERROR, NOT_AUTHENTICATED, AUTHENTICATION_FAILED = 4001, 4
 ALREADY_AUTHENTICATED, DISALLOWED_INTENTS = 4005, 4014
 # How many past events a session keeps for RESUME; an older sequence is answered INVALID_SESSION.
 REPLAY_LIMIT = 1000
+# How long a close waits for the queued payloads to go out first.
+FLUSH_TIMEOUT = 2.0
 
 
 class Connection:
     """A gateway websocket, sending JSON as text or through the transport compression the client
     asked for in the URL (``compress=zlib-stream``: one zlib stream, each payload ending in a
     sync flush, which is what discord.py requests when zstd is unavailable). Any other value
-    (``zstd-stream``) gets plain text frames, which discord.py reads just as well."""
+    (``zstd-stream``) gets plain text frames, which discord.py reads just as well.
+
+    `send` only queues (so a dispatch can be made from synchronous code and keeps its order);
+    a writer task sends the queue in order. Payloads that can no longer be sent are dropped:
+    the session keeps its events for a RESUME.
+    """
 
     def __init__(self, ws: web.WebSocketResponse, compress: str | None) -> None:
         self.ws = ws
         self._compressor = zlib.compressobj() if compress == "zlib-stream" else None
-        self._lock = asyncio.Lock()
+        self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write(), name="genbot-testing-gateway-writer")
         self.closed_by_server = False
 
+    def send(self, payload: dict[str, Any]) -> None:
+        self._outbox.put_nowait(payload)
+
+    def send_all(self, payloads: list[dict[str, Any]]) -> None:
+        """Queue in order, with nothing else interleaved (a RESUME's replay)."""
+        for payload in payloads:
+            self._outbox.put_nowait(payload)
+
+    async def flush(self) -> None:
+        """Wait until what is queued went out (or was dropped), at most `FLUSH_TIMEOUT` s."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._outbox.join(), FLUSH_TIMEOUT)
+
     async def close(self, code: int, message: bytes) -> None:
+        """Close with `code` after what is queued went out."""
         self.closed_by_server = True
+        await self.flush()
         await self.ws.close(code=code, message=message)
 
-    async def send(self, payload: dict[str, Any]) -> None:
-        await self.send_all([payload])
+    async def stop(self) -> None:
+        """End the writer (the websocket is gone)."""
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
 
-    async def send_all(self, payloads: list[dict[str, Any]]) -> None:
-        """Send in order, with nothing else interleaved (a RESUME's replay)."""
-        async with self._lock:
-            for payload in payloads:
-                text = json.dumps(payload, separators=(",", ":"))
-                if self.ws.closed:
-                    return
-                try:
-                    if self._compressor is None:
-                        await self.ws.send_str(text)
-                    else:
-                        data = self._compressor.compress(text.encode())
-                        data += self._compressor.flush(zlib.Z_SYNC_FLUSH)
-                        await self.ws.send_bytes(data)
-                except (ConnectionError, RuntimeError):
-                    # The peer went away; the events stay in the session for a RESUME.
-                    return
+    async def _write(self) -> None:
+        while True:
+            payload = await self._outbox.get()
+            try:
+                if not self.ws.closed:
+                    await self._send_now(payload)
+            except (ConnectionError, RuntimeError):
+                _log.debug("gateway peer went away; %s stays for a RESUME", payload.get("t"))
+            finally:
+                self._outbox.task_done()
+
+    async def _send_now(self, payload: dict[str, Any]) -> None:
+        text = json.dumps(payload, separators=(",", ":"))
+        if self._compressor is None:
+            await self.ws.send_str(text)
+        else:
+            data = self._compressor.compress(text.encode())
+            data += self._compressor.flush(zlib.Z_SYNC_FLUSH)
+            await self.ws.send_bytes(data)
 
 
 class GatewaySession:
@@ -85,12 +114,13 @@ class GatewaySession:
     def wants(self, intent: int) -> bool:
         return bool(self.intents & intent)
 
-    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+    def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Number the event, keep it for a RESUME, and queue it on the live connection."""
         self.seq += 1
         payload = {"op": DISPATCH, "t": event, "s": self.seq, "d": data}
         self.events.append(payload)
         if self.connection is not None:
-            await self.connection.send(payload)
+            self.connection.send(payload)
 
     def missed_since(self, seq: int) -> list[dict[str, Any]] | None:
         """Events after `seq`, or None when some of them are no longer kept."""
@@ -107,12 +137,13 @@ async def handle_gateway(state: ServerState, request: web.Request) -> web.WebSoc
     connection = Connection(ws, request.query.get("compress"))
     if request.query.get("encoding", "json") != "json":
         await connection.close(DECODE_ERROR, b"only encoding=json is supported")
+        await connection.stop()
         return ws
     state.connections.add(connection)
     session: GatewaySession | None = None
     try:
         interval_ms = int(state.heartbeat_interval * 1000)
-        await connection.send({"op": HELLO, "d": {"heartbeat_interval": interval_ms}})
+        connection.send({"op": HELLO, "d": {"heartbeat_interval": interval_ms}})
         async for message in ws:
             if message.type is not WSMsgType.TEXT:
                 break
@@ -136,13 +167,14 @@ async def handle_gateway(state: ServerState, request: web.Request) -> web.WebSoc
                 # (discord.py's close() races its reader and usually sends 4000: resumable.)
                 state.end_session(session.id)
         state.changed()
+        await connection.stop()
     return ws
 
 
 async def _heartbeat(
     state: ServerState, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
-    await connection.send({"op": HEARTBEAT_ACK})
+    connection.send({"op": HEARTBEAT_ACK})
     return session
 
 
@@ -180,9 +212,10 @@ async def _identify(
     }
     if session.shard is not None:
         ready["shard"] = session.shard
-    await session.dispatch("READY", ready)
+    session.dispatch("READY", ready)
     for guild in guilds:
-        await session.dispatch("GUILD_CREATE", guild.to_json(state.bot_user.id))
+        session.dispatch("GUILD_CREATE", guild.to_json(state.bot_user.id))
+    await connection.flush()
     session.ready = True
     state.changed()
     return session
@@ -195,7 +228,7 @@ async def _resume(
     seq = int(data.get("seq") or 0)
     valid = found is not None and data.get("token") == state.token and session is None
     if found is None or not valid or found.missed_since(seq) is None:
-        await connection.send({"op": INVALID_SESSION, "d": False})
+        connection.send({"op": INVALID_SESSION, "d": False})
         return session
     if found.connection is not None and found.connection is not connection:
         await found.connection.close(4000, b"session resumed elsewhere")
@@ -203,8 +236,9 @@ async def _resume(
     missed = found.missed_since(seq) or []
     found.connection = connection
     state.resumes += 1
-    await connection.send_all(missed)
-    await found.dispatch("RESUMED", {"_trace": ["genbot-loopback"]})
+    connection.send_all(missed)
+    found.dispatch("RESUMED", {"_trace": ["genbot-loopback"]})
+    await connection.flush()
     state.changed()
     return found
 
@@ -236,7 +270,7 @@ async def _request_members(
     }
     if data.get("nonce") is not None:
         chunk["nonce"] = data["nonce"]
-    await session.dispatch("GUILD_MEMBERS_CHUNK", chunk)
+    session.dispatch("GUILD_MEMBERS_CHUNK", chunk)
     return session
 
 

@@ -237,8 +237,10 @@ class DiscordServer:
         return self.state.add_user(FakeUser(self.snowflakes.next(), name, bot=bot))
 
     def create_guild(self, name: str = "Guild", *, owner: FakeUser | None = None) -> FakeGuild:
-        """A guild with its @everyone role; the bot is a member. Call before the bot connects,
-        or the bot only sees it on its next IDENTIFY."""
+        """A guild with its @everyone role, the owner and the bot as members. A connected bot
+        gets its GUILD_CREATE (``on_guild_join``), as when a bot is added to a guild; what is
+        added to the guild afterwards must be announced like in any guild (`announce_channel`).
+        """
         owner = owner or self.create_user(f"{name}-owner")
         guild = FakeGuild(self.snowflakes.next(), name, owner.id)
         guild.roles[guild.id] = FakeRole(guild.id, "@everyone", guild.id, 0, EVERYONE_PERMISSIONS)

@@ -137,7 +137,15 @@ class ServerState:
         return user
 
     def add_guild(self, guild: FakeGuild) -> FakeGuild:
+        """Index a guild. When the bot is a member, connected sessions get its GUILD_CREATE (as
+        when a bot joins a guild), queued at once so that it precedes any later event."""
         self.guilds[guild.id] = guild
+        if self.bot_user.id in guild.members:
+            data = guild.to_json(self.bot_user.id)
+            # A join's GUILD_CREATE has no "unavailable": false (that marks an outage's end).
+            del data["unavailable"]
+            self.dispatch_nowait("GUILD_CREATE", data, intent=GUILDS)
+        self.changed()
         return guild
 
     def add_channel(self, guild: FakeGuild | None, channel: FakeChannel) -> FakeChannel:
@@ -422,10 +430,23 @@ class ServerState:
     # -- dispatching ---------------------------------------------------------------------------
 
     async def dispatch(self, event: str, data: dict[str, Any], *, intent: int = 0) -> None:
-        """Send a dispatch to every session whose intents include `intent` (0: to all)."""
+        """Send a dispatch to every session whose intents include `intent` (0: to all); returns
+        once it went out (so a REST answer follows the events the request caused)."""
+        self.dispatch_nowait(event, data, intent=intent)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until every live connection sent what is queued for it."""
+        for session in list(self.sessions.values()):
+            if session.connection is not None:
+                await session.connection.flush()
+
+    def dispatch_nowait(self, event: str, data: dict[str, Any], *, intent: int = 0) -> None:
+        """`dispatch` from synchronous code: the events are numbered and queued at once, in
+        order with every other dispatch, and go out as soon as the loop runs."""
         for session in list(self.sessions.values()):
             if not intent or session.wants(intent):
-                await session.dispatch(event, data)
+                session.dispatch(event, data)
 
     async def dispatch_message(self, event: str, message: dict[str, Any]) -> None:
         """MESSAGE_CREATE / MESSAGE_UPDATE, with the author's member and the content blanked
@@ -438,7 +459,8 @@ class ServerState:
         for session in list(self.sessions.values()):
             if session.wants(_message_intent(channel)):
                 seen = data if self.sees_content(session.intents, data) else blank_content(data)
-                await session.dispatch(event, seen)
+                session.dispatch(event, seen)
+        await self.flush()
 
 
 def _message_intent(channel: FakeChannel) -> int:
