@@ -63,6 +63,9 @@ class DiscordServer:
     own message limit is about 5 per 5 s). `privileged_intents=False` is the developer portal
     with the members, presences and message-content switches off. `heartbeat_interval` is in
     seconds, as HELLO announces it.
+
+    Everything the server knows is in `state` (a `ServerState`), which the REST, gateway and
+    interaction handlers share; the methods here are the test-facing layer over it.
     """
 
     def __init__(
