@@ -4,6 +4,7 @@ invoked slash command, and the bot's answers (callbacks, followups, the original
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from .routes import Route
 from .state import ServerState
 
 __all__ = [
+    "CALLBACKS",
     "ROUTES",
     "delete_webhook_message",
     "edit_webhook_message",
@@ -222,31 +224,17 @@ def _response_message(
 
 
 async def interaction_callback(state: ServerState, request: web.Request) -> web.Response:
+    """The bot's first answer to an interaction, handled by callback type (`CALLBACKS`)."""
     interaction = _interaction(state, request)
     if interaction.acknowledged:
         raise ApiError(400, 40060, "Interaction has already been acknowledged.")
     body, files = await read_body(request)
     kind = int(body.get("type", 0))
-    data = body.get("data") or {}
-    flags = int(data.get("flags") or 0)
-    message = None
-    if kind == CHANNEL_MESSAGE:
-        validate_message(data, files)
-        message = _response_message(state, interaction, data, files, flags & EPHEMERAL)
-    elif kind == DEFERRED_CHANNEL_MESSAGE:
-        message = _response_message(state, interaction, {}, [], (flags & EPHEMERAL) | LOADING)
-        interaction.deferred = True
-    elif kind == UPDATE_MESSAGE and interaction.original is not None:
-        validate_message(data, files, editing=True)
-        message = _edit_original(state, interaction, data)
-    elif kind not in (DEFERRED_UPDATE, UPDATE_MESSAGE, MODAL):
-        raise form_error("type", "BASE_TYPE_CHOICES", "Value must be one of {4, 5, 6, 7, 9}.")
-    if kind in (CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE):
-        assert message is not None
-        interaction.original = message
-        interaction.ephemeral = bool(flags & EPHEMERAL)
-        if not interaction.ephemeral:
-            await state.dispatch_message("MESSAGE_CREATE", message)
+    callback = CALLBACKS.get(kind)
+    if callback is None:
+        choices = ", ".join(str(k) for k in sorted(CALLBACKS))
+        raise form_error("type", "BASE_TYPE_CHOICES", f"Value must be one of {{{choices}}}.")
+    message = await callback(state, interaction, body.get("data") or {}, files)
     interaction.record("callback", body, message, kind)
     if request.query.get("with_response") not in ("1", "true", "True"):
         return no_content()
@@ -262,6 +250,69 @@ async def interaction_callback(state: ServerState, request: web.Request) -> web.
     if message is not None:
         result["resource"] = {"type": kind, "message": message}
     return json_response(result)
+
+
+async def _reply(
+    state: ServerState, interaction: FakeInteraction, data: dict[str, Any], files: list[Upload]
+) -> dict[str, Any] | None:
+    """CHANNEL_MESSAGE_WITH_SOURCE: the response message, made now."""
+    validate_message(data, files)
+    flags = int(data.get("flags") or 0) & EPHEMERAL
+    message = _response_message(state, interaction, data, files, flags)
+    await _open_response(state, interaction, message)
+    return message
+
+
+async def _defer(
+    state: ServerState, interaction: FakeInteraction, data: dict[str, Any], files: list[Upload]
+) -> dict[str, Any] | None:
+    """DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE: a "thinking..." message, filled in later."""
+    flags = (int(data.get("flags") or 0) & EPHEMERAL) | LOADING
+    message = _response_message(state, interaction, {}, [], flags)
+    interaction.deferred = True
+    await _open_response(state, interaction, message)
+    return message
+
+
+async def _update(
+    state: ServerState, interaction: FakeInteraction, data: dict[str, Any], files: list[Upload]
+) -> dict[str, Any] | None:
+    """UPDATE_MESSAGE: edits the original response, when there is one."""
+    if interaction.original is None:
+        return None
+    validate_message(data, files, editing=True)
+    return _edit_original(state, interaction, data)
+
+
+async def _acknowledge(
+    state: ServerState, interaction: FakeInteraction, data: dict[str, Any], files: list[Upload]
+) -> dict[str, Any] | None:
+    """DEFERRED_UPDATE_MESSAGE, MODAL: acknowledged, no message."""
+    return None
+
+
+async def _open_response(
+    state: ServerState, interaction: FakeInteraction, message: dict[str, Any]
+) -> None:
+    interaction.original = message
+    interaction.ephemeral = bool(message["flags"] & EPHEMERAL)
+    if not interaction.ephemeral:
+        await state.dispatch_message("MESSAGE_CREATE", message)
+
+
+Callback = Callable[
+    [ServerState, FakeInteraction, dict[str, Any], list[Upload]],
+    Awaitable["dict[str, Any] | None"],
+]
+
+# The interaction callback types the bot may answer with, and what each does.
+CALLBACKS: dict[int, Callback] = {
+    CHANNEL_MESSAGE: _reply,
+    DEFERRED_CHANNEL_MESSAGE: _defer,
+    DEFERRED_UPDATE: _acknowledge,
+    UPDATE_MESSAGE: _update,
+    MODAL: _acknowledge,
+}
 
 
 def _edit_original(

@@ -450,6 +450,7 @@ async def get_attachment(state: ServerState, request: web.Request) -> web.Respon
 async def unhandled(state: ServerState, request: web.Request) -> web.Response:
     """Any route not faked here: recorded, and answered as Discord answers an unknown path."""
     state.unhandled_requests.append((request.method, request.path[len(PREFIX) :]))
+    _log.info("no fake for %s %s: answered 404", request.method, request.path)
     state.changed()
     return json_response({"message": "404: Not Found", "code": 0}, 404)
 

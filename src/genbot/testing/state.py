@@ -396,6 +396,7 @@ class ServerState:
         """`user` leaves `guild`: out of its members and threads; GUILD_MEMBER_REMOVE, or
         GUILD_DELETE when the bot is the one removed (kicked)."""
         guild.members.pop(user.id, None)
+        _log.debug("%s left guild %s", user.name, guild.name)
         for thread in list(guild.channels):
             if thread.is_thread:
                 await self.remove_thread_member(thread, user.id)
@@ -412,11 +413,13 @@ class ServerState:
         """Register a freshly identified session."""
         self.sessions[session.id] = session
         self.identified_intents = session.intents
+        _log.debug("session %s identified (intents %#x)", session.id, session.intents)
         self.changed()
 
     def end_session(self, session_id: str) -> None:
         """Forget a session: a RESUME of it is answered INVALID_SESSION."""
-        self.sessions.pop(session_id, None)
+        if self.sessions.pop(session_id, None) is not None:
+            _log.debug("session %s ended", session_id)
         self.changed()
 
     def has_ready_session(self) -> bool:
