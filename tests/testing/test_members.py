@@ -82,3 +82,18 @@ async def test_removing_a_non_member_or_the_owner_is_a_test_mistake(world: World
         await server.remove_member(world.guild, stranger)
     with pytest.raises(ValueError, match="owns"):
         await server.remove_member(world.guild, server.user(world.guild.owner_id))
+
+
+async def test_a_member_who_joins_while_the_bot_is_connected_is_announced(world: World) -> None:
+    server = world.server
+    carol = server.create_user("carol")
+    bot = Recorder()
+    async with run_bot(bot, server):
+        joined = bot.wait_for("member_join", timeout=5)
+        server.add_member(world.guild, carol, nick="caz")
+        member = await joined
+        assert (member.id, member.nick) == (carol.id, "caz")
+        assert bot.get_guild(world.guild.id).get_member(carol.id) is member
+        incoming = asyncio.ensure_future(bot.next_message())
+        await server.send_message(world.channel, carol, "hi, I'm new")
+        assert isinstance((await incoming).author, discord.Member)

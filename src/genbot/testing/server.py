@@ -264,9 +264,11 @@ class DiscordServer:
         roles: Iterable[FakeRole] = (),
         nick: str | None = None,
     ) -> FakeMember:
-        member = FakeMember(user, guild.id, [role.id for role in roles], nick)
-        guild.members[user.id] = member
-        return member
+        """Make `user` a member of `guild` (replacing their membership if they have one). A
+        connected bot with the members intent gets GUILD_MEMBER_ADD for someone new."""
+        return self.state.add_member(
+            guild, FakeMember(user, guild.id, [role.id for role in roles], nick)
+        )
 
     def create_channel(self, guild: FakeGuild, name: str) -> FakeChannel:
         channel = FakeChannel(self.snowflakes.next(), name, guild_id=guild.id)

@@ -392,6 +392,17 @@ class ServerState:
 
     # -- members -------------------------------------------------------------------------------
 
+    def add_member(self, guild: FakeGuild, member: FakeMember) -> FakeMember:
+        """Make (or replace) a member; someone new joining reaches connected bots with the
+        members intent as GUILD_MEMBER_ADD."""
+        joined = member.user.id not in guild.members
+        guild.members[member.user.id] = member
+        if joined:
+            data = member.to_json() | {"guild_id": str(guild.id)}
+            self.dispatch_nowait("GUILD_MEMBER_ADD", data, intent=GUILD_MEMBERS)
+        self.changed()
+        return member
+
     async def remove_member(self, guild: FakeGuild, user: FakeUser) -> None:
         """`user` leaves `guild`: out of its members and threads; GUILD_MEMBER_REMOVE, or
         GUILD_DELETE when the bot is the one removed (kicked)."""
