@@ -84,12 +84,18 @@ async def test_members_roles_and_member_updates(world: World) -> None:
         updated = asyncio.ensure_future(bot.wait_for("member_update", timeout=5))
         await server.update_member(world.guild, world.bob, roles=[world.mods])
         before, after = await updated
-        assert (before.roles, [r.name for r in after.roles]) == ([guild.default_role],
-                                                                ["@everyone", "mods"])
+        assert (before.roles, [r.name for r in after.roles]) == (
+            [guild.default_role],
+            ["@everyone", "mods"],
+        )
         found = await guild.query_members("al")
         assert [m.id for m in found] == [world.alice.id]
         assert {m.id async for m in guild.fetch_members(limit=None)} == {
-            world.alice.id, world.bob.id, server.bot_user.id, world.guild.owner_id}
+            world.alice.id,
+            world.bob.id,
+            server.bot_user.id,
+            world.guild.owner_id,
+        }
 
 
 async def test_members_are_chunked_at_startup_with_the_members_intent(world: World) -> None:
@@ -101,3 +107,22 @@ async def test_members_are_chunked_at_startup_with_the_members_intent(world: Wor
         guild = bot.get_guild(world.guild.id)
         assert guild.chunked
         assert guild.get_member(world.bob.id) is not None
+
+
+async def test_a_guild_made_after_ready_is_announced(world: World) -> None:
+    server = world.server
+    bot = Recorder()
+    async with run_bot(bot, server):
+        joined = bot.wait_for("guild_join", timeout=5)
+        later = server.create_guild("Later", owner=world.bob)
+        guild = await joined
+        assert guild.id == later.id and bot.get_guild(later.id) is guild
+        assert {m.id for m in guild.members} >= {world.bob.id, server.bot_user.id}
+        channel = server.create_channel(later, "new")
+        created = bot.wait_for("guild_channel_create", timeout=5)
+        await server.announce_channel(channel)
+        assert (await created).guild is guild
+        incoming = asyncio.ensure_future(bot.next_message())
+        await server.send_message(channel, world.bob, "hello from the new guild")
+        received = await incoming
+        assert (received.guild, received.content) == (guild, "hello from the new guild")

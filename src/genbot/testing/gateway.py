@@ -4,7 +4,9 @@ outlive their connection so a client can RESUME and get the events it missed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import secrets
 import zlib
 from collections import deque
@@ -13,57 +15,88 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-if TYPE_CHECKING:
-    from .server import DiscordServer
+from .models import PRIVILEGED_INTENTS
 
-__all__ = ["Connection", "GatewaySession", "handle_gateway"]
+if TYPE_CHECKING:
+    from .state import ServerState
+
+__all__ = ["OPCODES", "Connection", "GatewaySession", "handle_gateway"]
+
+_log = logging.getLogger(__name__)
 
 DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE, RESUME, RECONNECT = 0, 1, 2, 3, 6, 7
 REQUEST_MEMBERS, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 8, 9, 10, 11
 # Close codes, as Discord sends them.
 UNKNOWN_OPCODE, DECODE_ERROR, NOT_AUTHENTICATED, AUTHENTICATION_FAILED = 4001, 4002, 4003, 4004
 ALREADY_AUTHENTICATED, DISALLOWED_INTENTS = 4005, 4014
-PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)  # members, presences, message content
 # How many past events a session keeps for RESUME; an older sequence is answered INVALID_SESSION.
 REPLAY_LIMIT = 1000
+# How long a close waits for the queued payloads to go out first.
+FLUSH_TIMEOUT = 2.0
 
 
 class Connection:
     """A gateway websocket, sending JSON as text or through the transport compression the client
     asked for in the URL (``compress=zlib-stream``: one zlib stream, each payload ending in a
     sync flush, which is what discord.py requests when zstd is unavailable). Any other value
-    (``zstd-stream``) gets plain text frames, which discord.py reads just as well."""
+    (``zstd-stream``) gets plain text frames, which discord.py reads just as well.
+
+    `send` only queues (so a dispatch can be made from synchronous code and keeps its order);
+    a writer task sends the queue in order. Payloads that can no longer be sent are dropped:
+    the session keeps its events for a RESUME.
+    """
 
     def __init__(self, ws: web.WebSocketResponse, compress: str | None) -> None:
         self.ws = ws
         self._compressor = zlib.compressobj() if compress == "zlib-stream" else None
-        self._lock = asyncio.Lock()
+        self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write(), name="genbot-testing-gateway-writer")
         self.closed_by_server = False
 
+    def send(self, payload: dict[str, Any]) -> None:
+        self._outbox.put_nowait(payload)
+
+    def send_all(self, payloads: list[dict[str, Any]]) -> None:
+        """Queue in order, with nothing else interleaved (a RESUME's replay)."""
+        for payload in payloads:
+            self._outbox.put_nowait(payload)
+
+    async def flush(self) -> None:
+        """Wait until what is queued went out (or was dropped), at most `FLUSH_TIMEOUT` s."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._outbox.join(), FLUSH_TIMEOUT)
+
     async def close(self, code: int, message: bytes) -> None:
+        """Close with `code` after what is queued went out."""
         self.closed_by_server = True
+        await self.flush()
         await self.ws.close(code=code, message=message)
 
-    async def send(self, payload: dict[str, Any]) -> None:
-        await self.send_all([payload])
+    async def stop(self) -> None:
+        """End the writer (the websocket is gone)."""
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
 
-    async def send_all(self, payloads: list[dict[str, Any]]) -> None:
-        """Send in order, with nothing else interleaved (a RESUME's replay)."""
-        async with self._lock:
-            for payload in payloads:
-                text = json.dumps(payload, separators=(",", ":"))
-                if self.ws.closed:
-                    return
-                try:
-                    if self._compressor is None:
-                        await self.ws.send_str(text)
-                    else:
-                        data = self._compressor.compress(text.encode())
-                        data += self._compressor.flush(zlib.Z_SYNC_FLUSH)
-                        await self.ws.send_bytes(data)
-                except (ConnectionError, RuntimeError):
-                    # The peer went away; the events stay in the session for a RESUME.
-                    return
+    async def _write(self) -> None:
+        while True:
+            payload = await self._outbox.get()
+            try:
+                if not self.ws.closed:
+                    await self._send_now(payload)
+            except (ConnectionError, RuntimeError):
+                _log.debug("gateway peer went away; %s stays for a RESUME", payload.get("t"))
+            finally:
+                self._outbox.task_done()
+
+    async def _send_now(self, payload: dict[str, Any]) -> None:
+        text = json.dumps(payload, separators=(",", ":"))
+        if self._compressor is None:
+            await self.ws.send_str(text)
+        else:
+            data = self._compressor.compress(text.encode())
+            data += self._compressor.flush(zlib.Z_SYNC_FLUSH)
+            await self.ws.send_bytes(data)
 
 
 class GatewaySession:
@@ -81,12 +114,13 @@ class GatewaySession:
     def wants(self, intent: int) -> bool:
         return bool(self.intents & intent)
 
-    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+    def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Number the event, keep it for a RESUME, and queue it on the live connection."""
         self.seq += 1
         payload = {"op": DISPATCH, "t": event, "s": self.seq, "d": data}
         self.events.append(payload)
         if self.connection is not None:
-            await self.connection.send(payload)
+            self.connection.send(payload)
 
     def missed_since(self, seq: int) -> list[dict[str, Any]] | None:
         """Events after `seq`, or None when some of them are no longer kept."""
@@ -96,19 +130,20 @@ class GatewaySession:
         return missed
 
 
-async def handle_gateway(server: DiscordServer, request: web.Request) -> web.WebSocketResponse:
+async def handle_gateway(state: ServerState, request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
     await ws.prepare(request)
-    server.gateway_queries.append(dict(request.query))
+    state.gateway_queries.append(dict(request.query))
     connection = Connection(ws, request.query.get("compress"))
     if request.query.get("encoding", "json") != "json":
         await connection.close(DECODE_ERROR, b"only encoding=json is supported")
+        await connection.stop()
         return ws
-    server._connections.add(connection)
+    state.connections.add(connection)
     session: GatewaySession | None = None
     try:
-        interval_ms = int(server.heartbeat_interval * 1000)
-        await connection.send({"op": HELLO, "d": {"heartbeat_interval": interval_ms}})
+        interval_ms = int(state.heartbeat_interval * 1000)
+        connection.send({"op": HELLO, "d": {"heartbeat_interval": interval_ms}})
         async for message in ws:
             if message.type is not WSMsgType.TEXT:
                 break
@@ -118,56 +153,56 @@ async def handle_gateway(server: DiscordServer, request: web.Request) -> web.Web
             except (ValueError, KeyError, TypeError):
                 await connection.close(DECODE_ERROR, b"Error while decoding payload.")
                 break
-            handler = _HANDLERS.get(op)
+            handler = OPCODES.get(op)
             if handler is None:
                 await connection.close(UNKNOWN_OPCODE, b"Unknown opcode.")
                 break
-            session = await handler(server, connection, session, data)
+            session = await handler(state, connection, session, data)
     finally:
-        server._connections.discard(connection)
+        state.connections.discard(connection)
         if session is not None and session.connection is connection:
             session.connection = None
             if ws.close_code in (1000, 1001) and not connection.closed_by_server:
                 # As on Discord, a clean close (1000/1001) ends the session: no RESUME after it.
                 # (discord.py's close() races its reader and usually sends 4000: resumable.)
-                server._sessions.pop(session.id, None)
-        server._changed()
+                state.end_session(session.id)
+        state.changed()
+        await connection.stop()
     return ws
 
 
 async def _heartbeat(
-    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+    state: ServerState, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
-    await connection.send({"op": HEARTBEAT_ACK})
+    connection.send({"op": HEARTBEAT_ACK})
     return session
 
 
 async def _identify(
-    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+    state: ServerState, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
     if session is not None:
         await connection.close(ALREADY_AUTHENTICATED, b"Already authenticated.")
         return session
-    if data.get("token") != server.token:
+    if data.get("token") != state.token:
         await connection.close(AUTHENTICATION_FAILED, b"Authentication failed.")
         return None
     intents = int(data.get("intents", 0))
-    if intents & PRIVILEGED_INTENTS and not server.privileged_intents:
+    if intents & PRIVILEGED_INTENTS and not state.privileged_intents:
         await connection.close(DISALLOWED_INTENTS, b"Disallowed intent(s).")
         return None
     session = GatewaySession(intents, data.get("shard"))
     session.connection = connection
-    server._sessions[session.id] = session
-    server._identified_intents = session.intents
-    guilds = server._bot_guilds()
+    state.open_session(session)
+    guilds = state.bot_guilds()
     ready = {
         "v": 10,
-        "user": server.bot_user.to_json() | {"verified": True, "mfa_enabled": False},
+        "user": state.bot_user.to_json() | {"verified": True, "mfa_enabled": False},
         "guilds": [{"id": str(guild.id), "unavailable": True} for guild in guilds],
         "session_id": session.id,
         "session_type": "normal",
-        "resume_gateway_url": server.gateway_url,
-        "application": {"id": str(server.application_id), "flags": server.application_flags},
+        "resume_gateway_url": state.gateway_url,
+        "application": {"id": str(state.application_id), "flags": state.application_flags},
         "private_channels": [],
         "relationships": [],
         "presences": [],
@@ -177,42 +212,44 @@ async def _identify(
     }
     if session.shard is not None:
         ready["shard"] = session.shard
-    await session.dispatch("READY", ready)
+    session.dispatch("READY", ready)
     for guild in guilds:
-        await session.dispatch("GUILD_CREATE", guild.to_json(server.bot_user.id))
+        session.dispatch("GUILD_CREATE", guild.to_json(state.bot_user.id))
+    await connection.flush()
     session.ready = True
-    server._changed()
+    state.changed()
     return session
 
 
 async def _resume(
-    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+    state: ServerState, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
-    found = server._sessions.get(str(data.get("session_id")))
+    found = state.sessions.get(str(data.get("session_id")))
     seq = int(data.get("seq") or 0)
-    valid = found is not None and data.get("token") == server.token and session is None
+    valid = found is not None and data.get("token") == state.token and session is None
     if found is None or not valid or found.missed_since(seq) is None:
-        await connection.send({"op": INVALID_SESSION, "d": False})
+        connection.send({"op": INVALID_SESSION, "d": False})
         return session
     if found.connection is not None and found.connection is not connection:
         await found.connection.close(4000, b"session resumed elsewhere")
     # Attach and take the missed events with no await in between, so none falls in a gap.
     missed = found.missed_since(seq) or []
     found.connection = connection
-    server.resumes += 1
-    await connection.send_all(missed)
-    await found.dispatch("RESUMED", {"_trace": ["genbot-loopback"]})
-    server._changed()
+    state.resumes += 1
+    connection.send_all(missed)
+    found.dispatch("RESUMED", {"_trace": ["genbot-loopback"]})
+    await connection.flush()
+    state.changed()
     return found
 
 
 async def _request_members(
-    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+    state: ServerState, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
     if session is None:
         await connection.close(NOT_AUTHENTICATED, b"Not authenticated.")
         return None
-    guild = server._guilds.get(int(data["guild_id"]))
+    guild = state.guilds.get(int(data["guild_id"]))
     members = [] if guild is None else list(guild.members.values())
     query = (data.get("query") or "").lower()
     user_ids = {int(user_id) for user_id in data.get("user_ids") or []}
@@ -233,17 +270,22 @@ async def _request_members(
     }
     if data.get("nonce") is not None:
         chunk["nonce"] = data["nonce"]
-    await session.dispatch("GUILD_MEMBERS_CHUNK", chunk)
+    session.dispatch("GUILD_MEMBERS_CHUNK", chunk)
     return session
 
 
 async def _ignore(
-    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+    state: ServerState, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
     return session
 
 
-_HANDLERS: dict[int, Callable[..., Awaitable[GatewaySession | None]]] = {
+OpHandler = Callable[
+    ["ServerState", Connection, GatewaySession | None, Any], Awaitable[GatewaySession | None]
+]
+
+# What the client may send, by opcode; each handler returns the connection's session after it.
+OPCODES: dict[int, OpHandler] = {
     HEARTBEAT: _heartbeat,
     IDENTIFY: _identify,
     PRESENCE: _ignore,
