@@ -12,17 +12,31 @@ from genbot.settings import settings_table
 GENBOT = [sys.executable, "-m", "genbot"]
 
 
-def genbot(*args: str, stdin: str = "", env: dict[str, str] | None = None,
-           timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items()
-               if not k.startswith("GENBOT_") and k != "DISCORD_TOKEN"}
-    return subprocess.run([*GENBOT, *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout, env={**environ, **(env or {})})
+def genbot(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    environ = {
+        k: v for k, v in os.environ.items() if not k.startswith("GENBOT_") and k != "DISCORD_TOKEN"
+    }
+    return subprocess.run(
+        [*GENBOT, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**environ, **(env or {})},
+    )
 
 
 def test_playground_answers_with_the_embedded_model() -> None:
-    done = genbot("playground", "-s", "max_new_tokens=16", "-s", "temperature=0",
-                  stdin="Hi! What is Discord?\n")
+    done = genbot(
+        "playground",
+        "-s",
+        "max_new_tokens=16",
+        "-s",
+        "temperature=0",
+        stdin="Hi! What is Discord?\n",
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0] == "you: Hi! What is Discord?"
@@ -59,7 +73,8 @@ def test_bad_configuration_names_the_field(tmp_path: Path) -> None:
     done = genbot("run", env={"DISCORD_TOKEN": "x", "GENBOT_MAX_NEW_TOKENS": "lots"})
     assert done.returncode == 2
     assert "GENBOT_MAX_NEW_TOKENS: setting 'max_new_tokens': expected a whole number" in (
-        done.stderr)
+        done.stderr
+    )
 
 
 def test_settings_prints_the_readme_table_and_values() -> None:

@@ -19,8 +19,9 @@ def test_defaults_need_no_file() -> None:
 def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
     config = tmp_path / "genbot.toml"
     config.write_text('temperature = 0.7\nstop = ["###"]\nadmins = [42]\nmax_new_tokens = 64\n')
-    settings = Settings.load(config, environ={"GENBOT_TEMPERATURE": "0.1"},
-                             overrides={"max_new_tokens": "32"})
+    settings = Settings.load(
+        config, environ={"GENBOT_TEMPERATURE": "0.1"}, overrides={"max_new_tokens": "32"}
+    )
     assert settings.temperature == pytest.approx(0.1)
     assert settings.stop == ["###"]
     assert settings.admins == [42]
@@ -67,8 +68,7 @@ def test_bad_toml_is_reported(tmp_path: Path) -> None:
 
 
 def test_access_lists_from_the_environment() -> None:
-    settings = Settings.load(environ={"GENBOT_USERS": "1, 2", "GENBOT_ROLES":
-                                      '{"blacklist": [3]}'})
+    settings = Settings.load(environ={"GENBOT_USERS": "1, 2", "GENBOT_ROLES": '{"blacklist": [3]}'})
     assert settings.users == ["1", "2"]
     assert settings.roles == {"blacklist": [3]}
     # an empty variable is an empty list: everyone (the documented default), not an error

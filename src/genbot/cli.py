@@ -14,14 +14,26 @@ from genbot.settings import Settings, SettingsError, settings_help, settings_tab
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Deploy generative language models as Discord chat bots.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Deploy generative language models as Discord chat bots.",
+)
 
-ConfigOption = Annotated[Path | None, typer.Option(
-    "--config", "-c", help="TOML config file (see `genbot settings`).", exists=True,
-    dir_okay=False)]
-SetOption = Annotated[list[str] | None, typer.Option(
-    "--set", "-s", help="Override one setting: NAME=VALUE (repeatable).")]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML config file (see `genbot settings`).",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override one setting: NAME=VALUE (repeatable)."),
+]
 
 
 def _load(config: Path | None, overrides: list[str] | None) -> Settings:
@@ -36,9 +48,11 @@ def _load(config: Path | None, overrides: list[str] | None) -> Settings:
     except SettingsError as error:
         typer.secho(f"genbot: bad configuration: {error}", err=True, fg="red")
         raise typer.Exit(2) from error
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     import discord
 
     # A chat bot has no voice: don't warn at every start that voice libraries are missing.
@@ -71,9 +85,13 @@ def run(config: ConfigOption = None, overrides: SetOption = None) -> None:
 
 @app.command(epilog=settings_help())
 def playground(
-    bot: Annotated[str | None, typer.Argument(
-        help="MODULE:CLASS of a Genbot subclass to chat with; default: the ready-made chat "
-             "bot with the configured model.")] = None,
+    bot: Annotated[
+        str | None,
+        typer.Argument(
+            help="MODULE:CLASS of a Genbot subclass to chat with; default: the ready-made chat "
+            "bot with the configured model."
+        ),
+    ] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:

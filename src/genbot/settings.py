@@ -38,8 +38,9 @@ class SettingsError(ValueError):
 def setting(default: Any, help: str, *, check: Callable[[Any], str | None] | None = None) -> Any:
     """A dataclass field that carries its description (and an optional check) as metadata."""
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default),
-                     metadata={"help": help, "check": check})
+        return field(
+            default_factory=lambda: type(default)(default), metadata={"help": help, "check": check}
+        )
     return field(default=default, metadata={"help": help, "check": check})
 
 
@@ -68,51 +69,91 @@ def _log_level(value: Any) -> str | None:
 class Settings:
     """What `genbot run` and `genbot playground` can be told."""
 
-    backend: str = setting("llamacpp", "Model runtime: llamacpp (embedded default), transformers, "
-                           "or openai (any OpenAI-compatible server).", check=_backend)
-    model: str = setting("", "GGUF path (llamacpp), Hugging Face name or local path "
-                         "(transformers), or model name (openai). Empty: the embedded "
-                         "SmolLM2-135M-Instruct (llamacpp), the server's first model (openai).")
-    base_url: str = setting("http://127.0.0.1:8000/v1", "Base URL of the OpenAI-compatible "
-                            "server (openai backend). The API key comes from GENBOT_API_KEY, "
-                            "else OPENAI_API_KEY.")
-    parallel: int = setting(4, "How many chats the model generates for at once "
-                            "(llama.cpp slots, transformers batch, concurrent HTTP requests).",
-                            check=_positive)
-    system_prompt: str = setting(DEFAULT_SYSTEM_PROMPT, "The system prompt put before the chat "
-                                 "(the default keeps even a tiny model short and on topic).")
+    backend: str = setting(
+        "llamacpp",
+        "Model runtime: llamacpp (embedded default), transformers, "
+        "or openai (any OpenAI-compatible server).",
+        check=_backend,
+    )
+    model: str = setting(
+        "",
+        "GGUF path (llamacpp), Hugging Face name or local path "
+        "(transformers), or model name (openai). Empty: the embedded "
+        "SmolLM2-135M-Instruct (llamacpp), the server's first model (openai).",
+    )
+    base_url: str = setting(
+        "http://127.0.0.1:8000/v1",
+        "Base URL of the OpenAI-compatible "
+        "server (openai backend). The API key comes from GENBOT_API_KEY, "
+        "else OPENAI_API_KEY.",
+    )
+    parallel: int = setting(
+        4,
+        "How many chats the model generates for at once "
+        "(llama.cpp slots, transformers batch, concurrent HTTP requests).",
+        check=_positive,
+    )
+    system_prompt: str = setting(
+        DEFAULT_SYSTEM_PROMPT,
+        "The system prompt put before the chat "
+        "(the default keeps even a tiny model short and on topic).",
+    )
     max_new_tokens: int = setting(256, "Most tokens generated for one reply.", check=_positive)
     temperature: float = setting(0.2, "Sampling temperature; 0 is greedy.", check=_non_negative)
-    top_p: float = setting(0.9, "Nucleus sampling: keep the smallest token set with this "
-                           "probability mass.", check=_probability)
-    repeat_penalty: float = setting(1.1, "Penalty on repeated tokens (1 disables it).",
-                                    check=_positive)
+    top_p: float = setting(
+        0.9,
+        "Nucleus sampling: keep the smallest token set with this probability mass.",
+        check=_probability,
+    )
+    repeat_penalty: float = setting(
+        1.1, "Penalty on repeated tokens (1 disables it).", check=_positive
+    )
     stop: list[str] = setting([], "Strings that end a reply when generated.")
     seed: int = setting(-1, "Sampling seed; -1 picks a random one.")
-    context_limit: int = setting(16, "Most chat messages read as the context of a reply.",
-                                 check=_positive)
-    context_chars: int = setting(6000, "Character budget of the context sent to the model "
-                                 "(the newest messages are kept).", check=_positive)
-    users: Any = setting(None, "Users allowed to chat: a list of ids (whitelist) or a table "
-                         "with whitelist/blacklist. Empty: everyone.")
-    roles: Any = setting(None, "Roles allowed to chat in servers, same format as users. "
-                         "Empty: every member.")
+    context_limit: int = setting(
+        16, "Most chat messages read as the context of a reply.", check=_positive
+    )
+    context_chars: int = setting(
+        6000,
+        "Character budget of the context sent to the model (the newest messages are kept).",
+        check=_positive,
+    )
+    users: Any = setting(
+        None,
+        "Users allowed to chat: a list of ids (whitelist) or a table "
+        "with whitelist/blacklist. Empty: everyone.",
+    )
+    roles: Any = setting(
+        None, "Roles allowed to chat in servers, same format as users. Empty: every member."
+    )
     admins: Any = setting(None, "Users who may run admin commands (/shutdown). Empty: nobody.")
-    channels: Any = setting(None, "Channels where every message wakes the bot (list of ids "
-                            "or a whitelist/blacklist table). Empty: DMs, the bot's threads, "
-                            "and messages that mention or reply to the bot.")
+    channels: Any = setting(
+        None,
+        "Channels where every message wakes the bot (list of ids "
+        "or a whitelist/blacklist table). Empty: DMs, the bot's threads, "
+        "and messages that mention or reply to the bot.",
+    )
     ignore_prefix: str = setting("!", "Messages starting with this are invisible to the bot.")
     allow_bots: bool = setting(False, "Let other bots' messages wake the bot.")
     sync_commands: bool = setting(True, "Register the slash commands with Discord at start-up.")
-    queue_timeout: float = setting(300.0, "Most seconds a chat waits for a free model slot; "
-                                   "past it the user is told the bot is busy.", check=_positive)
-    stall_timeout: float = setting(60.0, "Most seconds a reply may go without new text from the "
-                                   "model; past it the reply ends with a visible note.",
-                                   check=_positive)
-    edit_interval: float = setting(1.0, "Seconds between edits of a streamed reply, per "
-                                   "channel.", check=_positive)
-    log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.",
-                             check=_log_level)
+    queue_timeout: float = setting(
+        300.0,
+        "Most seconds a chat waits for a free model slot; "
+        "past it the user is told the bot is busy.",
+        check=_positive,
+    )
+    stall_timeout: float = setting(
+        60.0,
+        "Most seconds a reply may go without new text from the "
+        "model; past it the reply ends with a visible note.",
+        check=_positive,
+    )
+    edit_interval: float = setting(
+        1.0, "Seconds between edits of a streamed reply, per channel.", check=_positive
+    )
+    log_level: str = setting(
+        "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.", check=_log_level
+    )
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -134,9 +175,13 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, *,
-             environ: Mapping[str, str] | None = None,
-             overrides: Mapping[str, str] | None = None) -> Settings:
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, str] | None = None,
+    ) -> Settings:
         """Defaults, then the TOML file, then ``GENBOT_*`` variables, then ``overrides``."""
         settings = cls()
         if path is not None:
@@ -148,8 +193,11 @@ class Settings:
                 raise SettingsError(f"{path}: not valid TOML: {error}") from error
             settings = settings.updated(data.get("genbot", data), str(path))
         environ = os.environ if environ is None else environ
-        from_env = {name: environ[f"GENBOT_{name.upper()}"] for name in cls.names()
-                    if f"GENBOT_{name.upper()}" in environ}
+        from_env = {
+            name: environ[f"GENBOT_{name.upper()}"]
+            for name in cls.names()
+            if f"GENBOT_{name.upper()}" in environ
+        }
         for name, raw in from_env.items():
             settings = settings.updated({name: raw}, f"environment variable GENBOT_{name.upper()}")
         for name, raw in (overrides or {}).items():
@@ -185,9 +233,13 @@ def _coerce(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
         else:  # access lists: validated by genbot.access
             value = _as_access(raw)
     except (TypeError, ValueError) as error:
-        expected = {bool: "true or false", int: "a whole number", float: "a number",
-                    str: "a string", list: "a list of strings"}.get(kind, "a list of ids or a "
-                                                                   "whitelist/blacklist table")
+        expected = {
+            bool: "true or false",
+            int: "a whole number",
+            float: "a number",
+            str: "a string",
+            list: "a list of strings",
+        }.get(kind, "a list of ids or a whitelist/blacklist table")
         raise SettingsError(f"{where}: expected {expected}, got {raw!r}") from error
     if f.metadata.get("check") is not None and (problem := f.metadata["check"](value)):
         raise SettingsError(f"{where}: {problem}, got {raw!r}")
@@ -229,15 +281,18 @@ def _as_access(raw: Any) -> Any:
 
 def settings_table() -> str:
     """The Markdown table of every setting, as printed in the README."""
-    rows = ["| setting | environment variable | default | description |",
-            "| --- | --- | --- | --- |"]
+    rows = [
+        "| setting | environment variable | default | description |",
+        "| --- | --- | --- | --- |",
+    ]
     for f in dataclasses.fields(Settings):
         default = _default(f)
         shown = json.dumps(default) if not isinstance(default, str) else repr(default)
         if f.name == "system_prompt":
             shown = "(a short on-topic assistant prompt)"
-        rows.append(f"| `{f.name}` | `GENBOT_{f.name.upper()}` | `{shown}` "
-                    f"| {f.metadata['help']} |")
+        rows.append(
+            f"| `{f.name}` | `GENBOT_{f.name.upper()}` | `{shown}` | {f.metadata['help']} |"
+        )
     return "\n".join(rows)
 
 
