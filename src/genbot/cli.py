@@ -66,8 +66,7 @@ class _Explanation:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error.args[0]) if error.args else str(error)
-    return (text.strip().splitlines() or [type(error).__name__])[0]
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _discord_unreachable(error: BaseException, settings: Settings | None) -> str:
