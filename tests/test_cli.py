@@ -225,6 +225,60 @@ def test_a_set_without_a_value_is_one_line() -> None:
     assert_one_line(done, 2, "bad configuration: --set 'temperature': expected NAME=VALUE")
 
 
+# -- the table behind those lines (pure) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backend", "raised", "says"),
+    [
+        ("openai", "APIConnectionError: Connection error.", "nothing answers at {url}"),
+        ("openai", "APITimeoutError: Request timed out.", "did not answer in time"),
+        ("openai", "AuthenticationError: Error code: 401", "refused the API key: set GENBOT_API"),
+        ("openai", "NotFoundError: Error code: 404", "has no model 'm' (or base_url is not"),
+        (
+            "openai",
+            "ModelError: the server lists no model; pass model=",
+            "failed at start-up: the server lists no model",
+        ),
+        (
+            "llamacpp",
+            "ModelError: llama.cpp could not load 'x'",
+            "could not be loaded (llama.cpp "
+            "could not load 'x'): check that model names a GGUF chat model",
+        ),
+        (
+            "transformers",
+            "OSError: no such repo",
+            "could not be loaded (no such repo): check that model names a chat (instruct) model",
+        ),
+    ],
+)
+def test_a_model_that_fails_its_warm_up_is_explained(backend: str, raised: str, says: str) -> None:
+    from genbot.cli import model_problem
+    from genbot.settings import Settings
+    from genbot.streaming import StreamError
+
+    settings = Settings(backend=backend, model="m", base_url="http://127.0.0.1:1/v1")
+    error = StreamError(f"the worker raised {raised}", traceback="Traceback ...\nmore\n")
+    line = model_problem(settings, error)
+    assert says.format(url=settings.base_url) in line
+    assert "\n" not in line and "Traceback" not in line
+
+
+def test_network_errors_mean_discord_only_where_the_bot_talks_to_discord() -> None:
+    from genbot.cli import explain
+
+    refused = ConnectionRefusedError(111, "Connect call failed")
+    assert explain(refused) == (
+        1,
+        "cannot reach Discord ([Errno 111] Connect call failed): "
+        "check the network connection (proxy, firewall, DNS), then "
+        "start again",
+    )
+    assert explain(refused, discord=False) is None  # the playground: a bug, with its traceback
+    assert explain(RuntimeError("a bug")) is None
+
+
 # -- the commands ----------------------------------------------------------------------------
 
 

@@ -63,6 +63,7 @@ class _Explanation:
     kinds: tuple[type[BaseException], ...]
     code: int
     line: Callable[[BaseException, Settings | None], str]
+    discord: bool = False  # only where the bot talks to Discord (not in the playground)
 
 
 def _first_line(error: BaseException) -> str:
@@ -95,6 +96,7 @@ def _explanations() -> list[_Explanation]:
                 f"and Server Members Intent on your application's Bot page at {PORTAL}, then start "
                 "again"
             ),
+            discord=True,
         ),
         _Explanation(
             (discord.LoginFailure,),
@@ -103,18 +105,22 @@ def _explanations() -> list[_Explanation]:
                 "Discord refused the token (401 Unauthorized): set DISCORD_TOKEN to the "
                 f"token from your application's Bot page at {PORTAL} (Reset Token makes a new one)"
             ),
+            discord=True,
         ),
         _Explanation(
             (discord.DiscordServerError,),
             1,
             lambda e, s: f"Discord is failing ({_first_line(e)}): try again in a few minutes",
+            discord=True,
         ),
-        _Explanation((discord.GatewayNotFound,), 1, _discord_unreachable),
-        _Explanation((aiohttp.ClientError, OSError), 1, _discord_unreachable),
+        _Explanation((discord.GatewayNotFound,), 1, _discord_unreachable, discord=True),
+        _Explanation((aiohttp.ClientError, OSError), 1, _discord_unreachable, discord=True),
     ]
 
 
-def explain(error: BaseException, settings: Settings | None = None) -> tuple[int, str] | None:
+def explain(
+    error: BaseException, settings: Settings | None = None, *, discord: bool = True
+) -> tuple[int, str] | None:
     """The exit status and the one line for ``error``, or ``None`` when it is not a user error.
 
     Parameters
@@ -123,8 +129,13 @@ def explain(error: BaseException, settings: Settings | None = None) -> tuple[int
         What ``genbot run`` or ``genbot playground`` raised.
     settings:
         The settings it ran with, if they loaded.
+    discord:
+        Whether the bot talked to Discord; if not (the playground), a network error is no
+        sign of Discord out of reach, and is left unexplained.
     """
     for explanation in _explanations():
+        if explanation.discord and not discord:
+            continue
         if isinstance(error, explanation.kinds):
             return explanation.code, explanation.line(error, settings)
     return None
@@ -186,14 +197,16 @@ def _chat_bot(settings: Settings) -> ChatBot:
     return CommandChatBot(settings)
 
 
-def _explained(settings: Settings | None, action: Callable[[], int | None]) -> int:
+def _explained(
+    settings: Settings | None, action: Callable[[], int | None], *, discord: bool = True
+) -> int:
     """Run ``action``; a user error ends in one line on stderr and :class:`typer.Exit`."""
     try:
         return action() or 0
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except Exception as error:
-        found = explain(error, settings)
+        found = explain(error, settings, discord=discord)
         if found is None:
             raise
         code, line = found
@@ -278,7 +291,7 @@ def playground(
     from genbot.playground import run_playground
 
     factory = (lambda: _chat_bot(settings)) if bot is None else _import_bot(bot)
-    raise typer.Exit(_explained(settings, lambda: run_playground(factory)))
+    raise typer.Exit(_explained(settings, lambda: run_playground(factory), discord=False))
 
 
 @app.command("settings")

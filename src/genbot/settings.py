@@ -567,7 +567,7 @@ def _llamacpp_model(settings: Settings) -> tuple[str, str] | None:
         except ModelError as error:
             return "model", f"empty means the embedded SmolLM2, but {error}"
         return None
-    return _gguf_problem(Path(settings.model).expanduser())
+    return _gguf_problem(Path(settings.model))
 
 
 def _gguf_problem(path: Path) -> tuple[str, str] | None:
@@ -600,7 +600,7 @@ def _transformers_model(settings: Settings) -> tuple[str, str] | None:
             "the transformers backend needs a model: a Hugging Face name such as "
             "HuggingFaceTB/SmolLM2-360M-Instruct or a local model folder"
         )
-    path = Path(settings.model).expanduser()
+    path = Path(settings.model)
     if path.is_dir():
         return None
     if path.exists():
