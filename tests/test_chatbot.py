@@ -70,7 +70,7 @@ async def settle(bot: ChatBot, timeout: float = 60.0) -> None:
 
 
 def settings(**values: Any) -> Settings:
-    defaults = {"max_new_tokens": 24, "temperature": 0.0, "edit_interval": 0.05}
+    defaults = {"max_new_tokens": 24, "temperature": 0.0, "edit_interval": 0.2}
     return Settings().updated({**defaults, **values}, "test")
 
 

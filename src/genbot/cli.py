@@ -1,27 +1,226 @@
-"""The ``genbot`` command: run the ready-made bot, chat with it offline, show the settings."""
+"""The ``genbot`` command: run the ready-made bot, chat with it offline, show the settings.
+
+A start that fails for a reason the user can fix (bad settings, a wrong token, privileged
+intents not enabled, Discord out of reach, a model that cannot load or a model server that does
+not answer) prints one line to stderr, saying what is wrong and what to do, and exits non-zero:
+2 for what is fixed in the configuration or the developer portal, 1 for the rest. The traceback
+goes to the log at DEBUG level only (``-s log_level=DEBUG``). :func:`explain` maps exceptions to
+those lines through a table; anything it does not know is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import importlib
 import logging
 import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from genbot.settings import Settings, SettingsError, settings_help, settings_table
 
-__all__ = ["app", "main"]
+if TYPE_CHECKING:
+    from genbot.chatbot import ChatBot
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Deploy generative language models as Discord chat bots.")
+__all__ = ["ModelUnavailable", "app", "explain", "main"]
 
-ConfigOption = Annotated[Path | None, typer.Option(
-    "--config", "-c", help="TOML config file (see `genbot settings`).", exists=True,
-    dir_okay=False)]
-SetOption = Annotated[list[str] | None, typer.Option(
-    "--set", "-s", help="Override one setting: NAME=VALUE (repeatable).")]
+_log = logging.getLogger(__name__)
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Deploy generative language models as Discord chat bots.",
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML config file (see `genbot settings`)."),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override one setting: NAME=VALUE (repeatable)."),
+]
+
+PORTAL = "https://discord.com/developers/applications"
+
+
+class ModelUnavailable(Exception):
+    """The model did not answer its warm-up: it cannot load, or its server is not there.
+
+    The message is the one line to show; the cause is chained.
+    """
+
+
+# -- what a failed start means -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Explanation:
+    kinds: tuple[type[BaseException], ...]
+    code: int
+    line: Callable[[BaseException, Settings | None], str]
+    discord: bool = False  # only where the bot talks to Discord (not in the playground)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _discord_unreachable(error: BaseException, settings: Settings | None) -> str:
+    return (
+        f"cannot reach Discord ({_first_line(error)}): check the network connection "
+        "(proxy, firewall, DNS), then start again"
+    )
+
+
+def _explanations() -> list[_Explanation]:
+    """The table, first match wins (discord.py and aiohttp are imported only when needed)."""
+    import aiohttp
+    import discord
+
+    from genbot.models import ModelError
+
+    return [
+        _Explanation((SettingsError,), 2, lambda e, s: f"bad configuration: {_first_line(e)}"),
+        _Explanation((ModelUnavailable,), 1, lambda e, s: _first_line(e)),
+        _Explanation((ModelError,), 1, lambda e, s: f"the model cannot be used: {_first_line(e)}"),
+        _Explanation(
+            (discord.PrivilegedIntentsRequired,),
+            2,
+            lambda e, s: (
+                "Discord refused the privileged intents: enable Message Content Intent "
+                f"and Server Members Intent on your application's Bot page at {PORTAL}, then start "
+                "again"
+            ),
+            discord=True,
+        ),
+        _Explanation(
+            (discord.LoginFailure,),
+            2,
+            lambda e, s: (
+                "Discord refused the token (401 Unauthorized): set DISCORD_TOKEN to the "
+                f"token from your application's Bot page at {PORTAL} (Reset Token makes a new one)"
+            ),
+            discord=True,
+        ),
+        _Explanation(
+            (discord.DiscordServerError,),
+            1,
+            lambda e, s: f"Discord is failing ({_first_line(e)}): try again in a few minutes",
+            discord=True,
+        ),
+        _Explanation((discord.GatewayNotFound,), 1, _discord_unreachable, discord=True),
+        _Explanation((aiohttp.ClientError, OSError), 1, _discord_unreachable, discord=True),
+    ]
+
+
+def explain(
+    error: BaseException, settings: Settings | None = None, *, discord: bool = True
+) -> tuple[int, str] | None:
+    """The exit status and the one line for ``error``, or ``None`` when it is not a user error.
+
+    Parameters
+    ----------
+    error:
+        What ``genbot run`` or ``genbot playground`` raised.
+    settings:
+        The settings it ran with, if they loaded.
+    discord:
+        Whether the bot talked to Discord; if not (the playground), a network error is no
+        sign of Discord out of reach, and is left unexplained.
+    """
+    for explanation in _explanations():
+        if explanation.discord and not discord:
+            continue
+        if isinstance(error, explanation.kinds):
+            return explanation.code, explanation.line(error, settings)
+    return None
+
+
+#: What the openai backend's worker raised at warm-up -> what to tell the user.
+_SERVER_PROBLEMS = {
+    "APIConnectionError": "nothing answers at {url}: start the model server, or set base_url to "
+    "where it listens",
+    "APITimeoutError": "the model server at {url} did not answer in time: check that it runs "
+    "and is not overloaded",
+    "AuthenticationError": "the model server at {url} refused the API key: set GENBOT_API_KEY "
+    "(or OPENAI_API_KEY)",
+    "PermissionDeniedError": "the model server at {url} refused the API key: set GENBOT_API_KEY "
+    "(or OPENAI_API_KEY)",
+    "NotFoundError": "the model server at {url} has no model {model} (or base_url is not its "
+    "/v1 address): check model and base_url",
+}
+
+_WORKER_RAISED = re.compile(r"the worker raised (\w+): (.*)")
+
+
+def model_problem(settings: Settings, error: BaseException) -> str:
+    """The one line for a model that failed its warm-up with ``error``.
+
+    Parameters
+    ----------
+    settings:
+        The bot's settings (backend, model, base_url).
+    error:
+        A :class:`genbot.StreamError` (the worker failed or died) or :class:`TimeoutError`.
+    """
+    reason = _first_line(error)
+    found = _WORKER_RAISED.match(reason)
+    kind, detail = found.groups() if found else ("", reason)
+    if settings.backend == "openai":
+        known = _SERVER_PROBLEMS.get(kind)
+        if known is not None:
+            return known.format(url=settings.base_url, model=repr(settings.model))
+        return f"the model server at {settings.base_url} failed at start-up: {detail}"
+    if isinstance(error, TimeoutError):
+        return f"{reason}: the model is too big or the machine too busy; try a smaller model"
+    what = "a GGUF chat model" if settings.backend == "llamacpp" else "a chat (instruct) model"
+    return f"the model could not be loaded ({detail}): check that model names {what}"
+
+
+def _chat_bot(settings: Settings) -> ChatBot:
+    """The ready-made bot, with its warm-up failures told apart from Discord's."""
+    from genbot.chatbot import ChatBot
+    from genbot.streaming import StreamError
+
+    class CommandChatBot(ChatBot):
+        async def setup_hook(self) -> None:
+            try:
+                await super().setup_hook()
+            except (StreamError, TimeoutError) as error:
+                raise ModelUnavailable(model_problem(self.settings, error)) from error
+
+    return CommandChatBot(settings)
+
+
+def _explained(
+    settings: Settings | None, action: Callable[[], int | None], *, discord: bool = True
+) -> int:
+    """Run ``action``; a user error ends in one line on stderr and :class:`typer.Exit`."""
+    try:
+        return action() or 0
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as error:
+        found = explain(error, settings, discord=discord)
+        if found is None:
+            raise
+        code, line = found
+        _log.debug("the start failed: %s", line, exc_info=error)
+        typer.secho(f"genbot: {line}", err=True, fg="red")
+        raise typer.Exit(code) from None
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _fail(line: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"genbot: {line}", err=True, fg="red")
+    return typer.Exit(code)
 
 
 def _load(config: Path | None, overrides: list[str] | None) -> Settings:
@@ -29,16 +228,17 @@ def _load(config: Path | None, overrides: list[str] | None) -> Settings:
     for item in overrides or []:
         name, sep, value = item.partition("=")
         if not sep:
-            raise typer.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--set")
+            raise _fail(f"bad configuration: --set {item!r}: expected NAME=VALUE")
         pairs[name.strip()] = value
     try:
         settings = Settings.load(config, overrides=pairs)
     except SettingsError as error:
-        typer.secho(f"genbot: bad configuration: {error}", err=True, fg="red")
-        raise typer.Exit(2) from error
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+        raise _fail(f"bad configuration: {error}") from None
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     import discord
 
     # A chat bot has no voice: don't warn at every start that voice libraries are missing.
@@ -62,18 +262,23 @@ def run(config: ConfigOption = None, overrides: SetOption = None) -> None:
     settings = _load(config, overrides)
     token = os.environ.get("DISCORD_TOKEN", "").strip()
     if not token:
-        typer.secho("genbot: set DISCORD_TOKEN to your bot's token", err=True, fg="red")
-        raise typer.Exit(2)
-    from genbot.chatbot import ChatBot
+        raise _fail(f"set DISCORD_TOKEN to your bot's token (from its Bot page at {PORTAL})")
 
-    ChatBot(settings).run(token, log_handler=None)
+    def start() -> None:
+        _chat_bot(settings).run(token, log_handler=None)
+
+    _explained(settings, start)
 
 
 @app.command(epilog=settings_help())
 def playground(
-    bot: Annotated[str | None, typer.Argument(
-        help="MODULE:CLASS of a Genbot subclass to chat with; default: the ready-made chat "
-             "bot with the configured model.")] = None,
+    bot: Annotated[
+        str | None,
+        typer.Argument(
+            help="MODULE:CLASS of a Genbot subclass to chat with; default: the ready-made chat "
+            "bot with the configured model."
+        ),
+    ] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -85,14 +290,8 @@ def playground(
     settings = _load(config, overrides)
     from genbot.playground import run_playground
 
-    if bot is None:
-        from genbot.chatbot import ChatBot
-
-        def factory() -> Any:
-            return ChatBot(settings)
-    else:
-        factory = _import_bot(bot)
-    raise typer.Exit(run_playground(factory))
+    factory = (lambda: _chat_bot(settings)) if bot is None else _import_bot(bot)
+    raise typer.Exit(_explained(settings, lambda: run_playground(factory), discord=False))
 
 
 @app.command("settings")
@@ -111,4 +310,5 @@ def show_settings(
 
 
 def main() -> None:
+    """Run the ``genbot`` command (``python -m genbot``)."""
     app()

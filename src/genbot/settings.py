@@ -1,118 +1,257 @@
 """Settings of the ready-made bot: one dataclass is the single source for the TOML config file,
 the environment variables, the CLI help and the README table.
 
-Each field carries its description and default (:func:`setting`). Values come, later ones
-winning, from the defaults, a TOML file, ``GENBOT_<NAME>`` environment variables and
-``--set name=value`` on the command line. Every value is checked when it is loaded, and an error
-names the field and where the bad value came from.
+Each field carries its description, default and check (:func:`setting`). Values come, later
+ones winning, from the defaults, a TOML file, ``GENBOT_<NAME>`` environment variables and
+``--set name=value`` on the command line. Every value the running bot could not use is refused
+when it is loaded (:meth:`Settings.load`), with a one-line :class:`SettingsError` that names
+where the value came from, the setting and the reason: ``<source>: setting 'x': <reason>, got
+<value>``. The checks that need several settings (a llama.cpp model must be a GGUF file, the
+transformers backend needs a model) run once every source is applied.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
+import logging
+import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from genbot.models.base import DEFAULT_SYSTEM_PROMPT
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 __all__ = ["BACKENDS", "Settings", "SettingsError", "settings_help", "settings_table"]
 
+_log = logging.getLogger(__name__)
+
 BACKENDS = ("llamacpp", "transformers", "openai")
+
+#: The packages each backend imports, and how to install them.
+BACKEND_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "llamacpp": (("xllamacpp",), "pip install 'genbot[llama]'"),
+    "transformers": (("transformers", "torch"), "pip install 'genbot[transformers]'"),
+    "openai": (("openai",), "pip install 'genbot[openai]'"),
+}
+
+#: ``GENBOT_*`` environment variables that are not settings (read by a backend).
+OTHER_VARIABLES = frozenset({"GENBOT_API_KEY"})
+
+#: The largest Discord id (a snowflake is an unsigned 64-bit integer).
+MAX_ID = 2**64 - 1
+#: llama.cpp reads the seed 2**32 - 1 as "random", so the largest fixed seed is one less.
+MAX_SEED = 2**32 - 2
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+Check = Callable[[Any], "str | None"]
 
 
 class SettingsError(ValueError):
-    """A setting has a bad value; the message names the field and its source."""
+    """A setting has a bad value; the one-line message names the source and the setting."""
 
 
-def setting(default: Any, help: str, *, check: Callable[[Any], str | None] | None = None) -> Any:
-    """A dataclass field that carries its description (and an optional check) as metadata."""
+def setting(default: Any, help: str, *, check: Check | None = None) -> Any:
+    """A dataclass field that carries its description (and an optional check) as metadata.
+
+    Parameters
+    ----------
+    default:
+        The default value; a list or dict is copied for each instance.
+    help:
+        The description shown by ``--help``, ``genbot settings`` and the README table.
+    check:
+        Returns the reason a (coerced) value is refused, or ``None`` when it is fine.
+    """
+    metadata = {"help": help, "check": check}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default),
-                     metadata={"help": help, "check": check})
-    return field(default=default, metadata={"help": help, "check": check})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-def _positive(value: Any) -> str | None:
-    return None if value > 0 else "must be greater than 0"
+# -- checks of one value: each returns the reason it is refused, or None ---------------------
 
 
-def _non_negative(value: Any) -> str | None:
-    return None if value >= 0 else "must be 0 or more"
+def _between(low: float, high: float, *, low_open: bool = False) -> Check:
+    """Accept ``low <= value <= high`` (``low < value`` with ``low_open``)."""
+    shown = f"in ({low:g}, {high:g}]" if low_open else f"from {low:g} to {high:g}"
+
+    def check(value: Any) -> str | None:
+        above = value > low if low_open else value >= low
+        return None if above and value <= high else f"must be {shown}"
+
+    return check
 
 
-def _probability(value: Any) -> str | None:
-    return None if 0 < value <= 1 else "must be in (0, 1]"
+def _choice(choices: tuple[str, ...], *, fold: bool = False) -> Check:
+    def check(value: Any) -> str | None:
+        ok = (value.upper() if fold else value) in choices
+        return None if ok else f"must be one of {', '.join(choices)}"
+
+    return check
 
 
-def _backend(value: Any) -> str | None:
-    return None if value in BACKENDS else f"must be one of {', '.join(BACKENDS)}"
+def _seed(value: Any) -> str | None:
+    return None if value == -1 or 0 <= value <= MAX_SEED else f"must be -1 or 0 to {MAX_SEED}"
 
 
-def _log_level(value: Any) -> str | None:
-    levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-    return None if value.upper() in levels else f"must be one of {', '.join(levels)}"
+def _base_url(value: Any) -> str | None:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as error:
+        return f"must be an http(s) URL ({error})"
+    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
+        return "must be an http(s) URL such as http://127.0.0.1:8000/v1"
+    return None
+
+
+def _ignore_prefix(value: Any) -> str | None:
+    if value[:1].isspace():
+        return "must not start with a space or line break (Discord strips them from messages)"
+    return None if len(value) <= 100 else "must be at most 100 characters"
+
+
+def _stop(value: Any) -> str | None:
+    if any(item == "" for item in value):
+        return "must not hold an empty string (it would end every reply at once)"
+    return None if len(value) <= 32 else "must hold at most 32 strings"
+
+
+def _max_chars(limit: int) -> Check:
+    return lambda value: None if len(value) <= limit else f"must be at most {limit} characters"
+
+
+# -- the settings ----------------------------------------------------------------------------
 
 
 @dataclass
 class Settings:
-    """What `genbot run` and `genbot playground` can be told."""
+    """What `genbot run` and `genbot playground` can be told.
 
-    backend: str = setting("llamacpp", "Model runtime: llamacpp (embedded default), transformers, "
-                           "or openai (any OpenAI-compatible server).", check=_backend)
-    model: str = setting("", "GGUF path (llamacpp), Hugging Face name or local path "
-                         "(transformers), or model name (openai). Empty: the embedded "
-                         "SmolLM2-135M-Instruct (llamacpp), the server's first model (openai).")
-    base_url: str = setting("http://127.0.0.1:8000/v1", "Base URL of the OpenAI-compatible "
-                            "server (openai backend). The API key comes from GENBOT_API_KEY, "
-                            "else OPENAI_API_KEY.")
-    parallel: int = setting(4, "How many chats the model generates for at once "
-                            "(llama.cpp slots, transformers batch, concurrent HTTP requests).",
-                            check=_positive)
-    system_prompt: str = setting(DEFAULT_SYSTEM_PROMPT, "The system prompt put before the chat "
-                                 "(the default keeps even a tiny model short and on topic).")
-    max_new_tokens: int = setting(256, "Most tokens generated for one reply.", check=_positive)
-    temperature: float = setting(0.2, "Sampling temperature; 0 is greedy.", check=_non_negative)
-    top_p: float = setting(0.9, "Nucleus sampling: keep the smallest token set with this "
-                           "probability mass.", check=_probability)
-    repeat_penalty: float = setting(1.1, "Penalty on repeated tokens (1 disables it).",
-                                    check=_positive)
-    stop: list[str] = setting([], "Strings that end a reply when generated.")
-    seed: int = setting(-1, "Sampling seed; -1 picks a random one.")
-    context_limit: int = setting(16, "Most chat messages read as the context of a reply.",
-                                 check=_positive)
-    context_chars: int = setting(6000, "Character budget of the context sent to the model "
-                                 "(the newest messages are kept).", check=_positive)
-    users: Any = setting(None, "Users allowed to chat: a list of ids (whitelist) or a table "
-                         "with whitelist/blacklist. Empty: everyone.")
-    roles: Any = setting(None, "Roles allowed to chat in servers, same format as users. "
-                         "Empty: every member.")
+    Constructing it directly checks nothing; :meth:`load` and :meth:`updated` check every value.
+    """
+
+    backend: str = setting(
+        "llamacpp",
+        "Model runtime: llamacpp (embedded default), transformers, "
+        "or openai (any OpenAI-compatible server).",
+        check=_choice(BACKENDS),
+    )
+    model: str = setting(
+        "",
+        "GGUF file (llamacpp; checked at start), Hugging Face name or local folder "
+        "(transformers; required), or model name (openai). Empty: the embedded "
+        "SmolLM2-135M-Instruct (llamacpp), the server's first model (openai).",
+    )
+    base_url: str = setting(
+        "http://127.0.0.1:8000/v1",
+        "Base URL (http or https) of the OpenAI-compatible server (openai backend). The API "
+        "key comes from GENBOT_API_KEY, else OPENAI_API_KEY.",
+        check=_base_url,
+    )
+    parallel: int = setting(
+        4,
+        "How many chats the model generates for at once "
+        "(llama.cpp slots, transformers batch, concurrent HTTP requests); 1 to 64.",
+        check=_between(1, 64),
+    )
+    system_prompt: str = setting(
+        DEFAULT_SYSTEM_PROMPT,
+        "The system prompt put before the chat "
+        "(the default keeps even a tiny model short and on topic); empty: none.",
+        check=_max_chars(100_000),
+    )
+    max_new_tokens: int = setting(
+        256, "Most tokens generated for one reply; 1 to 8192.", check=_between(1, 8192)
+    )
+    temperature: float = setting(
+        0.2, "Sampling temperature, 0 to 2; 0 is greedy.", check=_between(0, 2)
+    )
+    top_p: float = setting(
+        0.9,
+        "Nucleus sampling: keep the smallest token set with this probability mass; (0, 1].",
+        check=_between(0, 1, low_open=True),
+    )
+    repeat_penalty: float = setting(
+        1.1,
+        "Penalty on repeated tokens, (0, 2]; 1 disables it.",
+        check=_between(0, 2, low_open=True),
+    )
+    stop: list[str] = setting(
+        [], "Strings that end a reply when generated (at most 32, none empty).", check=_stop
+    )
+    seed: int = setting(-1, f"Sampling seed, 0 to {MAX_SEED}; -1 picks a random one.", check=_seed)
+    context_limit: int = setting(
+        16,
+        "Most chat messages read as the context of a reply; 1 to 1000.",
+        check=_between(1, 1000),
+    )
+    context_chars: int = setting(
+        6000,
+        "Character budget of the context sent to the model (the newest messages are kept); "
+        "1 to 1000000.",
+        check=_between(1, 1_000_000),
+    )
+    users: Any = setting(
+        None,
+        "Users allowed to chat: a list of ids (whitelist) or a table "
+        "with whitelist/blacklist. Empty: everyone.",
+    )
+    roles: Any = setting(
+        None, "Roles allowed to chat in servers, same format as users. Empty: every member."
+    )
     admins: Any = setting(None, "Users who may run admin commands (/shutdown). Empty: nobody.")
-    channels: Any = setting(None, "Channels where every message wakes the bot (list of ids "
-                            "or a whitelist/blacklist table). Empty: DMs, the bot's threads, "
-                            "and messages that mention or reply to the bot.")
-    ignore_prefix: str = setting("!", "Messages starting with this are invisible to the bot.")
+    channels: Any = setting(
+        None,
+        "Channels where every message wakes the bot (list of ids "
+        "or a whitelist/blacklist table). Empty: DMs, the bot's threads, "
+        "and messages that mention or reply to the bot.",
+    )
+    ignore_prefix: str = setting(
+        "!",
+        "Messages starting with this are invisible to the bot (at most 100 characters, no "
+        "leading space). Empty: no message is ignored.",
+        check=_ignore_prefix,
+    )
     allow_bots: bool = setting(False, "Let other bots' messages wake the bot.")
     sync_commands: bool = setting(True, "Register the slash commands with Discord at start-up.")
-    queue_timeout: float = setting(300.0, "Most seconds a chat waits for a free model slot; "
-                                   "past it the user is told the bot is busy.", check=_positive)
-    stall_timeout: float = setting(60.0, "Most seconds a reply may go without new text from the "
-                                   "model; past it the reply ends with a visible note.",
-                                   check=_positive)
-    edit_interval: float = setting(1.0, "Seconds between edits of a streamed reply, per "
-                                   "channel.", check=_positive)
-    log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.",
-                             check=_log_level)
+    queue_timeout: float = setting(
+        300.0,
+        "Most seconds a chat waits for a free model slot; past it the user is told the bot is "
+        "busy. (0, 86400].",
+        check=_between(0, 86400, low_open=True),
+    )
+    stall_timeout: float = setting(
+        60.0,
+        "Most seconds a reply may go without new text from the model; past it the reply ends "
+        "with a visible note. 1 to 86400.",
+        check=_between(1, 86400),
+    )
+    edit_interval: float = setting(
+        1.0,
+        "Seconds between edits of a streamed reply, per channel; 0.2 to 10 (Discord allows "
+        "about 5 edits per 5 s in a channel).",
+        check=_between(0.2, 10),
+    )
+    log_level: str = setting(
+        "INFO",
+        "Logging level: DEBUG (also shows the traceback of a failed start), INFO, WARNING or "
+        "ERROR.",
+        check=_choice(LOG_LEVELS, fold=True),
+    )
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -121,80 +260,210 @@ class Settings:
         return [f.name for f in dataclasses.fields(cls)]
 
     def updated(self, values: Mapping[str, Any], source: str) -> Settings:
-        """A copy with ``values`` applied; raises :class:`SettingsError` naming a bad field."""
+        """A copy with ``values`` applied, each coerced to its field's type and checked.
+
+        Parameters
+        ----------
+        values:
+            Setting names (``-`` may stand for ``_``) to TOML values or environment strings.
+        source:
+            Where the values come from, put first in error messages.
+
+        Raises
+        ------
+        SettingsError
+            An unknown setting, one given twice, or a value of the wrong type or range.
+        """
         fields = {f.name: f for f in dataclasses.fields(self)}
-        changes = {}
+        changes: dict[str, Any] = {}
+        spelled: dict[str, str] = {}
         for name, raw in values.items():
-            key = name.replace("-", "_")
+            key = str(name).replace("-", "_")
             if key not in fields:
                 close = difflib.get_close_matches(key, fields, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise SettingsError(f"{source}: unknown setting {name!r}{hint}")
+            if key in spelled:
+                raise SettingsError(
+                    f"{source}: setting {key!r} is given twice ({spelled[key]!r} and {name!r})"
+                )
+            spelled[key] = str(name)
             changes[key] = _coerce(fields[key], raw, source)
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, *,
-             environ: Mapping[str, str] | None = None,
-             overrides: Mapping[str, str] | None = None) -> Settings:
-        """Defaults, then the TOML file, then ``GENBOT_*`` variables, then ``overrides``."""
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Defaults, then the TOML file, then ``GENBOT_*`` variables, then ``overrides``.
+
+        The file holds the settings at its top level or in a ``[genbot]`` table; with a
+        ``[genbot]`` table nothing else may be at the top level. Every ``GENBOT_*`` variable
+        must be a setting (or ``GENBOT_API_KEY``).
+
+        Parameters
+        ----------
+        path:
+            The TOML config file, or ``None`` for none.
+        environ:
+            The environment to read ``GENBOT_*`` from; default ``os.environ``.
+        overrides:
+            ``--set`` values by setting name (strings, read as environment variables are).
+
+        Raises
+        ------
+        SettingsError
+            With one line naming the source, the setting and the reason.
+        """
         settings = cls()
+        sources: dict[str, str] = {}
         if path is not None:
-            try:
-                data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-            except OSError as error:
-                raise SettingsError(f"cannot read config file {path}: {error}") from error
-            except tomllib.TOMLDecodeError as error:
-                raise SettingsError(f"{path}: not valid TOML: {error}") from error
-            settings = settings.updated(data.get("genbot", data), str(path))
+            data = read_config(path)
+            settings = settings.updated(data, str(path))
+            sources.update({str(k).replace("-", "_"): str(path) for k in data})
         environ = os.environ if environ is None else environ
-        from_env = {name: environ[f"GENBOT_{name.upper()}"] for name in cls.names()
-                    if f"GENBOT_{name.upper()}" in environ}
-        for name, raw in from_env.items():
-            settings = settings.updated({name: raw}, f"environment variable GENBOT_{name.upper()}")
+        known = {f"GENBOT_{name.upper()}": name for name in cls.names()}
+        for variable in sorted(environ):
+            if not variable.startswith("GENBOT_") or variable in OTHER_VARIABLES:
+                continue
+            name = known.get(variable)
+            if name is None:
+                close = difflib.get_close_matches(variable, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise SettingsError(f"environment variable {variable}: not a genbot setting{hint}")
+            source = f"environment variable {variable}"
+            settings = settings.updated({name: environ[variable]}, source)
+            sources[name] = source
         for name, raw in (overrides or {}).items():
-            settings = settings.updated({name: raw}, f"--set {name}")
+            source = f"--set {name}"
+            settings = settings.updated({name: raw}, source)
+            sources[str(name).replace("-", "_")] = source
+        settings.check_together(sources)
         return settings
+
+    def check_together(self, sources: Mapping[str, str] | None = None) -> None:
+        """Check what depends on several settings or on the machine: the backend's packages
+        are installed, a llama.cpp model is a readable GGUF file (the embedded one is
+        installed when ``model`` is empty), the transformers backend has a model.
+
+        Parameters
+        ----------
+        sources:
+            Where each setting came from, for the message; unnamed ones are defaults.
+
+        Raises
+        ------
+        SettingsError
+            Naming the setting, its source and what to do.
+        """
+        for check in _TOGETHER:
+            found = check(self)
+            if found is not None:
+                name, problem = found
+                # a setting left at its default is wrong because of the backend chosen
+                given = sources or {}
+                source = given.get(name) or given.get("backend") or "default settings"
+                raise SettingsError(
+                    f"{source}: setting {name!r}: {problem}, got {getattr(self, name)!r}"
+                )
+
+
+# -- reading values --------------------------------------------------------------------------
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The settings table of a TOML config file: its top level, or its ``[genbot]`` table.
+
+    Parameters
+    ----------
+    path:
+        The file; UTF-8 (a byte-order mark is allowed). An empty file holds no settings.
+
+    Raises
+    ------
+    SettingsError
+        A file that cannot be read, is not UTF-8 or not TOML, or a misshapen ``[genbot]``.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError as error:
+        raise SettingsError(f"{path}: no such config file") from error
+    except IsADirectoryError as error:
+        raise SettingsError(f"{path}: is a directory, not a config file") from error
+    except OSError as error:
+        raise SettingsError(f"{path}: cannot read the config file: {error.strerror}") from error
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise SettingsError(
+            f"{path}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}); "
+            "save the config file as UTF-8"
+        ) from error
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"{path}: not valid TOML: {error}") from error
+    if "genbot" not in data:
+        return data
+    section = data["genbot"]
+    if not isinstance(section, dict):
+        raise SettingsError(
+            f"{path}: 'genbot' must be a [genbot] table of settings, got {section!r}"
+        )
+    for key in data:
+        if key != "genbot":
+            raise SettingsError(
+                f"{path}: top-level key {key!r} beside the [genbot] table: put every setting "
+                "inside [genbot], or drop the [genbot] header"
+            )
+    return dict(section)
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    factory = f.default_factory
+    return factory() if callable(factory) else f.default
+
+
+_EXPECTED = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+    list: "a list of strings",
+}
 
 
 def _coerce(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
     """Turn ``raw`` (TOML value or string from the environment) into the field's type."""
     where = f"{source}: setting {f.name!r}"
     kind = type(_default(f))
-    value = raw
     try:
-        if kind is bool:
-            value = _as_bool(raw)
-        elif kind in (int, float):
-            if isinstance(raw, bool):
-                raise ValueError
-            value = kind(raw)
-            if kind is int and isinstance(raw, float) and raw != int(raw):
-                raise ValueError
-        elif kind is str:
-            if not isinstance(raw, str):
-                raise ValueError
-        elif kind is list:
-            value = _as_list(raw)
-            if not all(isinstance(item, str) for item in value):
-                raise ValueError
-        else:  # access lists: validated by genbot.access
-            value = _as_access(raw)
-    except (TypeError, ValueError) as error:
-        expected = {bool: "true or false", int: "a whole number", float: "a number",
-                    str: "a string", list: "a list of strings"}.get(kind, "a list of ids or a "
-                                                                   "whitelist/blacklist table")
-        raise SettingsError(f"{where}: expected {expected}, got {raw!r}") from error
-    if f.metadata.get("check") is not None and (problem := f.metadata["check"](value)):
+        value = _COERCE.get(kind, _as_access)(raw, f.name)
+    except (TypeError, ValueError, OverflowError) as error:
+        if kind in _EXPECTED:
+            raise SettingsError(f"{where}: expected {_EXPECTED[kind]}, got {raw!r}") from error
+        raise SettingsError(f"{where}: {error}, got {raw!r}") from error
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingsError(f"{where}: must be a finite number, got {raw!r}")
+    if any("\x00" in item for item in _strings(value)):
+        raise SettingsError(f"{where}: must not contain NUL characters, got {raw!r}")
+    check = f.metadata.get("check")
+    if check is not None and (problem := check(value)):
         raise SettingsError(f"{where}: {problem}, got {raw!r}")
     return value
 
 
-def _as_bool(raw: Any) -> bool:
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def _as_bool(raw: Any, name: str) -> bool:
     if isinstance(raw, bool):
         return raw
     if isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on"):
@@ -204,40 +473,167 @@ def _as_bool(raw: Any) -> bool:
     raise ValueError(raw)
 
 
+def _as_number(kind: type[int] | type[float]) -> Callable[[Any, str], Any]:
+    def coerce(raw: Any, name: str) -> Any:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise TypeError(raw)
+        value = kind(raw)
+        if kind is int and isinstance(raw, float) and raw != value:
+            raise ValueError(raw)
+        return value
+
+    return coerce
+
+
+def _as_str(raw: Any, name: str) -> str:
+    if not isinstance(raw, str):
+        raise TypeError(raw)
+    return raw
+
+
+def _as_strings(raw: Any, name: str) -> list[str]:
+    value = _as_list(raw)
+    if not all(isinstance(item, str) for item in value):
+        raise TypeError(raw)
+    return value
+
+
 def _as_list(raw: Any) -> list[Any]:
     if isinstance(raw, list):
         return raw
     if isinstance(raw, str):
         text = raw.strip()
         if text.startswith("["):
-            return json.loads(text)
+            value = json.loads(text)
+            if not isinstance(value, list):  # pragma: no cover - "[" starts a JSON list
+                raise TypeError(raw)
+            return value
         return [item.strip() for item in text.split(",") if item.strip()]
     raise TypeError(raw)
 
 
-def _as_access(raw: Any) -> Any:
+def _as_access(raw: Any, name: str) -> Any:
+    """An access list (ids, or a whitelist/blacklist table), checked by genbot.access."""
     from genbot.access import AccessList
 
     if isinstance(raw, str):
         text = raw.strip()
-        raw = json.loads(text) if text.startswith(("[", "{")) else _as_list(text)
-    if raw in ([], {}):
+        try:
+            raw = json.loads(text) if text.startswith(("[", "{")) else _as_list(text)
+        except ValueError as error:
+            raise ValueError(f"not valid JSON ({error})") from error
+    if raw is None or (isinstance(raw, (list, dict)) and not raw):
         return None
-    AccessList.parse(raw)  # raises TypeError/ValueError with the reason
+    if not isinstance(raw, (list, dict)):
+        raise TypeError("expected a list of ids or a whitelist/blacklist table")
+    try:
+        parsed = AccessList.parse(raw, name)
+    except (TypeError, ValueError) as error:
+        raise ValueError(str(error).removeprefix(f"{name}: ")) from error
+    too_big = [i for i in (*(parsed.whitelist or ()), *parsed.blacklist) if i > MAX_ID]
+    if too_big:
+        raise ValueError(f"{too_big[0]} is not a Discord id (at most {MAX_ID})")
     return raw
+
+
+_COERCE: dict[type, Callable[[Any, str], Any]] = {
+    bool: _as_bool,
+    int: _as_number(int),
+    float: _as_number(float),
+    str: _as_str,
+    list: _as_strings,
+}
+
+
+# -- checks across settings: each returns (setting, problem) or None -------------------------
+
+
+def _backend_installed(settings: Settings) -> tuple[str, str] | None:
+    packages, install = BACKEND_PACKAGES[settings.backend]
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        return "backend", f"needs the package {missing[0]}, which is not installed: {install}"
+    return None
+
+
+def _llamacpp_model(settings: Settings) -> tuple[str, str] | None:
+    if settings.backend != "llamacpp":
+        return None
+    if not settings.model:
+        from genbot.models import ModelError, default_model_path
+
+        try:
+            default_model_path()
+        except ModelError as error:
+            return "model", f"empty means the embedded SmolLM2, but {error}"
+        return None
+    return _gguf_problem(Path(settings.model))
+
+
+def _gguf_problem(path: Path) -> tuple[str, str] | None:
+    if not path.exists():
+        return "model", "no such file (the llamacpp backend needs a GGUF model file)"
+    if not path.is_file():
+        return "model", "not a file (the llamacpp backend needs a GGUF model file)"
+    try:
+        with path.open("rb") as file:
+            magic = file.read(4)
+    except OSError as error:
+        return "model", f"cannot read the model file: {error.strerror}"
+    if magic != b"GGUF":
+        return (
+            "model",
+            "not a GGUF file (it does not start with 'GGUF'); convert it or pick a .gguf",
+        )
+    return None
+
+
+#: A Hugging Face repository id: ``name`` or ``owner/name``.
+_HF_NAME = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
+
+
+def _transformers_model(settings: Settings) -> tuple[str, str] | None:
+    if settings.backend != "transformers":
+        return None
+    if not settings.model:
+        return "model", (
+            "the transformers backend needs a model: a Hugging Face name such as "
+            "HuggingFaceTB/SmolLM2-360M-Instruct or a local model folder"
+        )
+    path = Path(settings.model)
+    if path.is_dir():
+        return None
+    if path.exists():
+        return "model", "a local transformers model is a folder (with config.json), not a file"
+    if not _HF_NAME.fullmatch(settings.model) or ".." in settings.model:
+        return "model", "neither a local model folder nor a Hugging Face name (owner/name)"
+    return None
+
+
+_TOGETHER: tuple[Callable[[Settings], tuple[str, str] | None], ...] = (
+    _backend_installed,
+    _llamacpp_model,
+    _transformers_model,
+)
+
+
+# -- documentation ---------------------------------------------------------------------------
 
 
 def settings_table() -> str:
     """The Markdown table of every setting, as printed in the README."""
-    rows = ["| setting | environment variable | default | description |",
-            "| --- | --- | --- | --- |"]
+    rows = [
+        "| setting | environment variable | default | description |",
+        "| --- | --- | --- | --- |",
+    ]
     for f in dataclasses.fields(Settings):
         default = _default(f)
         shown = json.dumps(default) if not isinstance(default, str) else repr(default)
         if f.name == "system_prompt":
             shown = "(a short on-topic assistant prompt)"
-        rows.append(f"| `{f.name}` | `GENBOT_{f.name.upper()}` | `{shown}` "
-                    f"| {f.metadata['help']} |")
+        rows.append(
+            f"| `{f.name}` | `GENBOT_{f.name.upper()}` | `{shown}` | {f.metadata['help']} |"
+        )
     return "\n".join(rows)
 
 

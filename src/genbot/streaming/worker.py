@@ -331,7 +331,9 @@ def serve(worker: Callable[[], None], side: WorkerSide) -> int:
         except Exception as exc:
             text = traceback.format_exc()
             message = f"the worker raised {type(exc).__name__}: {exc}"
-            log.error("streamer worker failed:\n%s", text)
+            # One line; the traceback reaches the callers (StreamError.traceback) and DEBUG.
+            log.error("streamer worker failed: %s", message)
+            log.debug("the worker's traceback:\n%s", text)
             if side.fail_active(message, text) == 0:
                 side.fail_all(message, text)
                 return 1
