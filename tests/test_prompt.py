@@ -18,8 +18,12 @@ BOB = SimpleNamespace(id=3, display_name="Bob the Builder")
 _ids = itertools.count(100)
 
 
-def msg(author: SimpleNamespace, text: str, attachments: tuple[str, ...] = (),
-        reply_to: SimpleNamespace | None = None) -> SimpleNamespace:
+def msg(
+    author: SimpleNamespace,
+    text: str,
+    attachments: tuple[str, ...] = (),
+    reply_to: SimpleNamespace | None = None,
+) -> SimpleNamespace:
     return SimpleNamespace(
         id=next(_ids),
         author=author,
@@ -37,11 +41,18 @@ def test_a_reply_follows_the_message_it_answers_even_when_others_came_between() 
     newer = msg(BOB, "thanks")
     history = [question, *meanwhile, reply, continued, newer]
     assert [m.clean_content for m in conversation_order(reversed(history), BOT)] == [
-        "what is 2+2?", "2+2 is 4", "(continued)", "and 3+3?", "also 4+4", "thanks"]
+        "what is 2+2?",
+        "2+2 is 4",
+        "(continued)",
+        "and 3+3?",
+        "also 4+4",
+        "thanks",
+    ]
     chat = context_to_messages(history, BOT)
-    assert chat[-1] == {"role": "user",
-                        "content": "Bob the Builder: and 3+3?\nAlice: also 4+4\n"
-                                   "Bob the Builder: thanks"}
+    assert chat[-1] == {
+        "role": "user",
+        "content": "Bob the Builder: and 3+3?\nAlice: also 4+4\nBob the Builder: thanks",
+    }
 
 
 def test_a_reply_to_a_message_outside_the_window_stays_in_time_order() -> None:
@@ -49,7 +60,9 @@ def test_a_reply_to_a_message_outside_the_window_stays_in_time_order() -> None:
     late = msg(BOB, "hello")
     reply = msg(BOT, "old answer", reply_to=gone)
     assert [m.clean_content for m in conversation_order([reply, late], BOT)] == [
-        "hello", "old answer"]
+        "hello",
+        "old answer",
+    ]
 
 
 def test_roles_names_and_order() -> None:
@@ -105,9 +118,7 @@ def test_char_budget_keeps_the_newest_whole_messages() -> None:
 
 def test_budget_leaves_no_hole_for_a_small_older_message() -> None:
     history = [msg(ALICE, "old"), msg(BOB, "x" * 100), msg(ALICE, "new")]
-    assert [m["content"] for m in context_to_messages(history, BOT, max_chars=50)] == [
-        "Alice: new"
-    ]
+    assert [m["content"] for m in context_to_messages(history, BOT, max_chars=50)] == ["Alice: new"]
 
 
 def test_only_a_single_overlong_newest_message_is_cut_keeping_its_end() -> None:

@@ -41,8 +41,9 @@ def make_backend(settings: Settings) -> Streamer:
         return TransformersStreamer(model=settings.model, max_batch=settings.parallel)
     from genbot.models.openai import OpenAIStreamer
 
-    return OpenAIStreamer(base_url=settings.base_url, model=settings.model or None,
-                          max_concurrency=settings.parallel)
+    return OpenAIStreamer(
+        base_url=settings.base_url, model=settings.model or None, max_concurrency=settings.parallel
+    )
 
 
 def generation_settings(settings: Settings) -> GenerationSettings:
@@ -62,8 +63,10 @@ async def warm_up(backend: Streamer, timeout: float = 600.0) -> float:
     Returns the seconds it took. Raises :class:`genbot.StreamError` if the model can't load.
     """
     started = time.perf_counter()
-    request = ChatRequest(messages=[{"role": "user", "content": "Hi"}],
-                          settings=GenerationSettings(max_new_tokens=1, temperature=0.0))
+    request = ChatRequest(
+        messages=[{"role": "user", "content": "Hi"}],
+        settings=GenerationSettings(max_new_tokens=1, temperature=0.0),
+    )
 
     async def one_token() -> None:
         async with backend.stream() as stream:
@@ -80,13 +83,22 @@ async def warm_up(backend: Streamer, timeout: float = 600.0) -> float:
 class ChatBot(Genbot):
     """A Discord chat bot served by the model that ``settings`` names."""
 
-    def __init__(self, settings: Settings | None = None, *, backend: Streamer | None = None,
-                 **client_kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        backend: Streamer | None = None,
+        **client_kwargs: Any,
+    ) -> None:
         self.settings = settings or Settings()
         super().__init__(
-            users=self.settings.users, roles=self.settings.roles, admins=self.settings.admins,
-            channels=self.settings.channels, ignore_prefix=self.settings.ignore_prefix,
-            allow_bots=self.settings.allow_bots, sync_commands=self.settings.sync_commands,
+            users=self.settings.users,
+            roles=self.settings.roles,
+            admins=self.settings.admins,
+            channels=self.settings.channels,
+            ignore_prefix=self.settings.ignore_prefix,
+            allow_bots=self.settings.allow_bots,
+            sync_commands=self.settings.sync_commands,
             **client_kwargs,
         )
         self.backend = backend if backend is not None else make_backend(self.settings)
@@ -109,12 +121,19 @@ class ChatBot(Genbot):
             question = next((m for m in history if m.author != self.user), None)
             if question is None or self._answered(question, history):
                 return
-            chat = context_to_messages(history, self.user,
-                                       system_prompt=self.settings.system_prompt,
-                                       max_chars=self.settings.context_chars)
+            chat = context_to_messages(
+                history,
+                self.user,
+                system_prompt=self.settings.system_prompt,
+                max_chars=self.settings.context_chars,
+            )
             log.info("replying to %s in %s", question.author.display_name, _where(channel))
-            await stream_reply(channel, stream(ChatRequest(chat, self.generation)),
-                               reference=question, interval=self.settings.edit_interval)
+            await stream_reply(
+                channel,
+                stream(ChatRequest(chat, self.generation)),
+                reference=question,
+                interval=self.settings.edit_interval,
+            )
         if not await ctx.current():
             self.attend(channel, force=True)
 
@@ -122,9 +141,13 @@ class ChatBot(Genbot):
         """Whether one of the bot's replies after ``question`` answers it. Not just "the bot
         spoke last": messages that arrived while it generated precede its reply, and the
         follow-up attend must still answer them."""
-        return any(m.author == self.user and m.reference is not None
-                   and m.reference.message_id == question.id
-                   for m in history if m.id > question.id)
+        return any(
+            m.author == self.user
+            and m.reference is not None
+            and m.reference.message_id == question.id
+            for m in history
+            if m.id > question.id
+        )
 
 
 def _where(channel: discord.abc.Messageable) -> str:

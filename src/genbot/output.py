@@ -156,9 +156,7 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     return chunks
 
 
-def _best_cut(
-    text: str, fences: _Fences, pos: int, room: int, limit: int, reopened: bool
-) -> int:
+def _best_cut(text: str, fences: _Fences, pos: int, room: int, limit: int, reopened: bool) -> int:
     """The best cut in ``text[pos:]`` for a chunk with `room` characters for its own text."""
     cutter = _Cutter(text, fences, pos, room, reopened)
     end = pos + room

@@ -85,8 +85,9 @@ def context_to_messages(
     return chat
 
 
-def conversation_order(messages: Iterable[discord.Message],
-                       bot_user: discord.abc.Snowflake) -> list[discord.Message]:
+def conversation_order(
+    messages: Iterable[discord.Message], bot_user: discord.abc.Snowflake
+) -> list[discord.Message]:
     """Oldest first, except that a reply of the bot comes right after the message it answers.
 
     Messages that arrive while the bot generates are older than its reply, so by time alone a
