@@ -209,3 +209,17 @@ async def test_reply_to_a_deleted_message_is_still_sent(world: World) -> None:
     (reply,) = world.server.bot_messages(world.fake)
     assert reply["content"] == "Answered anyway."
     assert "message_reference" not in reply
+
+
+async def test_messages_of_only_a_sticker_or_an_embed_reach_the_prompt(world: World) -> None:
+    server = world.server
+    sticker = {"id": str(server.snowflakes.next()), "name": "Wave", "format_type": 1}
+    waved = server.create_message(world.fake, world.alice, {}, extra={"sticker_items": [sticker]})
+    await server.dispatch_message("MESSAGE_CREATE", waved)
+    await server.send_message(
+        world.fake, world.bob, embeds=[{"title": "Build #12 passed", "type": "rich"}]
+    )
+    history = [m async for m in world.channel.history(limit=10)]
+    assert context_to_messages(history, world.client.user) == [
+        {"role": "user", "content": "alice: [sticker: Wave]\nbob: [embed: Build #12 passed]"},
+    ]

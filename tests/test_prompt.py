@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 from types import SimpleNamespace
 
+import discord
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genbot.models.base import prepare_messages
-from genbot.prompt import context_to_messages, conversation_order
+from genbot.prompt import context_to_messages, conversation_order, embed_label
 
 BOT = SimpleNamespace(id=1, display_name="Genbot")
 ALICE = SimpleNamespace(id=2, display_name="Alice")
@@ -23,12 +24,16 @@ def msg(
     text: str,
     attachments: tuple[str, ...] = (),
     reply_to: SimpleNamespace | None = None,
+    stickers: tuple[str, ...] = (),
+    embeds: tuple[dict[str, object], ...] = (),
 ) -> SimpleNamespace:
     return SimpleNamespace(
         id=next(_ids),
         author=author,
         clean_content=text,
         attachments=[SimpleNamespace(filename=name) for name in attachments],
+        stickers=[SimpleNamespace(name=name) for name in stickers],
+        embeds=[discord.Embed.from_dict(data) for data in embeds],
         reference=SimpleNamespace(message_id=reply_to.id) if reply_to else None,
     )
 
@@ -97,6 +102,31 @@ def test_attachments_show_and_empty_messages_are_skipped() -> None:
     assert [m["content"] for m in context_to_messages(history, BOT)] == [
         "Alice: [attachment: cat.png]\nAlice: look\n[attachment: a.txt]"
     ]
+
+
+def test_a_message_of_only_a_sticker_or_an_embed_is_a_turn_for_the_model() -> None:
+    history = [
+        msg(ALICE, "", stickers=("Wave",)),
+        msg(BOT, "Hi Alice!"),
+        msg(BOB, "", embeds=({"title": "Weekly   report", "description": "All green"},)),
+        msg(BOB, "", embeds=({"description": "\n  First line\nsecond"}, {"type": "image"})),
+        msg(ALICE, "see", embeds=({"url": "https://example.com/x"},)),
+    ]
+    assert context_to_messages(history, BOT) == [
+        {"role": "user", "content": "Alice: [sticker: Wave]"},
+        {"role": "assistant", "content": "Hi Alice!"},
+        {
+            "role": "user",
+            "content": "Bob the Builder: [embed: Weekly report]\n"
+            "Bob the Builder: [embed: First line]\n[embed: image]\n"
+            "Alice: see\n[embed: https://example.com/x]",
+        },
+    ]
+
+
+def test_an_embed_label_is_bounded() -> None:
+    label = embed_label(discord.Embed(title="x" * 500))
+    assert len(label) == 100 and label.endswith("\u2026")
 
 
 def test_no_name_field_so_backends_do_not_prefix_twice() -> None:
