@@ -66,7 +66,7 @@ def embed_label(embed: discord.Embed) -> str:
         if text and text.strip():
             text = " ".join(text.split())
             return text if len(text) <= _LABEL_CHARS else text[: _LABEL_CHARS - 1] + _ELLIPSIS
-    return embed.type or "rich"
+    return embed.type
 
 
 def context_to_messages(
