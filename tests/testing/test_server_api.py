@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from loopback_world import World
 
-from genbot.testing.state import Snowflakes, snowflake_time
+from genbot.testing.models import Snowflakes, snowflake_time
 
 CALLBACK = "/interactions/{interaction_id}/{interaction_token}/callback"
 

@@ -12,8 +12,9 @@ users and inspect what the bot did.
             await server.wait_for(lambda: server.bot_messages(chan), timeout=5)
 """
 
-from .server import DiscordServer, FakeInteraction, run_bot
-from .state import FakeChannel, FakeGuild, FakeMember, FakeRole, FakeUser
+from .models import FakeChannel, FakeGuild, FakeInteraction, FakeMember, FakeRole, FakeUser
+from .server import DiscordServer, run_bot
+from .state import ServerState
 
 __all__ = [
     "DiscordServer",
@@ -23,5 +24,6 @@ __all__ = [
     "FakeMember",
     "FakeRole",
     "FakeUser",
+    "ServerState",
     "run_bot",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import zlib
 from collections import deque
@@ -13,17 +14,20 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-if TYPE_CHECKING:
-    from .server import DiscordServer
+from .models import PRIVILEGED_INTENTS
 
-__all__ = ["Connection", "GatewaySession", "handle_gateway"]
+if TYPE_CHECKING:
+    from .state import ServerState
+
+__all__ = ["OPCODES", "Connection", "GatewaySession", "handle_gateway"]
+
+_log = logging.getLogger(__name__)
 
 DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE, RESUME, RECONNECT = 0, 1, 2, 3, 6, 7
 REQUEST_MEMBERS, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 8, 9, 10, 11
 # Close codes, as Discord sends them.
 UNKNOWN_OPCODE, DECODE_ERROR, NOT_AUTHENTICATED, AUTHENTICATION_FAILED = 4001, 4002, 4003, 4004
 ALREADY_AUTHENTICATED, DISALLOWED_INTENTS = 4005, 4014
-PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)  # members, presences, message content
 # How many past events a session keeps for RESUME; an older sequence is answered INVALID_SESSION.
 REPLAY_LIMIT = 1000
 
@@ -96,18 +100,18 @@ class GatewaySession:
         return missed
 
 
-async def handle_gateway(server: DiscordServer, request: web.Request) -> web.WebSocketResponse:
+async def handle_gateway(state: ServerState, request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
     await ws.prepare(request)
-    server.gateway_queries.append(dict(request.query))
+    state.gateway_queries.append(dict(request.query))
     connection = Connection(ws, request.query.get("compress"))
     if request.query.get("encoding", "json") != "json":
         await connection.close(DECODE_ERROR, b"only encoding=json is supported")
         return ws
-    server._connections.add(connection)
+    state.connections.add(connection)
     session: GatewaySession | None = None
     try:
-        interval_ms = int(server.heartbeat_interval * 1000)
+        interval_ms = int(state.heartbeat_interval * 1000)
         await connection.send({"op": HELLO, "d": {"heartbeat_interval": interval_ms}})
         async for message in ws:
             if message.type is not WSMsgType.TEXT:
@@ -118,56 +122,55 @@ async def handle_gateway(server: DiscordServer, request: web.Request) -> web.Web
             except (ValueError, KeyError, TypeError):
                 await connection.close(DECODE_ERROR, b"Error while decoding payload.")
                 break
-            handler = _HANDLERS.get(op)
+            handler = OPCODES.get(op)
             if handler is None:
                 await connection.close(UNKNOWN_OPCODE, b"Unknown opcode.")
                 break
-            session = await handler(server, connection, session, data)
+            session = await handler(state, connection, session, data)
     finally:
-        server._connections.discard(connection)
+        state.connections.discard(connection)
         if session is not None and session.connection is connection:
             session.connection = None
             if ws.close_code in (1000, 1001) and not connection.closed_by_server:
                 # As on Discord, a clean close (1000/1001) ends the session: no RESUME after it.
                 # (discord.py's close() races its reader and usually sends 4000: resumable.)
-                server._sessions.pop(session.id, None)
-        server._changed()
+                state.end_session(session.id)
+        state.changed()
     return ws
 
 
 async def _heartbeat(
-    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+    state: ServerState, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
     await connection.send({"op": HEARTBEAT_ACK})
     return session
 
 
 async def _identify(
-    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+    state: ServerState, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
     if session is not None:
         await connection.close(ALREADY_AUTHENTICATED, b"Already authenticated.")
         return session
-    if data.get("token") != server.token:
+    if data.get("token") != state.token:
         await connection.close(AUTHENTICATION_FAILED, b"Authentication failed.")
         return None
     intents = int(data.get("intents", 0))
-    if intents & PRIVILEGED_INTENTS and not server.privileged_intents:
+    if intents & PRIVILEGED_INTENTS and not state.privileged_intents:
         await connection.close(DISALLOWED_INTENTS, b"Disallowed intent(s).")
         return None
     session = GatewaySession(intents, data.get("shard"))
     session.connection = connection
-    server._sessions[session.id] = session
-    server._identified_intents = session.intents
-    guilds = server._bot_guilds()
+    state.open_session(session)
+    guilds = state.bot_guilds()
     ready = {
         "v": 10,
-        "user": server.bot_user.to_json() | {"verified": True, "mfa_enabled": False},
+        "user": state.bot_user.to_json() | {"verified": True, "mfa_enabled": False},
         "guilds": [{"id": str(guild.id), "unavailable": True} for guild in guilds],
         "session_id": session.id,
         "session_type": "normal",
-        "resume_gateway_url": server.gateway_url,
-        "application": {"id": str(server.application_id), "flags": server.application_flags},
+        "resume_gateway_url": state.gateway_url,
+        "application": {"id": str(state.application_id), "flags": state.application_flags},
         "private_channels": [],
         "relationships": [],
         "presences": [],
@@ -179,18 +182,18 @@ async def _identify(
         ready["shard"] = session.shard
     await session.dispatch("READY", ready)
     for guild in guilds:
-        await session.dispatch("GUILD_CREATE", guild.to_json(server.bot_user.id))
+        await session.dispatch("GUILD_CREATE", guild.to_json(state.bot_user.id))
     session.ready = True
-    server._changed()
+    state.changed()
     return session
 
 
 async def _resume(
-    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+    state: ServerState, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
-    found = server._sessions.get(str(data.get("session_id")))
+    found = state.sessions.get(str(data.get("session_id")))
     seq = int(data.get("seq") or 0)
-    valid = found is not None and data.get("token") == server.token and session is None
+    valid = found is not None and data.get("token") == state.token and session is None
     if found is None or not valid or found.missed_since(seq) is None:
         await connection.send({"op": INVALID_SESSION, "d": False})
         return session
@@ -199,20 +202,20 @@ async def _resume(
     # Attach and take the missed events with no await in between, so none falls in a gap.
     missed = found.missed_since(seq) or []
     found.connection = connection
-    server.resumes += 1
+    state.resumes += 1
     await connection.send_all(missed)
     await found.dispatch("RESUMED", {"_trace": ["genbot-loopback"]})
-    server._changed()
+    state.changed()
     return found
 
 
 async def _request_members(
-    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+    state: ServerState, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
     if session is None:
         await connection.close(NOT_AUTHENTICATED, b"Not authenticated.")
         return None
-    guild = server._guilds.get(int(data["guild_id"]))
+    guild = state.guilds.get(int(data["guild_id"]))
     members = [] if guild is None else list(guild.members.values())
     query = (data.get("query") or "").lower()
     user_ids = {int(user_id) for user_id in data.get("user_ids") or []}
@@ -238,12 +241,17 @@ async def _request_members(
 
 
 async def _ignore(
-    server: DiscordServer, connection: Connection, session: GatewaySession | None, data: Any
+    state: ServerState, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
     return session
 
 
-_HANDLERS: dict[int, Callable[..., Awaitable[GatewaySession | None]]] = {
+OpHandler = Callable[
+    ["ServerState", Connection, GatewaySession | None, Any], Awaitable[GatewaySession | None]
+]
+
+# What the client may send, by opcode; each handler returns the connection's session after it.
+OPCODES: dict[int, OpHandler] = {
     HEARTBEAT: _heartbeat,
     IDENTIFY: _identify,
     PRESENCE: _ignore,

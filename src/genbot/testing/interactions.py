@@ -3,10 +3,12 @@ invoked slash command, and the bot's answers (callbacks, followups, the original
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import logging
+from typing import Any
 
 from aiohttp import web
 
+from .models import EPHEMERAL, FakeInteraction, FakeUser, Upload, iso_time
 from .payloads import (
     ApiError,
     form_error,
@@ -15,19 +17,18 @@ from .payloads import (
     make_attachments,
     no_content,
     read_body,
+    read_json,
     snowflake,
     unknown_message,
     validate_message,
 )
-from .state import FakeGuild, iso_time
-
-if TYPE_CHECKING:
-    from .server import DiscordServer, FakeInteraction
+from .routes import Route
+from .state import ServerState
 
 __all__ = [
+    "ROUTES",
     "delete_webhook_message",
     "edit_webhook_message",
-    "find_command",
     "followup",
     "get_commands",
     "get_webhook_message",
@@ -36,63 +37,66 @@ __all__ = [
     "overwrite_commands",
 ]
 
-EPHEMERAL, LOADING = 1 << 6, 1 << 7
+_log = logging.getLogger(__name__)
+
+LOADING = 1 << 7  # message flag of a deferred "thinking..." response
 CHAT_INPUT_COMMAND = 20
 # Interaction callback types.
 CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, DEFERRED_UPDATE, UPDATE_MESSAGE, MODAL = 4, 5, 6, 7, 9
 ALL_PERMISSIONS = (1 << 53) - 1
 
 
-def _scope(server: DiscordServer, request: web.Request) -> int | None:
-    if snowflake(request.match_info["application_id"]) != server.application_id:
+def _scope(state: ServerState, request: web.Request) -> int | None:
+    if snowflake(request.match_info["application_id"]) != state.application_id:
         raise ApiError(403, 50001, "Missing Access")
     if "guild_id" not in request.match_info:
         return None
-    return guild_of(server, request).id
+    return guild_of(state, request).id
 
 
-async def get_commands(server: DiscordServer, request: web.Request) -> web.Response:
-    return json_response(server._commands.get(_scope(server, request), []))
+async def get_commands(state: ServerState, request: web.Request) -> web.Response:
+    return json_response(state.commands.get(_scope(state, request), []))
 
 
-async def overwrite_commands(server: DiscordServer, request: web.Request) -> web.Response:
-    scope = _scope(server, request)
-    body, _ = await read_body(server, request)
+async def overwrite_commands(state: ServerState, request: web.Request) -> web.Response:
+    scope = _scope(state, request)
+    body, _ = await read_json(request)
     if not isinstance(body, list):
         raise form_error("_", "LIST_TYPE_CONVERT", "Only iterables may be used in a ListType")
-    old = {(c["name"], c["type"]): c["id"] for c in server._commands.get(scope, [])}
+    old = {(c["name"], c["type"]): c["id"] for c in state.commands.get(scope, [])}
     commands = []
     for index, command in enumerate(body):
         name = command.get("name", "")
         kind = int(command.get("type", 1))
         if not name or len(name) > 32 or (kind == 1 and name != name.lower()):
-            raise form_error(str(index), "APPLICATION_COMMAND_INVALID_NAME",
-                             "Command name is invalid")
-        commands.append({
-            "type": kind, "description": "", "options": [], "default_member_permissions": None,
-            "dm_permission": True, "nsfw": False,
-        } | command | {
-            "id": old.get((name, kind)) or str(server.snowflakes.next()),
-            "application_id": str(server.application_id),
-            "version": str(server.snowflakes.next()),
-        } | ({} if scope is None else {"guild_id": str(scope)}))
-    server._commands[scope] = commands
-    server._changed()
+            raise form_error(
+                str(index), "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid"
+            )
+        commands.append(
+            {
+                "type": kind,
+                "description": "",
+                "options": [],
+                "default_member_permissions": None,
+                "dm_permission": True,
+                "nsfw": False,
+            }
+            | command
+            | {
+                "id": old.get((name, kind)) or str(state.snowflakes.next()),
+                "application_id": str(state.application_id),
+                "version": str(state.snowflakes.next()),
+            }
+            | ({} if scope is None else {"guild_id": str(scope)})
+        )
+    state.set_commands(scope, commands)
     return json_response(commands)
 
 
-def find_command(server: DiscordServer, guild: FakeGuild | None, name: str) -> dict | None:
-    """The registered chat-input command `name` for a channel of `guild` (None: a DM)."""
-    scopes = ([guild.id] if guild is not None else []) + [None]
-    for scope in scopes:
-        for command in server._commands.get(scope, []):
-            if command["name"] == name and command["type"] == 1:
-                return command
-    return None
-
-
 def interaction_payload(
-    server: DiscordServer, interaction: FakeInteraction, command: dict[str, Any],
+    state: ServerState,
+    interaction: FakeInteraction,
+    command: dict[str, Any],
     values: dict[str, Any],
 ) -> dict[str, Any]:
     """The INTERACTION_CREATE payload of a chat-input command invoked with option `values`."""
@@ -108,13 +112,14 @@ def interaction_payload(
         nesting.append({"name": part, "type": int(found[0]["type"]), "options": []})
         declared = found[0].get("options") or []
     by_name = {o["name"]: o for o in declared}
-    options, resolved = [], {}
+    options: list[dict[str, Any]] = []
+    resolved: dict[str, dict[str, Any]] = {}
     for name, value in values.items():
         if name not in by_name:
             raise ValueError(f"/{interaction.name} has no option {name!r}")
         kind = int(by_name[name]["type"])
         if kind in (6, 9):  # USER, MENTIONABLE
-            target = server.user(value)
+            target = value if isinstance(value, FakeUser) else state.users[int(value)]
             resolved.setdefault("users", {})[str(target.id)] = target.to_json()
             value = str(target.id)
         options.append({"name": name, "type": kind, "value": value})
@@ -122,7 +127,10 @@ def interaction_payload(
         level["options"] = options
         options = [level]
     data: dict[str, Any] = {
-        "id": command["id"], "name": command["name"], "type": 1, "options": options,
+        "id": command["id"],
+        "name": command["name"],
+        "type": 1,
+        "options": options,
     }
     if resolved:
         data["resolved"] = resolved
@@ -130,7 +138,7 @@ def interaction_payload(
         data["guild_id"] = command["guild_id"]
     payload: dict[str, Any] = {
         "id": str(interaction.id),
-        "application_id": str(server.application_id),
+        "application_id": str(state.application_id),
         "type": 2,
         "token": interaction.token,
         "version": 1,
@@ -143,7 +151,7 @@ def interaction_payload(
         "attachment_size_limit": 10 * 2**20,
     }
     if channel.guild_id is not None:
-        member = server._guilds[channel.guild_id].members[user.id]
+        member = state.guilds[channel.guild_id].members[user.id]
         payload.update(
             guild_id=str(channel.guild_id),
             guild_locale="en-US",
@@ -153,85 +161,84 @@ def interaction_payload(
             context=0,
         )
     else:
-        payload.update(user=user.to_json(), authorizing_integration_owners={"1": str(user.id)},
-                       context=1)
+        payload.update(
+            user=user.to_json(), authorizing_integration_owners={"1": str(user.id)}, context=1
+        )
     return payload
 
 
 # -- interaction responses -----------------------------------------------------------------------
 
 
-def _interaction(server: DiscordServer, request: web.Request) -> FakeInteraction:
-    interaction = server._interactions.get(request.match_info["interaction_token"])
+def _interaction(state: ServerState, request: web.Request) -> FakeInteraction:
+    interaction = state.interactions.get(request.match_info["interaction_token"])
     if interaction is None or (
         "interaction_id" in request.match_info
         and snowflake(request.match_info["interaction_id"]) != interaction.id
     ):
         raise ApiError(404, 10062, "Unknown interaction")
     if "application_id" in request.match_info and (
-        snowflake(request.match_info["application_id"]) != server.application_id
+        snowflake(request.match_info["application_id"]) != state.application_id
     ):
         raise ApiError(404, 10015, "Unknown Webhook")
     return interaction
 
 
 def _response_message(
-    server: DiscordServer, interaction: FakeInteraction, body: dict[str, Any], files: list,
+    state: ServerState,
+    interaction: FakeInteraction,
+    body: dict[str, Any],
+    files: list[Upload],
     flags: int,
 ) -> dict[str, Any]:
     """A message the bot makes through an interaction; kept in the channel unless ephemeral."""
     channel = interaction.channel
     metadata = {
-        "id": str(interaction.id), "type": 2, "name": interaction.name,
-        "user": interaction.user.to_json(), "command_type": 1,
+        "id": str(interaction.id),
+        "type": 2,
+        "name": interaction.name,
+        "user": interaction.user.to_json(),
+        "command_type": 1,
         "authorizing_integration_owners": interaction.payload["authorizing_integration_owners"],
     }
     extra = {
-        "type": CHAT_INPUT_COMMAND, "flags": flags, "webhook_id": str(server.application_id),
-        "application_id": str(server.application_id), "interaction_metadata": metadata,
+        "type": CHAT_INPUT_COMMAND,
+        "flags": flags,
+        "webhook_id": str(state.application_id),
+        "application_id": str(state.application_id),
+        "interaction_metadata": metadata,
         "interaction": {k: metadata[k] for k in ("id", "type", "name", "user")},
     }
-    message = server.create_message(channel, server.bot_user, body,
-                                    attachments=make_attachments(server, channel, body, files),
-                                    extra=extra)
+    message = state.create_message(
+        channel,
+        state.bot_user,
+        body,
+        attachments=make_attachments(state, channel, body, files),
+        extra=extra,
+    )
     if flags & EPHEMERAL:
         del channel.messages[int(message["id"])]
     return message
 
 
-def _record(
-    interaction: FakeInteraction, kind: str, body: dict[str, Any],
-    message: dict[str, Any] | None, callback_type: int | None = None,
-) -> None:
-    interaction.responses.append({
-        "kind": kind,
-        "type": callback_type,
-        "content": None if message is None else message["content"],
-        "ephemeral": bool(message is not None and message["flags"] & EPHEMERAL),
-        "message": message,
-        "payload": body,
-    })
-    interaction.server._changed()
-
-
-async def interaction_callback(server: DiscordServer, request: web.Request) -> web.Response:
-    interaction = _interaction(server, request)
+async def interaction_callback(state: ServerState, request: web.Request) -> web.Response:
+    interaction = _interaction(state, request)
     if interaction.acknowledged:
         raise ApiError(400, 40060, "Interaction has already been acknowledged.")
-    body, files = await read_body(server, request)
+    body, files = await read_body(request)
     kind = int(body.get("type", 0))
     data = body.get("data") or {}
     flags = int(data.get("flags") or 0)
     message = None
     if kind == CHANNEL_MESSAGE:
         validate_message(data, files)
-        message = _response_message(server, interaction, data, files, flags & EPHEMERAL)
+        message = _response_message(state, interaction, data, files, flags & EPHEMERAL)
     elif kind == DEFERRED_CHANNEL_MESSAGE:
-        message = _response_message(server, interaction, {}, [], (flags & EPHEMERAL) | LOADING)
+        message = _response_message(state, interaction, {}, [], (flags & EPHEMERAL) | LOADING)
         interaction.deferred = True
     elif kind == UPDATE_MESSAGE and interaction.original is not None:
         validate_message(data, files, editing=True)
-        message = _edit_original(server, interaction, data)
+        message = _edit_original(state, interaction, data)
     elif kind not in (DEFERRED_UPDATE, UPDATE_MESSAGE, MODAL):
         raise form_error("type", "BASE_TYPE_CHOICES", "Value must be one of {4, 5, 6, 7, 9}.")
     if kind in (CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE):
@@ -239,13 +246,14 @@ async def interaction_callback(server: DiscordServer, request: web.Request) -> w
         interaction.original = message
         interaction.ephemeral = bool(flags & EPHEMERAL)
         if not interaction.ephemeral:
-            await server.dispatch_message("MESSAGE_CREATE", message)
-    _record(interaction, "callback", body, message, kind)
+            await state.dispatch_message("MESSAGE_CREATE", message)
+    interaction.record("callback", body, message, kind)
     if request.query.get("with_response") not in ("1", "true", "True"):
         return no_content()
     result: dict[str, Any] = {
         "interaction": {
-            "id": str(interaction.id), "type": 2,
+            "id": str(interaction.id),
+            "type": 2,
             "response_message_id": None if message is None else message["id"],
             "response_message_loading": kind == DEFERRED_CHANNEL_MESSAGE,
             "response_message_ephemeral": interaction.ephemeral,
@@ -257,40 +265,40 @@ async def interaction_callback(server: DiscordServer, request: web.Request) -> w
 
 
 def _edit_original(
-    server: DiscordServer, interaction: FakeInteraction, body: dict[str, Any]
+    state: ServerState, interaction: FakeInteraction, body: dict[str, Any]
 ) -> dict[str, Any]:
     original = interaction.original
     assert original is not None
     if original["flags"] & LOADING:
         body = body | {"flags": original["flags"] & ~LOADING}
     if int(original["id"]) in interaction.channel.messages:
-        return server.update_message(interaction.channel, int(original["id"]), body)
+        return state.update_message(interaction.channel, int(original["id"]), body)
     for key in ("content", "embeds", "components", "flags"):
         if body.get(key) is not None:
             original[key] = body[key]
     original["edited_timestamp"] = iso_time()
-    server._changed()
+    state.changed()
     return original
 
 
-async def followup(server: DiscordServer, request: web.Request) -> web.Response:
-    interaction = _interaction(server, request)
+async def followup(state: ServerState, request: web.Request) -> web.Response:
+    interaction = _interaction(state, request)
     if not interaction.acknowledged:
         raise ApiError(404, 10015, "Unknown Webhook")
-    body, files = await read_body(server, request)
+    body, files = await read_body(request)
     validate_message(body, files)
     original = interaction.original
     if original is not None and original["flags"] & LOADING:
         # The first followup after a deferral fills in the "thinking..." message.
-        message = _edit_original(server, interaction, body)
+        message = _edit_original(state, interaction, body)
         event = "MESSAGE_UPDATE"
     else:
         flags = int(body.get("flags") or 0) & EPHEMERAL
-        message = _response_message(server, interaction, body, files, flags)
+        message = _response_message(state, interaction, body, files, flags)
         event = "MESSAGE_CREATE"
     if int(message["id"]) in interaction.channel.messages:
-        await server.dispatch_message(event, message)
-    _record(interaction, "followup", body, message)
+        await state.dispatch_message(event, message)
+    interaction.record("followup", body, message)
     wait = request.query.get("wait") in ("1", "true", "True")
     return json_response(message) if wait else no_content()
 
@@ -302,35 +310,72 @@ def _webhook_message(interaction: FakeInteraction, request: web.Request) -> dict
             raise unknown_message()
         return interaction.original
     for response in interaction.responses:
-        message = response["message"]
+        message: dict[str, Any] | None = response["message"]
         if message is not None and message["id"] == message_id:
             return message
     raise unknown_message()
 
 
-async def get_webhook_message(server: DiscordServer, request: web.Request) -> web.Response:
-    return json_response(_webhook_message(_interaction(server, request), request))
+async def get_webhook_message(state: ServerState, request: web.Request) -> web.Response:
+    return json_response(_webhook_message(_interaction(state, request), request))
 
 
-async def edit_webhook_message(server: DiscordServer, request: web.Request) -> web.Response:
-    interaction = _interaction(server, request)
+async def edit_webhook_message(state: ServerState, request: web.Request) -> web.Response:
+    interaction = _interaction(state, request)
     message = _webhook_message(interaction, request)
-    body, files = await read_body(server, request)
+    body, files = await read_body(request)
     validate_message(body, files, editing=True)
     if message is interaction.original:
-        message = _edit_original(server, interaction, body)
+        message = _edit_original(state, interaction, body)
     elif int(message["id"]) in interaction.channel.messages:
-        message = server.update_message(interaction.channel, int(message["id"]), body)
+        message = state.update_message(interaction.channel, int(message["id"]), body)
     if int(message["id"]) in interaction.channel.messages:
-        await server.dispatch_message("MESSAGE_UPDATE", message)
-    _record(interaction, "edit", body, message)
+        await state.dispatch_message("MESSAGE_UPDATE", message)
+    interaction.record("edit", body, message)
     return json_response(message)
 
 
-async def delete_webhook_message(server: DiscordServer, request: web.Request) -> web.Response:
-    interaction = _interaction(server, request)
+async def delete_webhook_message(state: ServerState, request: web.Request) -> web.Response:
+    interaction = _interaction(state, request)
     message = _webhook_message(interaction, request)
     if int(message["id"]) in interaction.channel.messages:
-        await server.delete_message(interaction.channel, int(message["id"]))
-    _record(interaction, "delete", {}, message)
+        await state.delete_messages(interaction.channel, [int(message["id"])])
+    interaction.record("delete", {}, message)
     return no_content()
+
+
+ROUTES: list[Route] = [
+    Route("GET", "/applications/{application_id}/commands", get_commands),
+    Route("PUT", "/applications/{application_id}/commands", overwrite_commands),
+    Route("GET", "/applications/{application_id}/guilds/{guild_id}/commands", get_commands),
+    Route("PUT", "/applications/{application_id}/guilds/{guild_id}/commands", overwrite_commands),
+    Route(
+        "POST", "/interactions/{interaction_id}/{interaction_token}/callback", interaction_callback
+    ),
+    Route("POST", "/webhooks/{application_id}/{interaction_token}", followup),
+    Route(
+        "GET",
+        "/webhooks/{application_id}/{interaction_token}/messages/@original",
+        get_webhook_message,
+    ),
+    Route(
+        "PATCH",
+        "/webhooks/{application_id}/{interaction_token}/messages/@original",
+        edit_webhook_message,
+    ),
+    Route(
+        "DELETE",
+        "/webhooks/{application_id}/{interaction_token}/messages/@original",
+        delete_webhook_message,
+    ),
+    Route(
+        "PATCH",
+        "/webhooks/{application_id}/{interaction_token}/messages/{message_id}",
+        edit_webhook_message,
+    ),
+    Route(
+        "DELETE",
+        "/webhooks/{application_id}/{interaction_token}/messages/{message_id}",
+        delete_webhook_message,
+    ),
+]

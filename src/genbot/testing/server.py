@@ -1,14 +1,18 @@
-"""`DiscordServer`: the loopback Discord (REST + Gateway) and its test-facing API; `run_bot`."""
+"""`DiscordServer`: the loopback Discord (REST + Gateway) and its test-facing API; `run_bot`.
+
+The server's state lives in a `ServerState` (`DiscordServer.state`), which the REST, gateway
+and interaction handlers receive; this module is the test-facing layer: it builds the world,
+acts as users, and checks a test's requests for mistakes Discord would refuse.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import discord
@@ -18,65 +22,32 @@ import yarl
 from aiohttp import web
 
 from . import gateway, interactions, rest
-from .state import (
+from .limits import make_fault
+from .models import (
     DM,
     EVERYONE_PERMISSIONS,
-    MESSAGE_CONTENT_INTENT,
+    GUILD_MEMBERS,
+    GUILDS,
     PRIVATE_THREAD,
     PUBLIC_THREAD,
     FakeChannel,
     FakeGuild,
+    FakeInteraction,
     FakeMember,
     FakeRole,
     FakeUser,
     Snowflakes,
-    blank_content,
-    iso_time,
-    mentioned_role_ids,
-    mentioned_user_ids,
 )
+from .state import ServerState
 
 __all__ = ["DiscordServer", "FakeInteraction", "run_bot"]
 
-GUILDS, GUILD_MEMBERS = 1 << 0, 1 << 1
-GUILD_MESSAGES, GUILD_MESSAGE_TYPING = 1 << 9, 1 << 11
-DIRECT_MESSAGES, DIRECT_MESSAGE_TYPING = 1 << 12, 1 << 14
-REPLY = 19
+_log = logging.getLogger(__name__)
+
 ChannelRef = FakeChannel | int
 UserRef = FakeUser | int
+MessageRef = dict[str, Any] | int
 ClientT = TypeVar("ClientT", bound=discord.Client)
-
-
-@dataclass(eq=False)
-class FakeInteraction:
-    """A slash-command invocation made by `DiscordServer.invoke_command`.
-
-    `responses` fills in as the bot answers: one dict per callback, followup, or edit of the
-    original response, each with ``kind`` ("callback", "followup", "edit", "delete"), ``type``
-    (the callback type, for callbacks), ``content``, ``ephemeral``, ``message`` (the message JSON,
-    when one was made) and ``payload`` (what the bot sent).
-    """
-
-    id: int
-    token: str
-    name: str
-    channel: FakeChannel
-    user: FakeUser
-    payload: dict[str, Any]
-    server: DiscordServer
-    responses: list[dict[str, Any]] = field(default_factory=list)
-    original: dict[str, Any] | None = None
-    deferred: bool = False
-    ephemeral: bool = False
-
-    @property
-    def acknowledged(self) -> bool:
-        return any(r["kind"] == "callback" for r in self.responses)
-
-    async def wait_response(self, timeout: float = 5.0, index: int = 0) -> dict[str, Any]:
-        """The `index`-th response (0: the first callback), waiting for it up to `timeout` s."""
-        await self.server.wait_for(lambda: len(self.responses) > index, timeout=timeout)
-        return self.responses[index]
 
 
 class DiscordServer:
@@ -103,77 +74,128 @@ class DiscordServer:
         ratelimit_window: float = 1.0,
         privileged_intents: bool = True,
     ) -> None:
-        self.snowflakes = Snowflakes()
-        self.token = secrets.token_urlsafe(24)
-        self.application_id = self.snowflakes.next()
-        # The portal's switches for the privileged intents (members, presences, message content);
-        # when off, an IDENTIFY asking for one is closed with 4014, as on Discord.
-        self.privileged_intents = privileged_intents
-        # GATEWAY_MESSAGE_CONTENT_LIMITED | GATEWAY_GUILD_MEMBERS_LIMITED | ..._PRESENCE_LIMITED
-        self.application_flags = (1 << 19) | (1 << 15) | (1 << 13) if privileged_intents else 0
-        self.bot_user = FakeUser(self.application_id, bot_name, bot=True)
-        self.heartbeat_interval = heartbeat_interval
-        self.ratelimit_limit = ratelimit_limit
-        self.ratelimit_window = ratelimit_window
-        self.unhandled_requests: list[tuple[str, str]] = []
-        self.resumes = 0
-        # The query of each gateway connection, oldest first (v, encoding, compress).
-        self.gateway_queries: list[dict[str, str]] = []
-        self.port = 0
-        self._users: dict[int, FakeUser] = {self.bot_user.id: self.bot_user}
-        self._guilds: dict[int, FakeGuild] = {}
-        self._channels: dict[int, FakeChannel] = {}
-        self._commands: dict[int | None, list[dict[str, Any]]] = {}
-        self._interactions: dict[str, FakeInteraction] = {}
-        self._typing: dict[int, list[tuple[int, float]]] = {}
-        self._files: dict[int, tuple[str, bytes]] = {}
-        self._requests: Counter[tuple[str, str]] = Counter()
-        self._rate_limits: dict[tuple[str, str], list[float]] = {}
-        self._buckets: dict[tuple[str, str, str], tuple[float, int]] = {}
-        self._sessions: dict[str, gateway.GatewaySession] = {}
-        self._connections: set[gateway.Connection] = set()
-        self._identified_intents: int | None = None
-        self._change = asyncio.Event()
+        self.state = ServerState(
+            bot_name=bot_name,
+            heartbeat_interval=heartbeat_interval,
+            ratelimit_limit=ratelimit_limit,
+            ratelimit_window=ratelimit_window,
+            privileged_intents=privileged_intents,
+        )
         self._runner: web.AppRunner | None = None
         self._saved: tuple[str, yarl.URL] | None = None
 
-    # -- lifecycle -----------------------------------------------------------------------------
+    # -- settings and identity (the state's) ---------------------------------------------------
+
+    @property
+    def snowflakes(self) -> Snowflakes:
+        return self.state.snowflakes
+
+    @property
+    def token(self) -> str:
+        return self.state.token
+
+    @property
+    def application_id(self) -> int:
+        return self.state.application_id
+
+    @property
+    def application_flags(self) -> int:
+        return self.state.application_flags
+
+    @property
+    def bot_user(self) -> FakeUser:
+        return self.state.bot_user
+
+    @property
+    def privileged_intents(self) -> bool:
+        return self.state.privileged_intents
+
+    @privileged_intents.setter
+    def privileged_intents(self, value: bool) -> None:
+        self.state.privileged_intents = value
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.state.heartbeat_interval
+
+    @heartbeat_interval.setter
+    def heartbeat_interval(self, value: float) -> None:
+        self.state.heartbeat_interval = value
+
+    @property
+    def ratelimit_limit(self) -> int:
+        return self.state.requests.limit
+
+    @ratelimit_limit.setter
+    def ratelimit_limit(self, value: int) -> None:
+        self.state.requests.limit = value
+
+    @property
+    def ratelimit_window(self) -> float:
+        return self.state.requests.window
+
+    @ratelimit_window.setter
+    def ratelimit_window(self, value: float) -> None:
+        self.state.requests.window = value
+
+    @property
+    def unhandled_requests(self) -> list[tuple[str, str]]:
+        """(method, path) of each API request to a route this server does not fake."""
+        return self.state.unhandled_requests
+
+    @property
+    def resumes(self) -> int:
+        """How many RESUMEs succeeded."""
+        return self.state.resumes
+
+    @property
+    def gateway_queries(self) -> list[dict[str, str]]:
+        """The query of each gateway connection, oldest first (v, encoding, compress)."""
+        return self.state.gateway_queries
+
+    @property
+    def port(self) -> int:
+        return self.state.port
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.state.base_url
 
     @property
     def api_url(self) -> str:
-        return f"{self.base_url}/api/v10"
+        return self.state.api_url
 
     @property
     def gateway_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/gateway"
+        return self.state.gateway_url
+
+    # -- lifecycle -----------------------------------------------------------------------------
 
     async def __aenter__(self) -> DiscordServer:
-        app = web.Application(middlewares=[rest.middleware(self)], client_max_size=64 * 2**20)
+        state = self.state
+        app = web.Application(middlewares=[rest.middleware(state)], client_max_size=64 * 2**20)
 
         async def handle_gateway(request: web.Request) -> web.StreamResponse:
-            return await gateway.handle_gateway(self, request)
+            return await gateway.handle_gateway(state, request)
 
         app.router.add_get("/gateway", handle_gateway)
-        rest.add_routes(self, app)
+        rest.add_routes(state, app)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        self.port = self._runner.addresses[0][1]
+        state.port = self._runner.addresses[0][1]
         self._saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
         discord.http.Route.BASE = self.api_url
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.gateway_url)
+        _log.debug("loopback Discord listening on %s", self.base_url)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._saved is not None:
             discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = self._saved
             self._saved = None
-        for connection in list(self._connections):
+        for connection in list(self.state.connections):
             await connection.close(1001, b"server shutting down")
         if self._runner is not None:
             await self._runner.cleanup()
@@ -181,43 +203,38 @@ class DiscordServer:
 
     # -- waiting -------------------------------------------------------------------------------
 
-    def _changed(self) -> None:
-        """Wake every `wait_for`: called on each change of state a test could wait for."""
-        self._change.set()
-        self._change = asyncio.Event()
-
     async def wait_for(self, predicate: Callable[[], object], timeout: float = 5.0) -> None:
         """Return once `predicate()` is true; it is re-evaluated on every change of the server's
         state (messages, typing, interaction responses, commands, connections), never by polling,
         so it must depend on that state: to wait for something the client did with an event,
-        use the client's own ``wait_for``. Raises TimeoutError after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"condition not met within {timeout} s")
-            change = self._change
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(change.wait(), remaining)
+        use the client's own ``wait_for``.
+
+        Raises
+        ------
+        TimeoutError
+            Still false after `timeout` seconds.
+        """
+        await self.state.wait_for(predicate, timeout)
 
     async def wait_until_ready(self, timeout: float = 5.0) -> None:
-        """Wait until a connected client has identified and received READY and GUILD_CREATEs."""
-        await self.wait_for(self._has_ready_session, timeout=timeout)
+        """Wait until a connected client has identified and received READY and GUILD_CREATEs.
 
-    def _has_ready_session(self) -> bool:
-        return any(s.ready and s.connection is not None for s in self._sessions.values())
+        Raises
+        ------
+        TimeoutError
+            None did within `timeout` seconds.
+        """
+        await self.wait_for(self.state.has_ready_session, timeout=timeout)
 
     @property
     def connected(self) -> int:
         """How many sessions currently have an open gateway connection."""
-        return sum(1 for s in self._sessions.values() if s.connection is not None)
+        return self.state.connected
 
     # -- building the world --------------------------------------------------------------------
 
     def create_user(self, name: str, *, bot: bool = False) -> FakeUser:
-        user = FakeUser(self.snowflakes.next(), name, bot=bot)
-        self._users[user.id] = user
-        return user
+        return self.state.add_user(FakeUser(self.snowflakes.next(), name, bot=bot))
 
     def create_guild(self, name: str = "Guild", *, owner: FakeUser | None = None) -> FakeGuild:
         """A guild with its @everyone role; the bot is a member. Call before the bot connects,
@@ -225,20 +242,21 @@ class DiscordServer:
         owner = owner or self.create_user(f"{name}-owner")
         guild = FakeGuild(self.snowflakes.next(), name, owner.id)
         guild.roles[guild.id] = FakeRole(guild.id, "@everyone", guild.id, 0, EVERYONE_PERMISSIONS)
-        self._guilds[guild.id] = guild
         for user in (owner, self.bot_user):
             guild.members[user.id] = FakeMember(user, guild.id)
-        return guild
+        return self.state.add_guild(guild)
 
-    def create_role(
-        self, guild: FakeGuild, name: str, *, permissions: int = 0
-    ) -> FakeRole:
+    def create_role(self, guild: FakeGuild, name: str, *, permissions: int = 0) -> FakeRole:
         role = FakeRole(self.snowflakes.next(), name, guild.id, len(guild.roles), permissions)
         guild.roles[role.id] = role
         return role
 
     def add_member(
-        self, guild: FakeGuild, user: FakeUser, *, roles: Iterable[FakeRole] = (),
+        self,
+        guild: FakeGuild,
+        user: FakeUser,
+        *,
+        roles: Iterable[FakeRole] = (),
         nick: str | None = None,
     ) -> FakeMember:
         member = FakeMember(user, guild.id, [role.id for role in roles], nick)
@@ -247,48 +265,51 @@ class DiscordServer:
 
     def create_channel(self, guild: FakeGuild, name: str) -> FakeChannel:
         channel = FakeChannel(self.snowflakes.next(), name, guild_id=guild.id)
-        self._add_channel(guild, channel)
-        return channel
+        return self.state.add_channel(guild, channel)
 
     def create_thread(
-        self, channel: FakeChannel, name: str, *, owner: FakeUser | None = None,
-        members: Iterable[FakeUser] = (), private: bool = False,
+        self,
+        channel: FakeChannel,
+        name: str,
+        *,
+        owner: FakeUser | None = None,
+        members: Iterable[FakeUser] = (),
+        private: bool = False,
     ) -> FakeChannel:
         """A thread in `channel` (not started from a message). `members` are its thread members;
-        the bot sees it either way, as Discord shows bots every public thread."""
+        the bot sees it either way, as Discord shows bots every public thread.
+
+        Raises
+        ------
+        ValueError
+            `channel` is a DM.
+        """
         owner = owner or self.bot_user
-        guild = self._guilds[_guild_id(channel)]
+        guild = self.state.guild_of(channel)
+        if guild is None:
+            raise ValueError("threads live in guild channels, not DMs")
         thread = FakeChannel(
-            self.snowflakes.next(), name, PRIVATE_THREAD if private else PUBLIC_THREAD,
-            guild_id=guild.id, parent_id=channel.id, owner_id=owner.id,
+            self.snowflakes.next(),
+            name,
+            PRIVATE_THREAD if private else PUBLIC_THREAD,
+            guild_id=guild.id,
+            parent_id=channel.id,
+            owner_id=owner.id,
             thread_members=list(dict.fromkeys([owner.id, *(m.id for m in members)])),
         )
-        self._add_channel(guild, thread)
-        return thread
+        return self.state.add_channel(guild, thread)
 
     def create_dm(self, user: FakeUser) -> FakeChannel:
         """The DM channel between `user` and the bot (the same one every time)."""
-        for channel in self._channels.values():
-            if channel.type == DM and channel.recipient is user:
-                return channel
-        channel = FakeChannel(self.snowflakes.next(), "", DM, recipient=user)
-        self._channels[channel.id] = channel
-        return channel
-
-    def _add_channel(self, guild: FakeGuild, channel: FakeChannel) -> None:
-        guild.channels.append(channel)
-        self._channels[channel.id] = channel
-
-    def _bot_guilds(self) -> list[FakeGuild]:
-        return [g for g in self._guilds.values() if self.bot_user.id in g.members]
+        return self.state.dm_channel(user)
 
     # -- lookups -------------------------------------------------------------------------------
 
     def channel(self, channel: ChannelRef) -> FakeChannel:
-        return self._channels[_id(channel)]
+        return self.state.channels[_id(channel)]
 
     def user(self, user: UserRef) -> FakeUser:
-        return self._users[_id(user)]
+        return self.state.users[_id(user)]
 
     def messages(self, channel: ChannelRef) -> list[dict[str, Any]]:
         """Every message in the channel as it is now (Discord JSON), oldest first."""
@@ -303,50 +324,117 @@ class DiscordServer:
 
     def typing_events(self, channel: ChannelRef) -> list[tuple[int, float]]:
         """(user id, time.time()) of each typing trigger in the channel, oldest first."""
-        return list(self._typing.get(_id(channel), []))
+        return list(self.state.typing.get(_id(channel), []))
 
     def commands(self, guild: FakeGuild | None = None) -> list[dict[str, Any]]:
         """Application commands the bot registered, globally or in `guild`."""
-        return list(self._commands.get(None if guild is None else guild.id, []))
+        return list(self.state.commands.get(None if guild is None else guild.id, []))
 
     def interaction(self, token: str) -> FakeInteraction | None:
-        return self._interactions.get(token)
+        return self.state.interactions.get(token)
 
-    # -- REST accounting -----------------------------------------------------------------------
+    # -- REST accounting and injected trouble --------------------------------------------------
 
     def request_count(self, method: str, route: str) -> int:
         """REST requests seen for a route template like ``/channels/{channel_id}/messages``
-        (rate-limited attempts included)."""
-        return self._requests[(method.upper(), route)]
+        (rate-limited and failed attempts included)."""
+        return self.state.requests.count((method.upper(), route))
 
     def rate_limit(
         self, method: str, route: str, *, times: int = 1, retry_after: float = 0.2
     ) -> None:
         """Answer the next `times` requests to the route template with 429 Too Many Requests."""
-        self._rate_limits[(method.upper(), route)] = [times, retry_after]
+        self.state.requests.force_rate_limit((method.upper(), route), times, retry_after)
+
+    def fail_requests(
+        self,
+        method: str,
+        route: str,
+        *,
+        status: int = 502,
+        times: int | None = None,
+        seconds: float | None = None,
+        after_effect: bool = False,
+    ) -> None:
+        """Answer requests to a route template with an error, as an outage of Discord would.
+
+        The next `times` requests (or every request during the next `seconds`) to `method`
+        `route` (a template as in `request_count`, e.g. ``"/channels/{channel_id}/messages"``)
+        get `status` and Discord's JSON error body (``{"message": "502: Bad Gateway",
+        "code": 0}``). They still count in `request_count` and in the rate-limit window. A
+        planned `rate_limit` is answered first. Calling again for the same route replaces the
+        plan; ``times=0`` (or ``seconds=0``) clears it, `clear_failures` clears every route.
+
+        What a discord.py client sees: it retries 500, 502, 504 and 524 by itself, 5 attempts
+        in all, sleeping 1, 3, 5, 7 then 9 s after each, and raises `discord.DiscordServerError`
+        once all 5 failed; so ``times=1`` with 502 costs it one 1 s retry and then succeeds.
+        Any other 5xx (503) raises `discord.DiscordServerError` at once, 403 `discord.Forbidden`,
+        404 `discord.NotFound`, other 4xx `discord.HTTPException`, without a retry.
+
+        Parameters
+        ----------
+        method, route:
+            The request, e.g. ``"POST", "/channels/{channel_id}/messages"``.
+        status:
+            The HTTP status answered, 400..599 except 429 (use `rate_limit` for that).
+        times, seconds:
+            Exactly one: how many requests fail, or for how long every request fails.
+        after_effect:
+            Carry the request out first (the message is created, stored and dispatched on the
+            gateway) and only then answer the error, as when Discord did the work but the
+            answer was lost (a 502/504 from its proxy). A retry then repeats it, except that
+            a message created with a ``nonce`` and ``enforce_nonce`` (discord.py's ``send``
+            always sends a random one, reused by its own retries) is returned, not made again;
+            an application that calls ``send`` again makes a second message.
+
+        Raises
+        ------
+        ValueError
+            Both or neither of `times`/`seconds`, a negative one, a status that is not an
+            error (or is 429), or a route this server does not serve.
+        """
+        key = _route_key(method, route)
+        fault = make_fault(status, times, seconds, after_effect, time.monotonic())
+        self.state.requests.faults.set(key, fault)
+
+    def clear_failures(self) -> None:
+        """Forget every failure planned by `fail_requests`."""
+        self.state.requests.faults.clear()
 
     # -- acting as users -----------------------------------------------------------------------
 
     async def send_message(
-        self, channel: ChannelRef, author: FakeUser, content: str = "", *,
-        reply_to: dict[str, Any] | int | None = None, mentions_bot: bool = False,
+        self,
+        channel: ChannelRef,
+        author: FakeUser,
+        content: str = "",
+        *,
+        reply_to: MessageRef | None = None,
+        mentions_bot: bool = False,
         embeds: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Post as `author` and dispatch MESSAGE_CREATE. `mentions_bot` prefixes the bot's
-        mention; a reply (`reply_to`: message dict or id) pings the replied-to author."""
+        mention; a reply (`reply_to`: message dict or id) pings the replied-to author.
+
+        Raises
+        ------
+        ValueError
+            `author` cannot post there (not a member of the guild, not in the DM).
+        """
         fake = self.channel(channel)
         self._check_can_post(fake, author)
         if mentions_bot:
             content = f"<@{self.bot_user.id}> {content}"
         reference = None
         if reply_to is not None:
-            reference_id = int(reply_to["id"]) if isinstance(reply_to, dict) else int(reply_to)
-            reference = {"message_id": str(reference_id)}
-        message = self.create_message(
-            fake, author, {"content": content, "embeds": embeds or []},
+            reference = {"message_id": str(_msg_id(reply_to))}
+        message = self.state.create_message(
+            fake,
+            author,
+            {"content": content, "embeds": embeds or []},
             reference=reference,
         )
-        await self.dispatch_message("MESSAGE_CREATE", message)
+        await self.state.dispatch_message("MESSAGE_CREATE", message)
         return message
 
     def _check_can_post(self, channel: FakeChannel, user: FakeUser) -> None:
@@ -354,35 +442,30 @@ class DiscordServer:
         if channel.type == DM:
             if user not in (channel.recipient, self.bot_user):
                 raise ValueError(f"{user.name} is not in this DM channel")
-        elif user.id not in self._guilds[_guild_id(channel)].members:
+        elif self.state.member(channel, user.id) is None:
             raise ValueError(f"{user.name} is not a member of the channel's guild")
 
     async def edit_message(
-        self, channel: ChannelRef, message_id: int | dict[str, Any], content: str
+        self, channel: ChannelRef, message_id: MessageRef, content: str
     ) -> dict[str, Any]:
         fake = self.channel(channel)
-        message = self.update_message(fake, _msg_id(message_id), {"content": content})
-        await self.dispatch_message("MESSAGE_UPDATE", message)
+        message = self.state.update_message(fake, _msg_id(message_id), {"content": content})
+        await self.state.dispatch_message("MESSAGE_UPDATE", message)
         return message
 
-    async def delete_message(self, channel: ChannelRef, message_id: int | dict[str, Any]) -> None:
-        fake = self.channel(channel)
-        del fake.messages[_msg_id(message_id)]
-        data = _channel_ref(fake) | {"id": str(_msg_id(message_id))}
-        await self.dispatch_channel_event("MESSAGE_DELETE", fake, data)
+    async def delete_message(self, channel: ChannelRef, message_id: MessageRef) -> None:
+        await self.state.delete_messages(self.channel(channel), [_msg_id(message_id)])
 
-    async def bulk_delete(
-        self, channel: ChannelRef, message_ids: Iterable[int | dict[str, Any]]
-    ) -> None:
-        fake = self.channel(channel)
+    async def bulk_delete(self, channel: ChannelRef, message_ids: Iterable[MessageRef]) -> None:
         ids = [_msg_id(m) for m in message_ids]
-        for message_id in ids:
-            del fake.messages[message_id]
-        data = _channel_ref(fake) | {"ids": [str(i) for i in ids]}
-        await self.dispatch_channel_event("MESSAGE_DELETE_BULK", fake, data)
+        await self.state.delete_messages(self.channel(channel), ids)
 
     async def update_member(
-        self, guild: FakeGuild, user: FakeUser, *, roles: Iterable[FakeRole] | None = None,
+        self,
+        guild: FakeGuild,
+        user: FakeUser,
+        *,
+        roles: Iterable[FakeRole] | None = None,
         nick: str | None = None,
     ) -> FakeMember:
         member = guild.members[user.id]
@@ -391,66 +474,88 @@ class DiscordServer:
         if nick is not None:
             member.nick = nick
         data = member.to_json() | {"guild_id": str(guild.id)}
-        await self.dispatch("GUILD_MEMBER_UPDATE", data, intent=GUILD_MEMBERS)
+        await self.state.dispatch("GUILD_MEMBER_UPDATE", data, intent=GUILD_MEMBERS)
         return member
 
+    async def remove_member(self, guild: FakeGuild, user: FakeUser) -> None:
+        """`user` leaves `guild` (or is kicked): no longer a member, out of its threads, and
+        GUILD_MEMBER_REMOVE (``guild_id``, ``user``) goes to bots with the members intent.
+        Their messages stay, with their author, in the channels and in REST history, as on
+        Discord. Removing the bot itself is the bot being kicked: it gets GUILD_DELETE and
+        loses access to the guild's channels (403 Missing Access).
+
+        Raises
+        ------
+        ValueError
+            `user` is not a member of `guild`, or owns it (an owner cannot leave).
+        """
+        if user.id not in guild.members:
+            raise ValueError(f"{user.name} is not a member of {guild.name}")
+        if user.id == guild.owner_id:
+            raise ValueError(f"{user.name} owns {guild.name} and cannot leave it")
+        await self.state.remove_member(guild, user)
+
     async def start_typing(self, channel: ChannelRef, user: FakeUser) -> None:
-        """`user` starts typing in the channel (TYPING_START); recorded in `typing_events`."""
+        """`user` starts typing in the channel (TYPING_START); recorded in `typing_events`.
+
+        Raises
+        ------
+        ValueError
+            `user` cannot post there.
+        """
         fake = self.channel(channel)
         self._check_can_post(fake, user)
-        now = time.time()
-        self._typing.setdefault(fake.id, []).append((user.id, now))
-        data: dict[str, Any] = {
-            "channel_id": str(fake.id), "user_id": str(user.id), "timestamp": int(now),
-        }
-        if fake.guild_id is not None:
-            data["guild_id"] = str(fake.guild_id)
-            data["member"] = self._guilds[fake.guild_id].members[user.id].to_json()
-        intent = DIRECT_MESSAGE_TYPING if fake.type == DM else GUILD_MESSAGE_TYPING
-        await self.dispatch("TYPING_START", data, intent=intent)
-        self._changed()
+        await self.state.start_typing(fake, user)
 
     async def announce_channel(self, channel: FakeChannel) -> None:
         """Dispatch CHANNEL_CREATE / THREAD_CREATE for a channel made after the bot connected."""
         if channel.is_thread:
-            await self.dispatch("THREAD_CREATE", channel.to_json() | {"newly_created": True},
-                                intent=GUILDS)
+            data = channel.to_json() | {"newly_created": True}
+            await self.state.dispatch("THREAD_CREATE", data, intent=GUILDS)
         else:
-            await self.dispatch("CHANNEL_CREATE", channel.to_json(), intent=GUILDS)
+            await self.state.dispatch("CHANNEL_CREATE", channel.to_json(), intent=GUILDS)
 
     async def add_thread_members(self, thread: FakeChannel, users: Iterable[FakeUser]) -> None:
         """Add users to a thread and dispatch THREAD_MEMBERS_UPDATE."""
-        added = [u.id for u in users if u.id not in thread.thread_members]
-        thread.thread_members.extend(added)
-        data = {
-            "id": str(thread.id),
-            "guild_id": str(thread.guild_id),
-            "member_count": len(thread.thread_members),
-            "added_members": [thread.thread_member_json(user_id) for user_id in added],
-        }
-        await self.dispatch("THREAD_MEMBERS_UPDATE", data, intent=GUILDS)
+        await self.state.add_thread_members(thread, [user.id for user in users])
 
     async def invoke_command(
-        self, channel: ChannelRef, user: FakeUser, name: str,
+        self,
+        channel: ChannelRef,
+        user: FakeUser,
+        name: str,
         options: dict[str, Any] | None = None,
     ) -> FakeInteraction:
         """Invoke the bot's registered slash command `name` as `user` (INTERACTION_CREATE);
         "group sub" names a subcommand. `options` maps option names to values (a FakeUser for
-        user options). Raises LookupError when the bot registered no such command there."""
+        user options).
+
+        Raises
+        ------
+        LookupError
+            The bot registered no such command (or subcommand) there.
+        ValueError
+            `user` cannot post there, or the command has no such option.
+        """
         fake = self.channel(channel)
         self._check_can_post(fake, user)
-        guild = self._guilds.get(fake.guild_id) if fake.guild_id is not None else None
-        command = interactions.find_command(self, guild, name.split()[0])
+        command = self.state.find_command(self.state.guild_of(fake), name.split()[0])
         if command is None:
             raise LookupError(f"the bot registered no command named {name!r} here")
         interaction = FakeInteraction(
-            self.snowflakes.next(), secrets.token_urlsafe(32), name, fake, user, {}, self
+            self.snowflakes.next(),
+            secrets.token_urlsafe(32),
+            name,
+            fake,
+            user,
+            {},
+            self.state.changes,
         )
         interaction.payload = interactions.interaction_payload(
-            self, interaction, command, options or {}
+            self.state, interaction, command, options or {}
         )
-        self._interactions[interaction.token] = interaction
-        await self.dispatch("INTERACTION_CREATE", interaction.payload)
+        self.state.interactions[interaction.token] = interaction
+        await self.state.dispatch("INTERACTION_CREATE", interaction.payload)
         return interaction
 
     async def drop_connections(self, *, resumable: bool = True) -> None:
@@ -458,153 +563,66 @@ class DiscordServer:
         RESUME (getting the events dispatched meanwhile); with ``resumable=False`` their sessions
         are forgotten first, so the RESUME is answered INVALID_SESSION and they identify anew."""
         if not resumable:
-            self._sessions.clear()
-        for connection in list(self._connections):
+            for session_id in list(self.state.sessions):
+                self.state.end_session(session_id)
+        for connection in list(self.state.connections):
             await connection.close(4000, b"dropped by the test")
-        self._changed()
+        self.state.changed()
 
-    # -- shared by REST handlers and the test API ----------------------------------------------
+    # -- the state's message operations, for tests that build history directly -----------------
 
     def create_message(
-        self, channel: FakeChannel, author: FakeUser, body: dict[str, Any], *,
-        reference: dict[str, Any] | None = None, attachments: list[dict[str, Any]] | None = None,
+        self,
+        channel: FakeChannel,
+        author: FakeUser,
+        body: dict[str, Any],
+        *,
+        reference: dict[str, Any] | None = None,
+        attachments: list[dict[str, Any]] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Store a new message built from a (validated) create-message body; returns its JSON."""
-        content = body.get("content") or ""
-        message_id = self.snowflakes.next()
-        data: dict[str, Any] = {
-            "id": str(message_id),
-            "channel_id": str(channel.id),
-            "author": author.to_json(),
-            "content": content,
-            "timestamp": iso_time(),
-            "edited_timestamp": None,
-            "tts": bool(body.get("tts", False)),
-            "pinned": False,
-            "type": 0,
-            "flags": int(body.get("flags") or 0),
-            "embeds": list(body.get("embeds") or []),
-            "attachments": attachments or [],
-            "components": list(body.get("components") or []),
-        }
-        if body.get("nonce") is not None:
-            data["nonce"] = body["nonce"]
-        if channel.guild_id is not None:
-            data["guild_id"] = str(channel.guild_id)
-        referenced = None
-        if reference is not None:
-            referenced = channel.messages.get(int(reference["message_id"]))
-        if referenced is not None:
-            data["type"] = REPLY
-            data["message_reference"] = {
-                "type": 0, "message_id": referenced["id"], "channel_id": str(channel.id),
-            } | ({"guild_id": str(channel.guild_id)} if channel.guild_id else {})
-            data["referenced_message"] = {
-                k: v for k, v in referenced.items() if k != "referenced_message"
-            }
-        if extra:
-            data.update(extra)
-        self._set_mentions(data, body.get("allowed_mentions"), referenced)
-        channel.messages[message_id] = data
-        self._changed()
-        return data
+        """Store a message without dispatching it (see `ServerState.create_message`)."""
+        return self.state.create_message(
+            channel, author, body, reference=reference, attachments=attachments, extra=extra
+        )
 
     def update_message(
         self, channel: FakeChannel, message_id: int, body: dict[str, Any]
     ) -> dict[str, Any]:
-        data = channel.messages[message_id]
-        for key in ("content", "embeds", "components", "flags", "attachments"):
-            if key in body and body[key] is not None:
-                data[key] = body[key]
-        data["edited_timestamp"] = iso_time()
-        referenced = data.get("referenced_message")
-        self._set_mentions(data, body.get("allowed_mentions"), referenced)
-        self._changed()
-        return data
-
-    def _set_mentions(
-        self, data: dict[str, Any], allowed: dict[str, Any] | None,
-        referenced: dict[str, Any] | None,
-    ) -> None:
-        """Fill in who the message pings, honouring `allowed_mentions` as Discord does."""
-        content = data["content"]
-        parse = ["users", "roles", "everyone"] if allowed is None else allowed.get("parse", [])
-        allowed_users = {int(u) for u in (allowed or {}).get("users", [])}
-        allowed_roles = {int(r) for r in (allowed or {}).get("roles", [])}
-        users = [
-            self._users[u] for u in mentioned_user_ids(content)
-            if u in self._users and ("users" in parse or u in allowed_users)
-        ]
-        if referenced is not None and (allowed is None or allowed.get("replied_user", False)):
-            replied = self._users.get(int(referenced["author"]["id"]))
-            if replied is not None and replied not in users:
-                users.append(replied)
-        data["mentions"] = [u.to_json() for u in users]
-        data["mention_roles"] = [
-            str(r) for r in mentioned_role_ids(content) if "roles" in parse or r in allowed_roles
-        ]
-        data["mention_everyone"] = "everyone" in parse and (
-            "@everyone" in content or "@here" in content
-        )
+        """Edit a stored message without dispatching (see `ServerState.update_message`)."""
+        return self.state.update_message(channel, message_id, body)
 
     def sees_content(self, intents: int | None, message: dict[str, Any]) -> bool:
-        """Whether a bot with these intents gets the message's content (Discord's rules)."""
-        bot_id = str(self.bot_user.id)
-        return (
-            intents is None
-            or bool(intents & MESSAGE_CONTENT_INTENT)
-            or message["author"]["id"] == bot_id
-            or "guild_id" not in message
-            or any(user["id"] == bot_id for user in message.get("mentions", []))
-        )
+        return self.state.sees_content(intents, message)
 
     async def dispatch_message(self, event: str, message: dict[str, Any]) -> None:
-        channel = self._channels[int(message["channel_id"])]
-        intent = DIRECT_MESSAGES if channel.type == DM else GUILD_MESSAGES
-        data = dict(message)
-        if channel.guild_id is not None:
-            member = self._guilds[channel.guild_id].members.get(int(message["author"]["id"]))
-            if member is not None:
-                data["member"] = member.to_json(with_user=False)
-        for session in list(self._sessions.values()):
-            if session.wants(intent):
-                seen = data if self.sees_content(session.intents, data) else blank_content(data)
-                await session.dispatch(event, seen)
-
-    async def dispatch_channel_event(
-        self, event: str, channel: FakeChannel, data: dict[str, Any]
-    ) -> None:
-        intent = DIRECT_MESSAGES if channel.type == DM else GUILD_MESSAGES
-        await self.dispatch(event, data, intent=intent)
-        self._changed()
+        await self.state.dispatch_message(event, message)
 
     async def dispatch(self, event: str, data: dict[str, Any], *, intent: int = 0) -> None:
         """Send a dispatch to every session whose intents include `intent` (0: to all)."""
-        for session in list(self._sessions.values()):
-            if not intent or session.wants(intent):
-                await session.dispatch(event, data)
+        await self.state.dispatch(event, data, intent=intent)
 
 
 def _id(obj: Any) -> int:
     return int(obj) if isinstance(obj, (int, str)) else int(obj.id)
 
 
-def _msg_id(message: int | dict[str, Any]) -> int:
+def _msg_id(message: MessageRef) -> int:
     return int(message["id"]) if isinstance(message, dict) else int(message)
 
 
-def _guild_id(channel: FakeChannel) -> int:
-    if channel.guild_id is None:
-        raise ValueError("threads live in guild channels, not DMs")
-    return channel.guild_id
+def _route_key(method: str, route: str) -> tuple[str, str]:
+    """(METHOD, route) of a route template this server serves.
 
-
-def _channel_ref(channel: FakeChannel) -> dict[str, Any]:
-    data = {"channel_id": str(channel.id)}
-    if channel.guild_id is not None:
-        data["guild_id"] = str(channel.guild_id)
-    return data
+    Raises
+    ------
+    ValueError
+        No such route.
+    """
+    key = (method.upper(), route)
+    if key not in rest.route_keys():
+        raise ValueError(f"the loopback server serves no route {key[0]} {route}")
+    return key
 
 
 @contextlib.asynccontextmanager
@@ -621,8 +639,9 @@ async def run_bot(
     task = asyncio.create_task(bot.start(server.token), name="genbot-testing-bot")
     ready = asyncio.create_task(bot.wait_until_ready())
     try:
-        done, _ = await asyncio.wait({task, ready}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {task, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if task in done:
             task.result()
             raise RuntimeError("the bot stopped before it was ready")

@@ -1,282 +1,445 @@
-"""The loopback server's data model: users, guilds, channels, messages, and their Discord JSON.
+"""`ServerState`: everything the loopback Discord knows, and the operations on it that the REST,
+gateway and interaction handlers share (as discord.py's ``ConnectionState`` is for its parsers).
 
-Everything here is plain data. The JSON builders produce the shapes Discord's API v10 sends,
-limited to the fields discord.py reads.
+Handlers receive the state, never the `DiscordServer`; the server's test-facing API is a thin
+layer over it. To add a feature (components, permissions, shards), add its data here and its
+handlers as a route table in a module of their own.
 """
 
 from __future__ import annotations
 
-import datetime
-import re
+import logging
+import secrets
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "DISCORD_EPOCH",
-    "MESSAGE_CONTENT_INTENT",
-    "FakeChannel",
-    "FakeGuild",
-    "FakeMember",
-    "FakeRole",
-    "FakeUser",
-    "Snowflakes",
-    "blank_content",
-    "iso_time",
-    "mentioned_role_ids",
-    "mentioned_user_ids",
-    "snowflake_time",
-]
-
-DISCORD_EPOCH = 1420070400000
-MESSAGE_CONTENT_INTENT = 1 << 15
-
-# Permissions of @everyone: what a fresh server grants (view, send, history, threads, commands...).
-EVERYONE_PERMISSIONS = (
-    (1 << 6) | (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 18)
-    | (1 << 31) | (1 << 35) | (1 << 36) | (1 << 38)
+from .changes import Changes
+from .limits import RequestLedger
+from .models import (
+    DIRECT_MESSAGE_TYPING,
+    DIRECT_MESSAGES,
+    DM,
+    GUILD_MEMBERS,
+    GUILD_MESSAGE_TYPING,
+    GUILD_MESSAGES,
+    GUILDS,
+    MESSAGE_CONTENT_INTENT,
+    FakeChannel,
+    FakeGuild,
+    FakeInteraction,
+    FakeMember,
+    FakeUser,
+    Snowflakes,
+    Upload,
+    blank_content,
+    iso_time,
+    mentioned_role_ids,
+    mentioned_user_ids,
 )
 
-TEXT, DM, PUBLIC_THREAD, PRIVATE_THREAD = 0, 1, 11, 12
-THREAD_TYPES = (PUBLIC_THREAD, PRIVATE_THREAD)
+if TYPE_CHECKING:
+    from .gateway import Connection, GatewaySession
 
-_USER_MENTION = re.compile(r"<@!?(\d+)>")
-_ROLE_MENTION = re.compile(r"<@&(\d+)>")
+__all__ = ["REPLY", "ServerState"]
 
+_log = logging.getLogger(__name__)
 
-class Snowflakes:
-    """Time-based ids as Discord makes them: milliseconds since 2015 in the top 42 bits."""
-
-    def __init__(self) -> None:
-        self._last = 0
-
-    def next(self) -> int:
-        value = (int(time.time() * 1000) - DISCORD_EPOCH) << 22
-        self._last = value if value > self._last else self._last + 1
-        return self._last
+REPLY = 19  # message type of a reply
+# The application flags GATEWAY_MESSAGE_CONTENT_LIMITED | ..._GUILD_MEMBERS_LIMITED |
+# ..._PRESENCE_LIMITED: the portal's switches for the privileged intents.
+PRIVILEGED_INTENT_FLAGS = (1 << 19) | (1 << 15) | (1 << 13)
 
 
-def snowflake_time(snowflake: int) -> float:
-    """Unix time (seconds) at which a snowflake was made."""
-    return ((snowflake >> 22) + DISCORD_EPOCH) / 1000
+class ServerState:
+    """The loopback Discord's state: its settings, the world (users, guilds, channels with their
+    messages, commands, interactions), REST accounting and gateway sessions.
 
+    The world's dicts are public for reading; change them through the methods, which keep the
+    indexes together, dispatch the gateway events Discord would, and wake `wait_for`.
+    """
 
-def iso_time(when: float | None = None) -> str:
-    moment = time.time() if when is None else when
-    return datetime.datetime.fromtimestamp(moment, datetime.timezone.utc).isoformat()
+    def __init__(
+        self,
+        *,
+        bot_name: str = "genbot",
+        heartbeat_interval: float = 41.25,
+        ratelimit_limit: int = 50,
+        ratelimit_window: float = 1.0,
+        privileged_intents: bool = True,
+    ) -> None:
+        self.snowflakes = Snowflakes()
+        self.token = secrets.token_urlsafe(24)
+        self.application_id = self.snowflakes.next()
+        # The portal's switches for the privileged intents (members, presences, message content);
+        # when off, an IDENTIFY asking for one is closed with 4014, as on Discord.
+        self.privileged_intents = privileged_intents
+        self.heartbeat_interval = heartbeat_interval
+        self.bot_user = FakeUser(self.application_id, bot_name, bot=True)
+        self.port = 0  # set once the server listens
+        # The world.
+        self.users: dict[int, FakeUser] = {self.bot_user.id: self.bot_user}
+        self.guilds: dict[int, FakeGuild] = {}
+        self.channels: dict[int, FakeChannel] = {}
+        self.commands: dict[int | None, list[dict[str, Any]]] = {}  # by guild id (None: global)
+        self.interactions: dict[str, FakeInteraction] = {}  # by token
+        self.typing: dict[int, list[tuple[int, float]]] = {}  # channel id: (user id, time)
+        self.files: dict[int, tuple[str, bytes]] = {}  # attachment id: (content type, bytes)
+        # REST.
+        self.requests = RequestLedger(ratelimit_limit, ratelimit_window)
+        self.unhandled_requests: list[tuple[str, str]] = []
+        # Gateway.
+        self.sessions: dict[str, GatewaySession] = {}
+        self.connections: set[Connection] = set()
+        self.identified_intents: int | None = None  # of the last IDENTIFY
+        self.resumes = 0
+        self.gateway_queries: list[dict[str, str]] = []  # query of each connection
+        self.changes = Changes()
 
-
-@dataclass(eq=False)
-class FakeUser:
-    id: int
-    name: str
-    bot: bool = False
-    global_name: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": str(self.id),
-            "username": self.name,
-            "discriminator": "0",
-            "global_name": self.global_name,
-            "avatar": None,
-            "bot": self.bot,
-            "public_flags": 0,
-            "flags": 0,
-        }
-
-
-@dataclass(eq=False)
-class FakeRole:
-    id: int
-    name: str
-    guild_id: int
-    position: int = 0
-    permissions: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": str(self.id),
-            "name": self.name,
-            "color": 0,
-            "hoist": False,
-            "icon": None,
-            "unicode_emoji": None,
-            "position": self.position,
-            "permissions": str(self.permissions),
-            "managed": False,
-            "mentionable": False,
-            "flags": 0,
-        }
-
-
-@dataclass(eq=False)
-class FakeMember:
-    user: FakeUser
-    guild_id: int
-    roles: list[int] = field(default_factory=list)
-    nick: str | None = None
-    joined_at: str = field(default_factory=iso_time)
-
-    def to_json(self, *, with_user: bool = True) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "roles": [str(role) for role in self.roles],
-            "nick": self.nick,
-            "avatar": None,
-            "joined_at": self.joined_at,
-            "premium_since": None,
-            "deaf": False,
-            "mute": False,
-            "flags": 0,
-            "pending": False,
-            "communication_disabled_until": None,
-        }
-        if with_user:
-            data["user"] = self.user.to_json()
-        return data
-
-
-@dataclass(eq=False)
-class FakeChannel:
-    """A guild text channel, a thread, or a DM channel; holds its messages, oldest first."""
-
-    id: int
-    name: str
-    type: int = TEXT
-    guild_id: int | None = None
-    parent_id: int | None = None
-    owner_id: int | None = None
-    recipient: FakeUser | None = None
-    thread_members: list[int] = field(default_factory=list)
-    messages: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # -- settings ------------------------------------------------------------------------------
 
     @property
-    def is_thread(self) -> bool:
-        return self.type in THREAD_TYPES
+    def application_flags(self) -> int:
+        return PRIVILEGED_INTENT_FLAGS if self.privileged_intents else 0
 
-    def to_json(self) -> dict[str, Any]:
-        last = next(reversed(self.messages), None)
-        data: dict[str, Any] = {
-            "id": str(self.id),
-            "type": self.type,
-            "last_message_id": None if last is None else str(last),
-            "flags": 0,
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def changed(self) -> None:
+        """Wake every `wait_for`: call after each change of state a test could wait for."""
+        self.changes.notify()
+
+    async def wait_for(self, predicate: Callable[[], object], timeout: float = 5.0) -> None:
+        """Return once `predicate()` is true, re-evaluated on each `changed`.
+
+        Raises
+        ------
+        TimeoutError
+            Still false after `timeout` seconds.
+        """
+        await self.changes.wait_for(predicate, timeout)
+
+    # -- the world -----------------------------------------------------------------------------
+
+    def add_user(self, user: FakeUser) -> FakeUser:
+        self.users[user.id] = user
+        return user
+
+    def add_guild(self, guild: FakeGuild) -> FakeGuild:
+        self.guilds[guild.id] = guild
+        return guild
+
+    def add_channel(self, guild: FakeGuild | None, channel: FakeChannel) -> FakeChannel:
+        """Index a channel (in `guild`, or a DM when None)."""
+        if guild is not None:
+            guild.channels.append(channel)
+        self.channels[channel.id] = channel
+        self.changed()
+        return channel
+
+    def guild_of(self, channel: FakeChannel) -> FakeGuild | None:
+        return None if channel.guild_id is None else self.guilds[channel.guild_id]
+
+    def member(self, channel: FakeChannel, user_id: int) -> FakeMember | None:
+        """The member `user_id` of the channel's guild (None in a DM or when not a member)."""
+        guild = self.guild_of(channel)
+        return None if guild is None else guild.members.get(user_id)
+
+    def bot_guilds(self) -> list[FakeGuild]:
+        return [g for g in self.guilds.values() if self.bot_user.id in g.members]
+
+    def bot_can_access(self, channel: FakeChannel) -> bool:
+        guild = self.guild_of(channel)
+        return guild is None or self.bot_user.id in guild.members
+
+    def dm_channel(self, user: FakeUser) -> FakeChannel:
+        """The DM channel between `user` and the bot (made on first use)."""
+        for channel in self.channels.values():
+            if channel.type == DM and channel.recipient is user:
+                return channel
+        return self.add_channel(None, FakeChannel(self.snowflakes.next(), "", DM, recipient=user))
+
+    def set_commands(self, scope: int | None, commands: list[dict[str, Any]]) -> None:
+        """Replace the bot's application commands, globally (None) or in guild `scope`."""
+        self.commands[scope] = commands
+        self.changed()
+
+    def find_command(self, guild: FakeGuild | None, name: str) -> dict[str, Any] | None:
+        """The registered chat-input command `name` for a channel of `guild` (None: a DM)."""
+        scopes = ([guild.id] if guild is not None else []) + [None]
+        for scope in scopes:
+            for command in self.commands.get(scope, []):
+                if command["name"] == name and command["type"] == 1:
+                    return command
+        return None
+
+    def store_file(self, channel: FakeChannel, upload: Upload, name: str) -> dict[str, Any]:
+        """Keep an uploaded file for the CDN route; its attachment JSON without description."""
+        attachment_id = self.snowflakes.next()
+        self.files[attachment_id] = (upload.content_type, upload.data)
+        url = f"{self.base_url}/attachments/{channel.id}/{attachment_id}/{name}"
+        return {
+            "id": str(attachment_id),
+            "filename": name,
+            "size": len(upload.data),
+            "url": url,
+            "proxy_url": url,
+            "content_type": upload.content_type,
         }
-        if self.type == DM:
-            assert self.recipient is not None
-            data["recipients"] = [self.recipient.to_json()]
-            return data
-        data.update(
-            guild_id=str(self.guild_id),
-            name=self.name,
-            position=0,
-            permission_overwrites=[],
-            nsfw=False,
-            rate_limit_per_user=0,
-            parent_id=None if self.parent_id is None else str(self.parent_id),
-            topic=None,
-        )
-        if self.is_thread:
-            data.update(
-                owner_id=str(self.owner_id),
-                message_count=len(self.messages),
-                member_count=len(self.thread_members),
-                total_message_sent=len(self.messages),
-                thread_metadata={
-                    "archived": False,
-                    "auto_archive_duration": 1440,
-                    "archive_timestamp": iso_time(),
-                    "locked": False,
-                    "invitable": True,
-                    "create_timestamp": iso_time(snowflake_time(self.id)),
-                },
-            )
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def create_message(
+        self,
+        channel: FakeChannel,
+        author: FakeUser,
+        body: dict[str, Any],
+        *,
+        reference: dict[str, Any] | None = None,
+        attachments: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Store a new message built from a (validated) create-message body; returns its JSON."""
+        content = body.get("content") or ""
+        message_id = self.snowflakes.next()
+        data: dict[str, Any] = {
+            "id": str(message_id),
+            "channel_id": str(channel.id),
+            "author": author.to_json(),
+            "content": content,
+            "timestamp": iso_time(),
+            "edited_timestamp": None,
+            "tts": bool(body.get("tts", False)),
+            "pinned": False,
+            "type": 0,
+            "flags": int(body.get("flags") or 0),
+            "embeds": list(body.get("embeds") or []),
+            "attachments": attachments or [],
+            "components": list(body.get("components") or []),
+        }
+        if body.get("nonce") is not None:
+            data["nonce"] = body["nonce"]
+        if channel.guild_id is not None:
+            data["guild_id"] = str(channel.guild_id)
+        referenced = None
+        if reference is not None:
+            referenced = channel.messages.get(int(reference["message_id"]))
+        if referenced is not None:
+            data["type"] = REPLY
+            data["message_reference"] = {
+                "type": 0,
+                "message_id": referenced["id"],
+                "channel_id": str(channel.id),
+            } | ({"guild_id": str(channel.guild_id)} if channel.guild_id else {})
+            data["referenced_message"] = {
+                k: v for k, v in referenced.items() if k != "referenced_message"
+            }
+        if extra:
+            data.update(extra)
+        self._set_mentions(data, body.get("allowed_mentions"), referenced)
+        channel.messages[message_id] = data
+        self.changed()
         return data
 
-    def thread_member_json(self, user_id: int) -> dict[str, Any]:
-        return {
-            "id": str(self.id),
-            "user_id": str(user_id),
-            "join_timestamp": iso_time(),
-            "flags": 0,
+    def update_message(
+        self, channel: FakeChannel, message_id: int, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Apply an edit body to a stored message; returns its JSON."""
+        data = channel.messages[message_id]
+        for key in ("content", "embeds", "components", "flags", "attachments"):
+            if key in body and body[key] is not None:
+                data[key] = body[key]
+        data["edited_timestamp"] = iso_time()
+        referenced = data.get("referenced_message")
+        self._set_mentions(data, body.get("allowed_mentions"), referenced)
+        self.changed()
+        return data
+
+    async def delete_messages(self, channel: FakeChannel, message_ids: list[int]) -> None:
+        """Remove messages and dispatch MESSAGE_DELETE (one) or MESSAGE_DELETE_BULK (several).
+
+        Raises
+        ------
+        KeyError
+            A message is not in the channel (nothing is removed then).
+        """
+        missing = [i for i in message_ids if i not in channel.messages]
+        if missing:
+            raise KeyError(f"no message {missing[0]} in channel {channel.id}")
+        for message_id in message_ids:
+            del channel.messages[message_id]
+        data: dict[str, Any] = {"channel_id": str(channel.id)}
+        if channel.guild_id is not None:
+            data["guild_id"] = str(channel.guild_id)
+        if len(message_ids) == 1:
+            event, data["id"] = "MESSAGE_DELETE", str(message_ids[0])
+        else:
+            event, data["ids"] = "MESSAGE_DELETE_BULK", [str(i) for i in message_ids]
+        await self.dispatch(event, data, intent=_message_intent(channel))
+        self.changed()
+
+    def _set_mentions(
+        self,
+        data: dict[str, Any],
+        allowed: dict[str, Any] | None,
+        referenced: dict[str, Any] | None,
+    ) -> None:
+        """Fill in who the message pings, honouring `allowed_mentions` as Discord does."""
+        content = data["content"]
+        parse = ["users", "roles", "everyone"] if allowed is None else allowed.get("parse", [])
+        allowed_users = {int(u) for u in (allowed or {}).get("users", [])}
+        allowed_roles = {int(r) for r in (allowed or {}).get("roles", [])}
+        users = [
+            self.users[u]
+            for u in mentioned_user_ids(content)
+            if u in self.users and ("users" in parse or u in allowed_users)
+        ]
+        if referenced is not None and (allowed is None or allowed.get("replied_user", False)):
+            replied = self.users.get(int(referenced["author"]["id"]))
+            if replied is not None and replied not in users:
+                users.append(replied)
+        data["mentions"] = [u.to_json() for u in users]
+        data["mention_roles"] = [
+            str(r) for r in mentioned_role_ids(content) if "roles" in parse or r in allowed_roles
+        ]
+        data["mention_everyone"] = "everyone" in parse and (
+            "@everyone" in content or "@here" in content
+        )
+
+    def sees_content(self, intents: int | None, message: dict[str, Any]) -> bool:
+        """Whether a bot with these intents gets the message's content (Discord's rules)."""
+        bot_id = str(self.bot_user.id)
+        return (
+            intents is None
+            or bool(intents & MESSAGE_CONTENT_INTENT)
+            or message["author"]["id"] == bot_id
+            or "guild_id" not in message
+            or any(user["id"] == bot_id for user in message.get("mentions", []))
+        )
+
+    def visible(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A message as REST shows it to the bot: blanked like the gateway when the bot's last
+        IDENTIFY lacked the message-content intent."""
+        if self.sees_content(self.identified_intents, message):
+            return message
+        return blank_content(message)
+
+    # -- typing and threads --------------------------------------------------------------------
+
+    async def start_typing(self, channel: FakeChannel, user: FakeUser) -> None:
+        """Record a typing trigger and dispatch TYPING_START."""
+        now = time.time()
+        self.typing.setdefault(channel.id, []).append((user.id, now))
+        data: dict[str, Any] = {
+            "channel_id": str(channel.id),
+            "user_id": str(user.id),
+            "timestamp": int(now),
         }
+        if channel.guild_id is not None:
+            data["guild_id"] = str(channel.guild_id)
+            member = self.member(channel, user.id)
+            if member is not None:
+                data["member"] = member.to_json()
+        intent = DIRECT_MESSAGE_TYPING if channel.type == DM else GUILD_MESSAGE_TYPING
+        await self.dispatch("TYPING_START", data, intent=intent)
+        self.changed()
 
+    async def add_thread_members(self, thread: FakeChannel, user_ids: list[int]) -> None:
+        """Add users to a thread and dispatch THREAD_MEMBERS_UPDATE."""
+        added = [u for u in dict.fromkeys(user_ids) if u not in thread.thread_members]
+        thread.thread_members.extend(added)
+        data = {
+            "id": str(thread.id),
+            "guild_id": str(thread.guild_id),
+            "member_count": len(thread.thread_members),
+            "added_members": [thread.thread_member_json(user_id) for user_id in added],
+        }
+        await self.dispatch("THREAD_MEMBERS_UPDATE", data, intent=GUILDS)
+        self.changed()
 
-@dataclass(eq=False)
-class FakeGuild:
-    id: int
-    name: str
-    owner_id: int
-    roles: dict[int, FakeRole] = field(default_factory=dict)
-    members: dict[int, FakeMember] = field(default_factory=dict)
-    channels: list[FakeChannel] = field(default_factory=list)
+    async def remove_thread_member(self, thread: FakeChannel, user_id: int) -> None:
+        """Take a user out of a thread (THREAD_MEMBERS_UPDATE); nothing if not in it."""
+        if user_id not in thread.thread_members:
+            return
+        thread.thread_members.remove(user_id)
+        data = {
+            "id": str(thread.id),
+            "guild_id": str(thread.guild_id),
+            "member_count": len(thread.thread_members),
+            "removed_member_ids": [str(user_id)],
+        }
+        await self.dispatch("THREAD_MEMBERS_UPDATE", data, intent=GUILDS)
+        self.changed()
 
-    def to_json(self, bot_id: int | None = None) -> dict[str, Any]:
-        """The GUILD_CREATE payload: the guild with its roles, members, channels and threads
-        (each thread the bot `bot_id` belongs to carries the bot's thread membership)."""
-        threads = []
-        for thread in self.channels:
+    # -- members -------------------------------------------------------------------------------
+
+    async def remove_member(self, guild: FakeGuild, user: FakeUser) -> None:
+        """`user` leaves `guild`: out of its members and threads; GUILD_MEMBER_REMOVE, or
+        GUILD_DELETE when the bot is the one removed (kicked)."""
+        guild.members.pop(user.id, None)
+        for thread in list(guild.channels):
             if thread.is_thread:
-                data = thread.to_json()
-                if bot_id in thread.thread_members:
-                    data["member"] = thread.thread_member_json(bot_id)
-                threads.append(data)
-        return {
-            "id": str(self.id),
-            "name": self.name,
-            "icon": None,
-            "splash": None,
-            "discovery_splash": None,
-            "owner_id": str(self.owner_id),
-            "afk_channel_id": None,
-            "afk_timeout": 300,
-            "verification_level": 0,
-            "default_message_notifications": 0,
-            "explicit_content_filter": 0,
-            "roles": [role.to_json() for role in self.roles.values()],
-            "emojis": [],
-            "stickers": [],
-            "features": [],
-            "mfa_level": 0,
-            "system_channel_id": None,
-            "system_channel_flags": 0,
-            "rules_channel_id": None,
-            "vanity_url_code": None,
-            "description": None,
-            "banner": None,
-            "premium_tier": 0,
-            "preferred_locale": "en-US",
-            "public_updates_channel_id": None,
-            "nsfw_level": 0,
-            "premium_progress_bar_enabled": False,
-            "joined_at": iso_time(snowflake_time(self.id)),
-            "large": False,
-            "unavailable": False,
-            "member_count": len(self.members),
-            "members": [member.to_json() for member in self.members.values()],
-            "channels": [c.to_json() for c in self.channels if not c.is_thread],
-            "threads": threads,
-            "voice_states": [],
-            "presences": [],
-            "stage_instances": [],
-            "guild_scheduled_events": [],
-            "soundboard_sounds": [],
-        }
+                await self.remove_thread_member(thread, user.id)
+        if user is self.bot_user:
+            await self.dispatch("GUILD_DELETE", {"id": str(guild.id)}, intent=GUILDS)
+        else:
+            data = {"guild_id": str(guild.id), "user": user.to_json()}
+            await self.dispatch("GUILD_MEMBER_REMOVE", data, intent=GUILD_MEMBERS)
+        self.changed()
+
+    # -- gateway sessions ----------------------------------------------------------------------
+
+    def open_session(self, session: GatewaySession) -> None:
+        """Register a freshly identified session."""
+        self.sessions[session.id] = session
+        self.identified_intents = session.intents
+        self.changed()
+
+    def end_session(self, session_id: str) -> None:
+        """Forget a session: a RESUME of it is answered INVALID_SESSION."""
+        self.sessions.pop(session_id, None)
+        self.changed()
+
+    def has_ready_session(self) -> bool:
+        return any(s.ready and s.connection is not None for s in self.sessions.values())
+
+    @property
+    def connected(self) -> int:
+        """How many sessions currently have an open gateway connection."""
+        return sum(1 for s in self.sessions.values() if s.connection is not None)
+
+    # -- dispatching ---------------------------------------------------------------------------
+
+    async def dispatch(self, event: str, data: dict[str, Any], *, intent: int = 0) -> None:
+        """Send a dispatch to every session whose intents include `intent` (0: to all)."""
+        for session in list(self.sessions.values()):
+            if not intent or session.wants(intent):
+                await session.dispatch(event, data)
+
+    async def dispatch_message(self, event: str, message: dict[str, Any]) -> None:
+        """MESSAGE_CREATE / MESSAGE_UPDATE, with the author's member and the content blanked
+        for sessions without the message-content intent."""
+        channel = self.channels[int(message["channel_id"])]
+        data = dict(message)
+        member = self.member(channel, int(message["author"]["id"]))
+        if member is not None:
+            data["member"] = member.to_json(with_user=False)
+        for session in list(self.sessions.values()):
+            if session.wants(_message_intent(channel)):
+                seen = data if self.sees_content(session.intents, data) else blank_content(data)
+                await session.dispatch(event, seen)
 
 
-def mentioned_user_ids(content: str) -> list[int]:
-    """User ids mentioned as ``<@id>`` or ``<@!id>``, in order, without repeats."""
-    return list(dict.fromkeys(int(match) for match in _USER_MENTION.findall(content)))
-
-
-def mentioned_role_ids(content: str) -> list[int]:
-    return list(dict.fromkeys(int(match) for match in _ROLE_MENTION.findall(content)))
-
-
-def blank_content(message: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a message as seen without the message-content intent."""
-    blanked = dict(message, content="", embeds=[], attachments=[], components=[])
-    blanked.pop("poll", None)
-    if isinstance(blanked.get("referenced_message"), dict):
-        blanked["referenced_message"] = blank_content(blanked["referenced_message"])
-    return blanked
+def _message_intent(channel: FakeChannel) -> int:
+    return DIRECT_MESSAGES if channel.type == DM else GUILD_MESSAGES
