@@ -229,3 +229,15 @@ async def test_an_invisible_model_output_gets_a_visible_note(chat: Chat, backend
         await settle(bot)
     (reply,) = server.bot_messages(chat.dm)
     assert reply["message_reference"]["message_id"] == question["id"]
+
+
+async def test_a_backend_that_is_gone_gets_a_visible_note(chat: Chat, backend: Streamer) -> None:
+    server = chat.server
+    bot = make_bot(backend)
+    async with run_bot(bot, server):
+        backend.close()  # say, the operator's backend crashed for good
+        question = await server.send_message(chat.dm, chat.alice, "hello?")
+        await chat.wait_for_reply(chat.dm, f"*{ChatBot.unavailable_text}*")
+        await settle(bot)
+    (reply,) = server.bot_messages(chat.dm)
+    assert reply["message_reference"]["message_id"] == question["id"]

@@ -168,9 +168,8 @@ class ChatBot(Genbot):
         question, _ = await self._question(turn.context)
         if question is None:
             return
-        slot = self.backend.stream()
         try:
-            stream, placeholder = await self._wait_for_slot(channel, slot, question)
+            stream, placeholder = await self._wait_for_slot(channel, question)
         except StreamError:
             await self._note(channel, question, None, self.unavailable_text)
             raise
@@ -222,7 +221,7 @@ class ChatBot(Genbot):
         return question, history
 
     async def _wait_for_slot(
-        self, channel: discord.abc.Messageable, slot: StreamSlot, question: discord.Message
+        self, channel: discord.abc.Messageable, question: discord.Message
     ) -> tuple[CallerStream | None, discord.Message | None]:
         """Wait (bounded by ``queue_timeout``) for a slot of the model, showing typing, and after
         :attr:`queued_after` seconds the queued note. Returns the stream (``None`` when the wait
@@ -230,37 +229,40 @@ class ChatBot(Genbot):
 
         Raises :class:`genbot.StreamError` when the model fails while the chat waits.
         """
+        slot: StreamSlot = self.backend.stream()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.queue_timeout
         entering = asyncio.ensure_future(slot.__aenter__())
         typing = asyncio.create_task(keep_typing(channel))
         placeholder = None
+        handed = False
         try:
             await asyncio.wait({entering}, timeout=min(self.queued_after, deadline - loop.time()))
             if not entering.done():
                 placeholder = await self._note(channel, question, None, self.queued_text)
                 await asyncio.wait({entering}, timeout=max(0.0, deadline - loop.time()))
-            if entering.done():
-                try:
-                    return entering.result(), placeholder
-                except StreamError:
-                    await self._drop(placeholder)
-                    raise
-            entering.cancel()
-            late = (await asyncio.gather(entering, return_exceptions=True))[0]
-            if isinstance(late, CallerStream):  # the slot came just as the wait ended
-                return late, placeholder
+            if not entering.done():
+                entering.cancel()
+                await asyncio.gather(entering, return_exceptions=True)
+            if entering.cancelled():
+                _log.warning(
+                    "no model slot came free within %.0f s for %s; told the user it is busy",
+                    self.settings.queue_timeout,
+                    _where(channel),
+                )
+                await self._note(channel, question, placeholder, self.busy_text)
+                return None, None
+            if entering.exception() is not None:
+                await self._drop(placeholder)
+            stream = entering.result()  # raises the StreamError
+            handed = True
+            return stream, placeholder
         finally:
             typing.cancel()
-            if not entering.done():  # we were cancelled
+            if not entering.done():  # this attend was cancelled: leave the queue
                 entering.cancel()
-        _log.warning(
-            "no model slot came free within %.0f s for %s; told the user the bot is busy",
-            self.settings.queue_timeout,
-            _where(channel),
-        )
-        await self._note(channel, question, placeholder, self.busy_text)
-        return None, None
+            elif not handed and not entering.cancelled() and entering.exception() is None:
+                entering.result().close()  # the slot came, but this attend ends anyway
 
     async def _note(
         self,
