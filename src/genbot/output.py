@@ -3,8 +3,9 @@
 A streamed reply is one message edited in place as text arrives, continued in new messages past
 Discord's 2000 characters. The pieces are plain and testable without Discord: :func:`split_message`
 decides the messages, :func:`plan_writes` the requests that bring the shown messages up to date,
-and :class:`ChannelPacer` when a channel may be edited next. :func:`stream_reply` puts them
-together.
+:class:`ChannelPacer` when a channel may be edited next, :class:`RetryBudget` when a failing write
+is tried again, :func:`is_visible` whether a text shows anything, and :func:`final_text` what a
+reply finally shows for each outcome. :func:`stream_reply` puts them together.
 """
 
 from __future__ import annotations
@@ -231,6 +232,30 @@ def _unclosed(chunk: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Visible text
+
+# Characters that take no visible form on their own: spaces and separators, control and format
+# characters (zero-width space/joiners, word joiner, BOM, bidi marks, tags), and combining marks
+# with nothing to combine with.
+_INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"})
+# Letters and symbols that render as blanks: Hangul fillers and the blank Braille pattern.
+_BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def is_visible(text: str) -> bool:
+    """Whether `text` shows anything in a Discord message.
+
+    Whitespace, zero-width and other format characters (U+200B..U+200F, U+2060, U+FEFF, ...),
+    control characters, combining marks alone and blank-rendering letters (Hangul fillers, the
+    blank Braille pattern) show nothing; any other character does.
+    """
+    return any(
+        char not in _BLANK_CHARACTERS and unicodedata.category(char) not in _INVISIBLE_CATEGORIES
+        for char in text
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Planning writes and pacing them
 
 
@@ -290,30 +315,6 @@ class ChannelPacer:
 PACER = ChannelPacer()
 
 # --------------------------------------------------------------------------------------------
-# Visible text
-
-# Characters that take no visible form on their own: spaces and separators, control and format
-# characters (zero-width space/joiners, word joiner, BOM, bidi marks, tags), and combining marks
-# with nothing to combine with.
-_INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"})
-# Letters and symbols that render as blanks: Hangul fillers and the blank Braille pattern.
-_BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
-
-
-def is_visible(text: str) -> bool:
-    """Whether `text` shows anything in a Discord message.
-
-    Whitespace, zero-width and other format characters (U+200B..U+200F, U+2060, U+FEFF, ...),
-    control characters, combining marks alone and blank-rendering letters (Hangul fillers, the
-    blank Braille pattern) show nothing; any other character does.
-    """
-    return any(
-        char not in _BLANK_CHARACTERS and unicodedata.category(char) not in _INVISIBLE_CATEGORIES
-        for char in text
-    )
-
-
-# --------------------------------------------------------------------------------------------
 # Retrying writes
 
 
@@ -365,6 +366,7 @@ class RetryBudget:
         return min(delay, left)
 
     def succeeded(self) -> None:
+        """Record a success: the next failure starts a new streak, with the whole budget."""
         self._since = None
         self._tries = 0
 
