@@ -80,8 +80,9 @@ async def test_a_mention_gets_a_streamed_reply_from_the_default_model(
     server = chat.server
     bot = ChatBot(settings(), backend=smollm2, close_streamers=False, **FAST)
     async with run_bot(bot, server, timeout=120):
-        question = await server.send_message(chat.general, chat.alice,
-                                             "What is the capital of France?", mentions_bot=True)
+        question = await server.send_message(
+            chat.general, chat.alice, "What is the capital of France?", mentions_bot=True
+        )
         await server.wait_for(lambda: server.bot_messages(chat.general), timeout=60)
         await settle(bot)
     (reply,) = server.bot_messages(chat.general)
@@ -98,9 +99,12 @@ async def test_a_failing_backend_produces_a_visible_error_reply(chat: Chat) -> N
         bot = ChatBot(settings(), backend=broken, **FAST)
         async with run_bot(bot, server):
             await server.send_message(chat.general, chat.alice, "hello?", mentions_bot=True)
-            await server.wait_for(lambda: any(DEFAULT_ERROR_TEXT in m["content"]
-                                              for m in server.bot_messages(chat.general)),
-                                  timeout=30)
+            await server.wait_for(
+                lambda: any(
+                    DEFAULT_ERROR_TEXT in m["content"] for m in server.bot_messages(chat.general)
+                ),
+                timeout=30,
+            )
     finally:
         broken.close()
     (reply,) = server.bot_messages(chat.general)
@@ -143,8 +147,9 @@ async def test_messages_that_arrive_while_replying_get_one_more_reply(chat: Chat
             await server.send_message(dm, chat.alice, "first")
             assert await asyncio.to_thread(generating.wait, 10)
             for text in ("second", "third"):
-                seen = asyncio.ensure_future(bot.wait_for(
-                    "message", check=lambda m, text=text: m.content == text, timeout=5))
+                seen = asyncio.ensure_future(
+                    bot.wait_for("message", check=lambda m, text=text: m.content == text, timeout=5)
+                )
                 last = await server.send_message(dm, chat.alice, text)
                 await seen
             release.set()

@@ -14,9 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genbot.output import (
+    DEFAULT_EMPTY_TEXT,
+    DEFAULT_ERROR_TEXT,
+    DEFAULT_STALL_TEXT,
     SAFE_MENTIONS,
     ChannelPacer,
+    RetryBudget,
     Write,
+    final_text,
+    is_visible,
     plan_writes,
     split_message,
     stream_reply,
@@ -264,19 +270,27 @@ def http_error(status: int) -> discord.HTTPException:
     return discord.HTTPException(SimpleNamespace(status=status, reason="fake"), "fake")
 
 
+ME = SimpleNamespace(id=1, name="genbot")
+
+
 class FakeMessage:
     def __init__(self, channel: FakeChannel, content: str, reference: object) -> None:
         self.channel, self.content, self.reference = channel, content, reference
-        self.id = len(channel.messages)
+        self.id = 1000 + len(channel.messages)
+        self.author = ME
 
     async def edit(self, *, content: str, allowed_mentions: discord.AllowedMentions) -> FakeMessage:
         assert allowed_mentions is SAFE_MENTIONS
-        self.channel.requests.append(("edit", self.id))
+        self.channel.requests.append(("edit", self.index))
         if self.channel.edit_failures:
             raise self.channel.edit_failures.pop(0)
         assert len(content) <= 2000
         self.content = content
         return self
+
+    @property
+    def index(self) -> int:
+        return self.channel.messages.index(self)
 
 
 class FakeTyping:
@@ -293,11 +307,19 @@ class FakeTyping:
 
 
 class FakeChannel:
+    """A channel of discord.py's shape: send (with failures that may happen after Discord
+    created the message, as a 502 can), edit, history, typing; ``me`` is the bot."""
+
     def __init__(self) -> None:
         self.id = 42
+        self.name = "general"
+        self.me = ME
         self.messages: list[FakeMessage] = []
         self.requests: list[tuple[str, int]] = []
         self.edit_failures: list[Exception] = []
+        # (error, created): the next sends fail with error, after creating the message if created
+        self.send_failures: list[tuple[Exception | None, bool]] = []
+        self.nonces: list[object] = []
         self.typing_now = False
         self.typing_fails = False
 
@@ -305,23 +327,44 @@ class FakeChannel:
         return FakeTyping(self)
 
     async def send(
-        self, content: str, *, reference: object, allowed_mentions: discord.AllowedMentions
+        self,
+        content: str,
+        *,
+        reference: object = None,
+        allowed_mentions: discord.AllowedMentions,
+        nonce: object = None,
     ) -> FakeMessage:
         assert allowed_mentions is SAFE_MENTIONS
         assert content.strip() and len(content) <= 2000
+        self.requests.append(("send", len(self.messages)))
+        self.nonces.append(nonce)
+        failure, created = self.send_failures.pop(0) if self.send_failures else (None, True)
         message = FakeMessage(self, content, reference)
-        self.messages.append(message)
-        self.requests.append(("send", message.id))
+        if created:
+            self.messages.append(message)
+        if failure is not None:
+            raise failure
         return message
+
+    async def history(
+        self, *, limit: int, after: FakeMessage | FakeReference
+    ) -> AsyncIterator[FakeMessage]:
+        self.requests.append(("history", -1))
+        for message in [m for m in self.messages if m.id > after.id][:limit]:
+            yield message
 
     def contents(self) -> list[str]:
         return [m.content for m in self.messages]
 
 
 class FakeReference:
-    def to_reference(self, *, fail_if_not_exists: bool) -> str:
+    """The message replied to."""
+
+    id = 7
+
+    def to_reference(self, *, fail_if_not_exists: bool) -> SimpleNamespace:
         assert fail_if_not_exists is False
-        return "reference"
+        return SimpleNamespace(message_id=self.id)
 
 
 async def deltas_of(*parts: str) -> AsyncIterator[str]:
@@ -405,7 +448,7 @@ async def test_stream_reply_continues_in_new_messages_replying_with_the_first() 
         channel, deltas_of(*parts), reference=FakeReference(), interval=0.01, pacer=ChannelPacer()
     )
     assert channel.contents() == split_message(text)
-    assert [m.reference for m in channel.messages] == ["reference", None, None]
+    assert [getattr(m.reference, "message_id", None) for m in channel.messages] == [7, None, None]
 
 
 async def test_stream_reply_survives_rate_limited_and_failing_edits() -> None:
@@ -484,16 +527,191 @@ async def test_stream_reply_bounds_the_wait_for_the_next_delta() -> None:
             closed.set()
 
     with pytest.raises(asyncio.TimeoutError):
-        await stream_reply(channel, deltas(), timeout=0.2, error_text="Timed out.", interval=0.01)
+        await stream_reply(channel, deltas(), timeout=0.2, stall_text="Timed out.", interval=0.01)
     assert channel.contents() == ["Thinking\n\n*Timed out.*"]
     assert closed.is_set()
 
 
-async def test_stream_reply_sends_nothing_for_an_empty_generation() -> None:
+EMPTY_NOTE = f"*{DEFAULT_EMPTY_TEXT}*"
+
+INVISIBLE = [
+    (),
+    (" ", "\n\t"),
+    ("\u200b", "\u200c\u200d"),  # zero-width space, non-joiner, joiner
+    ("\u2060\ufeff",),  # word joiner, byte order mark
+    ("\u0301\u0308\u20dd",),  # combining marks with nothing to combine with
+    ("\u3164", "\u2800", "\u00a0\u3000"),  # Hangul filler, blank Braille, wide spaces
+    ("\u200e\u202e", "\U000e0041"),  # bidi marks, a tag character
+]
+
+
+@pytest.mark.parametrize("parts", INVISIBLE)
+async def test_an_empty_or_invisible_generation_gets_a_visible_note(parts: tuple[str]) -> None:
     channel = FakeChannel()
-    assert await stream_reply(channel, deltas_of(), pacer=ChannelPacer()) == []
-    assert await stream_reply(channel, deltas_of(" ", "\n"), pacer=ChannelPacer()) == []
+    messages = await stream_reply(
+        channel, deltas_of(*parts), reference=FakeReference(), interval=0.01, pacer=ChannelPacer()
+    )
+    assert channel.contents() == [EMPTY_NOTE]
+    assert messages == channel.messages and messages[0].reference.message_id == 7
+
+
+async def test_without_an_empty_text_an_empty_generation_sends_nothing() -> None:
+    channel = FakeChannel()
+    parts = ("\u200b", " ")
+    assert await stream_reply(channel, deltas_of(*parts), empty_text=None) == []
     assert channel.requests == []
+
+
+async def test_invisible_deltas_do_not_send_a_message_before_visible_text() -> None:
+    channel = FakeChannel()
+    await stream_reply(channel, deltas_of("\u200b", "\u200d", "Hi"), interval=0.01)
+    assert channel.requests == [("send", 0)]
+    assert channel.contents() == ["\u200b\u200dHi"]
+
+
+@pytest.mark.parametrize("parts", INVISIBLE)
+def test_is_visible_is_false_for_invisible_text(parts: tuple[str]) -> None:
+    assert not is_visible("".join(parts))
+
+
+@pytest.mark.parametrize("text", ["a", "\u200b.", " \u00e9", "e\u0301", "\U0001f600", "\u3164x"])
+def test_is_visible_is_true_for_text_with_a_visible_character(text: str) -> None:
+    assert is_visible(text)
+
+
+def test_final_text_chooses_the_note_by_outcome() -> None:
+    assert final_text("Hi", None) == "Hi"
+    assert final_text(" \u200b", None) == EMPTY_NOTE
+    assert final_text(" \u200b", None, empty_text=None) == " \u200b"
+    assert final_text("Hi", RuntimeError()) == f"Hi\n\n*{DEFAULT_ERROR_TEXT}*"
+    assert final_text("\u200b", asyncio.TimeoutError()) == f"*{DEFAULT_STALL_TEXT}*"
+    assert final_text("```py\nx", TimeoutError(), stall_text="S") == "```py\nx\n```\n\n*S*"
+
+
+# --- Discord failures: retried by time, never doubled ------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_retry_budget_backs_off_doubling_until_the_budget_is_spent() -> None:
+    clock = Clock()
+    retry = RetryBudget(10.0, first=0.5, cap=2.0, clock=clock)
+    assert not retry.failing and retry.remaining() == 10.0
+    delays = []
+    while (delay := retry.failed()) is not None:
+        delays.append(delay)
+        clock.now += delay
+    assert delays == [0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 0.5]  # the last try falls on the deadline
+    assert retry.failing and retry.elapsed() == 10.0
+    retry.succeeded()
+    assert not retry.failing and retry.failed() == 0.5  # a new streak starts afresh
+
+
+def test_retry_budget_refuses_bad_values() -> None:
+    with pytest.raises(ValueError):
+        RetryBudget(-1.0, first=0.5)
+    with pytest.raises(ValueError):
+        RetryBudget(1.0, first=0.0)
+
+
+async def test_a_send_failing_more_often_than_before_is_retried_within_the_budget() -> None:
+    """Five failed writes in a row used to drop the reply; now only time counts."""
+    channel = FakeChannel()
+    channel.send_failures = [(http_error(503), False)] * 6 + [(asyncio.TimeoutError(), False)]
+    await stream_reply(channel, deltas_of("Hello", " world"), interval=0.01, pacer=ChannelPacer())
+    assert channel.contents() == ["Hello world"]
+    assert [kind for kind, _ in channel.requests].count("send") == 8
+    assert len(set(channel.nonces)) == 1 and channel.nonces[0] is not None  # one message
+
+
+async def test_a_reply_that_cannot_be_written_within_the_budget_is_logged_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    channel = FakeChannel()
+    channel.send_failures = [(http_error(502), False)] * 1000
+    text = "A reply that Discord never takes. " * 3
+    with pytest.raises(discord.HTTPException) as info:
+        await stream_reply(
+            channel, deltas_of(text), interval=0.01, retry_budget=0.3, pacer=ChannelPacer()
+        )
+    assert info.value.status == 502
+    assert channel.messages == []
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.name == "genbot.output"
+    assert f"{len(text)} characters" in record.getMessage()
+    assert "#general (42)" in record.getMessage()
+
+
+@pytest.mark.parametrize("error", [http_error(502), asyncio.TimeoutError()])
+async def test_a_send_that_failed_after_creating_its_message_is_not_sent_again(
+    error: Exception,
+) -> None:
+    channel = FakeChannel()
+    channel.send_failures = [(error, True)]  # Discord created the message, then failed
+
+    async def deltas() -> AsyncIterator[str]:
+        yield "Hello"
+        await wait_until(lambda: channel.messages)
+        yield " world"
+
+    await stream_reply(
+        channel, deltas(), reference=FakeReference(), interval=0.01, pacer=ChannelPacer()
+    )
+    assert channel.contents() == ["Hello world"]
+    assert [kind for kind, _ in channel.requests] == ["send", "history", "edit"]
+    assert channel.messages[0].reference.message_id == 7
+
+
+async def test_a_continuation_that_failed_after_being_created_is_not_sent_again() -> None:
+    channel = FakeChannel()
+    channel.send_failures = [(None, True), (http_error(502), True)]
+    text = "".join(f"Sentence number {n} is here. " for n in range(80))
+    await stream_reply(
+        channel, deltas_of(text), reference=FakeReference(), interval=0.01, pacer=ChannelPacer()
+    )
+    assert channel.contents() == split_message(text)
+    assert [kind for kind, _ in channel.requests] == ["send", "send", "history"]
+
+
+async def test_a_send_lost_before_discord_created_it_is_sent_again() -> None:
+    channel = FakeChannel()
+    channel.send_failures = [(http_error(500), False)]
+    await stream_reply(channel, deltas_of("Hi"), reference=FakeReference(), interval=0.01)
+    assert channel.contents() == ["Hi"]
+    assert [kind for kind, _ in channel.requests] == ["send", "history", "send"]
+    assert channel.nonces[0] == channel.nonces[1]
+
+
+async def test_a_placeholder_becomes_the_reply() -> None:
+    channel = FakeChannel()
+    placeholder = await channel.send(
+        "*queued*",
+        reference=FakeReference().to_reference(fail_if_not_exists=False),
+        allowed_mentions=SAFE_MENTIONS,
+    )
+    messages = await stream_reply(
+        channel,
+        deltas_of("The", " answer"),
+        reference=FakeReference(),
+        placeholder=placeholder,  # type: ignore[arg-type]
+        interval=0.01,
+        pacer=ChannelPacer(),
+    )
+    assert channel.contents() == ["The answer"]
+    assert messages == [placeholder]
+
+
+async def test_an_empty_generation_turns_a_placeholder_into_the_note() -> None:
+    channel = FakeChannel()
+    placeholder = await channel.send("*queued*", allowed_mentions=SAFE_MENTIONS)
+    await stream_reply(channel, deltas_of(), placeholder=placeholder, interval=0.01)  # type: ignore[arg-type]
+    assert channel.contents() == [EMPTY_NOTE]
 
 
 async def test_cancelling_stream_reply_closes_the_generation() -> None:

@@ -14,6 +14,7 @@ from genbot.prompt import context_to_messages
 from genbot.testing import DiscordServer, FakeChannel, FakeUser, run_bot
 
 EDIT = "/channels/{channel_id}/messages/{message_id}"
+CREATE = "/channels/{channel_id}/messages"
 _REOPEN = re.compile(r"^```[A-Za-z0-9_+\-.#]*\n")
 
 
@@ -145,6 +146,55 @@ async def test_rate_limited_edits_lose_no_text(world: World) -> None:
     assert server.request_count("PATCH", EDIT) >= 8
 
 
+# --- Discord outages -----------------------------------------------------------------------------
+
+
+async def test_a_502_after_discord_created_the_message_leaves_one_copy(world: World) -> None:
+    """discord.py sends the create again by itself after a 502; the nonce makes it one."""
+    server = world.server
+    question = await world.ask("Hello?")
+    server.fail_requests("POST", CREATE, status=502, times=1, after_effect=True)
+    await stream_reply(world.channel, _once("Hi there!"), reference=question, interval=0.05)
+    assert world.replies() == ["Hi there!"]
+    assert server.request_count("POST", CREATE) == 2
+
+
+async def test_a_503_after_discord_created_the_message_is_found_not_sent_again(
+    world: World,
+) -> None:
+    """discord.py raises a 503 at once; the reply looks for the message before re-sending."""
+    server = world.server
+    question = await world.ask("Hello?")
+    server.fail_requests("POST", CREATE, status=503, times=1, after_effect=True)
+    await stream_reply(world.channel, _once("Hi there!"), reference=question, interval=0.05)
+    (reply,) = server.bot_messages(world.fake)
+    assert reply["content"] == "Hi there!"
+    assert reply["message_reference"]["message_id"] == str(question.id)
+    assert server.request_count("POST", CREATE) == 1  # found in the history, not re-sent
+
+
+async def test_a_message_create_outage_of_seconds_loses_no_text(world: World) -> None:
+    server = world.server
+    question = await world.ask("Tell me something")
+    server.fail_requests("POST", CREATE, status=503, seconds=2.0)
+    await stream_reply(world.channel, _once("Here it is."), reference=question, interval=0.05)
+    assert world.replies() == ["Here it is."]
+    assert server.request_count("POST", CREATE) >= 5  # more failures than the old count allowed
+
+
+async def test_an_outage_longer_than_the_budget_is_logged_with_the_size(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = world.server
+    server.fail_requests("POST", CREATE, status=503, seconds=60.0)
+    with pytest.raises(discord.DiscordServerError):
+        await stream_reply(world.channel, _once("x" * 1234), interval=0.05, retry_budget=0.5)
+    assert world.replies() == []
+    (error,) = [r for r in caplog.records if r.levelname == "ERROR" and r.name == "genbot.output"]
+    assert "1234 characters" in error.getMessage()
+    assert f"#general ({world.fake.id})" in error.getMessage()
+
+
 async def test_failing_generator_shows_an_error_in_the_reply(world: World) -> None:
     question = await world.ask("Hello?")
 
@@ -209,3 +259,17 @@ async def test_reply_to_a_deleted_message_is_still_sent(world: World) -> None:
     (reply,) = world.server.bot_messages(world.fake)
     assert reply["content"] == "Answered anyway."
     assert "message_reference" not in reply
+
+
+async def test_messages_of_only_a_sticker_or_an_embed_reach_the_prompt(world: World) -> None:
+    server = world.server
+    sticker = {"id": str(server.snowflakes.next()), "name": "Wave", "format_type": 1}
+    waved = server.create_message(world.fake, world.alice, {}, extra={"sticker_items": [sticker]})
+    await server.dispatch_message("MESSAGE_CREATE", waved)
+    await server.send_message(
+        world.fake, world.bob, embeds=[{"title": "Build #12 passed", "type": "rich"}]
+    )
+    history = [m async for m in world.channel.history(limit=10)]
+    assert context_to_messages(history, world.client.user) == [
+        {"role": "user", "content": "alice: [sticker: Wave]\nbob: [embed: Build #12 passed]"},
+    ]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 from types import SimpleNamespace
 
+import discord
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genbot.models.base import prepare_messages
-from genbot.prompt import context_to_messages, conversation_order
+from genbot.prompt import context_to_messages, conversation_order, embed_label
 
 BOT = SimpleNamespace(id=1, display_name="Genbot")
 ALICE = SimpleNamespace(id=2, display_name="Alice")
@@ -18,13 +19,21 @@ BOB = SimpleNamespace(id=3, display_name="Bob the Builder")
 _ids = itertools.count(100)
 
 
-def msg(author: SimpleNamespace, text: str, attachments: tuple[str, ...] = (),
-        reply_to: SimpleNamespace | None = None) -> SimpleNamespace:
+def msg(
+    author: SimpleNamespace,
+    text: str,
+    attachments: tuple[str, ...] = (),
+    reply_to: SimpleNamespace | None = None,
+    stickers: tuple[str, ...] = (),
+    embeds: tuple[dict[str, object], ...] = (),
+) -> SimpleNamespace:
     return SimpleNamespace(
         id=next(_ids),
         author=author,
         clean_content=text,
         attachments=[SimpleNamespace(filename=name) for name in attachments],
+        stickers=[SimpleNamespace(name=name) for name in stickers],
+        embeds=[discord.Embed.from_dict(data) for data in embeds],
         reference=SimpleNamespace(message_id=reply_to.id) if reply_to else None,
     )
 
@@ -37,11 +46,18 @@ def test_a_reply_follows_the_message_it_answers_even_when_others_came_between() 
     newer = msg(BOB, "thanks")
     history = [question, *meanwhile, reply, continued, newer]
     assert [m.clean_content for m in conversation_order(reversed(history), BOT)] == [
-        "what is 2+2?", "2+2 is 4", "(continued)", "and 3+3?", "also 4+4", "thanks"]
+        "what is 2+2?",
+        "2+2 is 4",
+        "(continued)",
+        "and 3+3?",
+        "also 4+4",
+        "thanks",
+    ]
     chat = context_to_messages(history, BOT)
-    assert chat[-1] == {"role": "user",
-                        "content": "Bob the Builder: and 3+3?\nAlice: also 4+4\n"
-                                   "Bob the Builder: thanks"}
+    assert chat[-1] == {
+        "role": "user",
+        "content": "Bob the Builder: and 3+3?\nAlice: also 4+4\nBob the Builder: thanks",
+    }
 
 
 def test_a_reply_to_a_message_outside_the_window_stays_in_time_order() -> None:
@@ -49,7 +65,9 @@ def test_a_reply_to_a_message_outside_the_window_stays_in_time_order() -> None:
     late = msg(BOB, "hello")
     reply = msg(BOT, "old answer", reply_to=gone)
     assert [m.clean_content for m in conversation_order([reply, late], BOT)] == [
-        "hello", "old answer"]
+        "hello",
+        "old answer",
+    ]
 
 
 def test_roles_names_and_order() -> None:
@@ -86,6 +104,31 @@ def test_attachments_show_and_empty_messages_are_skipped() -> None:
     ]
 
 
+def test_a_message_of_only_a_sticker_or_an_embed_is_a_turn_for_the_model() -> None:
+    history = [
+        msg(ALICE, "", stickers=("Wave",)),
+        msg(BOT, "Hi Alice!"),
+        msg(BOB, "", embeds=({"title": "Weekly   report", "description": "All green"},)),
+        msg(BOB, "", embeds=({"description": "\n  First line\nsecond"}, {"type": "image"})),
+        msg(ALICE, "see", embeds=({"url": "https://example.com/x"},)),
+    ]
+    assert context_to_messages(history, BOT) == [
+        {"role": "user", "content": "Alice: [sticker: Wave]"},
+        {"role": "assistant", "content": "Hi Alice!"},
+        {
+            "role": "user",
+            "content": "Bob the Builder: [embed: Weekly report]\n"
+            "Bob the Builder: [embed: First line]\n[embed: image]\n"
+            "Alice: see\n[embed: https://example.com/x]",
+        },
+    ]
+
+
+def test_an_embed_label_is_bounded() -> None:
+    label = embed_label(discord.Embed(title="x" * 500))
+    assert len(label) == 100 and label.endswith("\u2026")
+
+
 def test_no_name_field_so_backends_do_not_prefix_twice() -> None:
     user = SimpleNamespace(id=9, display_name="\u0416\u0435\u043d\u044f")
     chat = context_to_messages([msg(user, "hi")], BOT)
@@ -105,9 +148,7 @@ def test_char_budget_keeps_the_newest_whole_messages() -> None:
 
 def test_budget_leaves_no_hole_for_a_small_older_message() -> None:
     history = [msg(ALICE, "old"), msg(BOB, "x" * 100), msg(ALICE, "new")]
-    assert [m["content"] for m in context_to_messages(history, BOT, max_chars=50)] == [
-        "Alice: new"
-    ]
+    assert [m["content"] for m in context_to_messages(history, BOT, max_chars=50)] == ["Alice: new"]
 
 
 def test_only_a_single_overlong_newest_message_is_cut_keeping_its_end() -> None:

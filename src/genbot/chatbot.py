@@ -1,8 +1,9 @@
 """The ready-made chat bot: the design's "putting everything together", done with real parts.
 
-One gatekept ``attend`` per channel waits for a free slot of the model's Streamer, reads the
-context at that last moment, streams the reply into Discord, and attends again when new messages
-arrived while it was generating.
+One gatekept ``attend`` per channel waits (bounded, showing that it is queued) for a free slot
+of the model's Streamer, reads the context at that last moment, streams the reply into Discord
+(bounded: a model that stops sending text ends the reply with a note), and attends again when
+new messages arrived meanwhile, whatever the outcome of its reply.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ from typing import Any
 import discord
 
 from genbot.bot import Genbot
+from genbot.context import Context
 from genbot.gatekeep import gatekeep
 from genbot.models import ChatRequest, GenerationSettings
-from genbot.output import stream_reply
+from genbot.output import SAFE_MENTIONS, keep_typing, stream_reply
 from genbot.prompt import context_to_messages
 from genbot.settings import Settings
-from genbot.streaming import Streamer
+from genbot.streaming import CallerStream, Streamer, StreamError, StreamSlot
 
 __all__ = ["ChatBot", "make_backend", "warm_up"]
 
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 
 def make_backend(settings: Settings) -> Streamer:
@@ -41,8 +43,9 @@ def make_backend(settings: Settings) -> Streamer:
         return TransformersStreamer(model=settings.model, max_batch=settings.parallel)
     from genbot.models.openai import OpenAIStreamer
 
-    return OpenAIStreamer(base_url=settings.base_url, model=settings.model or None,
-                          max_concurrency=settings.parallel)
+    return OpenAIStreamer(
+        base_url=settings.base_url, model=settings.model or None, max_concurrency=settings.parallel
+    )
 
 
 def generation_settings(settings: Settings) -> GenerationSettings:
@@ -62,8 +65,10 @@ async def warm_up(backend: Streamer, timeout: float = 600.0) -> float:
     Returns the seconds it took. Raises :class:`genbot.StreamError` if the model can't load.
     """
     started = time.perf_counter()
-    request = ChatRequest(messages=[{"role": "user", "content": "Hi"}],
-                          settings=GenerationSettings(max_new_tokens=1, temperature=0.0))
+    request = ChatRequest(
+        messages=[{"role": "user", "content": "Hi"}],
+        settings=GenerationSettings(max_new_tokens=1, temperature=0.0),
+    )
 
     async def one_token() -> None:
         async with backend.stream() as stream:
@@ -78,15 +83,50 @@ async def warm_up(backend: Streamer, timeout: float = 600.0) -> float:
 
 
 class ChatBot(Genbot):
-    """A Discord chat bot served by the model that ``settings`` names."""
+    """A Discord chat bot served by the model that ``settings`` names.
 
-    def __init__(self, settings: Settings | None = None, *, backend: Streamer | None = None,
-                 **client_kwargs: Any) -> None:
+    Every question gets a visible outcome: the model's reply, or a short note in italics when
+    the model fails, stops sending text for ``settings.stall_timeout`` seconds, or returns
+    nothing visible. While a chat waits for a free model slot, the bot shows typing; after
+    :attr:`queued_after` seconds it also replies with :attr:`queued_text`, a note that later
+    becomes the reply, or turns into :attr:`busy_text` once ``settings.queue_timeout`` seconds
+    passed without a slot. Messages that arrive while a reply is generated, whatever its
+    outcome, get one more reply afterwards. The texts are class attributes, for subclasses to
+    override.
+
+    Parameters
+    ----------
+    settings: the bot's settings (default: ``Settings()``).
+    backend: the Streamer that generates (default: the one ``settings`` names, see
+        :func:`make_backend`); started in ``setup_hook`` if it is not running.
+    client_kwargs: passed on to :class:`genbot.Genbot`.
+    """
+
+    #: Seconds a chat waits for a model slot before the bot replies with :attr:`queued_text`.
+    queued_after: float = 3.0
+    #: The note shown (in italics) while a chat waits for a free model slot.
+    queued_text: str = "Waiting for a free model slot; the reply will appear here."
+    #: The note shown (in italics) when no model slot came free within ``queue_timeout``.
+    busy_text: str = "The model is busy with other chats. Please try again in a moment."
+    #: The note shown (in italics) when the model cannot take the chat at all.
+    unavailable_text: str = "The model is not available right now. Please try again later."
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        backend: Streamer | None = None,
+        **client_kwargs: Any,
+    ) -> None:
         self.settings = settings or Settings()
         super().__init__(
-            users=self.settings.users, roles=self.settings.roles, admins=self.settings.admins,
-            channels=self.settings.channels, ignore_prefix=self.settings.ignore_prefix,
-            allow_bots=self.settings.allow_bots, sync_commands=self.settings.sync_commands,
+            users=self.settings.users,
+            roles=self.settings.roles,
+            admins=self.settings.admins,
+            channels=self.settings.channels,
+            ignore_prefix=self.settings.ignore_prefix,
+            allow_bots=self.settings.allow_bots,
+            sync_commands=self.settings.sync_commands,
             **client_kwargs,
         )
         self.backend = backend if backend is not None else make_backend(self.settings)
@@ -96,35 +136,191 @@ class ChatBot(Genbot):
         await super().setup_hook()
         if not self.backend.running:
             self.backend.start_process()
-        log.info("loading the model (%s)...", self.settings.model or "embedded SmolLM2")
+        _log.info("loading the model (%s)...", self.settings.model or "embedded SmolLM2")
         seconds = await warm_up(self.backend)
-        log.info("model ready in %.1f s", seconds)
+        _log.info("model ready in %.1f s", seconds)
 
     @gatekeep
     async def attend(self, channel: discord.abc.Messageable) -> None:
-        async with self.backend.stream() as stream:
-            # Our turn at the model: read the context now, so it is as fresh as it can be.
-            ctx = self.context(channel, limit=self.settings.context_limit)
-            history = [message async for message in ctx]
-            question = next((m for m in history if m.author != self.user), None)
-            if question is None or self._answered(question, history):
-                return
-            chat = context_to_messages(history, self.user,
-                                       system_prompt=self.settings.system_prompt,
-                                       max_chars=self.settings.context_chars)
-            log.info("replying to %s in %s", question.author.display_name, _where(channel))
-            await stream_reply(channel, stream(ChatRequest(chat, self.generation)),
-                               reference=question, interval=self.settings.edit_interval)
-        if not await ctx.current():
-            self.attend(channel, force=True)
+        turn = _Turn()
+        try:
+            await self._answer(channel, turn)
+        except Exception:
+            await self._follow_up(channel, turn)
+            raise
+        await self._follow_up(channel, turn)
 
-    def _answered(self, question: discord.Message, history: list[discord.Message]) -> bool:
-        """Whether one of the bot's replies after ``question`` answers it. Not just "the bot
-        spoke last": messages that arrived while it generated precede its reply, and the
-        follow-up attend must still answer them."""
-        return any(m.author == self.user and m.reference is not None
-                   and m.reference.message_id == question.id
-                   for m in history if m.id > question.id)
+    async def _follow_up(self, channel: discord.abc.Messageable, turn: _Turn) -> None:
+        """Attend once more if someone wrote after the context was read: after any outcome,
+        so a failed reply leaves no question behind; not again without a new message, so a
+        backend that always fails is not asked in a loop."""
+        if turn.context is None:
+            return
+        try:
+            if not await turn.context.current():
+                self.attend(channel, force=True)
+        except Exception:
+            _log.exception("checking %s for new messages failed", _where(channel))
+
+    async def _answer(self, channel: discord.abc.Messageable, turn: _Turn) -> None:
+        # A first look, without the model: is there a question to answer at all?
+        turn.context = self.context(channel, limit=self.settings.context_limit)
+        question, _ = await self._question(turn.context)
+        if question is None:
+            return
+        try:
+            stream, placeholder = await self._wait_for_slot(channel, question)
+        except StreamError:
+            await self._note(channel, question, None, self.unavailable_text)
+            raise
+        if stream is None:
+            return
+        try:
+            # Our turn at the model: read the context now, so it is as fresh as it can be.
+            turn.context = self.context(channel, limit=self.settings.context_limit)
+            fresh, history = await self._question(turn.context, placeholder)
+            if fresh is None or fresh.id != question.id:  # a newer question came meanwhile
+                await self._drop(placeholder)
+                placeholder = None
+            if fresh is None:
+                return
+            assert self.user is not None  # attend runs only while logged in
+            chat = context_to_messages(
+                [m for m in history if placeholder is None or m.id != placeholder.id],
+                self.user,
+                system_prompt=self.settings.system_prompt,
+                max_chars=self.settings.context_chars,
+            )
+            _log.info("replying to %s in %s", fresh.author.display_name, _where(channel))
+            await stream_reply(
+                channel,
+                stream(ChatRequest(chat, self.generation)),
+                reference=fresh,
+                placeholder=placeholder,
+                interval=self.settings.edit_interval,
+                timeout=self.settings.stall_timeout,
+            )
+        except asyncio.TimeoutError:  # the reply already shows its note; no traceback needed
+            _log.warning(
+                "the model sent no text for %.0f s in %s; the reply ended with a note",
+                self.settings.stall_timeout,
+                _where(channel),
+            )
+        finally:
+            stream.close()
+
+    async def _question(
+        self, context: Context, placeholder: discord.Message | None = None
+    ) -> tuple[discord.Message | None, list[discord.Message]]:
+        """The newest message of someone else when no reply of the bot answers it yet (the
+        `placeholder` aside), and the context read."""
+        history = [message async for message in context]
+        question = next((m for m in history if m.author != self.user), None)
+        if question is None or _answered(question, history, self.user, placeholder):
+            return None, history
+        return question, history
+
+    async def _wait_for_slot(
+        self, channel: discord.abc.Messageable, question: discord.Message
+    ) -> tuple[CallerStream | None, discord.Message | None]:
+        """Wait (bounded by ``queue_timeout``) for a slot of the model, showing typing, and after
+        :attr:`queued_after` seconds the queued note. Returns the stream (``None`` when the wait
+        timed out, which shows :attr:`busy_text`) and the note, if one was sent.
+
+        Raises :class:`genbot.StreamError` when the model fails while the chat waits.
+        """
+        slot: StreamSlot = self.backend.stream()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.queue_timeout
+        entering = asyncio.ensure_future(slot.__aenter__())
+        typing = asyncio.create_task(keep_typing(channel))
+        placeholder = None
+        handed = False
+        try:
+            await asyncio.wait({entering}, timeout=min(self.queued_after, deadline - loop.time()))
+            if not entering.done():
+                placeholder = await self._note(channel, question, None, self.queued_text)
+                await asyncio.wait({entering}, timeout=max(0.0, deadline - loop.time()))
+            if not entering.done():
+                entering.cancel()
+                await asyncio.gather(entering, return_exceptions=True)
+            if entering.cancelled():
+                _log.warning(
+                    "no model slot came free within %.0f s for %s; told the user it is busy",
+                    self.settings.queue_timeout,
+                    _where(channel),
+                )
+                await self._note(channel, question, placeholder, self.busy_text)
+                return None, None
+            if entering.exception() is not None:
+                await self._drop(placeholder)
+            stream = entering.result()  # raises the StreamError
+            handed = True
+            return stream, placeholder
+        finally:
+            typing.cancel()
+            if not entering.done():  # this attend was cancelled: leave the queue
+                entering.cancel()
+            elif not handed and not entering.cancelled() and entering.exception() is None:
+                entering.result().close()  # the slot came, but this attend ends anyway
+
+    async def _note(
+        self,
+        channel: discord.abc.Messageable,
+        question: discord.Message,
+        placeholder: discord.Message | None,
+        text: str,
+    ) -> discord.Message | None:
+        """Show `text` in italics: in `placeholder` if given, else as a reply to `question`.
+        A note that cannot be shown is logged, not raised: it is never the main outcome."""
+        content = f"*{text}*"
+        try:
+            if placeholder is not None:
+                return await placeholder.edit(content=content, allowed_mentions=SAFE_MENTIONS)
+            return await channel.send(
+                content,
+                reference=question.to_reference(fail_if_not_exists=False),
+                allowed_mentions=SAFE_MENTIONS,
+            )
+        except Exception as exc:
+            _log.warning("showing a note in %s failed: %r", _where(channel), exc)
+            return None
+
+    async def _drop(self, placeholder: discord.Message | None) -> None:
+        """Delete a queued note that will not become the reply."""
+        if placeholder is None:
+            return
+        try:
+            await placeholder.delete()
+        except Exception as exc:
+            _log.warning("deleting a queued note failed: %r", exc)
+
+
+class _Turn:
+    """What one attend read: its newest context, which decides whether to attend again."""
+
+    def __init__(self) -> None:
+        self.context: Context | None = None
+
+
+def _answered(
+    question: discord.Message,
+    history: list[discord.Message],
+    bot_user: discord.abc.Snowflake | None,
+    placeholder: discord.Message | None = None,
+) -> bool:
+    """Whether one of the bot's messages after `question` replies to it. Not just "the bot
+    spoke last": messages that arrived while it generated precede its reply, and the follow-up
+    attend must still answer them. `placeholder`, the bot's own queued note, does not count."""
+    return any(
+        bot_user is not None
+        and m.author.id == bot_user.id
+        and m.reference is not None
+        and m.reference.message_id == question.id
+        and (placeholder is None or m.id != placeholder.id)
+        for m in history
+        if m.id > question.id
+    )
 
 
 def _where(channel: discord.abc.Messageable) -> str:

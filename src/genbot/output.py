@@ -3,8 +3,9 @@
 A streamed reply is one message edited in place as text arrives, continued in new messages past
 Discord's 2000 characters. The pieces are plain and testable without Discord: :func:`split_message`
 decides the messages, :func:`plan_writes` the requests that bring the shown messages up to date,
-and :class:`ChannelPacer` when a channel may be edited next. :func:`stream_reply` puts them
-together.
+:class:`ChannelPacer` when a channel may be edited next, :class:`RetryBudget` when a failing write
+is tried again, :func:`is_visible` whether a text shows anything, and :func:`final_text` what a
+reply finally shows for each outcome. :func:`stream_reply` puts them together.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import asyncio
 import bisect
 import logging
 import re
+import secrets
 import time
+import unicodedata
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,11 +24,17 @@ import aiohttp
 import discord
 
 __all__ = [
+    "DEFAULT_EMPTY_TEXT",
     "DEFAULT_ERROR_TEXT",
+    "DEFAULT_STALL_TEXT",
     "MESSAGE_LIMIT",
     "SAFE_MENTIONS",
     "ChannelPacer",
+    "RetryBudget",
     "Write",
+    "final_text",
+    "is_visible",
+    "keep_typing",
     "plan_writes",
     "split_message",
     "stream_reply",
@@ -41,6 +50,12 @@ MESSAGE_LIMIT = 2000
 
 #: The note appended (in italics) to a reply whose generation failed.
 DEFAULT_ERROR_TEXT = "Sorry, something went wrong while generating this reply."
+
+#: The note appended (in italics) to a reply whose model sent no text for too long.
+DEFAULT_STALL_TEXT = "The model stopped responding, so this reply ends here. Please try again."
+
+#: The note shown (in italics) for a reply whose model output had nothing visible in it.
+DEFAULT_EMPTY_TEXT = "The model gave an empty reply. Try asking in other words."
 
 # --------------------------------------------------------------------------------------------
 # Splitting
@@ -156,9 +171,7 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     return chunks
 
 
-def _best_cut(
-    text: str, fences: _Fences, pos: int, room: int, limit: int, reopened: bool
-) -> int:
+def _best_cut(text: str, fences: _Fences, pos: int, room: int, limit: int, reopened: bool) -> int:
     """The best cut in ``text[pos:]`` for a chunk with `room` characters for its own text."""
     cutter = _Cutter(text, fences, pos, room, reopened)
     end = pos + room
@@ -219,6 +232,30 @@ def _unclosed(chunk: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Visible text
+
+# Characters that take no visible form on their own: spaces and separators, control and format
+# characters (zero-width space/joiners, word joiner, BOM, bidi marks, tags), and combining marks
+# with nothing to combine with.
+_INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"})
+# Letters and symbols that render as blanks: Hangul fillers and the blank Braille pattern.
+_BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def is_visible(text: str) -> bool:
+    """Whether `text` shows anything in a Discord message.
+
+    Whitespace, zero-width and other format characters (U+200B..U+200F, U+2060, U+FEFF, ...),
+    control characters, combining marks alone and blank-rendering letters (Hangul fillers, the
+    blank Braille pattern) show nothing; any other character does.
+    """
+    return any(
+        char not in _BLANK_CHARACTERS and unicodedata.category(char) not in _INVISIBLE_CATEGORIES
+        for char in text
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Planning writes and pacing them
 
 
@@ -236,12 +273,13 @@ def plan_writes(
 ) -> list[Write]:
     """The writes that make the messages showing `shown` display `text`.
 
-    Messages that would be whitespace only are skipped (Discord refuses them). While not `final`,
+    Messages that would show nothing (see :func:`is_visible`: whitespace only, which Discord
+    refuses, or zero-width characters) are skipped. While not `final`,
     a last message that ends inside a code block gets a closing fence (when it fits) so the code
     renders as it streams; the final state is exactly :func:`split_message` of `text`. `text` is
     expected only to grow between calls, so the messages never need to shrink in number.
     """
-    chunks = [chunk for chunk in split_message(text, limit) if chunk.strip()]
+    chunks = [chunk for chunk in split_message(text, limit) if is_visible(chunk)]
     if chunks and not final and _unclosed(chunks[-1]) and len(chunks[-1]) + len(_CLOSE) <= limit:
         chunks[-1] += _CLOSE
     return [
@@ -277,22 +315,101 @@ class ChannelPacer:
 PACER = ChannelPacer()
 
 # --------------------------------------------------------------------------------------------
+# Retrying writes
+
+
+class RetryBudget:
+    """When a failing Discord write is tried again: by time, not by count.
+
+    The waits between tries start at `first` seconds and double up to `cap`; once the writes
+    have failed for `budget` seconds in a row, :meth:`failed` says to give up. A success
+    (:meth:`succeeded`) starts the next failure streak afresh. Pure bookkeeping over `clock`.
+    """
+
+    def __init__(
+        self,
+        budget: float,
+        first: float,
+        cap: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if budget < 0 or first <= 0 or cap <= 0:
+            raise ValueError(f"need budget >= 0, first > 0, cap > 0; got {budget}, {first}, {cap}")
+        self.budget, self.first, self.cap = budget, first, cap
+        self._clock = clock
+        self._since: float | None = None
+        self._tries = 0
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last write failed."""
+        return self._since is not None
+
+    def elapsed(self) -> float:
+        """Seconds since the current failure streak began (0.0 when not failing)."""
+        return 0.0 if self._since is None else self._clock() - self._since
+
+    def remaining(self) -> float:
+        """Seconds left of the budget (all of it when not failing)."""
+        return self.budget - self.elapsed()
+
+    def failed(self) -> float | None:
+        """Record a failure; the seconds to wait before the next try, or ``None`` to give up."""
+        now = self._clock()
+        if self._since is None:
+            self._since = now
+        left = self._since + self.budget - now
+        if left <= 0:
+            return None
+        delay = min(self.cap, self.first * 2.0**self._tries)
+        self._tries += 1
+        return min(delay, left)
+
+    def succeeded(self) -> None:
+        """Record a success: the next failure starts a new streak, with the whole budget."""
+        self._since = None
+        self._tries = 0
+
+
+# --------------------------------------------------------------------------------------------
 # Streaming a reply
 
-#: Bound on one Discord request, including discord.py's own waiting out of 429s. A send that
-#: times out after Discord took it is sent again: a duplicate is preferred to lost text.
+#: Bound on one Discord request, including discord.py's own waiting out of 429s and retrying of
+#: 5xx. A send that times out after Discord took it is found again by its nonce and the history
+#: check, so it is not sent twice.
 _REQUEST_TIMEOUT = 30.0
+#: The least time a retried request gets, even when the retry budget is nearly spent.
+_MIN_REQUEST_TIMEOUT = 5.0
 #: Bound on closing the deltas' async generator (its cleanup frees the model's slot).
 _CLOSE_TIMEOUT = 10.0
-#: Failed writes in a row (each already retried by discord.py) after which a reply gives up.
-_MAX_FAILURES = 5
+#: How many messages after the previous one the history check reads for a lost create.
+_LOOKBACK = 25
+#: The longest wait between two tries of a failing write.
+_BACKOFF_CAP = 10.0
 
 
 def _transient(exc: BaseException) -> bool:
-    """Whether a failed request is worth another try at the next turn."""
+    """Whether a failed request is worth another try."""
     if isinstance(exc, discord.HTTPException):
         return exc.status == 429 or exc.status >= 500
     return isinstance(exc, (asyncio.TimeoutError, aiohttp.ClientError, OSError))
+
+
+def _describe(channel: object) -> str:
+    """The channel of a reply, for logs."""
+    channel = getattr(channel, "channel", channel)  # a commands.Context
+    if isinstance(channel, discord.DMChannel):
+        return f"DM channel {channel.id}"
+    name = getattr(channel, "name", None)
+    return f"#{name} ({getattr(channel, 'id', '?')})" if name else repr(channel)
+
+
+def _me(channel: object) -> discord.abc.Snowflake | None:
+    """The bot's own user or member where `channel` tells it (DMs, contexts, guild channels)."""
+    me = getattr(channel, "me", None)
+    if me is None:
+        me = getattr(getattr(channel, "guild", None), "me", None)
+    return me if isinstance(getattr(me, "id", None), int) else None
 
 
 class _ReplyWriter:
@@ -302,20 +419,28 @@ class _ReplyWriter:
         self,
         channel: discord.abc.Messageable,
         reference: discord.Message | None,
+        placeholder: discord.Message | None,
         interval: float,
         pacer: ChannelPacer,
+        retry_budget: float,
     ) -> None:
         self._channel = channel
         self._reference = reference
         self._interval = interval
         self._pacer = pacer
+        self._retry = RetryBudget(retry_budget, first=interval, cap=_BACKOFF_CAP)
         # Key the pacer by the channel (a commands.Context is Messageable through its channel).
         self._key = getattr(getattr(channel, "channel", channel), "id", id(channel))
         self._text = ""
         self._final = False
+        self._wrote = False
+        self._backoff = 0.0
         self._wake = asyncio.Event()
-        self.messages: list[discord.Message] = []
-        self.shown: list[str] = []
+        self.messages: list[discord.Message] = [] if placeholder is None else [placeholder]
+        self.shown: list[str] = [] if placeholder is None else [placeholder.content]
+        # The message being created: its nonce, and the contents sent in failed tries.
+        self._nonce = secrets.randbits(63)
+        self._tried: list[str] = []
         self.task = asyncio.create_task(self._run())
 
     def update(self, text: str, *, final: bool = False) -> None:
@@ -323,8 +448,11 @@ class _ReplyWriter:
         self._final = final
         self._wake.set()
 
+    @property
+    def text(self) -> str:
+        return self._text
+
     async def _run(self) -> None:
-        failures = 0
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -333,39 +461,103 @@ class _ReplyWriter:
                     return
                 continue
             delay = self._pacer.reserve(self._key, self._interval)
-            if self.messages or failures:  # the first message goes at once, the rest in turn
-                await asyncio.sleep(delay)
+            if self._wrote or self._retry.failing:  # the first write goes at once
+                await asyncio.sleep(max(delay, self._backoff))
             # Everything that arrived while waiting is written at once: that is the coalescing.
             try:
                 for write in plan_writes(self._text, self.shown, final=self._final):
-                    await asyncio.wait_for(self._apply(write), _REQUEST_TIMEOUT)
-                failures = 0
+                    timeout = _REQUEST_TIMEOUT
+                    if self._retry.failing:
+                        timeout = min(timeout, max(self._retry.remaining(), _MIN_REQUEST_TIMEOUT))
+                    await asyncio.wait_for(self._apply(write), timeout)
+                self._retry.succeeded()
+                self._backoff = 0.0
             except Exception as exc:
-                failures += 1
-                if not _transient(exc) or failures >= _MAX_FAILURES:
+                backoff = self._retry.failed() if _transient(exc) else None
+                if backoff is None:
+                    if _transient(exc):
+                        self._give_up(exc)
                     raise
-                _log.warning("updating a reply failed (%r); retrying at the next turn", exc)
+                self._backoff = backoff
+                _log.warning(
+                    "updating a reply in %s failed (%r); trying again in %.1f s",
+                    _describe(self._channel),
+                    exc,
+                    backoff,
+                )
             self._wake.set()  # check again: retry a failure, or see that the final text is shown
 
+    def _give_up(self, exc: BaseException) -> None:
+        missing = len(self._text) - sum(len(shown) for shown in self.shown)
+        _log.error(
+            "DISCORD OUTAGE: a reply of %d characters in %s could not be written for %.0f s "
+            "(last error: %r); about %d characters of it are not shown and are lost",
+            len(self._text),
+            _describe(self._channel),
+            self._retry.elapsed(),
+            exc,
+            max(missing, 0),
+        )
+
     async def _apply(self, write: Write) -> None:
+        self._wrote = True
         if write.new:
-            reference = None
-            if self._reference is not None and not self.messages:
-                reference = self._reference.to_reference(fail_if_not_exists=False)
-            message = await self._channel.send(
-                write.content, reference=reference, allowed_mentions=SAFE_MENTIONS
-            )
+            message = await self._find_lost_send() if self._tried else None
+            if message is None:
+                message = await self._send(write.content)
             self.messages.append(message)
-            self.shown.append(write.content)
-        else:
-            message = await self.messages[write.index].edit(
-                content=write.content, allowed_mentions=SAFE_MENTIONS
+            self.shown.append(message.content)
+            self._nonce, self._tried = secrets.randbits(63), []
+            if message.content == write.content:
+                return
+        message = await self.messages[write.index].edit(
+            content=write.content, allowed_mentions=SAFE_MENTIONS
+        )
+        self.messages[write.index] = message
+        self.shown[write.index] = write.content
+
+    async def _send(self, content: str) -> discord.Message:
+        reference = None
+        if self._reference is not None and not self.messages:
+            reference = self._reference.to_reference(fail_if_not_exists=False)
+        self._tried.append(content)
+        # The nonce makes Discord itself drop a repeated create (discord.py retries 5xx inside).
+        if reference is None:
+            return await self._channel.send(
+                content, allowed_mentions=SAFE_MENTIONS, nonce=self._nonce
             )
-            self.messages[write.index] = message
-            self.shown[write.index] = write.content
+        return await self._channel.send(
+            content, reference=reference, allowed_mentions=SAFE_MENTIONS, nonce=self._nonce
+        )
+
+    async def _find_lost_send(self) -> discord.Message | None:
+        """The message a failed create made after all (Discord may create it, then fail).
+
+        Looks at the channel's messages after the previous message of this reply (or after the
+        message it replies to) for the bot's message with the content of a failed try.
+        """
+        me = _me(self._channel)
+        anchor = self.messages[-1] if self.messages else self._reference
+        if me is None or anchor is None:
+            return None
+        try:
+            async for message in self._channel.history(limit=_LOOKBACK, after=anchor):
+                if message.author.id != me.id or message.content not in self._tried:
+                    continue
+                if self.messages or _replies_to(message, anchor):
+                    _log.info("a failed send had created its message after all; continuing it")
+                    return message
+        except discord.Forbidden as exc:  # no Read Message History: rely on the nonce alone
+            _log.warning("cannot check %s for a lost message: %r", _describe(self._channel), exc)
+        return None
 
 
-async def _keep_typing(channel: discord.abc.Messageable) -> None:
+def _replies_to(message: discord.Message, reference: discord.abc.Snowflake) -> bool:
+    return message.reference is not None and message.reference.message_id == reference.id
+
+
+async def keep_typing(channel: discord.abc.Messageable) -> None:
+    """Show the typing indicator in `channel` until cancelled; a failure only logs."""
     try:
         async with channel.typing():
             await asyncio.Event().wait()
@@ -384,11 +576,39 @@ async def _close(iterator: AsyncIterator[str]) -> None:
         _log.warning("closing the deltas of a reply failed: %r", exc)
 
 
+def _note(text: str) -> str:
+    return f"*{text}*"
+
+
 def _with_error(text: str, error_text: str) -> str:
     if _unclosed(text):
         text += _CLOSE
-    note = f"*{error_text}*"
-    return f"{text}\n\n{note}" if text.strip() else note
+    return f"{text}\n\n{_note(error_text)}" if is_visible(text) else _note(error_text)
+
+
+def _stalled(exc: BaseException) -> bool:
+    return isinstance(exc, (asyncio.TimeoutError, TimeoutError))
+
+
+def final_text(
+    text: str,
+    failure: BaseException | None,
+    *,
+    error_text: str = DEFAULT_ERROR_TEXT,
+    stall_text: str = DEFAULT_STALL_TEXT,
+    empty_text: str | None = DEFAULT_EMPTY_TEXT,
+) -> str:
+    """What a reply finally shows, given the generated `text` and how generation ended.
+
+    A failure appends its note in italics (`stall_text` for a timeout, else `error_text`) to
+    the text so far; a generation with nothing visible (see :func:`is_visible`) shows
+    `empty_text` in italics instead (``None``: nothing).
+    """
+    if failure is not None:
+        return _with_error(text, stall_text if _stalled(failure) else error_text)
+    if is_visible(text) or empty_text is None:
+        return text
+    return _note(empty_text)
 
 
 async def stream_reply(
@@ -396,31 +616,61 @@ async def stream_reply(
     deltas: AsyncIterable[str],
     *,
     reference: discord.Message | None = None,
+    placeholder: discord.Message | None = None,
     interval: float = 1.0,
     error_text: str = DEFAULT_ERROR_TEXT,
-    timeout: float | None = 300.0,
+    stall_text: str = DEFAULT_STALL_TEXT,
+    empty_text: str | None = DEFAULT_EMPTY_TEXT,
+    timeout: float | None = 60.0,
+    retry_budget: float = 60.0,
     pacer: ChannelPacer = PACER,
 ) -> list[discord.Message]:
     """Stream the text `deltas` into `channel` as a message edited in place; return the messages.
 
     The typing indicator shows until the first visible delta, which sends the message (replying
-    to `reference` if given). Later deltas are coalesced into edits, at most one per channel per
-    `interval` seconds, shared with other replies in the same channel. The final text is always
-    written; past 2000 characters the reply continues in new messages (see
-    :func:`split_message`). Rate limits only slow the edits down: discord.py waits out a 429, and
-    a failed write is retried at the channel's next turn with the newest text, so no text is lost.
-    Every message allows only :data:`SAFE_MENTIONS`.
+    to `reference` if given), or edits `placeholder` (a message the caller already sent in
+    reply, e.g. a "queued" note) into the reply. Later deltas are coalesced into edits, at most
+    one per channel per `interval` seconds, shared with other replies in the same channel. The
+    final text is always written; past 2000 characters the reply continues in new messages (see
+    :func:`split_message`). Every message allows only :data:`SAFE_MENTIONS`.
 
-    If `deltas` raises (or yields nothing for `timeout` seconds: :class:`asyncio.TimeoutError`),
-    the text so far is kept and ``*error_text*`` is appended, so the user sees that the reply
-    failed; once that is shown, the exception is re-raised for the caller to log. A reply that
-    cannot be written (a non-transient Discord error, or five failed writes in a row) raises the
-    Discord error. An empty generation sends nothing and returns ``[]``. `deltas` is closed
-    (``aclose``) when done. If the caller cancels, the messages stay as they were last written.
+    Every reply has a visible outcome: if `deltas` raises, or yields nothing for `timeout`
+    seconds (the stall timeout, ``None``: no bound), the text so far is kept and a note in
+    italics is appended (`stall_text` for the timeout, else `error_text`); once that is shown,
+    the exception is re-raised for the caller to log. A generation with no visible character
+    (empty, whitespace, zero-width characters) shows ``*empty_text*`` (``None``: sends
+    nothing and returns ``[]``).
+
+    Discord failures lose no text: discord.py waits out 429s, and a write that fails with a 5xx
+    or a network error is tried again with the newest text, after back-off waits doubling from
+    `interval` up to 10 s, for up to `retry_budget` seconds of failing in a row. A message
+    create is sent with a nonce (Discord drops a repeated one), and before a failed create is
+    sent again, the channel's history is checked for it, so a create that Discord carried out
+    before failing is not doubled. When the budget is spent, an ERROR is logged with the
+    reply's size and channel, and the Discord error raised.
+
+    Parameters
+    ----------
+    channel: where to reply (any :class:`discord.abc.Messageable`).
+    deltas: the reply's text, in pieces; closed (``aclose``) when done.
+    reference: the message replied to.
+    placeholder: a message of the bot's, replying to `reference`, that becomes the reply.
+    interval: the least seconds between two edits in the channel.
+    error_text, stall_text, empty_text: the notes described above.
+    timeout: the most seconds to wait for each delta (the first included).
+    retry_budget: the most seconds writes may fail in a row before the reply gives up.
+    pacer: the pacer that spaces the edits of each channel.
+
+    Raises
+    ------
+    Exception: what `deltas` raised (:class:`asyncio.TimeoutError` on a stall), after the note
+        is shown; or the :class:`discord.HTTPException` (or network error) that made writing
+        the reply fail: a non-transient one at once, a transient one after `retry_budget`.
+    If the caller cancels, the messages stay as they were last written.
     """
     iterator: AsyncIterator[str] = aiter(deltas)
-    writer = _ReplyWriter(channel, reference, interval, pacer)
-    typing = asyncio.create_task(_keep_typing(channel))
+    writer = _ReplyWriter(channel, reference, placeholder, interval, pacer, retry_budget)
+    typing = asyncio.create_task(keep_typing(channel))
     text = ""
     failure: Exception | None = None
     try:
@@ -431,16 +681,20 @@ async def stream_reply(
                 except StopAsyncIteration:
                     break
                 text += delta
-                if text.strip():
+                if is_visible(text):
                     typing.cancel()
                     writer.update(text)
         except Exception as exc:
             failure = exc
-            text = _with_error(text, error_text)
         finally:
             typing.cancel()
             await _close(iterator)
-        writer.update(text, final=True)
+        writer.update(
+            final_text(
+                text, failure, error_text=error_text, stall_text=stall_text, empty_text=empty_text
+            ),
+            final=True,
+        )
         try:
             await writer.task
         except Exception:

@@ -12,8 +12,11 @@ Decisions, so that one prompt works with every backend and chat template:
   roles alternate (templates like Mistral's or Gemma's refuse anything else) and a long reply
   the bot sent as several Discord messages reads as one reply.
 - Mentions show as the names Discord shows (``@alice``, ``#general``, via
-  :attr:`discord.Message.clean_content`); ``@everyone``/``@here`` are defused. Attachments
-  appear as ``[attachment: name]``. Messages left with no text are skipped.
+  :attr:`discord.Message.clean_content`); ``@everyone``/``@here`` are defused. What a message
+  carries besides text shows after it, one line each: ``[attachment: name]``,
+  ``[sticker: name]`` and ``[embed: title]`` (its description's first line, or its URL, when it
+  has no title), so a message of only a sticker or an embed is a turn the model can answer.
+  Messages left with no text are skipped.
 - The budget (characters and/or tokens of the contents, the system prompt not counted) keeps the
   newest messages: it stops at the first message, going back in time, that does not fit, so
   the history it keeps has no holes. A message is never cut, except the newest one alone when
@@ -22,23 +25,48 @@ Decisions, so that one prompt works with every backend and chat template:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 import discord
 
-__all__ = ["ChatMessage", "context_to_messages", "conversation_order", "message_text"]
+__all__ = [
+    "ChatMessage",
+    "context_to_messages",
+    "conversation_order",
+    "embed_label",
+    "message_text",
+]
 
 #: ``{"role": "system"|"user"|"assistant", "content": str}``
 ChatMessage = dict[str, str]
 
+_log = logging.getLogger(__name__)
+
 _ELLIPSIS = "\u2026"
+#: The most characters of an embed's label.
+_LABEL_CHARS = 100
 
 
 def message_text(message: discord.Message) -> str:
-    """What a model sees of one message: its text with mentions as names, and its attachments."""
+    """What a model sees of one message: its text with mentions as names, then its
+    attachments, stickers and embeds as ``[attachment: name]``, ``[sticker: name]`` and
+    ``[embed: title]`` lines."""
     parts = [message.clean_content.strip()]
     parts += [f"[attachment: {attachment.filename}]" for attachment in message.attachments]
+    parts += [f"[sticker: {sticker.name}]" for sticker in message.stickers]
+    parts += [f"[embed: {embed_label(embed)}]" for embed in message.embeds]
     return "\n".join(part for part in parts if part)
+
+
+def embed_label(embed: discord.Embed) -> str:
+    """An embed in a few words: its title, else its description's first line, else its URL,
+    else its type; at most 100 characters."""
+    for text in (embed.title, (embed.description or "").strip().split("\n")[0], embed.url):
+        if text and text.strip():
+            text = " ".join(text.split())
+            return text if len(text) <= _LABEL_CHARS else text[: _LABEL_CHARS - 1] + _ELLIPSIS
+    return embed.type
 
 
 def context_to_messages(
@@ -85,8 +113,9 @@ def context_to_messages(
     return chat
 
 
-def conversation_order(messages: Iterable[discord.Message],
-                       bot_user: discord.abc.Snowflake) -> list[discord.Message]:
+def conversation_order(
+    messages: Iterable[discord.Message], bot_user: discord.abc.Snowflake
+) -> list[discord.Message]:
     """Oldest first, except that a reply of the bot comes right after the message it answers.
 
     Messages that arrive while the bot generates are older than its reply, so by time alone a

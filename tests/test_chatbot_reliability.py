@@ -1,0 +1,246 @@
+"""The ready-made chat bot under failure: every question gets a visible outcome, hung models
+are bounded, and messages that arrive while a reply fails are answered. Real Streamers with
+scripted workers (tests/chat_workers.py) on the loopback Discord, tiny timeouts via Settings."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chat_workers import RELEASE, mortal, scripted
+from genbot.chatbot import ChatBot
+from genbot.output import DEFAULT_EMPTY_TEXT, DEFAULT_ERROR_TEXT, DEFAULT_STALL_TEXT
+from genbot.settings import Settings
+from genbot.streaming import Streamer
+from genbot.testing import DiscordServer, FakeChannel, FakeUser, run_bot
+
+FAST: dict[str, Any] = {
+    "guild_ready_timeout": 0.05,
+    "shutdown_timeout": 2.0,
+    "close_streamers": False,
+}
+ERROR_NOTE = f"*{DEFAULT_ERROR_TEXT}*"
+STALL_NOTE = f"*{DEFAULT_STALL_TEXT}*"
+QUEUED_NOTE = f"*{ChatBot.queued_text}*"
+BUSY_NOTE = f"*{ChatBot.busy_text}*"
+
+
+class Chat:
+    def __init__(self, server: DiscordServer) -> None:
+        self.server = server
+        guild = server.create_guild("Guild")
+        self.alice: FakeUser = server.create_user("alice")
+        server.add_member(guild, self.alice)
+        self.general: FakeChannel = server.create_channel(guild, "general")
+        self.dm: FakeChannel = server.create_dm(self.alice)
+
+    def replies(self, channel: FakeChannel) -> list[str]:
+        return [m["content"] for m in self.server.bot_messages(channel)]
+
+    async def wait_for_reply(self, channel: FakeChannel, content: str, timeout: float = 15) -> None:
+        await self.server.wait_for(lambda: content in self.replies(channel), timeout=timeout)
+
+
+@pytest.fixture
+async def chat() -> AsyncIterator[Chat]:
+    async with DiscordServer() as server:
+        yield Chat(server)
+
+
+@pytest.fixture
+def backend() -> Iterator[Streamer]:
+    """The scripted worker, one chat at a time, so a hung script holds the only slot."""
+    RELEASE.clear()
+    scripted.start_thread(maximum=1)
+    try:
+        yield scripted
+    finally:
+        RELEASE.set()
+        scripted.close()
+
+
+def settings(**values: Any) -> Settings:
+    # Timeouts not under test are long, so a loaded machine cannot trip them.
+    defaults = {"edit_interval": 0.05, "stall_timeout": 30.0, "queue_timeout": 1.5}
+    return Settings().updated({**defaults, **values}, "test")
+
+
+def make_bot(backend: Streamer, **values: Any) -> ChatBot:
+    bot = ChatBot(settings(**values), backend=backend, **FAST)
+    bot.queued_after = 0.2
+    return bot
+
+
+async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
+    """Wait until the bot has no attend running (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while running := bot.attending():
+        assert loop.time() < deadline, "the bot is still attending"
+        await asyncio.wait(running, timeout=deadline - loop.time())
+
+
+async def say_while_generating(bot: ChatBot, chat: Chat, text: str) -> dict[str, Any]:
+    """Alice writes `text` in the DM once the first reply shows, and the bot has seen it."""
+    await chat.server.wait_for(
+        lambda: any(r.startswith("Let me think") for r in chat.replies(chat.dm)), timeout=15
+    )
+    seen = asyncio.ensure_future(
+        bot.wait_for("message", check=lambda m: m.content == text, timeout=5)
+    )
+    message = await chat.server.send_message(chat.dm, chat.alice, text)
+    await seen
+    return message
+
+
+# --- no question goes unanswered ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("how", "note"), [("fail", ERROR_NOTE), ("stall", STALL_NOTE)])
+async def test_a_message_that_arrives_while_a_reply_fails_gets_its_answer(
+    chat: Chat, backend: Streamer, how: str, note: str
+) -> None:
+    server = chat.server
+    bot = make_bot(backend, stall_timeout=1.0 if how == "stall" else 30.0)
+    async with run_bot(bot, server):
+        first = await server.send_message(chat.dm, chat.alice, how)
+        second = await say_while_generating(bot, chat, "second")
+        if how == "stall":  # the worker keeps the only slot until the stall note shows
+            await chat.wait_for_reply(chat.dm, f"Let me think\n\n{note}")
+        RELEASE.set()
+        await chat.wait_for_reply(chat.dm, "answer: second")
+        await settle(bot)
+    failed, answered = server.bot_messages(chat.dm)
+    assert failed["content"] == f"Let me think\n\n{note}"
+    assert failed["message_reference"]["message_id"] == first["id"]
+    assert answered["message_reference"]["message_id"] == second["id"]
+
+
+async def test_a_backend_that_always_fails_answers_each_question_once(
+    chat: Chat, backend: Streamer
+) -> None:
+    """The follow-up answers only what is newer than what was answered: no loop."""
+    server = chat.server
+    bot = make_bot(backend)
+    async with run_bot(bot, server):
+        first = await server.send_message(chat.dm, chat.alice, "fail 1")
+        second = await say_while_generating(bot, chat, "fail 2")
+        RELEASE.set()
+        await server.wait_for(lambda: len(server.bot_messages(chat.dm)) == 2, timeout=15)
+        await settle(bot)
+        replies = server.bot_messages(chat.dm)
+    assert [m["content"] for m in replies] == [f"Let me think\n\n{ERROR_NOTE}"] * 2
+    assert [m["message_reference"]["message_id"] for m in replies] == [first["id"], second["id"]]
+
+
+async def test_a_message_that_arrives_while_the_worker_is_killed_gets_its_answer(
+    chat: Chat, tmp_path: Path
+) -> None:
+    server = chat.server
+    mortal.start_process(maximum=1)
+    try:
+        bot = make_bot(mortal, queue_timeout=60.0)
+        async with run_bot(bot, server, timeout=60):
+            await server.send_message(chat.dm, chat.alice, f"die {tmp_path / 'go'}")
+            second = await say_while_generating(bot, chat, "second")
+            (tmp_path / "go").touch()  # the worker kills itself now
+            await chat.wait_for_reply(chat.dm, "answer: second", timeout=60)
+            await settle(bot)
+    finally:
+        mortal.close()
+    failed, answered = server.bot_messages(chat.dm)
+    assert failed["content"] == f"Let me think\n\n{ERROR_NOTE}"
+    assert answered["message_reference"]["message_id"] == second["id"]
+
+
+# --- hung models are bounded ------------------------------------------------------------------
+
+
+async def test_a_hung_worker_ends_its_reply_and_tells_other_chats_it_is_busy(
+    chat: Chat, backend: Streamer
+) -> None:
+    server = chat.server
+    bot = make_bot(backend, stall_timeout=0.5)
+    async with run_bot(bot, server):
+        await server.send_message(chat.general, chat.alice, "hang", mentions_bot=True)
+        await chat.wait_for_reply(chat.general, STALL_NOTE)  # no text at all: only the note
+        # The worker still hangs and holds the only slot: the next chat waits, and is told.
+        hello = await server.send_message(chat.dm, chat.alice, "hello")
+        await chat.wait_for_reply(chat.dm, BUSY_NOTE)
+        await settle(bot)
+        (busy,) = server.bot_messages(chat.dm)
+        assert busy["message_reference"]["message_id"] == hello["id"]
+        assert busy["edited_timestamp"] is not None, "the queued note became the busy note"
+        assert server.typing_events(chat.dm), "typing shows while the chat waits for a slot"
+        RELEASE.set()  # the model recovers: the next question is answered
+        await server.send_message(chat.dm, chat.alice, "again")
+        await chat.wait_for_reply(chat.dm, "answer: again")
+        await settle(bot)
+
+
+async def test_a_queued_chat_sees_a_note_that_becomes_its_reply(
+    chat: Chat, backend: Streamer
+) -> None:
+    server = chat.server
+    bot = make_bot(backend, queue_timeout=30.0)
+    async with run_bot(bot, server):
+        await server.send_message(chat.general, chat.alice, "hold", mentions_bot=True)
+        await chat.wait_for_reply(chat.general, "Let me think")
+        hello = await server.send_message(chat.dm, chat.alice, "hello")
+        await chat.wait_for_reply(chat.dm, QUEUED_NOTE)
+        (queued,) = server.bot_messages(chat.dm)
+        RELEASE.set()
+        await chat.wait_for_reply(chat.general, "Let me think done.")
+        await chat.wait_for_reply(chat.dm, "answer: hello")
+        await settle(bot)
+    (reply,) = server.bot_messages(chat.dm)
+    assert reply["id"] == queued["id"]
+    assert reply["message_reference"]["message_id"] == hello["id"]
+
+
+async def test_a_queued_note_for_a_question_overtaken_by_a_newer_one_is_removed(
+    chat: Chat, backend: Streamer
+) -> None:
+    server = chat.server
+    bot = make_bot(backend, queue_timeout=30.0)
+    async with run_bot(bot, server):
+        await server.send_message(chat.general, chat.alice, "hold", mentions_bot=True)
+        await chat.wait_for_reply(chat.general, "Let me think")
+        await server.send_message(chat.dm, chat.alice, "hello")
+        await chat.wait_for_reply(chat.dm, QUEUED_NOTE)
+        newer = await server.send_message(chat.dm, chat.alice, "are you there?")
+        RELEASE.set()
+        await chat.wait_for_reply(chat.dm, "answer: are you there?")
+        await settle(bot)
+    (reply,) = server.bot_messages(chat.dm)
+    assert reply["message_reference"]["message_id"] == newer["id"]
+
+
+# --- every reply has a visible outcome -----------------------------------------------------------
+
+
+async def test_an_invisible_model_output_gets_a_visible_note(chat: Chat, backend: Streamer) -> None:
+    server = chat.server
+    bot = make_bot(backend)
+    async with run_bot(bot, server):
+        question = await server.send_message(chat.dm, chat.alice, "empty")
+        await chat.wait_for_reply(chat.dm, f"*{DEFAULT_EMPTY_TEXT}*")
+        await settle(bot)
+    (reply,) = server.bot_messages(chat.dm)
+    assert reply["message_reference"]["message_id"] == question["id"]
+
+
+async def test_a_backend_that_is_gone_gets_a_visible_note(chat: Chat, backend: Streamer) -> None:
+    server = chat.server
+    bot = make_bot(backend)
+    async with run_bot(bot, server):
+        backend.close()  # say, the operator's backend crashed for good
+        question = await server.send_message(chat.dm, chat.alice, "hello?")
+        await chat.wait_for_reply(chat.dm, f"*{ChatBot.unavailable_text}*")
+        await settle(bot)
+    (reply,) = server.bot_messages(chat.dm)
+    assert reply["message_reference"]["message_id"] == question["id"]
