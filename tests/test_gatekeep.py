@@ -181,8 +181,10 @@ async def test_unhashable_arguments_rejected_clearly() -> None:
 
 def test_genbot_gatekeep_is_the_decorator_even_after_the_module_was_imported() -> None:
     # In a fresh interpreter: importing the module first must not shadow the decorator.
-    code = ("import sys, genbot.gatekeep, genbot\n"
-            "assert genbot.gatekeep is sys.modules['genbot.gatekeep'].gatekeep\n")
+    code = (
+        "import sys, genbot.gatekeep, genbot\n"
+        "assert genbot.gatekeep is sys.modules['genbot.gatekeep'].gatekeep\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

@@ -120,8 +120,9 @@ class Gatekeeper(Generic[P]):
         task.add_done_callback(lambda t: _RUNNING.pop(t, None))
         return GateHandle(task, scheduled=True)
 
-    async def _loop(self, key: Hashable, run: _Run, args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> None:
+    async def _loop(
+        self, key: Hashable, run: _Run, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         try:
             while True:
                 run.pending = False
@@ -146,12 +147,12 @@ class Gatekeeper(Generic[P]):
                 await on_error(self.fn.__name__, *args[1:], **kwargs)
                 return
             except Exception:
-                _log.exception("on_error failed while handling an error in %s",
-                               self.fn.__qualname__)
+                _log.exception(
+                    "on_error failed while handling an error in %s", self.fn.__qualname__
+                )
         _log.exception("Ignoring exception in %s", self.fn.__qualname__)
 
 
 def gatekeep(fn: Callable[P, Awaitable[Any]]) -> Gatekeeper[P]:
     """Decorate an async function (or method) so it runs at most once per arguments at a time."""
     return Gatekeeper(fn)
-

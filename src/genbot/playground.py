@@ -77,9 +77,13 @@ class _Printer:
             before, content = self.shown.get(message["id"]), message["content"]
             if before == content:
                 continue
-            if live and before is not None and self.open == message["id"] \
-                    and content.startswith(before):
-                self.write(content[len(before):])
+            if (
+                live
+                and before is not None
+                and self.open == message["id"]
+                and content.startswith(before)
+            ):
+                self.write(content[len(before) :])
             else:
                 self.end_line()
                 edited = " (edited)" if before is not None else ""
@@ -104,8 +108,10 @@ class _Printer:
 
     def snapshot(self) -> tuple[int, tuple[tuple[str, str], ...]]:
         messages = self.server.bot_messages(self.channel)
-        return (len(self.server.typing_events(self.channel)),
-                tuple((m["id"], m["content"]) for m in messages))
+        return (
+            len(self.server.typing_events(self.channel)),
+            tuple((m["id"], m["content"]) for m in messages),
+        )
 
     async def follow(self) -> None:
         """Print live (terminal mode) until cancelled."""
@@ -130,8 +136,15 @@ async def _settle(bot: Genbot, processed: Awaitable[Any], timeout: float) -> Non
         await asyncio.wait(tasks, timeout=remaining)
 
 
-async def _send_line(server: DiscordServer, bot: Genbot, dm: FakeChannel, user: FakeUser,
-                     line: str, printer: _Printer, timeout: float) -> None:
+async def _send_line(
+    server: DiscordServer,
+    bot: Genbot,
+    dm: FakeChannel,
+    user: FakeUser,
+    line: str,
+    printer: _Printer,
+    timeout: float,
+) -> None:
     name, _, text = line[1:].partition(" ")
     commands = server.commands() if line.startswith("/") else []
     command = next((c for c in commands if c["name"] == name), None)
@@ -144,8 +157,9 @@ async def _send_line(server: DiscordServer, bot: Genbot, dm: FakeChannel, user: 
             printer.say(f"{printer.name} (only you can see this): {response['content']}")
         await _settle(bot, asyncio.sleep(0), timeout)
         return
-    processed = asyncio.ensure_future(bot.wait_for(
-        "message", check=lambda m: m.author.id == user.id and m.channel.id == dm.id))
+    processed = asyncio.ensure_future(
+        bot.wait_for("message", check=lambda m: m.author.id == user.id and m.channel.id == dm.id)
+    )
     await server.send_message(dm, user, line)
     await _settle(bot, processed, timeout)
 
@@ -180,8 +194,10 @@ async def playground(
                 return 1
             ready.result()
             if interactive:
-                printer.say(f"Chatting with {printer.name} in a DM as {user_name}. "
-                            "Ctrl-D quits; /reset, /ping and the bot's other commands work.")
+                printer.say(
+                    f"Chatting with {printer.name} in a DM as {user_name}. "
+                    "Ctrl-D quits; /reset, /ping and the bot's other commands work."
+                )
             while not runner.done():
                 if interactive:
                     out.write(f"{user_name}> ")
@@ -218,8 +234,15 @@ def run_playground(
 
     ``bot_factory`` is any zero-argument callable returning a :class:`Genbot`, e.g. the class.
     """
-    return asyncio.run(playground(bot_factory, stdin=stdin, stdout=stdout, user_name=user_name,
-                                  reply_timeout=reply_timeout))
+    return asyncio.run(
+        playground(
+            bot_factory,
+            stdin=stdin,
+            stdout=stdout,
+            user_name=user_name,
+            reply_timeout=reply_timeout,
+        )
+    )
 
 
 if __name__ == "__main__":
