@@ -15,7 +15,7 @@ import pytest
 
 import genbot
 from bot_world import FAST, send, world
-from genbot.gatekeep import running
+from genbot.gatekeeping import running
 from genbot.testing import run_bot
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from genbot.gatekeep import GateHandle, gatekeep, running
+from genbot.gatekeeping import GateHandle, gatekeep, running
 
 
 class Recorder:
@@ -145,7 +145,7 @@ async def test_exception_without_owner_is_logged(caplog: pytest.LogCaptureFixtur
     async def plain(x: int) -> None:
         raise ValueError("plain failure")
 
-    with caplog.at_level(logging.ERROR, logger="genbot.gatekeep"):
+    with caplog.at_level(logging.ERROR, logger="genbot.gatekeeping"):
         await asyncio.wait_for(plain(1).wait(), 5)
     assert any("plain" in r.getMessage() and r.exc_info for r in caplog.records)
     assert running() == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from genbot.gatekeep import gatekeep
+from genbot.gatekeeping import gatekeep
 
 __all__ = [
     "Context",

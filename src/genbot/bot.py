@@ -14,7 +14,7 @@ from discord import app_commands
 from genbot.access import Access, AccessList, AccessSpec
 from genbot.commands import install_commands
 from genbot.context import Context, MessageCache
-from genbot.gatekeep import GateHandle, running
+from genbot.gatekeeping import GateHandle, running
 from genbot.output import SAFE_MENTIONS
 from genbot.wake import WakeRules, incoming
 

@@ -15,7 +15,7 @@ from typing import Any
 import discord
 
 from genbot.bot import Genbot
-from genbot.gatekeep import gatekeep
+from genbot.gatekeeping import gatekeep
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.output import stream_reply
 from genbot.prompt import context_to_messages

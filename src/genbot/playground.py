@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import discord
 
 from genbot.bot import Genbot
-from genbot.gatekeep import gatekeep
+from genbot.gatekeeping import gatekeep
 from genbot.testing import DiscordServer, FakeChannel, FakeUser
 
 __all__ = ["EchoBot", "playground", "run_playground"]
