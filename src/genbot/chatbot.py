@@ -116,7 +116,7 @@ class ChatBot(Genbot):
             await stream_reply(channel, stream(ChatRequest(chat, self.generation)),
                                reference=question, interval=self.settings.edit_interval)
         if not await ctx.current():
-            self.attend(channel, force=True)
+            self.attend.force(channel)
 
     def _answered(self, question: discord.Message, history: list[discord.Message]) -> bool:
         """Whether one of the bot's replies after ``question`` answers it. Not just "the bot
