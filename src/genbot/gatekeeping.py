@@ -4,17 +4,27 @@ Calling a gatekept function never waits for it. It returns a :class:`GateHandle`
 
 - no run with the same arguments in progress: a run is scheduled as a task;
 - a run in progress: nothing happens (the running instance is expected to see the same
-  state), unless ``force=True``, which queues exactly one more run for after the current
-  one (several forces while one is running still queue one) - never two in parallel.
+  state), unless forced, which queues exactly one more run for after the current one
+  (several forces while one is running still queue one) - never two in parallel.
+
+Forcing has two spellings: ``self.attend.force(channel)``, which a type checker checks like
+the plain call, and the design's ``self.attend(channel, force=True)``, which works the same at
+run time but which a type checker refuses (a keyword cannot be added to a ``ParamSpec``
+signature). Arguments are matched by value after binding them to the function's signature, so
+``attend(channel)`` and ``attend(channel=channel)`` share one gate.
 
 Awaiting the handle returns at once too (``True`` when this call started or queued a run), so
-``await self.attend(channel, force=True)`` inside ``attend`` cannot deadlock; use
+``await self.attend.force(channel)`` inside ``attend`` cannot deadlock; use
 :meth:`GateHandle.wait` to wait until the runs have finished.
 
-On methods the key includes ``self``, so each bot instance has its own runs. An exception
-releases the key and is reported to the owner's error handling: ``self.on_error(name, *args)``
-when the first argument has an ``on_error`` coroutine (a :class:`discord.Client`), else the
-``genbot.gatekeep`` logger.
+On methods the key includes ``self``, so each bot instance has its own runs: reading the
+attribute on an instance gives a :class:`BoundGatekeeper` (typed like a bound method), on the
+class the :class:`Gatekeeper` itself. An exception releases the key and is reported to the
+owner's error handling: ``self.on_error(name, *args)`` when the first argument has an
+``on_error`` coroutine (a :class:`discord.Client`), else the ``genbot.gatekeeping`` logger.
+
+The module is named ``gatekeeping`` so that it cannot shadow the decorator: ``genbot.gatekeep``
+is always the function.
 """
 
 from __future__ import annotations
@@ -23,15 +33,19 @@ import asyncio
 import functools
 import inspect
 import logging
-import types
 from collections.abc import Awaitable, Callable, Generator, Hashable
-from typing import Any, Generic, ParamSpec
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-__all__ = ["GateHandle", "Gatekeeper", "gatekeep", "running"]
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["BoundGatekeeper", "GateHandle", "Gatekeeper", "gatekeep", "running"]
 
 _log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")
+S = TypeVar("S")
 
 #: Every gatekept run in progress, with the first argument of the call (``self`` on methods).
 _RUNNING: dict[asyncio.Task[None], Any] = {}
@@ -62,8 +76,11 @@ class GateHandle:
     async def wait(self) -> None:
         """Wait until the run (and any queued run) is over; never raises the run's exception.
 
-        From inside the run it waits for, it raises :class:`RuntimeError` (it would wait for
-        itself forever, and block the key with it).
+        Raises
+        ------
+        RuntimeError
+            Called from inside the run it waits for (it would wait for itself forever, and
+            block the key with it).
         """
         if self.task is None:
             return
@@ -84,28 +101,70 @@ class _Run:
 
 
 class Gatekeeper(Generic[P]):
-    """The callable ``@gatekeep`` makes; a descriptor, so it works on methods."""
+    """The callable ``@gatekeep`` makes; a descriptor, so it works on methods.
 
-    def __init__(self, fn: Callable[P, Awaitable[Any]]) -> None:
+    ``gk(*args)`` runs ``fn(*args)`` unless a run with the same arguments is in progress;
+    ``gk.force(*args)`` queues one more run after it. Both take exactly ``fn``'s parameters.
+    """
+
+    def __init__(self, fn: Callable[P, Awaitable[object]]) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"@gatekeep needs an async function, got {fn!r}")
         self.fn = fn
+        self._signature = inspect.signature(fn)
         self._runs: dict[Hashable, _Run] = {}
         functools.update_wrapper(self, fn)
 
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+
+    @overload
+    def __get__(
+        self: Gatekeeper[Concatenate[S, Q]], instance: S, owner: type[Any] | None = None
+    ) -> BoundGatekeeper[Q]: ...
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
         if instance is None:
             return self
-        return types.MethodType(self, instance)
+        return BoundGatekeeper(self, instance)
 
-    def __call__(self, *args: P.args, force: bool = False, **kwargs: P.kwargs) -> GateHandle:
-        key = (args, tuple(sorted(kwargs.items())))
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> GateHandle:
+        # ``force=True`` is the design's spelling; it is not part of P, so it is untyped.
+        force = bool(kwargs.pop("force", False))
+        return self._enter(args, kwargs, force=force)
+
+    def force(self, *args: P.args, **kwargs: P.kwargs) -> GateHandle:
+        """Like calling, but when a run is in progress, queue exactly one more after it."""
+        return self._enter(args, kwargs, force=True)
+
+    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+        """The gate's key: the arguments bound to ``fn``'s signature, defaults applied.
+
+        Raises
+        ------
+        TypeError
+            The arguments do not fit ``fn``, or one of them is not hashable.
+        """
         try:
-            run = self._runs.get(key)
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"@gatekeep {self.fn.__qualname__}: {exc}") from None
+        bound.apply_defaults()
+        key = tuple(
+            (name, tuple(sorted(value.items())) if isinstance(value, dict) else value)
+            for name, value in bound.arguments.items()
+        )
+        try:
+            hash(key)
         except TypeError as exc:
             raise TypeError(
                 f"@gatekeep {self.fn.__qualname__}: arguments must be hashable, got {args!r}"
             ) from exc
+        return key
+
+    def _enter(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, force: bool) -> GateHandle:
+        key = self._key(args, kwargs)
+        run = self._runs.get(key)
         if run is not None:
             if not force:
                 return GateHandle(run.task, scheduled=False)
@@ -152,7 +211,61 @@ class Gatekeeper(Generic[P]):
                 )
         _log.exception("Ignoring exception in %s", self.fn.__qualname__)
 
+    def __repr__(self) -> str:
+        return f"<Gatekeeper {self.fn.__qualname__}>"
 
-def gatekeep(fn: Callable[P, Awaitable[Any]]) -> Gatekeeper[P]:
-    """Decorate an async function (or method) so it runs at most once per arguments at a time."""
+
+class BoundGatekeeper(Generic[P]):
+    """A :class:`Gatekeeper` read on an instance, as a bound method is: ``self`` comes first.
+
+    ``bot.attend(channel)`` and ``bot.attend.force(channel)`` take the method's parameters
+    without ``self``.
+    """
+
+    __slots__ = ("__func__", "__self__")
+
+    def __init__(self, gatekeeper: Gatekeeper[...], instance: object) -> None:
+        self.__func__ = gatekeeper
+        self.__self__ = instance
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> GateHandle:
+        force = bool(kwargs.pop("force", False))
+        return self.__func__._enter((self.__self__, *args), kwargs, force=force)
+
+    def force(self, *args: P.args, **kwargs: P.kwargs) -> GateHandle:
+        """Like calling, but when a run is in progress, queue exactly one more after it."""
+        return self.__func__._enter((self.__self__, *args), kwargs, force=True)
+
+    if not TYPE_CHECKING:  # at run time, like a bound method: the function's attributes
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.__func__, name)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, BoundGatekeeper)
+            and other.__func__ is self.__func__
+            and other.__self__ is self.__self__
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.__func__), id(self.__self__)))
+
+    def __repr__(self) -> str:
+        return f"<bound gatekeeper {self.__func__.fn.__qualname__} of {self.__self__!r}>"
+
+
+def gatekeep(fn: Callable[P, Awaitable[object]]) -> Gatekeeper[P]:
+    """Decorate an async function (or method) so it runs at most once per arguments at a time.
+
+    Parameters
+    ----------
+    fn
+        An ``async def`` function or method.
+
+    Raises
+    ------
+    TypeError
+        ``fn`` is not an async function.
+    """
     return Gatekeeper(fn)

@@ -50,7 +50,7 @@ class EchoBot(Genbot):
                 reference = msg.to_reference(fail_if_not_exists=False)  # it may be deleted
                 await channel.send(f"echo: {msg.content}", reference=reference)
         if not await ctx.current():
-            self.attend(channel, force=True)
+            self.attend.force(channel)
 
 
 class _Printer:
