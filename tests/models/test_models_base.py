@@ -7,7 +7,7 @@ import itertools
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import genbot.models
@@ -109,6 +109,8 @@ def test_stop_buffer_holds_back_a_possible_stop_and_cuts_at_it() -> None:
     stop=st.lists(st.text(alphabet="abc:\n", min_size=1, max_size=4), max_size=3),
     cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=8),
 )
+# ":" is complete in "a:" first, but "a::" starts earlier and completes with the next chunk.
+@example(text="a::", stop=[":", "a::"], cuts=[2])
 def test_stop_buffer_equals_cutting_the_whole_text(
     text: str, stop: list[str], cuts: list[int]
 ) -> None:

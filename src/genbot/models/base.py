@@ -115,19 +115,33 @@ class StopBuffer:
         if self.stopped:
             return ""
         self._pending += text
-        cut = min((i for i in (self._pending.find(s) for s in self.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            out, self._pending = self._pending[:cut], ""
-            return out
-        hold = self._held_length()
-        out = self._pending[: len(self._pending) - hold]
-        self._pending = self._pending[len(self._pending) - hold :]
+        # Text that may still become a stop starts here; a stop found after this point is
+        # not the first one yet: a longer stop starting earlier may still complete.
+        safe = len(self._pending) - self._held_length()
+        cut = self._first_stop()
+        if cut >= 0 and cut <= safe:
+            return self._stop_at(cut)
+        out, self._pending = self._pending[:safe], self._pending[safe:]
         return out
 
     def flush(self) -> str:
-        """The held-back text, at the end of generation (it turned out not to be a stop)."""
-        out, self._pending = ("" if self.stopped else self._pending), ""
+        """The held-back text, at the end of generation, up to the first stop in it."""
+        if self.stopped:
+            return ""
+        cut = self._first_stop()
+        if cut >= 0:
+            return self._stop_at(cut)
+        out, self._pending = self._pending, ""
+        return out
+
+    def _first_stop(self) -> int:
+        """Where the first complete stop string in the pending text starts, or -1."""
+        found = (self._pending.find(s) for s in self.stop)
+        return min((i for i in found if i >= 0), default=-1)
+
+    def _stop_at(self, cut: int) -> str:
+        self.stopped = True
+        out, self._pending = self._pending[:cut], ""
         return out
 
     def _held_length(self) -> int:
