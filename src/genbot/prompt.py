@@ -26,10 +26,9 @@ from collections.abc import Callable, Iterable
 
 import discord
 
-__all__ = ["ChatMessage", "context_to_messages", "conversation_order", "message_text"]
+from genbot.models.base import ChatMessage, Role
 
-#: ``{"role": "system"|"user"|"assistant", "content": str}``
-ChatMessage = dict[str, str]
+__all__ = ["ChatMessage", "context_to_messages", "conversation_order", "message_text"]
 
 _ELLIPSIS = "\u2026"
 
@@ -77,7 +76,7 @@ def context_to_messages(
     if system_prompt:
         chat.append({"role": "system", "content": system_prompt})
     for message, text in reversed(kept):
-        role = "assistant" if message.author.id == bot_user.id else "user"
+        role: Role = "assistant" if message.author.id == bot_user.id else "user"
         if len(chat) > (1 if system_prompt else 0) and chat[-1]["role"] == role:
             chat[-1]["content"] += "\n" + text
         else:
