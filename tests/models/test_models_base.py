@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 import itertools
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 
 import genbot.models
 from genbot.models import GenerationSettings, ModelError, default_model_path
-from genbot.models.base import StopBuffer, prepare_messages
+from genbot.models.base import ChatMessage, StopBuffer, prepare_messages
 
 
 def test_default_model_path_is_the_shipped_gguf() -> None:
@@ -69,8 +71,41 @@ def test_prepare_messages_names_users_and_adds_the_system_prompt() -> None:
         {"role": "assistant", "content": "hello"},
         {"role": "user", "content": "and you?"},
     ]
-    own = [{"role": "system", "content": "mine"}, {"role": "user", "content": "x"}]
+    own: list[ChatMessage] = [
+        {"role": "system", "content": "mine"},
+        {"role": "user", "content": "x"},
+    ]
     assert prepare_messages(own, "Be brief.") == own
+
+
+def test_prepare_messages_adds_nothing_without_a_system_prompt() -> None:
+    messages: list[ChatMessage] = [{"role": "user", "content": "hi"}]
+    assert prepare_messages(messages) == messages
+    assert prepare_messages(messages, "") == messages
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("genbot.models.llamacpp", "LlamaCppStreamer"),
+        ("genbot.models.llamacpp", "LlamaEngine"),
+        ("genbot.models.transformers", "TransformersStreamer"),
+        ("genbot.models.transformers", "TransformersEngine"),
+        ("genbot.models.openai", "OpenAIStreamer"),
+    ],
+)
+def test_no_backend_brings_a_system_prompt_of_its_own(module: str, name: str) -> None:
+    # One policy: the default system prompt is the bot's setting; a backend adds one only
+    # when it is given one (the llama.cpp backend used to add its own).
+    backend = getattr(importlib.import_module(module), name)
+    assert inspect.signature(backend).parameters["system_prompt"].default is None
+
+
+def test_the_default_system_prompt_is_the_bots_setting() -> None:
+    from genbot.settings import DEFAULT_SYSTEM_PROMPT, Settings
+
+    assert Settings().system_prompt == DEFAULT_SYSTEM_PROMPT
+    assert not hasattr(genbot.models, "DEFAULT_SYSTEM_PROMPT")
 
 
 @pytest.mark.parametrize(
@@ -80,6 +115,7 @@ def test_prepare_messages_names_users_and_adds_the_system_prompt() -> None:
         [{"role": "user", "content": None}],
         [{"role": "system", "content": "only a system prompt"}],
         [],
+        ["hi"],
     ],
 )
 def test_prepare_messages_rejects_bad_conversations(messages: list[dict]) -> None:

