@@ -14,6 +14,8 @@ that user. Typed lines are sent as messages; ``/name [text]`` invokes the bot's 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
@@ -25,6 +27,8 @@ from genbot.gatekeeping import gatekeep
 from genbot.testing import DiscordServer, FakeChannel, FakeUser
 
 __all__ = ["EchoBot", "playground", "run_playground"]
+
+_log = logging.getLogger(__name__)
 
 
 class EchoBot(Genbot):
@@ -113,12 +117,15 @@ class _Printer:
             tuple((m["id"], m["content"]) for m in messages),
         )
 
+    def changed_since(self, last: tuple[int, tuple[tuple[str, str], ...]]) -> bool:
+        return self.snapshot() != last
+
     async def follow(self) -> None:
         """Print live (terminal mode) until cancelled."""
         while True:
-            last = self.snapshot()
+            changed = functools.partial(self.changed_since, self.snapshot())
             try:
-                await self.server.wait_for(lambda last=last: self.snapshot() != last, timeout=3600)
+                await self.server.wait_for(changed, timeout=3600)
             except TimeoutError:
                 continue
             self.flush(live=True)
