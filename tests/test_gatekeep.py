@@ -209,6 +209,25 @@ async def test_force_method_queues_one_more_run_like_force_true() -> None:
     assert r.max_active == 1
 
 
+async def test_a_parameter_named_force_gets_the_keyword() -> None:
+    seen: list[bool] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @gatekeep
+    async def push(force: bool = False) -> None:
+        seen.append(force)
+        started.set()
+        await asyncio.wait_for(release.wait(), 5)
+
+    first = push(force=True)
+    await asyncio.wait_for(started.wait(), 5)
+    assert push(force=True).scheduled is False  # the same arguments: absorbed, not forced
+    assert push.force(force=True).scheduled is True
+    release.set()
+    await asyncio.wait_for(first.wait(), 5)
+    assert seen == [True, True]
+
+
 async def test_positional_and_keyword_arguments_share_one_gate() -> None:
     r = Recorder()
     first = r.work("a")

@@ -12,6 +12,8 @@ itself are the project's mypy run's business, not this test's.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,17 @@ def test_a_users_bot_is_typed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sorted(errors - expected_errors) == [], "unexpected errors"
     assert sorted(expected_errors - errors) == [], "errors mypy did not report"
     assert reveals == expected_reveals
+
+
+def test_the_type_checking_imports_keep_the_package_lazy_at_run_time() -> None:
+    # Type checkers see genbot.Genbot and the backends through TYPE_CHECKING imports; at run
+    # time a streamer's worker that imports genbot (or genbot.models) pays for none of them.
+    code = (
+        "import sys, genbot, genbot.models\n"
+        "assert callable(genbot.gatekeep)\n"
+        "heavy = ('discord', 'torch', 'transformers', 'openai', 'xllamacpp')\n"
+        "loaded = [name for name in heavy if name in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "assert genbot.Genbot.__module__ == 'genbot.bot' and 'discord' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

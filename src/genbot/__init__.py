@@ -10,6 +10,7 @@ class, not ``Any``.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from genbot.gatekeeping import gatekeep
@@ -24,6 +25,8 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+_log = logging.getLogger(__name__)
 
 _LAZY = {
     "Genbot": "genbot.bot",

