@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from genbot.gatekeep import GateHandle, gatekeep, running
+from genbot.gatekeeping import BoundGatekeeper, GateHandle, Gatekeeper, gatekeep, running
 
 
 class Recorder:
@@ -145,7 +145,7 @@ async def test_exception_without_owner_is_logged(caplog: pytest.LogCaptureFixtur
     async def plain(x: int) -> None:
         raise ValueError("plain failure")
 
-    with caplog.at_level(logging.ERROR, logger="genbot.gatekeep"):
+    with caplog.at_level(logging.ERROR, logger="genbot.gatekeeping"):
         await asyncio.wait_for(plain(1).wait(), 5)
     assert any("plain" in r.getMessage() and r.exc_info for r in caplog.records)
     assert running() == []
@@ -179,11 +179,86 @@ async def test_unhashable_arguments_rejected_clearly() -> None:
         f([1])
 
 
-def test_genbot_gatekeep_is_the_decorator_even_after_the_module_was_imported() -> None:
-    # In a fresh interpreter: importing the module first must not shadow the decorator.
-    code = ("import sys, genbot.gatekeep, genbot\n"
-            "assert genbot.gatekeep is sys.modules['genbot.gatekeep'].gatekeep\n")
+def test_genbot_gatekeep_is_the_decorator_and_no_module_shadows_it() -> None:
+    # In a fresh interpreter, importing the module first: the package attribute stays the
+    # function, and "import genbot.gatekeep" finds no module of that name to bind over it.
+    code = (
+        "import sys, genbot.gatekeeping as module, genbot\n"
+        "assert module is sys.modules['genbot.gatekeeping']\n"
+        "assert genbot.gatekeep is module.gatekeep\n"
+        "assert 'genbot.gatekeep' not in sys.modules\n"
+        "try:\n"
+        "    import genbot.gatekeep\n"
+        "except ModuleNotFoundError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise AssertionError('genbot.gatekeep is a module')\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_force_method_queues_one_more_run_like_force_true() -> None:
+    r = Recorder()
+    first = r.work("a")
+    await asyncio.sleep(0)
+    forced = [r.work.force("a"), r.work.force(key="a"), r.work("a", force=True)]
+    assert all(h.scheduled for h in forced)
+    r.release.set()
+    await asyncio.wait_for(first.wait(), 5)
+    assert r.calls == [("a",), ("a",)]
+    assert r.max_active == 1
+
+
+async def test_a_parameter_named_force_gets_the_keyword() -> None:
+    seen: list[bool] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @gatekeep
+    async def push(force: bool = False) -> None:
+        seen.append(force)
+        started.set()
+        await asyncio.wait_for(release.wait(), 5)
+
+    first = push(force=True)
+    await asyncio.wait_for(started.wait(), 5)
+    assert push(force=True).scheduled is False  # the same arguments: absorbed, not forced
+    assert push.force(force=True).scheduled is True
+    release.set()
+    await asyncio.wait_for(first.wait(), 5)
+    assert seen == [True, True]
+
+
+async def test_positional_and_keyword_arguments_share_one_gate() -> None:
+    r = Recorder()
+    first = r.work("a")
+    assert r.work(key="a").scheduled is False
+    r.release.set()
+    await asyncio.wait_for(first.wait(), 5)
+    assert r.calls == [("a",)]
+
+
+async def test_wrong_arguments_fail_at_the_call_not_in_the_run() -> None:
+    r = Recorder()
+    with pytest.raises(TypeError, match=r"Recorder\.work"):
+        r.work()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"Recorder\.work"):
+        r.work.force("a", "b")  # type: ignore[call-arg]
+    assert running(r) == []
+
+
+async def test_class_access_gives_the_gatekeeper_instance_access_a_bound_one() -> None:
+    r = Recorder()
+    assert isinstance(Recorder.work, Gatekeeper)
+    bound = r.work
+    assert isinstance(bound, BoundGatekeeper)
+    assert bound.__self__ is r and bound.__func__ is Recorder.work
+    assert bound == r.work and hash(bound) == hash(r.work) and bound != Recorder().work
+    assert r.work.__name__ == "work" and "Recorder.work" in repr(bound)
+    handle = Recorder.work(r, "a")  # through the class, self passed explicitly
+    assert r.work("a").scheduled is False  # the same gate as r.work("a")
+    r.release.set()
+    await asyncio.wait_for(handle.wait(), 5)
+    assert r.calls == [("a",)]
 
 
 async def test_a_run_that_requeues_itself_does_not_starve_the_loop() -> None:

@@ -26,9 +26,12 @@ def test_scripted_chat_with_the_echo_bot() -> None:
     assert lines[:3] == ["tester: hello", "genbot: echo: hello", "tester: !not for the bot"]
     assert lines[3] == "tester: /ping" and lines[4].startswith("genbot: Pong!")
     assert lines[5:] == [
-        "tester: how are you", "genbot: echo: how are you",
-        "tester: /reset", "genbot: \u2014 context reset \u2014",
-        "tester: /nosuchcommand", "genbot: echo: /nosuchcommand",
+        "tester: how are you",
+        "genbot: echo: how are you",
+        "tester: /reset",
+        "genbot: \u2014 context reset \u2014",
+        "tester: /nosuchcommand",
+        "genbot: echo: /nosuchcommand",
     ]
 
 
@@ -42,14 +45,18 @@ async def test_echo_bot_answers_messages_that_arrive_while_it_answers() -> None:
             await server.send_message(dm, user, "first")
             await server.wait_for(lambda: server.request_count(*post) == 1)
             for text in ("second", "third"):
-                seen = asyncio.ensure_future(bot.wait_for(
-                    "message", check=lambda m, text=text: m.content == text, timeout=5))
+                seen = asyncio.ensure_future(
+                    bot.wait_for("message", check=lambda m, text=text: m.content == text, timeout=5)
+                )
                 await server.send_message(dm, user, text)
                 await seen
             await server.wait_for(lambda: len(server.bot_messages(dm)) == 3)
             await asyncio.wait_for(asyncio.gather(*bot.attending()), 5)
         assert [m["content"] for m in server.bot_messages(dm)] == [
-            "echo: first", "echo: second", "echo: third"]
+            "echo: first",
+            "echo: second",
+            "echo: third",
+        ]
 
 
 async def test_echo_bot_echoes_a_message_deleted_before_the_echo() -> None:
@@ -81,14 +88,22 @@ def test_custom_bot_final_text_is_printed_once() -> None:
     out = io.StringIO()
     assert run_playground(Editor, stdin=io.StringIO("question\n/shutdown\n"), stdout=out) == 0
     assert out.getvalue().splitlines() == [
-        "you: question", "genbot: answer to question",
-        "you: /shutdown", "genbot (only you can see this): Only the bot's admins can shut it down.",
+        "you: question",
+        "genbot: answer to question",
+        "you: /shutdown",
+        "genbot (only you can see this): Only the bot's admins can shut it down.",
     ]
 
 
 def test_echo_hello_piped_into_the_module_exits_0() -> None:
-    done = subprocess.run([sys.executable, "-m", "genbot.playground"], input="hello\n",
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "genbot.playground"],
+        input="hello\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "genbot: echo: hello" in done.stdout.splitlines()
 

@@ -2,16 +2,18 @@
 
 Public names are imported lazily, so that a streamer's worker process (started with
 ``spawn``) that only needs :mod:`genbot.streaming` does not pay for importing discord.py.
-The exception is ``gatekeep`` (standard library only): its module has the same name, and
-importing ``genbot.gatekeep`` would bind the module over a lazily exported decorator.
+The exception is ``gatekeep`` (standard library only, from :mod:`genbot.gatekeeping`). For type
+checkers the lazy names are imported under ``TYPE_CHECKING``, so ``genbot.Genbot`` is the
+class, not ``Any``.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
-from genbot.gatekeep import gatekeep
+from genbot.gatekeeping import gatekeep
 
 __all__ = [
     "Context",
@@ -23,6 +25,8 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+_log = logging.getLogger(__name__)
 
 _LAZY = {
     "Genbot": "genbot.bot",

@@ -14,7 +14,7 @@ from discord import app_commands
 from genbot.access import Access, AccessList, AccessSpec
 from genbot.commands import install_commands
 from genbot.context import Context, MessageCache
-from genbot.gatekeep import GateHandle, running
+from genbot.gatekeeping import GateHandle, running
 from genbot.output import SAFE_MENTIONS
 from genbot.wake import WakeRules, incoming
 
@@ -80,12 +80,15 @@ class Genbot(discord.Client):
         self._shutdown: asyncio.Task[None] | None = None
 
     # -- the user-facing API ---------------------------------------------------------------------
-    async def attend(self, channel: Channel) -> None:
+    def attend(self, channel: Channel) -> Awaitable[Any]:
         """Answer in ``channel``; called when a message there wakes the bot. Override it.
 
         Each waking message calls it once; decorate it with ``@genbot.gatekeep`` to run at most
         one per channel at a time. Exceptions go to :meth:`on_error` (logged by default).
+        Typed as returning an awaitable so that both an ``async def`` and a gatekept override
+        (which returns a :class:`~genbot.gatekeeping.GateHandle`) match it; this one does nothing.
         """
+        return GateHandle(None, scheduled=False)
 
     def context(self, channel: Channel, limit: int = 16) -> Context:
         """The context window of ``channel``: see :class:`genbot.Context`."""

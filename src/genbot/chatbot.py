@@ -17,7 +17,7 @@ import discord
 
 from genbot.bot import Genbot
 from genbot.context import Context
-from genbot.gatekeep import gatekeep
+from genbot.gatekeeping import gatekeep
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.output import SAFE_MENTIONS, keep_typing, stream_reply
 from genbot.prompt import context_to_messages
@@ -158,7 +158,7 @@ class ChatBot(Genbot):
             return
         try:
             if not await turn.context.current():
-                self.attend(channel, force=True)
+                self.attend.force(channel)
         except Exception:
             _log.exception("checking %s for new messages failed", _where(channel))
 

@@ -14,6 +14,8 @@ that user. Typed lines are sent as messages; ``/name [text]`` invokes the bot's 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
@@ -21,10 +23,12 @@ from typing import Any, TextIO
 import discord
 
 from genbot.bot import Genbot
-from genbot.gatekeep import gatekeep
+from genbot.gatekeeping import gatekeep
 from genbot.testing import DiscordServer, FakeChannel, FakeUser
 
 __all__ = ["EchoBot", "playground", "run_playground"]
+
+_log = logging.getLogger(__name__)
 
 
 class EchoBot(Genbot):
@@ -50,7 +54,7 @@ class EchoBot(Genbot):
                 reference = msg.to_reference(fail_if_not_exists=False)  # it may be deleted
                 await channel.send(f"echo: {msg.content}", reference=reference)
         if not await ctx.current():
-            self.attend(channel, force=True)
+            self.attend.force(channel)
 
 
 class _Printer:
@@ -77,9 +81,13 @@ class _Printer:
             before, content = self.shown.get(message["id"]), message["content"]
             if before == content:
                 continue
-            if live and before is not None and self.open == message["id"] \
-                    and content.startswith(before):
-                self.write(content[len(before):])
+            if (
+                live
+                and before is not None
+                and self.open == message["id"]
+                and content.startswith(before)
+            ):
+                self.write(content[len(before) :])
             else:
                 self.end_line()
                 edited = " (edited)" if before is not None else ""
@@ -104,15 +112,20 @@ class _Printer:
 
     def snapshot(self) -> tuple[int, tuple[tuple[str, str], ...]]:
         messages = self.server.bot_messages(self.channel)
-        return (len(self.server.typing_events(self.channel)),
-                tuple((m["id"], m["content"]) for m in messages))
+        return (
+            len(self.server.typing_events(self.channel)),
+            tuple((m["id"], m["content"]) for m in messages),
+        )
+
+    def changed_since(self, last: tuple[int, tuple[tuple[str, str], ...]]) -> bool:
+        return self.snapshot() != last
 
     async def follow(self) -> None:
         """Print live (terminal mode) until cancelled."""
         while True:
-            last = self.snapshot()
+            changed = functools.partial(self.changed_since, self.snapshot())
             try:
-                await self.server.wait_for(lambda last=last: self.snapshot() != last, timeout=3600)
+                await self.server.wait_for(changed, timeout=3600)
             except TimeoutError:
                 continue
             self.flush(live=True)
@@ -130,8 +143,15 @@ async def _settle(bot: Genbot, processed: Awaitable[Any], timeout: float) -> Non
         await asyncio.wait(tasks, timeout=remaining)
 
 
-async def _send_line(server: DiscordServer, bot: Genbot, dm: FakeChannel, user: FakeUser,
-                     line: str, printer: _Printer, timeout: float) -> None:
+async def _send_line(
+    server: DiscordServer,
+    bot: Genbot,
+    dm: FakeChannel,
+    user: FakeUser,
+    line: str,
+    printer: _Printer,
+    timeout: float,
+) -> None:
     name, _, text = line[1:].partition(" ")
     commands = server.commands() if line.startswith("/") else []
     command = next((c for c in commands if c["name"] == name), None)
@@ -144,8 +164,9 @@ async def _send_line(server: DiscordServer, bot: Genbot, dm: FakeChannel, user: 
             printer.say(f"{printer.name} (only you can see this): {response['content']}")
         await _settle(bot, asyncio.sleep(0), timeout)
         return
-    processed = asyncio.ensure_future(bot.wait_for(
-        "message", check=lambda m: m.author.id == user.id and m.channel.id == dm.id))
+    processed = asyncio.ensure_future(
+        bot.wait_for("message", check=lambda m: m.author.id == user.id and m.channel.id == dm.id)
+    )
     await server.send_message(dm, user, line)
     await _settle(bot, processed, timeout)
 
@@ -180,8 +201,10 @@ async def playground(
                 return 1
             ready.result()
             if interactive:
-                printer.say(f"Chatting with {printer.name} in a DM as {user_name}. "
-                            "Ctrl-D quits; /reset, /ping and the bot's other commands work.")
+                printer.say(
+                    f"Chatting with {printer.name} in a DM as {user_name}. "
+                    "Ctrl-D quits; /reset, /ping and the bot's other commands work."
+                )
             while not runner.done():
                 if interactive:
                     out.write(f"{user_name}> ")
@@ -218,8 +241,15 @@ def run_playground(
 
     ``bot_factory`` is any zero-argument callable returning a :class:`Genbot`, e.g. the class.
     """
-    return asyncio.run(playground(bot_factory, stdin=stdin, stdout=stdout, user_name=user_name,
-                                  reply_timeout=reply_timeout))
+    return asyncio.run(
+        playground(
+            bot_factory,
+            stdin=stdin,
+            stdout=stdout,
+            user_name=user_name,
+            reply_timeout=reply_timeout,
+        )
+    )
 
 
 if __name__ == "__main__":

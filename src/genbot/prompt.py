@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable
 
 import discord
 
+from genbot.models.base import ChatMessage, Role
+
 __all__ = [
     "ChatMessage",
     "context_to_messages",
@@ -38,8 +40,6 @@ __all__ = [
     "message_text",
 ]
 
-#: ``{"role": "system"|"user"|"assistant", "content": str}``
-ChatMessage = dict[str, str]
 
 _log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def context_to_messages(
     if system_prompt:
         chat.append({"role": "system", "content": system_prompt})
     for message, text in reversed(kept):
-        role = "assistant" if message.author.id == bot_user.id else "user"
+        role: Role = "assistant" if message.author.id == bot_user.id else "user"
         if len(chat) > (1 if system_prompt else 0) and chat[-1]["role"] == role:
             chat[-1]["content"] += "\n" + text
         else:

@@ -27,12 +27,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from genbot.models.base import DEFAULT_SYSTEM_PROMPT
-
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+#: The ready-made bot's system prompt (setting ``system_prompt``); no backend adds one of its own.
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant chatting on Discord. Reply to the last message in one or two "
+    "short sentences. Stay on its topic and do not make things up."
+)
 
 __all__ = ["BACKENDS", "Settings", "SettingsError", "settings_help", "settings_table"]
 

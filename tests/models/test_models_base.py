@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 import itertools
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import genbot.models
 from genbot.models import GenerationSettings, ModelError, default_model_path
-from genbot.models.base import StopBuffer, prepare_messages
+from genbot.models.base import ChatMessage, StopBuffer, prepare_messages
 
 
 def test_default_model_path_is_the_shipped_gguf() -> None:
@@ -69,8 +71,41 @@ def test_prepare_messages_names_users_and_adds_the_system_prompt() -> None:
         {"role": "assistant", "content": "hello"},
         {"role": "user", "content": "and you?"},
     ]
-    own = [{"role": "system", "content": "mine"}, {"role": "user", "content": "x"}]
+    own: list[ChatMessage] = [
+        {"role": "system", "content": "mine"},
+        {"role": "user", "content": "x"},
+    ]
     assert prepare_messages(own, "Be brief.") == own
+
+
+def test_prepare_messages_adds_nothing_without_a_system_prompt() -> None:
+    messages: list[ChatMessage] = [{"role": "user", "content": "hi"}]
+    assert prepare_messages(messages) == messages
+    assert prepare_messages(messages, "") == messages
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("genbot.models.llamacpp", "LlamaCppStreamer"),
+        ("genbot.models.llamacpp", "LlamaEngine"),
+        ("genbot.models.transformers", "TransformersStreamer"),
+        ("genbot.models.transformers", "TransformersEngine"),
+        ("genbot.models.openai", "OpenAIStreamer"),
+    ],
+)
+def test_no_backend_brings_a_system_prompt_of_its_own(module: str, name: str) -> None:
+    # One policy: the default system prompt is the bot's setting; a backend adds one only
+    # when it is given one (the llama.cpp backend used to add its own).
+    backend = getattr(importlib.import_module(module), name)
+    assert inspect.signature(backend).parameters["system_prompt"].default is None
+
+
+def test_the_default_system_prompt_is_the_bots_setting() -> None:
+    from genbot.settings import DEFAULT_SYSTEM_PROMPT, Settings
+
+    assert Settings().system_prompt == DEFAULT_SYSTEM_PROMPT
+    assert not hasattr(genbot.models, "DEFAULT_SYSTEM_PROMPT")
 
 
 @pytest.mark.parametrize(
@@ -80,6 +115,7 @@ def test_prepare_messages_names_users_and_adds_the_system_prompt() -> None:
         [{"role": "user", "content": None}],
         [{"role": "system", "content": "only a system prompt"}],
         [],
+        ["hi"],
     ],
 )
 def test_prepare_messages_rejects_bad_conversations(messages: list[dict]) -> None:
@@ -109,6 +145,8 @@ def test_stop_buffer_holds_back_a_possible_stop_and_cuts_at_it() -> None:
     stop=st.lists(st.text(alphabet="abc:\n", min_size=1, max_size=4), max_size=3),
     cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=8),
 )
+# ":" is complete in "a:" first, but "a::" starts earlier and completes with the next chunk.
+@example(text="a::", stop=[":", "a::"], cuts=[2])
 def test_stop_buffer_equals_cutting_the_whole_text(
     text: str, stop: list[str], cuts: list[int]
 ) -> None:

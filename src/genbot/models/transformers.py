@@ -18,6 +18,7 @@ the loop: their cache rows cannot be left-padded and merged.
 from __future__ import annotations
 
 import inspect
+import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from genbot.streaming.worker import Stream
 
 __all__ = ["TransformersEngine", "TransformersStreamer", "gguf_to_hf"]
+
+_log = logging.getLogger(__name__)
 
 #: Like llama.cpp's ``repeat_last_n``: the repeat penalty looks at this many latest tokens.
 REPEAT_LAST_N = 64
@@ -48,8 +51,8 @@ def gguf_to_hf(gguf_path: str, folder: str) -> str:
 
     source = Path(gguf_path)
     config = AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    tensors = load_gguf_checkpoint(str(source), return_tensors=True, model_to_load=model)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+    tensors = load_gguf_checkpoint(str(source), return_tensors=True, model_to_load=model)  # type: ignore[no-untyped-call]
     model.load_state_dict(
         {k: torch.as_tensor(v) for k, v in tensors["tensors"].items()}, strict=False
     )
@@ -109,6 +112,15 @@ class TransformersEngine:
 
     ``add`` queues a request, ``step`` advances everything by one token and returns
     ``(key, delta, finish_reason | None)`` events, ``remove`` drops a request at once.
+    ``system_prompt`` (default none, as every backend) is put first when a request has no
+    system message.
+
+    Raises
+    ------
+    ValueError
+        ``max_batch`` is less than 1, or a model object came without its tokenizer.
+    ModelError
+        The tokenizer has no chat template.
     """
 
     def __init__(
@@ -136,7 +148,8 @@ class TransformersEngine:
             raise ValueError("pass the tokenizer with a model object")
         if not getattr(tokenizer, "chat_template", None):
             raise ModelError("the tokenizer has no chat template: use a chat (instruct) model")
-        self.model = model.to(self.device).eval()
+        loaded: Any = model
+        self.model = loaded.to(self.device).eval()
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.system_prompt = system_prompt
@@ -266,7 +279,8 @@ class TransformersEngine:
             logits_to_keep=1,
             **{self._cache_arg: cache},
         )
-        return out.logits[:, -1, :]
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
 
     def _merge(self, cache: Any, mask: torch.Tensor) -> None:
         """Append the rows of ``cache`` to the running batch, left-padding the shorter side."""
@@ -364,8 +378,10 @@ class TransformersStreamer(ChatStreamer):
     """The transformers backend: a Hugging Face causal chat LM by hub name or local path.
 
     Up to ``max_batch`` streams generate together; new streams join the running batch
-    between decoding steps. Extra keyword arguments go to ``from_pretrained`` (e.g.
-    ``revision``, ``gguf_file``). The model is loaded in the worker, not here.
+    between decoding steps. ``system_prompt`` (default none, as every backend) is put first
+    when a request has no system message. ``from_pretrained`` holds extra keyword arguments for
+    ``from_pretrained`` (e.g. ``revision``, ``gguf_file``). The model is loaded in the worker,
+    not here.
     """
 
     def __init__(
