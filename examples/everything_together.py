@@ -40,7 +40,7 @@ class MyBot(genbot.Genbot):
 
         # If new messages appeared while we were generating ours, more work has to be done.
         if not await ctx.current():
-            await self.attend(channel, force=True)
+            await self.attend.force(channel)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ class MyBot(genbot.Genbot):
             return
         await channel.send(f"I see {len(ctx)} messages.")
         if not await ctx.current():  # new messages arrived meanwhile
-            self.attend(channel, force=True)
+            self.attend.force(channel)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The context caches what it read: ``if not ctx`` skips an empty context, and
 ``await ctx.current()`` tells whether someone wrote since it was read. If they did, the bot
-attends again (``force=True`` queues one more run after this one; without it the gatekeep
+attends again (``self.attend.force(channel)`` queues one more run after this one; without it the gatekeep
 would absorb the call). Run it with ``DISCORD_TOKEN=... python examples/slow_reply.py``.
 """
 
@@ -29,7 +29,7 @@ class SlowBot(genbot.Genbot):
         await channel.send(reply)
         if not await ctx.current():
             # New messages arrived while we were generating: do the whole thing again.
-            self.attend(channel, force=True)
+            self.attend.force(channel)
 
     async def generate(self, lines):
         """Stands for a slow model: ``lines`` is the transcript, oldest first."""
