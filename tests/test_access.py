@@ -100,24 +100,26 @@ MATRIX = [
 
 
 @pytest.mark.parametrize(("users", "roles", "user", "held", "expected"), MATRIX)
-def test_matrix(users: object, roles: object, user: int, held: list[int] | None,
-                expected: bool) -> None:
+def test_matrix(
+    users: object, roles: object, user: int, held: list[int] | None, expected: bool
+) -> None:
     access = Access(users=users, roles=roles)  # type: ignore[arg-type]
     assert access.may_chat(user, held) is expected
 
 
 @pytest.mark.parametrize("held", [DM, GUILD_PLAIN, GUILD_BANNED, GUILD_MOD_BANNED])
 def test_admin_always_chats(held: list[int] | None) -> None:
-    access = Access(users={"whitelist": [B], "blacklist": [ADMIN]},
-                    roles={"whitelist": [MODS], "blacklist": [BANNED]}, admins=[ADMIN])
+    access = Access(
+        users={"whitelist": [B], "blacklist": [ADMIN]},
+        roles={"whitelist": [MODS], "blacklist": [BANNED]},
+        admins=[ADMIN],
+    )
     assert access.may_chat(ADMIN, held)
 
 
 ids = st.integers(min_value=1, max_value=8)
 id_sets = st.frozensets(ids, max_size=4)
-lists = st.builds(
-    AccessList, whitelist=st.one_of(st.none(), id_sets), blacklist=id_sets
-)
+lists = st.builds(AccessList, whitelist=st.one_of(st.none(), id_sets), blacklist=id_sets)
 
 
 def _as_spec(lst: AccessList, as_strings: bool) -> object:
@@ -128,15 +130,31 @@ def _as_spec(lst: AccessList, as_strings: bool) -> object:
     return spec
 
 
-@given(users=lists, roles=lists, admins=lists, user=ids,
-       held=st.one_of(st.none(), st.lists(ids, max_size=3)), as_strings=st.booleans())
-def test_property(users: AccessList, roles: AccessList, admins: AccessList, user: int,
-                  held: list[int] | None, as_strings: bool) -> None:
-    access = Access(users=_as_spec(users, as_strings), roles=_as_spec(roles, as_strings),
-                    admins=_as_spec(admins, as_strings))
+@given(
+    users=lists,
+    roles=lists,
+    admins=lists,
+    user=ids,
+    held=st.one_of(st.none(), st.lists(ids, max_size=3)),
+    as_strings=st.booleans(),
+)
+def test_property(
+    users: AccessList,
+    roles: AccessList,
+    admins: AccessList,
+    user: int,
+    held: list[int] | None,
+    as_strings: bool,
+) -> None:
+    access = Access(
+        users=_as_spec(users, as_strings),
+        roles=_as_spec(roles, as_strings),
+        admins=_as_spec(admins, as_strings),
+    )
     got = access.may_chat(user, held)
-    admin = admins.whitelist is not None and user in admins.whitelist \
-        and user not in admins.blacklist
+    admin = (
+        admins.whitelist is not None and user in admins.whitelist and user not in admins.blacklist
+    )
     if admin:  # rule 1
         assert got
         return
@@ -154,10 +172,16 @@ def test_property(users: AccessList, roles: AccessList, admins: AccessList, user
     assert got == (on_users or roles_allow)  # rule 4
 
 
-@given(users=lists, roles=lists, user=ids, extra=ids,
-       held=st.one_of(st.none(), st.lists(ids, max_size=3)))
-def test_blacklisting_never_grants(users: AccessList, roles: AccessList, user: int, extra: int,
-                                   held: list[int] | None) -> None:
+@given(
+    users=lists,
+    roles=lists,
+    user=ids,
+    extra=ids,
+    held=st.one_of(st.none(), st.lists(ids, max_size=3)),
+)
+def test_blacklisting_never_grants(
+    users: AccessList, roles: AccessList, user: int, extra: int, held: list[int] | None
+) -> None:
     before = Access(users=users, roles=roles).may_chat(user, held)
     more_users = AccessList(users.whitelist, users.blacklist | {extra})
     more_roles = AccessList(roles.whitelist, roles.blacklist | {extra})

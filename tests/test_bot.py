@@ -36,19 +36,25 @@ def test_defaults_and_client_kwargs() -> None:
     assert bot.allowed_mentions is SAFE_MENTIONS
     assert bot.activity is not None and bot.activity.name == "chess"
     assert not bot.access.is_admin(1)
-    custom = genbot.Genbot(intents=discord.Intents.none(),
-                           allowed_mentions=discord.AllowedMentions.none())
+    custom = genbot.Genbot(
+        intents=discord.Intents.none(), allowed_mentions=discord.AllowedMentions.none()
+    )
     assert not custom.intents.message_content
     assert custom.allowed_mentions is not None and not custom.allowed_mentions.users
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error"),
-    [({"users": "123"}, TypeError), ({"roles": ["x"]}, ValueError),
-     ({"admins": {"whitelist": [1.0]}}, TypeError), ({"channels": {"allow": [1]}}, ValueError)],
+    [
+        ({"users": "123"}, TypeError),
+        ({"roles": ["x"]}, ValueError),
+        ({"admins": {"whitelist": [1.0]}}, TypeError),
+        ({"channels": {"allow": [1]}}, ValueError),
+    ],
 )
-def test_bad_access_lists_fail_at_construction(kwargs: dict[str, Any],
-                                               error: type[Exception]) -> None:
+def test_bad_access_lists_fail_at_construction(
+    kwargs: dict[str, Any], error: type[Exception]
+) -> None:
     with pytest.raises(error, match=next(iter(kwargs))):
         genbot.Genbot(**kwargs)
 
@@ -80,8 +86,9 @@ async def test_default_wake_rules() -> None:
 
         await send(bot, s, ch, w.alice, "hey bot", mentions_bot=True)
         assert bot.woken[-1] == ch.id
-        done = asyncio.ensure_future(bot.wait_for("message", check=lambda m: m.content == "mine",
-                                                  timeout=5))
+        done = asyncio.ensure_future(
+            bot.wait_for("message", check=lambda m: m.content == "mine", timeout=5)
+        )
         await bot.get_channel(ch.id).send("mine")  # the bot's own message never wakes it
         mine = await done
         await _sentinel(bot, w)
@@ -116,9 +123,14 @@ async def test_access_and_options_gate_waking() -> None:
         s = w.server
         other_bot = s.create_user("otherbot", bot=True)
         quiet = s.create_channel(w.guild, "quiet")
-        bot = Recorder(users={"blacklist": [w.bob.id]}, roles=[w.mods.id], allow_bots=True,
-                       channels={"whitelist": [w.general.id], "blacklist": [quiet.id]},
-                       ignore_prefix="//", **FAST)
+        bot = Recorder(
+            users={"blacklist": [w.bob.id]},
+            roles=[w.mods.id],
+            allow_bots=True,
+            channels={"whitelist": [w.general.id], "blacklist": [quiet.id]},
+            ignore_prefix="//",
+            **FAST,
+        )
         async with run_bot(bot, s):
             await send(bot, s, s.create_dm(w.bob), w.bob, "blacklisted")
             await send(bot, s, quiet, w.mod, "blocked channel", mentions_bot=True)
@@ -129,12 +141,13 @@ async def test_access_and_options_gate_waking() -> None:
             await send(bot, s, w.general, w.mod, "listed channel, no mention")
             await send(bot, s, s.create_dm(other_bot), other_bot, "bots allowed")
             await send(bot, s, s.create_dm(w.alice), w.alice, "!no longer ignored")
-            assert bot.woken == [w.general.id, s.create_dm(other_bot).id,
-                                 s.create_dm(w.alice).id]
-            assert bot.may_chat(bot.get_guild(w.guild.id).get_member(w.mod.id),
-                                bot.get_channel(w.general.id))
-            assert not bot.may_chat(bot.get_guild(w.guild.id).get_member(w.alice.id),
-                                    bot.get_channel(w.general.id))
+            assert bot.woken == [w.general.id, s.create_dm(other_bot).id, s.create_dm(w.alice).id]
+            assert bot.may_chat(
+                bot.get_guild(w.guild.id).get_member(w.mod.id), bot.get_channel(w.general.id)
+            )
+            assert not bot.may_chat(
+                bot.get_guild(w.guild.id).get_member(w.alice.id), bot.get_channel(w.general.id)
+            )
 
 
 class Flaky(genbot.Genbot):
@@ -203,8 +216,9 @@ async def test_an_error_while_deciding_to_wake_does_not_stop_the_bot(
         dm = w.server.create_dm(w.alice)
         with caplog.at_level(logging.ERROR, logger="genbot.bot"):
             await send(bot, w.server, dm, w.alice, "one")  # on_message still sees it
-        assert any(r.exc_info and "access lookup failed" in str(r.exc_info[1])
-                   for r in caplog.records)
+        assert any(
+            r.exc_info and "access lookup failed" in str(r.exc_info[1]) for r in caplog.records
+        )
         bot.broken = False
         await send(bot, w.server, dm, w.alice, "two")
         await w.server.wait_for(lambda: w.contents(dm) == ["here"], timeout=5)

@@ -30,8 +30,9 @@ async def test_newest_first_limit_and_what_is_visible() -> None:
         ping = await s.invoke_command(ch, w.alice, "ping")
         assert (await ping.wait_response())["content"].startswith("Pong")
         await send(bot, s, ch, w.bob, "b1")
-        mine = asyncio.ensure_future(bot.wait_for("message", check=lambda m: m.content == "mine",
-                                                  timeout=5))
+        mine = asyncio.ensure_future(
+            bot.wait_for("message", check=lambda m: m.content == "mine", timeout=5)
+        )
         await bot.get_channel(ch.id).send("mine")
         await mine
         assert any(m["content"].startswith("Pong") for m in s.messages(ch))  # public, but hidden
@@ -164,7 +165,11 @@ async def test_warm_channel_costs_no_history_requests() -> None:
                 await send(bot, s, ch, w.bob, f"live {n}")
                 assert (await read(bot, ch.id))[0] == f"live {n}"
             assert await read(bot, ch.id, limit=30) == [
-                *(f"live {n}" for n in reversed(range(20))), "before 2", "before 1", "before 0"]
+                *(f"live {n}" for n in reversed(range(20))),
+                "before 2",
+                "before 1",
+                "before 0",
+            ]
             assert w.history_requests() == 1
 
 
@@ -195,8 +200,9 @@ async def test_resume_keeps_the_cache_and_replays_missed_messages() -> None:
         await send(bot, s, dm, w.alice, "one")
         assert await read(bot, dm.id) == ["one"]
         requests = w.history_requests()
-        seen = asyncio.ensure_future(bot.wait_for("message", check=lambda m: m.content == "two",
-                                                  timeout=10))
+        seen = asyncio.ensure_future(
+            bot.wait_for("message", check=lambda m: m.content == "two", timeout=10)
+        )
         back = asyncio.ensure_future(bot.wait_for("resumed", timeout=10))
         await s.drop_connections()
         await s.send_message(dm, w.alice, "two")  # while disconnected
@@ -227,8 +233,9 @@ async def test_current_tracks_new_visible_messages() -> None:
         ctx = bot.context(bot.get_partial_messageable(dm.id))
         assert await ctx.current()  # reads first when it was not read
         assert [m.content for m in ctx] == ["question"]
-        reply = asyncio.ensure_future(bot.wait_for("message", check=lambda m: m.content == "answer",
-                                                   timeout=5))
+        reply = asyncio.ensure_future(
+            bot.wait_for("message", check=lambda m: m.content == "answer", timeout=5)
+        )
         await bot.get_partial_messageable(dm.id).send("answer")
         await reply
         await send(bot, s, dm, w.alice, "!aside")
@@ -250,13 +257,17 @@ class FakeHistoryChannel:
     def message(self, message_id: int) -> SimpleNamespace:
         return SimpleNamespace(id=message_id, channel=self, content=f"m{message_id}")
 
-    async def history(self, *, limit: int, before: Any = None, after: Any = None,
-                      oldest_first: bool = False) -> AsyncIterator[SimpleNamespace]:
+    async def history(
+        self, *, limit: int, before: Any = None, after: Any = None, oldest_first: bool = False
+    ) -> AsyncIterator[SimpleNamespace]:
         self.requests += 1
         if self.gate is not None:
             await self.gate.wait()
-        ids = [i for i in self.ids if (before is None or i < before.id)
-               and (after is None or i > after.id)]
+        ids = [
+            i
+            for i in self.ids
+            if (before is None or i < before.id) and (after is None or i > after.id)
+        ]
         page = ids[:limit] if oldest_first else ids[::-1][:limit]
         for message_id in page:
             yield self.message(message_id)
@@ -264,6 +275,7 @@ class FakeHistoryChannel:
 
 async def _until_requested(channel: FakeHistoryChannel) -> None:
     """Wait (bounded) until the cache has asked `channel` for a page."""
+
     async def requested() -> None:
         while channel.requests == 0:
             await asyncio.sleep(0)

@@ -41,8 +41,10 @@ async def test_ping() -> None:
 
 
 async def test_reset_refused_to_users_who_may_not_chat() -> None:
-    async with world() as w, run_bot(genbot.Genbot(users={"blacklist": [w.bob.id]}, **FAST),
-                                     w.server):
+    async with (
+        world() as w,
+        run_bot(genbot.Genbot(users={"blacklist": [w.bob.id]}, **FAST), w.server),
+    ):
         for channel in (w.general, w.server.create_dm(w.bob)):
             interaction = await w.server.invoke_command(channel, w.bob, "reset")
             response = await interaction.wait_response()
@@ -76,8 +78,10 @@ async def test_a_failing_command_tells_the_user() -> None:
 
 @pytest.mark.parametrize("where", ["dm", "blacklisted"])
 async def test_thread_refusals(where: str) -> None:
-    async with world() as w, run_bot(genbot.Genbot(users={"blacklist": [w.bob.id]}, **FAST),
-                                     w.server):
+    async with (
+        world() as w,
+        run_bot(genbot.Genbot(users={"blacklist": [w.bob.id]}, **FAST), w.server),
+    ):
         channel = w.server.create_dm(w.alice) if where == "dm" else w.general
         user = w.alice if where == "dm" else w.bob
         interaction = await w.server.invoke_command(channel, user, "thread", {"name": "x"})

@@ -90,16 +90,15 @@ class AccessList:
 
 
 #: What ``users=``, ``roles=``, ``admins=`` and ``channels=`` accept.
-AccessSpec: TypeAlias = (
-    AccessList | Iterable[int | str] | Mapping[str, Iterable[int | str]] | None
-)
+AccessSpec: TypeAlias = AccessList | Iterable[int | str] | Mapping[str, Iterable[int | str]] | None
 
 
 class Access:
     """The chat/admin policy of a bot (see the module docstring for the four rules)."""
 
-    def __init__(self, users: AccessSpec = None, roles: AccessSpec = None,
-                 admins: AccessSpec = None) -> None:
+    def __init__(
+        self, users: AccessSpec = None, roles: AccessSpec = None, admins: AccessSpec = None
+    ) -> None:
         self.users = AccessList.parse(users, "users")
         self.roles = AccessList.parse(roles, "roles")
         self.admins = AccessList.parse(admins, "admins")

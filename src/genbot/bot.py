@@ -65,11 +65,13 @@ class Genbot(discord.Client):
         **client_kwargs: Any,
     ) -> None:
         client_kwargs.setdefault("allowed_mentions", SAFE_MENTIONS)
-        super().__init__(intents=intents if intents is not None else default_intents(),
-                         **client_kwargs)
+        super().__init__(
+            intents=intents if intents is not None else default_intents(), **client_kwargs
+        )
         self.access = Access(users, roles, admins)
-        self.wake_rules = WakeRules(AccessList.parse(channels, "channels"), ignore_prefix,
-                                    allow_bots)
+        self.wake_rules = WakeRules(
+            AccessList.parse(channels, "channels"), ignore_prefix, allow_bots
+        )
         self.message_cache = MessageCache()
         self.sync_commands = sync_commands
         self.shutdown_timeout = shutdown_timeout
@@ -196,8 +198,9 @@ class Genbot(discord.Client):
         """Graceful: no new attends; running ones get ``shutdown_timeout`` seconds, then are
         cancelled; active streamers are closed; then discord.py closes the connection."""
         if self._shutdown is None:
-            self._shutdown = asyncio.create_task(self._wind_down(asyncio.current_task()),
-                                                 name="genbot: shutdown")
+            self._shutdown = asyncio.create_task(
+                self._wind_down(asyncio.current_task()), name="genbot: shutdown"
+            )
         try:
             await asyncio.shield(self._shutdown)
         finally:
@@ -210,8 +213,11 @@ class Genbot(discord.Client):
             for task in pending:
                 task.cancel()
             if pending:
-                _log.warning("cancelled %d attend(s) still running after %.1f s",
-                             len(pending), self.shutdown_timeout)
+                _log.warning(
+                    "cancelled %d attend(s) still running after %.1f s",
+                    len(pending),
+                    self.shutdown_timeout,
+                )
                 await asyncio.wait(pending, timeout=self.shutdown_timeout)
         if self.close_streamers:
             await self._close_streamers()

@@ -76,13 +76,17 @@ def install_commands(bot: Genbot) -> None:
         task.add_done_callback(_background.discard)
 
     @tree.error
-    async def on_command_error(interaction: discord.Interaction,
-                               error: app_commands.AppCommandError) -> None:
+    async def on_command_error(
+        interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
         if isinstance(error, app_commands.CheckFailure):
             text = "You may not use this command here."
         else:
-            _log.error("command /%s failed", interaction.command and interaction.command.name,
-                       exc_info=error)
+            _log.error(
+                "command /%s failed",
+                interaction.command and interaction.command.name,
+                exc_info=error,
+            )
             text = "Sorry, that failed."
         if not interaction.response.is_done():
             await interaction.response.send_message(text, ephemeral=True)

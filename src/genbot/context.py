@@ -174,8 +174,9 @@ class MessageCache:
         h = self._history.get(channel_id)
         return [] if h is None else list(h.messages)
 
-    async def next_older(self, channel: discord.abc.Messageable,
-                         before: int | None) -> discord.Message | None:
+    async def next_older(
+        self, channel: discord.abc.Messageable, before: int | None
+    ) -> discord.Message | None:
         """The newest message older than ``before`` (``None``: the newest), or ``None`` at the
         channel's start. Fetches a page of history only when the cache does not reach back."""
         channel_id: int = channel.id  # type: ignore[attr-defined]
@@ -189,18 +190,28 @@ class MessageCache:
                     return None
             await self._fetch_older(channel, channel_id, h, h.ids[0] if h and h.ids else None)
 
-    async def newer_than(self, channel: discord.abc.Messageable,
-                         after: int) -> list[discord.Message]:
+    async def newer_than(
+        self, channel: discord.abc.Messageable, after: int
+    ) -> list[discord.Message]:
         """Messages newer than ``after``, oldest first; from the cache when it covers them."""
         h = self._history.get(channel.id)  # type: ignore[attr-defined]
         if h is not None and h.covers(after):
             i = bisect.bisect_right(h.ids, after)
             return h.messages[i:]
-        return [m async for m in channel.history(limit=_PAGE, after=discord.Object(after),
-                                                 oldest_first=True)]
+        return [
+            m
+            async for m in channel.history(
+                limit=_PAGE, after=discord.Object(after), oldest_first=True
+            )
+        ]
 
-    async def _fetch_older(self, channel: discord.abc.Messageable, channel_id: int,
-                           seen: _History | None, seen_oldest: int | None) -> None:
+    async def _fetch_older(
+        self,
+        channel: discord.abc.Messageable,
+        channel_id: int,
+        seen: _History | None,
+        seen_oldest: int | None,
+    ) -> None:
         lock = self._locks.setdefault(channel_id, asyncio.Lock())
         async with lock:
             h = self._history.get(channel_id)
