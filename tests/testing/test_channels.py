@@ -84,12 +84,18 @@ async def test_members_roles_and_member_updates(world: World) -> None:
         updated = asyncio.ensure_future(bot.wait_for("member_update", timeout=5))
         await server.update_member(world.guild, world.bob, roles=[world.mods])
         before, after = await updated
-        assert (before.roles, [r.name for r in after.roles]) == ([guild.default_role],
-                                                                ["@everyone", "mods"])
+        assert (before.roles, [r.name for r in after.roles]) == (
+            [guild.default_role],
+            ["@everyone", "mods"],
+        )
         found = await guild.query_members("al")
         assert [m.id for m in found] == [world.alice.id]
         assert {m.id async for m in guild.fetch_members(limit=None)} == {
-            world.alice.id, world.bob.id, server.bot_user.id, world.guild.owner_id}
+            world.alice.id,
+            world.bob.id,
+            server.bot_user.id,
+            world.guild.owner_id,
+        }
 
 
 async def test_members_are_chunked_at_startup_with_the_members_intent(world: World) -> None:

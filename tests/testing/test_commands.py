@@ -41,10 +41,15 @@ class CommandBot(Recorder):
             except discord.InteractionResponded as error:
                 self.errors.append(error)
             try:
-                await self.http.request(discord.http.Route(
-                    "POST", "/interactions/{interaction_id}/{token}/callback",
-                    interaction_id=interaction.id, token=interaction.token,
-                ), json={"type": 4, "data": {"content": "again"}})
+                await self.http.request(
+                    discord.http.Route(
+                        "POST",
+                        "/interactions/{interaction_id}/{token}/callback",
+                        interaction_id=interaction.id,
+                        token=interaction.token,
+                    ),
+                    json={"type": 4, "data": {"content": "again"}},
+                )
             except discord.HTTPException as error:
                 self.errors.append(error)
 
@@ -104,7 +109,8 @@ async def test_global_sync_and_answers(world: World) -> None:
         assert all(m["content"] != "regret" for m in server.messages(world.channel))
 
         setting = await server.invoke_command(
-            world.channel, world.alice, "settings set", {"key": "k", "value": 41})
+            world.channel, world.alice, "settings set", {"key": "k", "value": 41}
+        )
         assert (await setting.wait_response())["content"] == "k=42"
         with pytest.raises(LookupError):
             await server.invoke_command(world.channel, world.alice, "settings nope")
@@ -124,8 +130,11 @@ async def test_defer_followups_and_original_edits(world: World) -> None:
         assert (deferred["type"], deferred["message"]["flags"]) == (5, 128)
         await slow.wait_response(index=3)
         kinds = [(r["kind"], r["content"]) for r in slow.responses]
-        assert kinds[1:] == [("followup", "done thinking"), ("followup", "one more thing"),
-                             ("edit", "done thinking (edited)")]
+        assert kinds[1:] == [
+            ("followup", "done thinking"),
+            ("followup", "one more thing"),
+            ("edit", "done thinking (edited)"),
+        ]
         contents = [m["content"] for m in server.bot_messages(world.channel)]
         assert contents == ["done thinking (edited)", "one more thing"]
         assert slow.original is not None and slow.original["flags"] == 0
@@ -137,8 +146,14 @@ async def test_second_acknowledgement_is_refused(world: World) -> None:
     async with run_bot(bot, server):
         twice = await server.invoke_command(world.channel, world.alice, "twice")
         await twice.wait_response()
-        await server.wait_for(lambda: server.request_count(
-            "POST", "/interactions/{interaction_id}/{interaction_token}/callback") == 2)
+        await server.wait_for(
+            lambda: (
+                server.request_count(
+                    "POST", "/interactions/{interaction_id}/{interaction_token}/callback"
+                )
+                == 2
+            )
+        )
         while len(bot.errors) < 2:
             await bot.wait_for("app_command_completion", timeout=5)
         assert isinstance(bot.errors[0], discord.InteractionResponded)

@@ -32,8 +32,7 @@ async def test_edit_delete_and_bulk_delete_reach_the_client(world: World) -> Non
         bulk = asyncio.ensure_future(bot.wait_for("raw_bulk_message_delete", timeout=5))
         await server.bulk_delete(world.channel, [third, int(mine[0].id)])
         assert (await bulk).message_ids == {int(third["id"]), mine[0].id}
-        assert [m["content"] for m in server.messages(world.channel)] == [
-            "first, edited", "bot 1"]
+        assert [m["content"] for m in server.messages(world.channel)] == ["first, edited", "bot 1"]
 
 
 async def test_bot_sends_edits_deletes_and_replies(world: World) -> None:

@@ -38,8 +38,11 @@ async def test_rate_limit_answer_looks_like_discords(world: World) -> None:
             assert limited.headers["Content-Type"] == "application/json"
             assert limited.headers["Via"] == "1.1 google"
             assert limited.headers["X-RateLimit-Remaining"] == "0"
-            assert await limited.json() == {"message": "You are being rate limited.",
-                                            "retry_after": 0.5, "global": False}
+            assert await limited.json() == {
+                "message": "You are being rate limited.",
+                "retry_after": 0.5,
+                "global": False,
+            }
         async with session.get(f"{server.api_url}/users/@me", headers=headers) as ok:
             assert ok.status == 200
             assert ok.headers["Content-Type"] == "application/json"
@@ -93,8 +96,9 @@ async def _raw_identify(server: DiscordServer, query: str) -> list[dict]:
     inflate = zlib.decompressobj()
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"{server.gateway_url}?v=10&encoding=json{query}") as ws:
-            await ws.send_json({"op": 2, "d": {"token": server.token, "intents": 513,
-                                               "properties": {}}})
+            await ws.send_json(
+                {"op": 2, "d": {"token": server.token, "intents": 513, "properties": {}}}
+            )
             while len(payloads) < 3:
                 message = await ws.receive(timeout=5)
                 if message.type is aiohttp.WSMsgType.BINARY:
@@ -130,7 +134,9 @@ async def test_server_restores_discord_endpoints() -> None:
         assert discord.http.Route.BASE == server.api_url
         assert str(discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY) == server.gateway_url
     assert (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY) == (
-        base, gateway)
+        base,
+        gateway,
+    )
 
 
 async def test_a_clean_close_ends_the_session_and_a_second_bot_can_log_in(world: World) -> None:

@@ -66,16 +66,26 @@ async def overwrite_commands(server: DiscordServer, request: web.Request) -> web
         name = command.get("name", "")
         kind = int(command.get("type", 1))
         if not name or len(name) > 32 or (kind == 1 and name != name.lower()):
-            raise form_error(str(index), "APPLICATION_COMMAND_INVALID_NAME",
-                             "Command name is invalid")
-        commands.append({
-            "type": kind, "description": "", "options": [], "default_member_permissions": None,
-            "dm_permission": True, "nsfw": False,
-        } | command | {
-            "id": old.get((name, kind)) or str(server.snowflakes.next()),
-            "application_id": str(server.application_id),
-            "version": str(server.snowflakes.next()),
-        } | ({} if scope is None else {"guild_id": str(scope)}))
+            raise form_error(
+                str(index), "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid"
+            )
+        commands.append(
+            {
+                "type": kind,
+                "description": "",
+                "options": [],
+                "default_member_permissions": None,
+                "dm_permission": True,
+                "nsfw": False,
+            }
+            | command
+            | {
+                "id": old.get((name, kind)) or str(server.snowflakes.next()),
+                "application_id": str(server.application_id),
+                "version": str(server.snowflakes.next()),
+            }
+            | ({} if scope is None else {"guild_id": str(scope)})
+        )
     server._commands[scope] = commands
     server._changed()
     return json_response(commands)
@@ -92,7 +102,9 @@ def find_command(server: DiscordServer, guild: FakeGuild | None, name: str) -> d
 
 
 def interaction_payload(
-    server: DiscordServer, interaction: FakeInteraction, command: dict[str, Any],
+    server: DiscordServer,
+    interaction: FakeInteraction,
+    command: dict[str, Any],
     values: dict[str, Any],
 ) -> dict[str, Any]:
     """The INTERACTION_CREATE payload of a chat-input command invoked with option `values`."""
@@ -122,7 +134,10 @@ def interaction_payload(
         level["options"] = options
         options = [level]
     data: dict[str, Any] = {
-        "id": command["id"], "name": command["name"], "type": 1, "options": options,
+        "id": command["id"],
+        "name": command["name"],
+        "type": 1,
+        "options": options,
     }
     if resolved:
         data["resolved"] = resolved
@@ -153,8 +168,9 @@ def interaction_payload(
             context=0,
         )
     else:
-        payload.update(user=user.to_json(), authorizing_integration_owners={"1": str(user.id)},
-                       context=1)
+        payload.update(
+            user=user.to_json(), authorizing_integration_owners={"1": str(user.id)}, context=1
+        )
     return payload
 
 
@@ -176,41 +192,59 @@ def _interaction(server: DiscordServer, request: web.Request) -> FakeInteraction
 
 
 def _response_message(
-    server: DiscordServer, interaction: FakeInteraction, body: dict[str, Any], files: list,
+    server: DiscordServer,
+    interaction: FakeInteraction,
+    body: dict[str, Any],
+    files: list,
     flags: int,
 ) -> dict[str, Any]:
     """A message the bot makes through an interaction; kept in the channel unless ephemeral."""
     channel = interaction.channel
     metadata = {
-        "id": str(interaction.id), "type": 2, "name": interaction.name,
-        "user": interaction.user.to_json(), "command_type": 1,
+        "id": str(interaction.id),
+        "type": 2,
+        "name": interaction.name,
+        "user": interaction.user.to_json(),
+        "command_type": 1,
         "authorizing_integration_owners": interaction.payload["authorizing_integration_owners"],
     }
     extra = {
-        "type": CHAT_INPUT_COMMAND, "flags": flags, "webhook_id": str(server.application_id),
-        "application_id": str(server.application_id), "interaction_metadata": metadata,
+        "type": CHAT_INPUT_COMMAND,
+        "flags": flags,
+        "webhook_id": str(server.application_id),
+        "application_id": str(server.application_id),
+        "interaction_metadata": metadata,
         "interaction": {k: metadata[k] for k in ("id", "type", "name", "user")},
     }
-    message = server.create_message(channel, server.bot_user, body,
-                                    attachments=make_attachments(server, channel, body, files),
-                                    extra=extra)
+    message = server.create_message(
+        channel,
+        server.bot_user,
+        body,
+        attachments=make_attachments(server, channel, body, files),
+        extra=extra,
+    )
     if flags & EPHEMERAL:
         del channel.messages[int(message["id"])]
     return message
 
 
 def _record(
-    interaction: FakeInteraction, kind: str, body: dict[str, Any],
-    message: dict[str, Any] | None, callback_type: int | None = None,
+    interaction: FakeInteraction,
+    kind: str,
+    body: dict[str, Any],
+    message: dict[str, Any] | None,
+    callback_type: int | None = None,
 ) -> None:
-    interaction.responses.append({
-        "kind": kind,
-        "type": callback_type,
-        "content": None if message is None else message["content"],
-        "ephemeral": bool(message is not None and message["flags"] & EPHEMERAL),
-        "message": message,
-        "payload": body,
-    })
+    interaction.responses.append(
+        {
+            "kind": kind,
+            "type": callback_type,
+            "content": None if message is None else message["content"],
+            "ephemeral": bool(message is not None and message["flags"] & EPHEMERAL),
+            "message": message,
+            "payload": body,
+        }
+    )
     interaction.server._changed()
 
 
@@ -245,7 +279,8 @@ async def interaction_callback(server: DiscordServer, request: web.Request) -> w
         return no_content()
     result: dict[str, Any] = {
         "interaction": {
-            "id": str(interaction.id), "type": 2,
+            "id": str(interaction.id),
+            "type": 2,
             "response_message_id": None if message is None else message["id"],
             "response_message_loading": kind == DEFERRED_CHANNEL_MESSAGE,
             "response_message_ephemeral": interaction.ephemeral,

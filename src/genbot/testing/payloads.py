@@ -4,11 +4,12 @@ multipart), message validation, and the lookups every handler starts with."""
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .state import FakeChannel, FakeGuild, blank_content
+from .state import FakeChannel, FakeGuild, blank_content, snowflake_time
 
 if TYPE_CHECKING:
     from .server import DiscordServer
@@ -22,6 +23,7 @@ __all__ = [
     "make_attachments",
     "message_of",
     "no_content",
+    "nonce_duplicate",
     "read_body",
     "reply_reference",
     "snowflake",
@@ -32,6 +34,8 @@ __all__ = [
 ]
 
 MAX_CONTENT = 2000
+# How long Discord remembers a nonce for ``enforce_nonce`` ("the past few minutes").
+NONCE_WINDOW = 300.0
 
 
 class ApiError(Exception):
@@ -59,7 +63,8 @@ def json_response(
 ) -> web.Response:
     # Exactly "application/json": discord.py only parses JSON when the header is that string.
     return web.Response(
-        body=json.dumps(data).encode(), status=status,
+        body=json.dumps(data).encode(),
+        status=status,
         headers={"Content-Type": "application/json", **(headers or {})},
     )
 
@@ -76,7 +81,6 @@ def unknown_message() -> ApiError:
     return ApiError(404, 10008, "Unknown Message")
 
 
-
 async def read_body(server: DiscordServer, request: web.Request) -> tuple[dict[str, Any], list]:
     """The JSON body, from JSON or multipart (``payload_json`` + ``files[n]``); and the files as
     (index, filename, content type, bytes)."""
@@ -89,7 +93,7 @@ async def read_body(server: DiscordServer, request: web.Request) -> tuple[dict[s
             if name == "payload_json":
                 body = json.loads(await part.text())
             elif name.startswith("files["):
-                index = int(name[len("files["):-1])
+                index = int(name[len("files[") : -1])
                 data = await part.read()
                 content_type = part.headers.get("Content-Type", "application/octet-stream")
                 files.append((index, part.filename or f"file{index}", content_type, bytes(data)))
@@ -106,9 +110,10 @@ def channel_of(server: DiscordServer, request: web.Request) -> FakeChannel:
     channel = server._channels.get(snowflake(request.match_info["channel_id"]))
     if channel is None:
         raise unknown_channel()
-    if channel.guild_id is not None and server.bot_user.id not in server._guilds[
-        channel.guild_id
-    ].members:
+    if (
+        channel.guild_id is not None
+        and server.bot_user.id not in server._guilds[channel.guild_id].members
+    ):
         raise ApiError(403, 50001, "Missing Access")
     return channel
 
@@ -131,7 +136,7 @@ def snowflake(value: str) -> int:
     try:
         return int(value)
     except ValueError as error:
-        message = f"Value \"{value}\" is not snowflake."
+        message = f'Value "{value}" is not snowflake.'
         raise form_error("id", "NUMBER_TYPE_COERCE", message) from error
 
 
@@ -146,12 +151,20 @@ def visible(server: DiscordServer, message: dict[str, Any]) -> dict[str, Any]:
 def validate_message(body: dict[str, Any], files: list, *, editing: bool = False) -> None:
     content = body.get("content")
     if content is not None and len(content) > MAX_CONTENT:
-        raise form_error("content", "BASE_TYPE_MAX_LENGTH",
-                         f"Must be {MAX_CONTENT} or fewer in length.")
+        raise form_error(
+            "content", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_CONTENT} or fewer in length."
+        )
     if editing:
         return
-    if not ((content or "").strip() or body.get("embeds") or files or body.get("sticker_ids")
-            or body.get("components") or body.get("poll") or body.get("attachments")):
+    if not (
+        (content or "").strip()
+        or body.get("embeds")
+        or files
+        or body.get("sticker_ids")
+        or body.get("components")
+        or body.get("poll")
+        or body.get("attachments")
+    ):
         raise ApiError(400, 50006, "Cannot send an empty message")
 
 
@@ -165,11 +178,17 @@ def make_attachments(
         name = described.get(index, {}).get("filename", filename)
         server._files[attachment_id] = (content_type, data)
         url = f"{server.base_url}/attachments/{channel.id}/{attachment_id}/{name}"
-        made.append({
-            "id": str(attachment_id), "filename": name, "size": len(data), "url": url,
-            "proxy_url": url, "content_type": content_type,
-            "description": described.get(index, {}).get("description"),
-        })
+        made.append(
+            {
+                "id": str(attachment_id),
+                "filename": name,
+                "size": len(data),
+                "url": url,
+                "proxy_url": url,
+                "content_type": content_type,
+                "description": described.get(index, {}).get("description"),
+            }
+        )
     return made
 
 
@@ -179,7 +198,26 @@ def reply_reference(channel: FakeChannel, body: dict[str, Any]) -> dict[str, Any
         return None
     if int(reference["message_id"]) not in channel.messages:
         if reference.get("fail_if_not_exists", True):
-            raise form_error("message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE",
-                             "Unknown message")
+            raise form_error(
+                "message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message"
+            )
         return None
     return reference
+
+
+def nonce_duplicate(
+    channel: FakeChannel, author_id: int, body: dict[str, Any], now: float | None = None
+) -> dict[str, Any] | None:
+    """The message `author_id` already made in `channel` with this body's nonce in the last
+    `NONCE_WINDOW` seconds, when the body asks for ``enforce_nonce`` (Discord then returns that
+    message instead of creating another); None otherwise."""
+    nonce = body.get("nonce")
+    if not body.get("enforce_nonce") or nonce is None:
+        return None
+    moment = time.time() if now is None else now
+    for message_id, message in reversed(channel.messages.items()):
+        if moment - snowflake_time(message_id) > NONCE_WINDOW:
+            break
+        if str(message.get("nonce")) == str(nonce) and message["author"]["id"] == str(author_id):
+            return message
+    return None

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from . import interactions
+from .faults import error_body
 from .payloads import (
     ApiError,
     channel_of,
@@ -22,6 +23,7 @@ from .payloads import (
     make_attachments,
     message_of,
     no_content,
+    nonce_duplicate,
     read_body,
     reply_reference,
     snowflake,
@@ -56,7 +58,7 @@ def middleware(server: DiscordServer) -> Any:
         resource = request.match_info.route.resource
         if resource is None or resource.name == "unhandled":
             return await handler(request)
-        route = resource.canonical[len(PREFIX):]
+        route = resource.canonical[len(PREFIX) :]
         key = (request.method, route)
         server._requests[key] += 1
         bucket = hashlib.sha1(f"{request.method} {route}".encode()).hexdigest()[:16]
@@ -71,10 +73,17 @@ def middleware(server: DiscordServer) -> Any:
         token_free = route.startswith(("/interactions/", "/webhooks/"))
         if not token_free and request.headers.get("Authorization") != f"Bot {server.token}":
             return json_response({"message": "401: Unauthorized", "code": 0}, 401)
-        try:
-            response = await handler(request)
-        except ApiError as error:
-            response = error.response()
+        fault = server._faults.take(key)
+        if fault is not None and not fault.after_effect:
+            response = json_response(error_body(fault.status), fault.status)
+        else:
+            try:
+                response = await handler(request)
+            except ApiError as error:
+                response = error.response()
+            if fault is not None:
+                # Carried out, then lost on the way back (a gateway timeout after the effect).
+                response = json_response(error_body(fault.status), fault.status)
         remaining = server.ratelimit_limit - used
         response.headers.update(_ratelimit_headers(server, bucket, remaining, reset_after))
         server._changed()  # request counts are state a test may wait on
@@ -98,11 +107,15 @@ def _too_many_requests(server: DiscordServer, bucket: str, retry_after: float) -
     """Discord's 429: JSON body, rate-limit headers, and the ``Via`` header of Discord's proxy
     (without it discord.py takes a 429 for a Cloudflare ban and gives up)."""
     headers = _ratelimit_headers(server, bucket, 0, retry_after) | {
-        "Via": "1.1 google", "Retry-After": str(max(1, round(retry_after))),
+        "Via": "1.1 google",
+        "Retry-After": str(max(1, round(retry_after))),
         "X-RateLimit-Scope": "user",
     }
-    body = {"message": "You are being rate limited.", "retry_after": round(retry_after, 3),
-            "global": False}
+    body = {
+        "message": "You are being rate limited.",
+        "retry_after": round(retry_after, 3),
+        "global": False,
+    }
     server._changed()
     return json_response(body, 429, headers)
 
@@ -135,34 +148,42 @@ async def get_user(server: DiscordServer, request: web.Request) -> web.Response:
 
 
 async def get_application(server: DiscordServer, request: web.Request) -> web.Response:
-    return json_response({
-        "id": str(server.application_id),
-        "name": server.bot_user.name,
-        "icon": None,
-        "description": "",
-        "rpc_origins": [],
-        "bot_public": True,
-        "bot_require_code_grant": False,
-        "bot": server.bot_user.to_json(),
-        "owner": {"id": "1", "username": "owner", "discriminator": "0", "avatar": None},
-        "summary": "",
-        "verify_key": "0" * 64,
-        "team": None,
-        "flags": server.application_flags,
-        "tags": [],
-        "redirect_uris": [],
-        "interactions_endpoint_url": None,
-        "approximate_guild_count": len(server._bot_guilds()),
-    })
+    return json_response(
+        {
+            "id": str(server.application_id),
+            "name": server.bot_user.name,
+            "icon": None,
+            "description": "",
+            "rpc_origins": [],
+            "bot_public": True,
+            "bot_require_code_grant": False,
+            "bot": server.bot_user.to_json(),
+            "owner": {"id": "1", "username": "owner", "discriminator": "0", "avatar": None},
+            "summary": "",
+            "verify_key": "0" * 64,
+            "team": None,
+            "flags": server.application_flags,
+            "tags": [],
+            "redirect_uris": [],
+            "interactions_endpoint_url": None,
+            "approximate_guild_count": len(server._bot_guilds()),
+        }
+    )
 
 
 async def get_gateway(server: DiscordServer, request: web.Request) -> web.Response:
-    return json_response({
-        "url": server.gateway_url,
-        "shards": 1,
-        "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0,
-                                "max_concurrency": 1},
-    })
+    return json_response(
+        {
+            "url": server.gateway_url,
+            "shards": 1,
+            "session_start_limit": {
+                "total": 1000,
+                "remaining": 999,
+                "reset_after": 0,
+                "max_concurrency": 1,
+            },
+        }
+    )
 
 
 # -- channels and messages -----------------------------------------------------------------------
@@ -176,9 +197,15 @@ async def create_message(server: DiscordServer, request: web.Request) -> web.Res
     channel = channel_of(server, request)
     body, files = await read_body(server, request)
     validate_message(body, files)
+    earlier = nonce_duplicate(channel, server.bot_user.id, body)
+    if earlier is not None:
+        return json_response(visible(server, earlier))
     reference = reply_reference(channel, body)
     message = server.create_message(
-        channel, server.bot_user, body, reference=reference,
+        channel,
+        server.bot_user,
+        body,
+        reference=reference,
         attachments=make_attachments(server, channel, body, files),
     )
     await server.dispatch_message("MESSAGE_CREATE", message)
@@ -194,7 +221,8 @@ async def edit_message(server: DiscordServer, request: web.Request) -> web.Respo
     validate_message(body, files, editing=True)
     if files:
         body["attachments"] = [
-            a for a in message["attachments"]
+            a
+            for a in message["attachments"]
             if any(str(b.get("id")) == a["id"] for b in body.get("attachments") or [])
         ] + make_attachments(server, channel, body, files)
     message = server.update_message(channel, int(message["id"]), body)
@@ -243,7 +271,7 @@ async def history(server: DiscordServer, request: web.Request) -> web.Response:
         around = snowflake(query["around"])
         index = sum(1 for i in ids if i < around)
         start = max(0, index - limit // 2)
-        chosen = ids[start:start + limit]
+        chosen = ids[start : start + limit]
     elif "after" in query:
         after = snowflake(query["after"])
         chosen = [i for i in ids if i > after][:limit]
@@ -262,7 +290,11 @@ async def typing(server: DiscordServer, request: web.Request) -> web.Response:
 
 
 async def _open_thread(
-    server: DiscordServer, parent: FakeChannel, body: dict[str, Any], *, thread_id: int | None,
+    server: DiscordServer,
+    parent: FakeChannel,
+    body: dict[str, Any],
+    *,
+    thread_id: int | None,
     thread_type: int,
 ) -> web.Response:
     name = body.get("name") or ""
@@ -272,12 +304,18 @@ async def _open_thread(
         raise ApiError(400, 50024, "Cannot execute action on this channel type")
     guild = server._guilds[parent.guild_id]
     thread = FakeChannel(
-        thread_id or server.snowflakes.next(), name, thread_type, guild_id=guild.id,
-        parent_id=parent.id, owner_id=server.bot_user.id, thread_members=[server.bot_user.id],
+        thread_id or server.snowflakes.next(),
+        name,
+        thread_type,
+        guild_id=guild.id,
+        parent_id=parent.id,
+        owner_id=server.bot_user.id,
+        thread_members=[server.bot_user.id],
     )
     server._add_channel(guild, thread)
     data = thread.to_json() | {
-        "newly_created": True, "member": thread.thread_member_json(server.bot_user.id),
+        "newly_created": True,
+        "member": thread.thread_member_json(server.bot_user.id),
     }
     await server.dispatch("THREAD_CREATE", data, intent=GUILDS)
     server._changed()
@@ -290,8 +328,9 @@ async def thread_from_message(server: DiscordServer, request: web.Request) -> we
     if "thread" in message:
         raise ApiError(400, 160004, "A thread has already been created for this message")
     body, _ = await read_body(server, request)
-    response = await _open_thread(server, parent, body, thread_id=int(message["id"]),
-                                  thread_type=PUBLIC_THREAD)
+    response = await _open_thread(
+        server, parent, body, thread_id=int(message["id"]), thread_type=PUBLIC_THREAD
+    )
     message["thread"] = server._channels[int(message["id"])].to_json()
     await server.dispatch_message("MESSAGE_UPDATE", message)
     return response
@@ -308,9 +347,17 @@ async def thread_without_message(server: DiscordServer, request: web.Request) ->
         # Discord announces a public thread in its parent with a THREAD_CREATED system message.
         thread_id = json.loads(response.body)["id"]  # type: ignore[arg-type]
         notice = server.create_message(
-            parent, server.bot_user, {"content": body["name"]},
-            extra={"type": THREAD_CREATED, "message_reference": {
-                "type": 0, "channel_id": thread_id, "guild_id": str(parent.guild_id)}},
+            parent,
+            server.bot_user,
+            {"content": body["name"]},
+            extra={
+                "type": THREAD_CREATED,
+                "message_reference": {
+                    "type": 0,
+                    "channel_id": thread_id,
+                    "guild_id": str(parent.guild_id),
+                },
+            },
         )
         await server.dispatch_message("MESSAGE_CREATE", notice)
     return response
@@ -334,10 +381,16 @@ async def leave_thread(server: DiscordServer, request: web.Request) -> web.Respo
     member_id = server.bot_user.id if user_id == "@me" else snowflake(user_id)
     if member_id in thread.thread_members:
         thread.thread_members.remove(member_id)
-        await server.dispatch("THREAD_MEMBERS_UPDATE", {
-            "id": str(thread.id), "guild_id": str(thread.guild_id),
-            "member_count": len(thread.thread_members), "removed_member_ids": [str(member_id)],
-        }, intent=GUILDS)
+        await server.dispatch(
+            "THREAD_MEMBERS_UPDATE",
+            {
+                "id": str(thread.id),
+                "guild_id": str(thread.guild_id),
+                "member_count": len(thread.thread_members),
+                "removed_member_ids": [str(member_id)],
+            },
+            intent=GUILDS,
+        )
     return no_content()
 
 
@@ -382,8 +435,9 @@ async def list_members(server: DiscordServer, request: web.Request) -> web.Respo
     guild = guild_of(server, request)
     limit = int(request.query.get("limit", 1))
     after = int(request.query.get("after", 0))
-    members = sorted((m for m in guild.members.values() if m.user.id > after),
-                     key=lambda m: m.user.id)
+    members = sorted(
+        (m for m in guild.members.values() if m.user.id > after), key=lambda m: m.user.id
+    )
     return json_response([m.to_json() for m in members[:limit]])
 
 
@@ -404,7 +458,7 @@ async def get_attachment(server: DiscordServer, request: web.Request) -> web.Res
 
 async def unhandled(server: DiscordServer, request: web.Request) -> web.Response:
     """Any route not faked here: recorded, and answered as Discord answers an unknown path."""
-    server.unhandled_requests.append((request.method, request.path[len(PREFIX):]))
+    server.unhandled_requests.append((request.method, request.path[len(PREFIX) :]))
     server._changed()
     return json_response({"message": "404: Not Found", "code": 0}, 404)
 
@@ -438,24 +492,49 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/guilds/{guild_id}/roles", guild_roles),
     ("GET", "/applications/{application_id}/commands", interactions.get_commands),
     ("PUT", "/applications/{application_id}/commands", interactions.overwrite_commands),
-    ("GET", "/applications/{application_id}/guilds/{guild_id}/commands",
-     interactions.get_commands),
-    ("PUT", "/applications/{application_id}/guilds/{guild_id}/commands",
-     interactions.overwrite_commands),
-    ("POST", "/interactions/{interaction_id}/{interaction_token}/callback",
-     interactions.interaction_callback),
+    ("GET", "/applications/{application_id}/guilds/{guild_id}/commands", interactions.get_commands),
+    (
+        "PUT",
+        "/applications/{application_id}/guilds/{guild_id}/commands",
+        interactions.overwrite_commands,
+    ),
+    (
+        "POST",
+        "/interactions/{interaction_id}/{interaction_token}/callback",
+        interactions.interaction_callback,
+    ),
     ("POST", "/webhooks/{application_id}/{interaction_token}", interactions.followup),
-    ("GET", "/webhooks/{application_id}/{interaction_token}/messages/@original",
-     interactions.get_webhook_message),
-    ("PATCH", "/webhooks/{application_id}/{interaction_token}/messages/@original",
-     interactions.edit_webhook_message),
-    ("DELETE", "/webhooks/{application_id}/{interaction_token}/messages/@original",
-     interactions.delete_webhook_message),
-    ("PATCH", "/webhooks/{application_id}/{interaction_token}/messages/{message_id}",
-     interactions.edit_webhook_message),
-    ("DELETE", "/webhooks/{application_id}/{interaction_token}/messages/{message_id}",
-     interactions.delete_webhook_message),
+    (
+        "GET",
+        "/webhooks/{application_id}/{interaction_token}/messages/@original",
+        interactions.get_webhook_message,
+    ),
+    (
+        "PATCH",
+        "/webhooks/{application_id}/{interaction_token}/messages/@original",
+        interactions.edit_webhook_message,
+    ),
+    (
+        "DELETE",
+        "/webhooks/{application_id}/{interaction_token}/messages/@original",
+        interactions.delete_webhook_message,
+    ),
+    (
+        "PATCH",
+        "/webhooks/{application_id}/{interaction_token}/messages/{message_id}",
+        interactions.edit_webhook_message,
+    ),
+    (
+        "DELETE",
+        "/webhooks/{application_id}/{interaction_token}/messages/{message_id}",
+        interactions.delete_webhook_message,
+    ),
 ]
+
+
+def route_keys() -> set[tuple[str, str]]:
+    """(method, route template) of every REST route served (templates as in `ROUTES`)."""
+    return {(method, path) for method, path, _ in ROUTES}
 
 
 def add_routes(server: DiscordServer, app: web.Application) -> None:

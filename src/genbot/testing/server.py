@@ -18,6 +18,7 @@ import yarl
 from aiohttp import web
 
 from . import gateway, interactions, rest
+from .faults import FaultPlan, make_fault
 from .state import (
     DM,
     EVERYONE_PERMISSIONS,
@@ -129,6 +130,7 @@ class DiscordServer:
         self._files: dict[int, tuple[str, bytes]] = {}
         self._requests: Counter[tuple[str, str]] = Counter()
         self._rate_limits: dict[tuple[str, str], list[float]] = {}
+        self._faults = FaultPlan()
         self._buckets: dict[tuple[str, str, str], tuple[float, int]] = {}
         self._sessions: dict[str, gateway.GatewaySession] = {}
         self._connections: set[gateway.Connection] = set()
@@ -230,15 +232,17 @@ class DiscordServer:
             guild.members[user.id] = FakeMember(user, guild.id)
         return guild
 
-    def create_role(
-        self, guild: FakeGuild, name: str, *, permissions: int = 0
-    ) -> FakeRole:
+    def create_role(self, guild: FakeGuild, name: str, *, permissions: int = 0) -> FakeRole:
         role = FakeRole(self.snowflakes.next(), name, guild.id, len(guild.roles), permissions)
         guild.roles[role.id] = role
         return role
 
     def add_member(
-        self, guild: FakeGuild, user: FakeUser, *, roles: Iterable[FakeRole] = (),
+        self,
+        guild: FakeGuild,
+        user: FakeUser,
+        *,
+        roles: Iterable[FakeRole] = (),
         nick: str | None = None,
     ) -> FakeMember:
         member = FakeMember(user, guild.id, [role.id for role in roles], nick)
@@ -251,16 +255,25 @@ class DiscordServer:
         return channel
 
     def create_thread(
-        self, channel: FakeChannel, name: str, *, owner: FakeUser | None = None,
-        members: Iterable[FakeUser] = (), private: bool = False,
+        self,
+        channel: FakeChannel,
+        name: str,
+        *,
+        owner: FakeUser | None = None,
+        members: Iterable[FakeUser] = (),
+        private: bool = False,
     ) -> FakeChannel:
         """A thread in `channel` (not started from a message). `members` are its thread members;
         the bot sees it either way, as Discord shows bots every public thread."""
         owner = owner or self.bot_user
         guild = self._guilds[_guild_id(channel)]
         thread = FakeChannel(
-            self.snowflakes.next(), name, PRIVATE_THREAD if private else PUBLIC_THREAD,
-            guild_id=guild.id, parent_id=channel.id, owner_id=owner.id,
+            self.snowflakes.next(),
+            name,
+            PRIVATE_THREAD if private else PUBLIC_THREAD,
+            guild_id=guild.id,
+            parent_id=channel.id,
+            owner_id=owner.id,
             thread_members=list(dict.fromkeys([owner.id, *(m.id for m in members)])),
         )
         self._add_channel(guild, thread)
@@ -325,11 +338,72 @@ class DiscordServer:
         """Answer the next `times` requests to the route template with 429 Too Many Requests."""
         self._rate_limits[(method.upper(), route)] = [times, retry_after]
 
+    def fail_requests(
+        self,
+        method: str,
+        route: str,
+        *,
+        status: int = 502,
+        times: int | None = None,
+        seconds: float | None = None,
+        after_effect: bool = False,
+    ) -> None:
+        """Answer requests to a route template with an error, as an outage of Discord would.
+
+        The next `times` requests (or every request during the next `seconds`) to `method`
+        `route` (a template as in `request_count`, e.g. ``"/channels/{channel_id}/messages"``)
+        get `status` and Discord's JSON error body (``{"message": "502: Bad Gateway",
+        "code": 0}``). They still count in `request_count` and in the rate-limit window. A
+        planned `rate_limit` is answered first. Calling again for the same route replaces the
+        plan; ``times=0`` (or ``seconds=0``) clears it, `clear_failures` clears every route.
+
+        What a discord.py client sees: it retries 500, 502, 504 and 524 by itself, 5 attempts
+        in all, sleeping 1, 3, 5, 7 then 9 s after each, and raises `discord.DiscordServerError`
+        once all 5 failed; so ``times=1`` with 502 costs it one 1 s retry and then succeeds.
+        Any other 5xx (503) raises `discord.DiscordServerError` at once, 403 `discord.Forbidden`,
+        404 `discord.NotFound`, other 4xx `discord.HTTPException`, without a retry.
+
+        Parameters
+        ----------
+        method, route:
+            The request, e.g. ``"POST", "/channels/{channel_id}/messages"``.
+        status:
+            The HTTP status answered, 400..599 except 429 (use `rate_limit` for that).
+        times, seconds:
+            Exactly one: how many requests fail, or for how long every request fails.
+        after_effect:
+            Carry the request out first (the message is created, stored and dispatched on the
+            gateway) and only then answer the error, as when Discord did the work but the
+            answer was lost (a 502/504 from its proxy). A retry then repeats it, except that
+            a message created with a ``nonce`` and ``enforce_nonce`` (discord.py's ``send``
+            always sends a random one, reused by its own retries) is returned, not made again;
+            an application that calls ``send`` again makes a second message.
+
+        Raises
+        ------
+        ValueError
+            Both or neither of `times`/`seconds`, a negative one, a status that is not an
+            error (or is 429), or a route this server does not serve.
+        """
+        key = (method.upper(), route)
+        if key not in rest.route_keys():
+            raise ValueError(f"the loopback server serves no route {method.upper()} {route}")
+        self._faults.set(key, make_fault(status, times, seconds, after_effect, time.monotonic()))
+
+    def clear_failures(self) -> None:
+        """Forget every failure planned by `fail_requests`."""
+        self._faults.clear()
+
     # -- acting as users -----------------------------------------------------------------------
 
     async def send_message(
-        self, channel: ChannelRef, author: FakeUser, content: str = "", *,
-        reply_to: dict[str, Any] | int | None = None, mentions_bot: bool = False,
+        self,
+        channel: ChannelRef,
+        author: FakeUser,
+        content: str = "",
+        *,
+        reply_to: dict[str, Any] | int | None = None,
+        mentions_bot: bool = False,
         embeds: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Post as `author` and dispatch MESSAGE_CREATE. `mentions_bot` prefixes the bot's
@@ -343,7 +417,9 @@ class DiscordServer:
             reference_id = int(reply_to["id"]) if isinstance(reply_to, dict) else int(reply_to)
             reference = {"message_id": str(reference_id)}
         message = self.create_message(
-            fake, author, {"content": content, "embeds": embeds or []},
+            fake,
+            author,
+            {"content": content, "embeds": embeds or []},
             reference=reference,
         )
         await self.dispatch_message("MESSAGE_CREATE", message)
@@ -382,7 +458,11 @@ class DiscordServer:
         await self.dispatch_channel_event("MESSAGE_DELETE_BULK", fake, data)
 
     async def update_member(
-        self, guild: FakeGuild, user: FakeUser, *, roles: Iterable[FakeRole] | None = None,
+        self,
+        guild: FakeGuild,
+        user: FakeUser,
+        *,
+        roles: Iterable[FakeRole] | None = None,
         nick: str | None = None,
     ) -> FakeMember:
         member = guild.members[user.id]
@@ -394,6 +474,40 @@ class DiscordServer:
         await self.dispatch("GUILD_MEMBER_UPDATE", data, intent=GUILD_MEMBERS)
         return member
 
+    async def remove_member(self, guild: FakeGuild, user: FakeUser) -> None:
+        """`user` leaves `guild` (or is kicked): no longer a member, out of its threads, and
+        GUILD_MEMBER_REMOVE (``guild_id``, ``user``) goes to bots with the members intent.
+        Their messages stay, with their author, in the channels and in REST history, as on
+        Discord. Removing the bot itself is the bot being kicked: it gets GUILD_DELETE and
+        loses access to the guild's channels (403 Missing Access).
+
+        Raises
+        ------
+        ValueError
+            `user` is not a member of `guild`, or owns it (an owner cannot leave).
+        """
+        if user.id not in guild.members:
+            raise ValueError(f"{user.name} is not a member of {guild.name}")
+        if user.id == guild.owner_id:
+            raise ValueError(f"{user.name} owns {guild.name} and cannot leave it")
+        del guild.members[user.id]
+        for thread in guild.channels:
+            if thread.is_thread and user.id in thread.thread_members:
+                thread.thread_members.remove(user.id)
+                update = {
+                    "id": str(thread.id),
+                    "guild_id": str(guild.id),
+                    "member_count": len(thread.thread_members),
+                    "removed_member_ids": [str(user.id)],
+                }
+                await self.dispatch("THREAD_MEMBERS_UPDATE", update, intent=GUILDS)
+        if user is self.bot_user:
+            await self.dispatch("GUILD_DELETE", {"id": str(guild.id)}, intent=GUILDS)
+        else:
+            data = {"guild_id": str(guild.id), "user": user.to_json()}
+            await self.dispatch("GUILD_MEMBER_REMOVE", data, intent=GUILD_MEMBERS)
+        self._changed()
+
     async def start_typing(self, channel: ChannelRef, user: FakeUser) -> None:
         """`user` starts typing in the channel (TYPING_START); recorded in `typing_events`."""
         fake = self.channel(channel)
@@ -401,7 +515,9 @@ class DiscordServer:
         now = time.time()
         self._typing.setdefault(fake.id, []).append((user.id, now))
         data: dict[str, Any] = {
-            "channel_id": str(fake.id), "user_id": str(user.id), "timestamp": int(now),
+            "channel_id": str(fake.id),
+            "user_id": str(user.id),
+            "timestamp": int(now),
         }
         if fake.guild_id is not None:
             data["guild_id"] = str(fake.guild_id)
@@ -413,8 +529,9 @@ class DiscordServer:
     async def announce_channel(self, channel: FakeChannel) -> None:
         """Dispatch CHANNEL_CREATE / THREAD_CREATE for a channel made after the bot connected."""
         if channel.is_thread:
-            await self.dispatch("THREAD_CREATE", channel.to_json() | {"newly_created": True},
-                                intent=GUILDS)
+            await self.dispatch(
+                "THREAD_CREATE", channel.to_json() | {"newly_created": True}, intent=GUILDS
+            )
         else:
             await self.dispatch("CHANNEL_CREATE", channel.to_json(), intent=GUILDS)
 
@@ -431,7 +548,10 @@ class DiscordServer:
         await self.dispatch("THREAD_MEMBERS_UPDATE", data, intent=GUILDS)
 
     async def invoke_command(
-        self, channel: ChannelRef, user: FakeUser, name: str,
+        self,
+        channel: ChannelRef,
+        user: FakeUser,
+        name: str,
         options: dict[str, Any] | None = None,
     ) -> FakeInteraction:
         """Invoke the bot's registered slash command `name` as `user` (INTERACTION_CREATE);
@@ -466,8 +586,13 @@ class DiscordServer:
     # -- shared by REST handlers and the test API ----------------------------------------------
 
     def create_message(
-        self, channel: FakeChannel, author: FakeUser, body: dict[str, Any], *,
-        reference: dict[str, Any] | None = None, attachments: list[dict[str, Any]] | None = None,
+        self,
+        channel: FakeChannel,
+        author: FakeUser,
+        body: dict[str, Any],
+        *,
+        reference: dict[str, Any] | None = None,
+        attachments: list[dict[str, Any]] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Store a new message built from a (validated) create-message body; returns its JSON."""
@@ -498,7 +623,9 @@ class DiscordServer:
         if referenced is not None:
             data["type"] = REPLY
             data["message_reference"] = {
-                "type": 0, "message_id": referenced["id"], "channel_id": str(channel.id),
+                "type": 0,
+                "message_id": referenced["id"],
+                "channel_id": str(channel.id),
             } | ({"guild_id": str(channel.guild_id)} if channel.guild_id else {})
             data["referenced_message"] = {
                 k: v for k, v in referenced.items() if k != "referenced_message"
@@ -524,7 +651,9 @@ class DiscordServer:
         return data
 
     def _set_mentions(
-        self, data: dict[str, Any], allowed: dict[str, Any] | None,
+        self,
+        data: dict[str, Any],
+        allowed: dict[str, Any] | None,
         referenced: dict[str, Any] | None,
     ) -> None:
         """Fill in who the message pings, honouring `allowed_mentions` as Discord does."""
@@ -533,7 +662,8 @@ class DiscordServer:
         allowed_users = {int(u) for u in (allowed or {}).get("users", [])}
         allowed_roles = {int(r) for r in (allowed or {}).get("roles", [])}
         users = [
-            self._users[u] for u in mentioned_user_ids(content)
+            self._users[u]
+            for u in mentioned_user_ids(content)
             if u in self._users and ("users" in parse or u in allowed_users)
         ]
         if referenced is not None and (allowed is None or allowed.get("replied_user", False)):
@@ -621,8 +751,9 @@ async def run_bot(
     task = asyncio.create_task(bot.start(server.token), name="genbot-testing-bot")
     ready = asyncio.create_task(bot.wait_until_ready())
     try:
-        done, _ = await asyncio.wait({task, ready}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {task, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if task in done:
             task.result()
             raise RuntimeError("the bot stopped before it was ready")

@@ -33,8 +33,17 @@ MESSAGE_CONTENT_INTENT = 1 << 15
 
 # Permissions of @everyone: what a fresh server grants (view, send, history, threads, commands...).
 EVERYONE_PERMISSIONS = (
-    (1 << 6) | (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 18)
-    | (1 << 31) | (1 << 35) | (1 << 36) | (1 << 38)
+    (1 << 6)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 14)
+    | (1 << 15)
+    | (1 << 16)
+    | (1 << 18)
+    | (1 << 31)
+    | (1 << 35)
+    | (1 << 36)
+    | (1 << 38)
 )
 
 TEXT, DM, PUBLIC_THREAD, PRIVATE_THREAD = 0, 1, 11, 12

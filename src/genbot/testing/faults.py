@@ -1,0 +1,102 @@
+"""Injected REST failures: which requests to a route template are answered with an error status
+instead of (or after) being carried out. Pure bookkeeping, no I/O; the REST middleware asks
+`FaultPlan.take` for each request."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+__all__ = ["Fault", "FaultPlan", "error_body"]
+
+_log = logging.getLogger(__name__)
+
+RouteKey = tuple[str, str]
+
+
+@dataclass
+class Fault:
+    """One injected failure: answer `status` to the next `times` requests, or to every request
+    until `until` (a ``time.monotonic()`` instant). `after_effect`: carry the request out first."""
+
+    status: int
+    after_effect: bool
+    times: int | None = None
+    until: float | None = None
+
+    def take(self, now: float) -> bool:
+        """Whether the request arriving at `now` fails; consumes one of `times`."""
+        if self.times is not None:
+            if self.times <= 0:
+                return False
+            self.times -= 1
+            return True
+        return self.until is not None and now < self.until
+
+    def spent(self, now: float) -> bool:
+        if self.times is not None:
+            return self.times <= 0
+        return self.until is None or now >= self.until
+
+
+def make_fault(
+    status: int, times: int | None, seconds: float | None, after_effect: bool, now: float
+) -> Fault | None:
+    """The `Fault` for `DiscordServer.fail_requests`' arguments; None when they clear it
+    (``times=0`` or ``seconds=0``). Raises ValueError on arguments Discord could not mean."""
+    if (times is None) == (seconds is None):
+        raise ValueError("give exactly one of times= or seconds=")
+    if not 400 <= status <= 599:
+        raise ValueError(f"status must be an HTTP error status (400..599), not {status}")
+    if status == 429:
+        raise ValueError("use rate_limit() for 429 Too Many Requests")
+    if times is not None:
+        if times < 0:
+            raise ValueError(f"times must be >= 0, not {times}")
+        return Fault(status, after_effect, times=times) if times else None
+    assert seconds is not None
+    if seconds < 0:
+        raise ValueError(f"seconds must be >= 0, not {seconds}")
+    return Fault(status, after_effect, until=now + seconds) if seconds else None
+
+
+class FaultPlan:
+    """The injected failures per (method, route template)."""
+
+    def __init__(self) -> None:
+        self._faults: dict[RouteKey, Fault] = {}
+
+    def set(self, key: RouteKey, fault: Fault | None) -> None:
+        """Replace the failure planned for `key` (None: clear it)."""
+        if fault is None:
+            self._faults.pop(key, None)
+        else:
+            self._faults[key] = fault
+        _log.debug("failure plan for %s %s: %s", *key, fault)
+
+    def clear(self) -> None:
+        self._faults.clear()
+
+    def take(self, key: RouteKey, now: float | None = None) -> Fault | None:
+        """The failure for a request to `key` arriving now, or None when it is to succeed."""
+        fault = self._faults.get(key)
+        if fault is None:
+            return None
+        moment = time.monotonic() if now is None else now
+        failing = fault.take(moment)
+        if fault.spent(moment):
+            del self._faults[key]
+        return fault if failing else None
+
+
+def error_body(status: int) -> dict[str, Any]:
+    """Discord's JSON for an error without an API code, e.g. ``{"message": "502: Bad Gateway",
+    "code": 0}``."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    return {"message": f"{status}: {phrase}", "code": 0}
