@@ -289,3 +289,85 @@ def test_run_returns_after_admin_shutdown() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+class Echo(genbot.Streamer):
+    """A thread worker that echoes each stream's data."""
+
+    def worker(self) -> None:
+        while True:
+            for stream in self.consume(minimum=1, maximum=8):
+                stream.write(stream.data)
+                stream.close()
+
+
+class StuckOnClose(Echo):
+    """Its close() hangs until `release` is set (a worker that does not stop)."""
+
+    def __init__(self) -> None:
+        self.closing = threading.Event()
+        self.release = threading.Event()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.closing.set()
+        self.release.wait()
+        super().close(timeout)
+
+
+async def _echo(streamer: genbot.Streamer, text: str) -> list[Any]:
+    async with streamer.stream() as stream:
+        return [out async for out in stream(text)]
+
+
+async def test_each_bot_closes_only_the_streamers_it_owns() -> None:
+    mine, theirs, kept = Echo(), Echo(), Echo()
+    for streamer in (mine, theirs, kept):
+        streamer.start_thread()
+    try:
+        first = genbot.Genbot(streamers=[mine], **FAST)
+        second = genbot.Genbot(**FAST)
+        assert second.own(theirs) is theirs and second.own(theirs) is theirs
+        assert first.streamers == (mine,) and second.streamers == (theirs,)
+        keeper = genbot.Genbot(streamers=[kept], close_streamers=False, **FAST)
+        await first.close()
+        assert not mine.running
+        assert theirs.running and await _echo(theirs, "still here") == ["still here"]
+        await keeper.close()
+        assert kept.running and await _echo(kept, "kept") == ["kept"]
+        await second.close()
+        assert not theirs.running
+    finally:
+        for streamer in (mine, theirs, kept):
+            streamer.close()
+
+
+async def test_close_returns_while_an_owned_streamer_hangs_on_close() -> None:
+    stuck = StuckOnClose()
+    stuck.start_thread()
+    try:
+        bot = genbot.Genbot(streamers=[stuck], shutdown_timeout=0.05)
+        await asyncio.wait_for(bot.close(), 30)
+        assert stuck.closing.is_set() and stuck.running and bot.is_closed()
+    finally:
+        stuck.release.set()
+        stuck.close()
+
+
+def test_the_loop_ends_while_an_owned_streamer_hangs_on_close() -> None:
+    """What ``run()`` does after ``/shutdown``: ``asyncio.run`` returns, rather than waiting for
+    the hung close in its executor forever."""
+    stuck = StuckOnClose()
+    stuck.start_thread()
+
+    async def main() -> None:
+        await genbot.Genbot(streamers=[stuck], shutdown_timeout=0.05).close()
+
+    runner = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    try:
+        runner.start()
+        runner.join(30)  # a bound, not a timing: a hang fails here instead of hanging the tests
+        assert stuck.closing.is_set() and not runner.is_alive()
+    finally:
+        stuck.release.set()
+        runner.join(30)
+        stuck.close()

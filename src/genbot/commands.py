@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -128,9 +129,9 @@ async def reset(interaction: Interaction) -> None:
 async def ping(interaction: Interaction) -> None:
     """Check that the bot is alive"""
     texts, latency = interaction.client.texts, interaction.client.latency
-    known = latency == latency  # NaN: not measured yet
+    measured = math.isfinite(latency)  # NaN or infinity until the first heartbeat's answer
     await interaction.response.send_message(
-        texts.pong_latency.format(ms=latency * 1000) if known else texts.pong
+        texts.pong_latency.format(ms=latency * 1000) if measured else texts.pong
     )
 
 
