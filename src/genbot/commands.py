@@ -7,7 +7,8 @@ attribute::
     class MyBot(genbot.Genbot):
         texts = Texts(not_allowed="Sorry, members only.")
 
-Adding a command is a decorated function; its docstring's first line is its description::
+Adding a command is a decorated function; its docstring's first line is its description, and
+what it says goes into new fields of :class:`Texts`::
 
     @builtin("usage")
     async def usage(interaction: Interaction) -> None:
