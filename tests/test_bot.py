@@ -46,15 +46,17 @@ def test_defaults_and_client_kwargs() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
+        ({"shutdown_timeout": -1.0}, ValueError),
+        ({"shutdown_timeout": float("nan")}, ValueError),
+        ({"member_ttl": 0}, ValueError),
+        ({"member_ttl": float("inf")}, ValueError),
         ({"users": "123"}, TypeError),
         ({"roles": ["x"]}, ValueError),
         ({"admins": {"whitelist": [1.0]}}, TypeError),
         ({"channels": {"allow": [1]}}, ValueError),
     ],
 )
-def test_bad_access_lists_fail_at_construction(
-    kwargs: dict[str, Any], error: type[Exception]
-) -> None:
+def test_bad_arguments_fail_at_construction(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error, match=next(iter(kwargs))):
         genbot.Genbot(**kwargs)
 

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
@@ -47,22 +48,45 @@ def default_intents() -> discord.Intents:
 #: when they may both in DMs and in a server whose roles they hold are unknown.
 _UNKNOWN_PLACE: Final = "unknown"
 Place = discord.Guild | Literal["unknown"] | None  # None: a DM
+_USERS = (discord.User, discord.Member, discord.ClientUser)
 
 
 class Genbot(discord.Client):
     """Override :meth:`attend` to answer; see the README for which messages wake it.
 
-    Keyword arguments: ``users``, ``roles``, ``admins`` (access lists), ``channels`` (whitelist:
-    channels where every message wakes the bot; blacklist: where nothing does),
-    ``ignore_prefix`` (messages starting with it are invisible), ``allow_bots`` (other bots'
-    messages wake it and show in contexts), ``sync_commands`` (sync the slash commands at
-    start-up), ``shutdown_timeout`` (seconds running attends get to finish on close before they
-    are cancelled, and each owned streamer gets to close), ``streamers`` (the
-    :class:`genbot.Streamer` objects this bot owns: closed with it; see :meth:`own`),
-    ``close_streamers`` (``False``: close none of them, e.g. when they outlive the bot),
-    ``member_ttl`` (seconds a looked-up member's roles are trusted, see :meth:`may_chat`),
-    ``intents`` (default: :func:`default_intents`); anything else goes to
-    :class:`discord.Client` (``allowed_mentions`` defaults to ``genbot.output.SAFE_MENTIONS``).
+    Parameters
+    ----------
+    users, roles, admins:
+        Access lists (see :mod:`genbot.access`): who may chat, and who administers the bot.
+    channels:
+        Whitelist: channels where every message wakes the bot; blacklist: where nothing does.
+    ignore_prefix:
+        Messages starting with it are invisible to the bot (``None``: none are).
+    allow_bots:
+        Other bots' messages wake it and show in contexts.
+    sync_commands:
+        Sync the slash commands at start-up.
+    shutdown_timeout:
+        Seconds running attends get to finish on close before they are cancelled; each owned
+        streamer gets twice that to close (see :meth:`close`).
+    streamers:
+        The :class:`genbot.Streamer` objects this bot owns: closed with it (see :meth:`own`).
+    close_streamers:
+        ``False``: close none of them (e.g. when they outlive the bot).
+    member_ttl:
+        Seconds the roles of a member discord.py does not cache are trusted (see
+        :meth:`may_chat`).
+    intents:
+        Default: :func:`default_intents`.
+    client_kwargs:
+        Go to :class:`discord.Client` (``allowed_mentions`` defaults to
+        ``genbot.output.SAFE_MENTIONS``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        An access list that does not parse (the message names it), a negative
+        or non-finite ``shutdown_timeout``, or a ``member_ttl`` that is not a positive number.
 
     What the built-in slash commands say is ``texts`` (a :class:`genbot.commands.Texts`):
     override it as a class attribute of a subclass.
@@ -87,8 +111,10 @@ class Genbot(discord.Client):
         intents: discord.Intents | None = None,
         **client_kwargs: Any,
     ) -> None:
-        if not shutdown_timeout >= 0:  # also refuses NaN
+        if not (math.isfinite(shutdown_timeout) and shutdown_timeout >= 0):
             raise ValueError(f"shutdown_timeout must be >= 0 seconds, got {shutdown_timeout!r}")
+        if not (math.isfinite(member_ttl) and member_ttl > 0):
+            raise ValueError(f"member_ttl must be > 0 seconds, got {member_ttl!r}")
         client_kwargs.setdefault("allowed_mentions", SAFE_MENTIONS)
         super().__init__(
             intents=intents if intents is not None else default_intents(), **client_kwargs
@@ -131,8 +157,15 @@ class Genbot(discord.Client):
 
     def own(self, streamer: S) -> S:
         """Make ``streamer`` this bot's: :meth:`close` closes it (unless ``close_streamers`` is
-        ``False``). Returns it, so ``self.backend = self.own(make_backend())`` reads well.
-        Streamers of other bots, or of nobody, are never closed by this one."""
+        ``False``). Streamers of other bots, or of nobody, are never closed by this one.
+
+        Parameters
+        ----------
+        streamer:
+            Started or not; owning it twice is owning it once.
+
+        Returns ``streamer``, so ``self.backend = self.own(make_backend())`` reads well.
+        """
         if not any(owned is streamer for owned in self._streamers):
             self._streamers.append(streamer)
         return streamer
@@ -151,6 +184,15 @@ class Genbot(discord.Client):
         any more, or whose roles nobody knows, counts as holding every blacklisted role and no
         whitelisted one (:data:`genbot.access.UNKNOWN_ROLES`). With the members intent (the
         default) discord.py knows every member, so this is exact and costs no request.
+
+        Parameters
+        ----------
+        user:
+            Who.
+        channel:
+            Where: a DM (or a user), a server's channel or thread, or ``None`` / a partial
+            channel the bot cannot place (then they must be allowed both in DMs and as someone
+            of unknown roles in a server).
         """
         place = self._place(channel)
         if place is None:
@@ -166,8 +208,15 @@ class Genbot(discord.Client):
         """Make :meth:`may_chat` exact for ``user`` in ``channel`` where only Discord can tell:
         a server whose access depends on roles, a user no cache knows. Then it fetches the member
         once (concurrent look-ups of one member share the request; the answer is kept for
-        ``member_ttl`` seconds; a failed request leaves them unknown). Returns whether it had
-        to ask Discord."""
+        ``member_ttl`` seconds; a failed request leaves them unknown).
+
+        Parameters
+        ----------
+        user, channel:
+            As for :meth:`may_chat`.
+
+        Returns whether it had to ask Discord.
+        """
         place = self._place(channel)
         if not isinstance(place, discord.Guild) or not self.access.roles_matter(user.id):
             return False
@@ -183,7 +232,13 @@ class Genbot(discord.Client):
         return True
 
     def is_admin(self, user: discord.abc.User) -> bool:
-        """Whether ``user`` is one of the bot's admins (the ``admins`` access list)."""
+        """Whether ``user`` is one of the bot's admins (the ``admins`` access list).
+
+        Parameters
+        ----------
+        user:
+            Who.
+        """
         return self.access.is_admin(user.id)
 
     @property
@@ -197,8 +252,9 @@ class Genbot(discord.Client):
 
     # -- where, and which roles ------------------------------------------------------------------
     def _place(self, channel: object, resolve: bool = True) -> Place:
-        if isinstance(channel, (discord.DMChannel, discord.GroupChannel, discord.abc.User)):
-            return None
+        """The server ``channel`` is in, ``None`` for a DM, or "unknown"."""
+        if isinstance(channel, (discord.DMChannel, discord.GroupChannel, *_USERS)):
+            return None  # a user or member as a messageable is a DM with them
         guild = getattr(channel, "guild", None)
         if isinstance(guild, discord.Guild):
             return guild
@@ -379,6 +435,8 @@ class Genbot(discord.Client):
                     self.shutdown_timeout,
                 )
                 await asyncio.wait(pending, timeout=self.shutdown_timeout)
+        for lookup in list(self._lookups.values()):
+            lookup.cancel()
         if self.close_streamers:
             await self._close_streamers()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import copy
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, overload
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from genbot.bot import Genbot
 
 __all__ = ["RESET_MARKER", "Context", "MessageCache", "is_reset", "visible"]
+
+_log = logging.getLogger(__name__)
 
 #: The text of the boundary message ``/reset`` posts.
 RESET_MARKER = "\u2014 context reset \u2014"
