@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from genbot.access import Access, AccessList
+from genbot.access import UNKNOWN_ROLES, Access, AccessList, MemberRoles, Roles
 
 A, B, ADMIN = 11, 12, 99
 MODS, BANNED = 501, 502
@@ -100,24 +100,26 @@ MATRIX = [
 
 
 @pytest.mark.parametrize(("users", "roles", "user", "held", "expected"), MATRIX)
-def test_matrix(users: object, roles: object, user: int, held: list[int] | None,
-                expected: bool) -> None:
+def test_matrix(
+    users: object, roles: object, user: int, held: list[int] | None, expected: bool
+) -> None:
     access = Access(users=users, roles=roles)  # type: ignore[arg-type]
     assert access.may_chat(user, held) is expected
 
 
 @pytest.mark.parametrize("held", [DM, GUILD_PLAIN, GUILD_BANNED, GUILD_MOD_BANNED])
 def test_admin_always_chats(held: list[int] | None) -> None:
-    access = Access(users={"whitelist": [B], "blacklist": [ADMIN]},
-                    roles={"whitelist": [MODS], "blacklist": [BANNED]}, admins=[ADMIN])
+    access = Access(
+        users={"whitelist": [B], "blacklist": [ADMIN]},
+        roles={"whitelist": [MODS], "blacklist": [BANNED]},
+        admins=[ADMIN],
+    )
     assert access.may_chat(ADMIN, held)
 
 
 ids = st.integers(min_value=1, max_value=8)
 id_sets = st.frozensets(ids, max_size=4)
-lists = st.builds(
-    AccessList, whitelist=st.one_of(st.none(), id_sets), blacklist=id_sets
-)
+lists = st.builds(AccessList, whitelist=st.one_of(st.none(), id_sets), blacklist=id_sets)
 
 
 def _as_spec(lst: AccessList, as_strings: bool) -> object:
@@ -128,15 +130,31 @@ def _as_spec(lst: AccessList, as_strings: bool) -> object:
     return spec
 
 
-@given(users=lists, roles=lists, admins=lists, user=ids,
-       held=st.one_of(st.none(), st.lists(ids, max_size=3)), as_strings=st.booleans())
-def test_property(users: AccessList, roles: AccessList, admins: AccessList, user: int,
-                  held: list[int] | None, as_strings: bool) -> None:
-    access = Access(users=_as_spec(users, as_strings), roles=_as_spec(roles, as_strings),
-                    admins=_as_spec(admins, as_strings))
+@given(
+    users=lists,
+    roles=lists,
+    admins=lists,
+    user=ids,
+    held=st.one_of(st.none(), st.just(UNKNOWN_ROLES), st.lists(ids, max_size=3)),
+    as_strings=st.booleans(),
+)
+def test_property(
+    users: AccessList,
+    roles: AccessList,
+    admins: AccessList,
+    user: int,
+    held: Roles,
+    as_strings: bool,
+) -> None:
+    access = Access(
+        users=_as_spec(users, as_strings),
+        roles=_as_spec(roles, as_strings),
+        admins=_as_spec(admins, as_strings),
+    )
     got = access.may_chat(user, held)
-    admin = admins.whitelist is not None and user in admins.whitelist \
-        and user not in admins.blacklist
+    admin = (
+        admins.whitelist is not None and user in admins.whitelist and user not in admins.blacklist
+    )
     if admin:  # rule 1
         assert got
         return
@@ -146,6 +164,12 @@ def test_property(users: AccessList, roles: AccessList, admins: AccessList, user
     if held is None:  # rule 3
         assert got == (users.whitelist is None or user in users.whitelist)
         return
+    if held is UNKNOWN_ROLES:  # every blacklisted role, no whitelisted one
+        held = sorted(roles.blacklist)
+        if not held and roles.whitelist is not None:
+            assert got == (users.whitelist is not None and user in users.whitelist)
+            return
+    assert held is not UNKNOWN_ROLES
     if set(held) & roles.blacklist:  # rule 2, roles
         assert not got
         return
@@ -154,10 +178,59 @@ def test_property(users: AccessList, roles: AccessList, admins: AccessList, user
     assert got == (on_users or roles_allow)  # rule 4
 
 
-@given(users=lists, roles=lists, user=ids, extra=ids,
-       held=st.one_of(st.none(), st.lists(ids, max_size=3)))
-def test_blacklisting_never_grants(users: AccessList, roles: AccessList, user: int, extra: int,
-                                   held: list[int] | None) -> None:
+@given(
+    users=lists,
+    roles=lists,
+    admins=lists,
+    user=ids,
+    held=st.lists(st.lists(ids, max_size=3), min_size=1, max_size=4),
+)
+def test_unknown_roles_never_allow_more_than_known_ones(
+    users: AccessList, roles: AccessList, admins: AccessList, user: int, held: list[list[int]]
+) -> None:
+    """Unknown roles are the worst case; and when roles do not matter, they decide nothing."""
+    access = Access(users=users, roles=roles, admins=admins)
+    unknown = access.may_chat(user, UNKNOWN_ROLES)
+    answers = {access.may_chat(user, h) for h in [*held, sorted(roles.blacklist), []]}
+    assert unknown == min(answers)
+    if not access.roles_matter(user):
+        assert answers == {unknown}
+
+
+def test_a_former_member_in_a_role_restricted_server() -> None:
+    assert not Access(roles={"blacklist": [BANNED]}).may_chat(A, UNKNOWN_ROLES)
+    assert not Access(roles=[MODS]).may_chat(A, UNKNOWN_ROLES)
+    assert Access(users=[A], roles=[MODS]).may_chat(A, UNKNOWN_ROLES)  # roles do not matter
+    assert not Access(users=[A], roles={"blacklist": [BANNED]}).may_chat(A, UNKNOWN_ROLES)
+    assert Access().may_chat(A, UNKNOWN_ROLES)  # no roles list: anyone in the server
+    assert Access(roles={"blacklist": [BANNED]}, admins=[A]).may_chat(A, UNKNOWN_ROLES)
+
+
+def test_member_roles_expire_and_stay_bounded() -> None:
+    now = [0.0]
+    cache = MemberRoles(ttl=10.0, max_entries=2, clock=lambda: now[0])
+    cache.put(1, A, [MODS])
+    cache.put(1, B, None)
+    assert cache.get(1, A) == (MODS,) and cache.get(1, B) is UNKNOWN_ROLES
+    assert cache.get(2, A) is None
+    cache.put(1, ADMIN, [])
+    assert len(cache) == 2 and cache.get(1, A) is None  # the oldest went
+    now[0] = 10.0
+    assert cache.get(1, B) is None and cache.get(1, ADMIN) is None
+    with pytest.raises(ValueError):
+        MemberRoles(ttl=0)
+
+
+@given(
+    users=lists,
+    roles=lists,
+    user=ids,
+    extra=ids,
+    held=st.one_of(st.none(), st.lists(ids, max_size=3)),
+)
+def test_blacklisting_never_grants(
+    users: AccessList, roles: AccessList, user: int, extra: int, held: list[int] | None
+) -> None:
     before = Access(users=users, roles=roles).may_chat(user, held)
     more_users = AccessList(users.whitelist, users.blacklist | {extra})
     more_roles = AccessList(roles.whitelist, roles.blacklist | {extra})

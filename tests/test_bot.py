@@ -36,19 +36,27 @@ def test_defaults_and_client_kwargs() -> None:
     assert bot.allowed_mentions is SAFE_MENTIONS
     assert bot.activity is not None and bot.activity.name == "chess"
     assert not bot.access.is_admin(1)
-    custom = genbot.Genbot(intents=discord.Intents.none(),
-                           allowed_mentions=discord.AllowedMentions.none())
+    custom = genbot.Genbot(
+        intents=discord.Intents.none(), allowed_mentions=discord.AllowedMentions.none()
+    )
     assert not custom.intents.message_content
     assert custom.allowed_mentions is not None and not custom.allowed_mentions.users
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error"),
-    [({"users": "123"}, TypeError), ({"roles": ["x"]}, ValueError),
-     ({"admins": {"whitelist": [1.0]}}, TypeError), ({"channels": {"allow": [1]}}, ValueError)],
+    [
+        ({"shutdown_timeout": -1.0}, ValueError),
+        ({"shutdown_timeout": float("nan")}, ValueError),
+        ({"member_ttl": 0}, ValueError),
+        ({"member_ttl": float("inf")}, ValueError),
+        ({"users": "123"}, TypeError),
+        ({"roles": ["x"]}, ValueError),
+        ({"admins": {"whitelist": [1.0]}}, TypeError),
+        ({"channels": {"allow": [1]}}, ValueError),
+    ],
 )
-def test_bad_access_lists_fail_at_construction(kwargs: dict[str, Any],
-                                               error: type[Exception]) -> None:
+def test_bad_arguments_fail_at_construction(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error, match=next(iter(kwargs))):
         genbot.Genbot(**kwargs)
 
@@ -80,8 +88,9 @@ async def test_default_wake_rules() -> None:
 
         await send(bot, s, ch, w.alice, "hey bot", mentions_bot=True)
         assert bot.woken[-1] == ch.id
-        done = asyncio.ensure_future(bot.wait_for("message", check=lambda m: m.content == "mine",
-                                                  timeout=5))
+        done = asyncio.ensure_future(
+            bot.wait_for("message", check=lambda m: m.content == "mine", timeout=5)
+        )
         await bot.get_channel(ch.id).send("mine")  # the bot's own message never wakes it
         mine = await done
         await _sentinel(bot, w)
@@ -116,9 +125,14 @@ async def test_access_and_options_gate_waking() -> None:
         s = w.server
         other_bot = s.create_user("otherbot", bot=True)
         quiet = s.create_channel(w.guild, "quiet")
-        bot = Recorder(users={"blacklist": [w.bob.id]}, roles=[w.mods.id], allow_bots=True,
-                       channels={"whitelist": [w.general.id], "blacklist": [quiet.id]},
-                       ignore_prefix="//", **FAST)
+        bot = Recorder(
+            users={"blacklist": [w.bob.id]},
+            roles=[w.mods.id],
+            allow_bots=True,
+            channels={"whitelist": [w.general.id], "blacklist": [quiet.id]},
+            ignore_prefix="//",
+            **FAST,
+        )
         async with run_bot(bot, s):
             await send(bot, s, s.create_dm(w.bob), w.bob, "blacklisted")
             await send(bot, s, quiet, w.mod, "blocked channel", mentions_bot=True)
@@ -129,12 +143,13 @@ async def test_access_and_options_gate_waking() -> None:
             await send(bot, s, w.general, w.mod, "listed channel, no mention")
             await send(bot, s, s.create_dm(other_bot), other_bot, "bots allowed")
             await send(bot, s, s.create_dm(w.alice), w.alice, "!no longer ignored")
-            assert bot.woken == [w.general.id, s.create_dm(other_bot).id,
-                                 s.create_dm(w.alice).id]
-            assert bot.may_chat(bot.get_guild(w.guild.id).get_member(w.mod.id),
-                                bot.get_channel(w.general.id))
-            assert not bot.may_chat(bot.get_guild(w.guild.id).get_member(w.alice.id),
-                                    bot.get_channel(w.general.id))
+            assert bot.woken == [w.general.id, s.create_dm(other_bot).id, s.create_dm(w.alice).id]
+            assert bot.may_chat(
+                bot.get_guild(w.guild.id).get_member(w.mod.id), bot.get_channel(w.general.id)
+            )
+            assert not bot.may_chat(
+                bot.get_guild(w.guild.id).get_member(w.alice.id), bot.get_channel(w.general.id)
+            )
 
 
 class Flaky(genbot.Genbot):
@@ -203,8 +218,9 @@ async def test_an_error_while_deciding_to_wake_does_not_stop_the_bot(
         dm = w.server.create_dm(w.alice)
         with caplog.at_level(logging.ERROR, logger="genbot.bot"):
             await send(bot, w.server, dm, w.alice, "one")  # on_message still sees it
-        assert any(r.exc_info and "access lookup failed" in str(r.exc_info[1])
-                   for r in caplog.records)
+        assert any(
+            r.exc_info and "access lookup failed" in str(r.exc_info[1]) for r in caplog.records
+        )
         bot.broken = False
         await send(bot, w.server, dm, w.alice, "two")
         await w.server.wait_for(lambda: w.contents(dm) == ["here"], timeout=5)
@@ -275,3 +291,85 @@ def test_run_returns_after_admin_shutdown() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+class Echo(genbot.Streamer):
+    """A thread worker that echoes each stream's data."""
+
+    def worker(self) -> None:
+        while True:
+            for stream in self.consume(minimum=1, maximum=8):
+                stream.write(stream.data)
+                stream.close()
+
+
+class StuckOnClose(Echo):
+    """Its close() hangs until `release` is set (a worker that does not stop)."""
+
+    def __init__(self) -> None:
+        self.closing = threading.Event()
+        self.release = threading.Event()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.closing.set()
+        self.release.wait()
+        super().close(timeout)
+
+
+async def _echo(streamer: genbot.Streamer, text: str) -> list[Any]:
+    async with streamer.stream() as stream:
+        return [out async for out in stream(text)]
+
+
+async def test_each_bot_closes_only_the_streamers_it_owns() -> None:
+    mine, theirs, kept = Echo(), Echo(), Echo()
+    for streamer in (mine, theirs, kept):
+        streamer.start_thread()
+    try:
+        first = genbot.Genbot(streamers=[mine], **FAST)
+        second = genbot.Genbot(**FAST)
+        assert second.own(theirs) is theirs and second.own(theirs) is theirs
+        assert first.streamers == (mine,) and second.streamers == (theirs,)
+        keeper = genbot.Genbot(streamers=[kept], close_streamers=False, **FAST)
+        await first.close()
+        assert not mine.running
+        assert theirs.running and await _echo(theirs, "still here") == ["still here"]
+        await keeper.close()
+        assert kept.running and await _echo(kept, "kept") == ["kept"]
+        await second.close()
+        assert not theirs.running
+    finally:
+        for streamer in (mine, theirs, kept):
+            streamer.close()
+
+
+async def test_close_returns_while_an_owned_streamer_hangs_on_close() -> None:
+    stuck = StuckOnClose()
+    stuck.start_thread()
+    try:
+        bot = genbot.Genbot(streamers=[stuck], shutdown_timeout=0.05)
+        await asyncio.wait_for(bot.close(), 30)
+        assert stuck.closing.is_set() and stuck.running and bot.is_closed()
+    finally:
+        stuck.release.set()
+        stuck.close()
+
+
+def test_the_loop_ends_while_an_owned_streamer_hangs_on_close() -> None:
+    """What ``run()`` does after ``/shutdown``: ``asyncio.run`` returns, rather than waiting for
+    the hung close in its executor forever."""
+    stuck = StuckOnClose()
+    stuck.start_thread()
+
+    async def main() -> None:
+        await genbot.Genbot(streamers=[stuck], shutdown_timeout=0.05).close()
+
+    runner = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    try:
+        runner.start()
+        runner.join(30)  # a bound, not a timing: a hang fails here instead of hanging the tests
+        assert stuck.closing.is_set() and not runner.is_alive()
+    finally:
+        stuck.release.set()
+        runner.join(30)
+        stuck.close()

@@ -8,11 +8,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import genbot
+import genbot.bot
 from bot_world import FAST, World, delete, edit, read, send, world
 from genbot.context import RESET_MARKER, MessageCache
-from genbot.testing import run_bot
+from genbot.testing import DiscordServer, run_bot
 
 
 class Quiet(genbot.Genbot):
@@ -30,8 +33,9 @@ async def test_newest_first_limit_and_what_is_visible() -> None:
         ping = await s.invoke_command(ch, w.alice, "ping")
         assert (await ping.wait_response())["content"].startswith("Pong")
         await send(bot, s, ch, w.bob, "b1")
-        mine = asyncio.ensure_future(bot.wait_for("message", check=lambda m: m.content == "mine",
-                                                  timeout=5))
+        mine = asyncio.ensure_future(
+            bot.wait_for("message", check=lambda m: m.content == "mine", timeout=5)
+        )
         await bot.get_channel(ch.id).send("mine")
         await mine
         assert any(m["content"].startswith("Pong") for m in s.messages(ch))  # public, but hidden
@@ -164,7 +168,11 @@ async def test_warm_channel_costs_no_history_requests() -> None:
                 await send(bot, s, ch, w.bob, f"live {n}")
                 assert (await read(bot, ch.id))[0] == f"live {n}"
             assert await read(bot, ch.id, limit=30) == [
-                *(f"live {n}" for n in reversed(range(20))), "before 2", "before 1", "before 0"]
+                *(f"live {n}" for n in reversed(range(20))),
+                "before 2",
+                "before 1",
+                "before 0",
+            ]
             assert w.history_requests() == 1
 
 
@@ -195,8 +203,9 @@ async def test_resume_keeps_the_cache_and_replays_missed_messages() -> None:
         await send(bot, s, dm, w.alice, "one")
         assert await read(bot, dm.id) == ["one"]
         requests = w.history_requests()
-        seen = asyncio.ensure_future(bot.wait_for("message", check=lambda m: m.content == "two",
-                                                  timeout=10))
+        seen = asyncio.ensure_future(
+            bot.wait_for("message", check=lambda m: m.content == "two", timeout=10)
+        )
         back = asyncio.ensure_future(bot.wait_for("resumed", timeout=10))
         await s.drop_connections()
         await s.send_message(dm, w.alice, "two")  # while disconnected
@@ -227,8 +236,9 @@ async def test_current_tracks_new_visible_messages() -> None:
         ctx = bot.context(bot.get_partial_messageable(dm.id))
         assert await ctx.current()  # reads first when it was not read
         assert [m.content for m in ctx] == ["question"]
-        reply = asyncio.ensure_future(bot.wait_for("message", check=lambda m: m.content == "answer",
-                                                   timeout=5))
+        reply = asyncio.ensure_future(
+            bot.wait_for("message", check=lambda m: m.content == "answer", timeout=5)
+        )
         await bot.get_partial_messageable(dm.id).send("answer")
         await reply
         await send(bot, s, dm, w.alice, "!aside")
@@ -250,13 +260,17 @@ class FakeHistoryChannel:
     def message(self, message_id: int) -> SimpleNamespace:
         return SimpleNamespace(id=message_id, channel=self, content=f"m{message_id}")
 
-    async def history(self, *, limit: int, before: Any = None, after: Any = None,
-                      oldest_first: bool = False) -> AsyncIterator[SimpleNamespace]:
+    async def history(
+        self, *, limit: int, before: Any = None, after: Any = None, oldest_first: bool = False
+    ) -> AsyncIterator[SimpleNamespace]:
         self.requests += 1
         if self.gate is not None:
             await self.gate.wait()
-        ids = [i for i in self.ids if (before is None or i < before.id)
-               and (after is None or i > after.id)]
+        ids = [
+            i
+            for i in self.ids
+            if (before is None or i < before.id) and (after is None or i > after.id)
+        ]
         page = ids[:limit] if oldest_first else ids[::-1][:limit]
         for message_id in page:
             yield self.message(message_id)
@@ -264,6 +278,7 @@ class FakeHistoryChannel:
 
 async def _until_requested(channel: FakeHistoryChannel) -> None:
     """Wait (bounded) until the cache has asked `channel` for a page."""
+
     async def requested() -> None:
         while channel.requests == 0:
             await asyncio.sleep(0)
@@ -340,3 +355,194 @@ async def test_invalidation_during_a_fetch_discards_it() -> None:
     newest = await asyncio.wait_for(reading, 5)
     assert newest is not None and newest.id == 5
     assert channel.requests == 2  # the stale page was dropped and fetched again
+
+
+# -- who may chat, whatever the cache state -----------------------------------------------------
+
+ROLE_COUNT, USER_COUNT = 3, 4
+_role_ids = st.integers(min_value=0, max_value=ROLE_COUNT - 1)
+_user_ids = st.integers(min_value=0, max_value=USER_COUNT - 1)
+_lists = st.fixed_dictionaries(
+    {"blacklist": st.frozensets(_role_ids, max_size=2)},
+    optional={"whitelist": st.frozensets(_role_ids, max_size=2)},
+)
+_user_lists = st.fixed_dictionaries(
+    {"blacklist": st.frozensets(_user_ids, max_size=1)},
+    optional={"whitelist": st.frozensets(_user_ids, max_size=2)},
+)
+
+
+class Reidentifying(Quiet):
+    """Identifies anew at once (discord.py waits 5 s before a new session by default)."""
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        pass
+
+
+def _may_chat(
+    users: dict[str, frozenset[int]],
+    roles: dict[str, frozenset[int]],
+    user: int,
+    held: frozenset[int],
+    member: bool,
+) -> bool:
+    """The README's access table, written out for a server; someone who left holds unknown
+    roles: every blacklisted one and no whitelisted one."""
+    if user in users["blacklist"]:
+        return False
+    if not member:
+        held = roles["blacklist"]
+    if held & roles["blacklist"]:
+        return False
+    if user in users.get("whitelist", ()):
+        return True
+    return "whitelist" not in roles or bool(held & roles["whitelist"])
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    users=_user_lists,
+    roles=_lists,
+    held=st.lists(st.frozensets(_role_ids, max_size=2), min_size=USER_COUNT, max_size=USER_COUNT),
+    left=st.frozensets(_user_ids, min_size=1),
+    members_intent=st.booleans(),
+)
+def test_who_may_chat_is_seen_cold_warm_and_after_a_new_session(
+    users: dict[str, frozenset[int]],
+    roles: dict[str, frozenset[int]],
+    held: list[frozenset[int]],
+    left: frozenset[int],
+    members_intent: bool,
+) -> None:
+    """Members post in a channel the bot has cached (warm) and in one it has not read (cold);
+    some leave; every read -- cold over REST, warm from the cache, and both again over REST
+    after a reconnect that could not resume -- shows exactly those who may chat. Without the
+    members intent no event says that someone left: until the bot looks them up again (a new
+    session, or member_ttl later) it may still show a leaver who was allowed when they posted,
+    never one who was not."""
+    asyncio.run(_who_may_chat(users, roles, held, left, members_intent))
+
+
+async def _who_may_chat(
+    users: dict[str, frozenset[int]],
+    roles: dict[str, frozenset[int]],
+    held: list[frozenset[int]],
+    left: frozenset[int],
+    members_intent: bool,
+) -> None:
+    async with DiscordServer() as s:
+        guild = s.create_guild("Guild")
+        role_objs = [s.create_role(guild, f"r{i}") for i in range(ROLE_COUNT)]
+        cold, warm = s.create_channel(guild, "cold"), s.create_channel(guild, "warm")
+        people = [s.create_user(f"u{i}") for i in range(USER_COUNT)]
+        for person, mine in zip(people, held, strict=True):
+            s.add_member(guild, person, roles=[role_objs[i] for i in sorted(mine)])
+
+        def spec(lists: dict[str, frozenset[int]], objs: list[Any]) -> dict[str, list[int]]:
+            return {key: [objs[i].id for i in ids] for key, ids in lists.items()}
+
+        intents = genbot.bot.default_intents()
+        intents.members = members_intent
+        bot = Reidentifying(
+            users=spec(users, people), roles=spec(roles, role_objs), intents=intents, **FAST
+        )
+        async with run_bot(bot, s):
+            assert await read(bot, warm.id) == []  # the warm channel is cached from now on
+            for i, person in enumerate(people):
+                for channel in (cold, warm):
+                    await send(bot, s, channel, person, f"u{i}")
+            for i in sorted(left):
+                removed = asyncio.ensure_future(
+                    bot.wait_for(
+                        "raw_member_remove",
+                        check=lambda p, i=i: p.user.id == people[i].id,
+                        timeout=5,
+                    )
+                )
+                await s.remove_member(guild, people[i])
+                if members_intent:
+                    await removed
+                else:
+                    removed.cancel()
+
+            def expected(leavers_as_members: bool = False) -> list[str]:
+                return [
+                    f"u{i}"
+                    for i in reversed(range(USER_COUNT))
+                    if _may_chat(users, roles, i, held[i], leavers_as_members or i not in left)
+                ]
+
+            for channel, where in ((cold, "cold (REST)"), (warm, "warm (cache)")):
+                seen = await read(bot, channel.id)
+                if members_intent:
+                    assert seen == expected(), where
+                else:  # the roles their messages carried, until member_ttl or a new session
+                    assert set(expected()) <= set(seen) <= set(expected(True)), where
+            back = asyncio.ensure_future(bot.wait_for("ready", timeout=10))
+            await s.drop_connections(resumable=False)
+            await back
+            assert await read(bot, cold.id) == expected(), "cold after a new session"
+            assert await read(bot, warm.id) == expected(), "warm after a new session"
+
+
+@pytest.mark.parametrize("members_intent", [True, False])
+async def test_a_member_with_a_blacklisted_role_who_left_stays_hidden(
+    members_intent: bool,
+) -> None:
+    """The hole of the first release: hidden while the channel was cached, shown when the
+    history came over REST (a first read, or a new session)."""
+    async with world() as w:
+        s = w.server
+        eve = s.create_user("eve")
+        s.add_member(w.guild, eve, roles=[w.banned])
+        warm = s.create_channel(w.guild, "warm")
+        intents = genbot.bot.default_intents()
+        intents.members = members_intent
+        bot = Reidentifying(roles={"blacklist": [w.banned.id]}, intents=intents, **FAST)
+        async with run_bot(bot, s):
+            assert await read(bot, warm.id) == []
+            for channel in (w.general, warm):
+                await send(bot, s, channel, eve, "from eve")
+                await send(bot, s, channel, w.alice, "from alice")
+            removed = asyncio.ensure_future(bot.wait_for("raw_member_remove", timeout=5))
+            await s.remove_member(w.guild, eve)
+            if members_intent:
+                await removed
+            else:
+                removed.cancel()  # no event without the members intent
+            assert await read(bot, w.general.id) == ["from alice"]  # cold: REST
+            assert await read(bot, warm.id) == ["from alice"]  # warm: the cache
+            back = asyncio.ensure_future(bot.wait_for("ready", timeout=10))
+            await s.drop_connections(resumable=False)
+            await back
+            assert await read(bot, w.general.id) == ["from alice"]
+            assert await read(bot, warm.id) == ["from alice"]
+
+
+MEMBER = ("GET", "/guilds/{guild_id}/members/{user_id}")
+
+
+async def test_member_look_ups_without_the_members_intent_are_bounded_and_cached() -> None:
+    async with world() as w:
+        s = w.server
+        people = [s.create_user(f"p{n}") for n in range(30)]
+        for person in people:
+            s.add_member(w.guild, person)
+            await s.send_message(w.general, person, f"hi from {person.name}")  # REST only
+        intents = genbot.bot.default_intents()
+        intents.members = False
+        bot = Quiet(roles={"blacklist": [w.banned.id]}, intents=intents, **FAST)
+        async with run_bot(bot, s):
+            assert genbot.Context.max_lookups == 25
+            first = await read(bot, w.general.id, limit=40)
+            assert s.request_count(*MEMBER) == 25  # the rest stay hidden in this read
+            assert first == [f"hi from p{n}" for n in reversed(range(5, 30))]
+            assert len(await read(bot, w.general.id, limit=40)) == 30
+            assert s.request_count(*MEMBER) == 30
+            assert len(await read(bot, w.general.id, limit=40)) == 30
+            assert s.request_count(*MEMBER) == 30  # known now: no request
+            # with roles that decide nothing, nobody is looked up
+            bot.access = genbot.bot.Access()
+            bot.member_roles.clear()
+            assert len(await read(bot, w.general.id, limit=40)) == 30
+            assert s.request_count(*MEMBER) == 30

@@ -9,7 +9,7 @@ import pytest
 
 import genbot
 from bot_world import FAST, send, world
-from genbot.commands import NOT_ADMIN, NOT_ALLOWED
+from genbot.commands import NOT_ADMIN, NOT_ALLOWED, Texts
 from genbot.context import RESET_MARKER
 from genbot.streaming import active_streamers
 from genbot.testing import run_bot
@@ -41,8 +41,10 @@ async def test_ping() -> None:
 
 
 async def test_reset_refused_to_users_who_may_not_chat() -> None:
-    async with world() as w, run_bot(genbot.Genbot(users={"blacklist": [w.bob.id]}, **FAST),
-                                     w.server):
+    async with (
+        world() as w,
+        run_bot(genbot.Genbot(users={"blacklist": [w.bob.id]}, **FAST), w.server),
+    ):
         for channel in (w.general, w.server.create_dm(w.bob)):
             interaction = await w.server.invoke_command(channel, w.bob, "reset")
             response = await interaction.wait_response()
@@ -76,8 +78,10 @@ async def test_a_failing_command_tells_the_user() -> None:
 
 @pytest.mark.parametrize("where", ["dm", "blacklisted"])
 async def test_thread_refusals(where: str) -> None:
-    async with world() as w, run_bot(genbot.Genbot(users={"blacklist": [w.bob.id]}, **FAST),
-                                     w.server):
+    async with (
+        world() as w,
+        run_bot(genbot.Genbot(users={"blacklist": [w.bob.id]}, **FAST), w.server),
+    ):
         channel = w.server.create_dm(w.alice) if where == "dm" else w.general
         user = w.alice if where == "dm" else w.bob
         interaction = await w.server.invoke_command(channel, user, "thread", {"name": "x"})
@@ -129,7 +133,9 @@ async def test_admin_shutdown_is_graceful_and_start_returns(finishes: bool) -> N
 
     async with world() as w:
         s = w.server
-        bot = Slow(admins=[w.admin.id], guild_ready_timeout=0.05, shutdown_timeout=0.5)
+        bot = Slow(
+            admins=[w.admin.id], streamers=[echo], guild_ready_timeout=0.05, shutdown_timeout=0.5
+        )
         echo.start_thread()
         assert echo in active_streamers()
         task = asyncio.create_task(bot.start(s.token))
@@ -145,6 +151,7 @@ async def test_admin_shutdown_is_graceful_and_start_returns(finishes: bool) -> N
             if finishes:
                 bot.release.set()
             await asyncio.wait_for(task, 10)  # start() returns
+            assert not echo.running  # closed by the bot that owns it
         finally:
             if not task.done():
                 await bot.close()
@@ -154,3 +161,44 @@ async def test_admin_shutdown_is_graceful_and_start_returns(finishes: bool) -> N
         assert w.contents(dm) == (["finished"] if finishes else [])
         assert echo not in active_streamers()
         assert bot.is_closed()
+
+
+class Polite(genbot.Genbot):
+    texts = Texts(
+        not_allowed="Members only, sorry.",
+        pong="Pang!",
+        pong_latency="Pang! ({ms:.0f} ms)",
+        descriptions={"ping": "Is it up?"},
+    )
+
+
+async def test_a_subclass_overrides_what_the_commands_say() -> None:
+    async with world() as w, run_bot(Polite(users={"blacklist": [w.bob.id]}, **FAST), w.server):
+        s = w.server
+        ping = await (await s.invoke_command(w.general, w.alice, "ping")).wait_response()
+        assert ping["content"].startswith("Pang!")
+        refused = await (await s.invoke_command(w.general, w.bob, "reset")).wait_response()
+        assert refused["ephemeral"] and refused["content"] == "Members only, sorry."
+        described = {c["name"]: c["description"] for c in s.commands()}
+        assert described["ping"] == "Is it up?"
+        assert described["reset"] == "Start afresh: the bot forgets everything before this"
+    assert genbot.Genbot.texts.not_allowed == NOT_ALLOWED  # the base class keeps its texts
+
+
+def test_adding_a_command_is_a_decorated_function() -> None:
+    from genbot import commands
+
+    @commands.builtin("usage-test")
+    async def usage(interaction: commands.Interaction) -> None:
+        """How much you used"""
+        await interaction.response.send_message("0 tokens")
+
+    try:
+        bot = genbot.Genbot()
+        command = bot.tree.get_command("usage-test")
+        assert command is not None and command.description == "How much you used"
+        with pytest.raises(ValueError, match="usage-test"):
+            commands.builtin("usage-test")(usage)
+    finally:
+        del commands.BUILTIN["usage-test"]
+    assert genbot.Genbot().tree.get_command("usage-test") is None

@@ -12,8 +12,9 @@ from genbot.wake import Incoming, WakeRules, is_ignored
 BOT, USER, OTHER_BOT = 1, 2, 3
 CHAN, THREAD, OTHER_CHAN = 100, 101, 102
 
-plain = Incoming(author_id=USER, author_is_bot=False, content="hi", chat=True,
-                 place="channel", channel_id=CHAN)
+plain = Incoming(
+    author_id=USER, author_is_bot=False, content="hi", chat=True, place="channel", channel_id=CHAN
+)
 dm = replace(plain, place="dm", channel_id=200)
 thread = replace(plain, place="thread", channel_id=THREAD, parent_id=CHAN)
 

@@ -3,51 +3,96 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
-from collections.abc import Awaitable
-from typing import Any
+import math
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import discord
 from discord import app_commands
 
-from genbot.access import Access, AccessList, AccessSpec
-from genbot.commands import install_commands
+from genbot.access import UNKNOWN_ROLES, Access, AccessList, AccessSpec, MemberRoles, Roles
+from genbot.commands import Texts, install_commands
 from genbot.context import Context, MessageCache
 from genbot.gatekeeping import GateHandle, running
 from genbot.output import SAFE_MENTIONS
 from genbot.wake import WakeRules, incoming
+
+if TYPE_CHECKING:
+    from genbot.streaming import Streamer
 
 __all__ = ["Genbot", "default_intents"]
 
 _log = logging.getLogger(__name__)
 
 Channel = discord.abc.Messageable
+#: Where someone may or may not chat: a channel, or ``None`` when not known.
+Where = discord.abc.Messageable | discord.abc.GuildChannel | None
+
+S = TypeVar("S", bound="Streamer")
 
 
 def default_intents() -> discord.Intents:
     """What a chat bot needs: the defaults plus message content and members (both privileged:
-    enable them in the developer portal). Members keep role-based access exact."""
+    enable them in the developer portal). Members keep role-based access exact and free."""
     intents = discord.Intents.default()
     intents.message_content = True
     intents.members = True
     return intents
 
 
+#: A place the bot cannot tell (a partial channel it has not cached): a user may chat there only
+#: when they may both in DMs and in a server whose roles they hold are unknown.
+_UNKNOWN_PLACE: Final = "unknown"
+Place = discord.Guild | Literal["unknown"] | None  # None: a DM
+_USERS = (discord.User, discord.Member, discord.ClientUser)
+
+
 class Genbot(discord.Client):
     """Override :meth:`attend` to answer; see the README for which messages wake it.
 
-    Keyword arguments: ``users``, ``roles``, ``admins`` (access lists), ``channels`` (whitelist:
-    channels where every message wakes the bot; blacklist: where nothing does),
-    ``ignore_prefix`` (messages starting with it are invisible), ``allow_bots`` (other bots'
-    messages wake it and show in contexts), ``sync_commands`` (sync the slash commands at
-    start-up), ``shutdown_timeout`` (seconds running attends get to finish on close before they
-    are cancelled), ``close_streamers`` (on close, also close every running
-    :class:`genbot.Streamer` of the process and its worker; pass ``False`` when the streamers
-    outlive the bot, e.g. several bots sharing one model), ``intents`` (default:
-    :func:`default_intents`); anything else goes to
-    :class:`discord.Client` (``allowed_mentions`` defaults to ``genbot.output.SAFE_MENTIONS``).
+    Parameters
+    ----------
+    users, roles, admins:
+        Access lists (see :mod:`genbot.access`): who may chat, and who administers the bot.
+    channels:
+        Whitelist: channels where every message wakes the bot; blacklist: where nothing does.
+    ignore_prefix:
+        Messages starting with it are invisible to the bot (``None``: none are).
+    allow_bots:
+        Other bots' messages wake it and show in contexts.
+    sync_commands:
+        Sync the slash commands at start-up.
+    shutdown_timeout:
+        Seconds running attends get to finish on close before they are cancelled; each owned
+        streamer gets twice that to close (see :meth:`close`).
+    streamers:
+        The :class:`genbot.Streamer` objects this bot owns: closed with it (see :meth:`own`).
+    close_streamers:
+        ``False``: close none of them (e.g. when they outlive the bot).
+    member_ttl:
+        Seconds the roles of a member discord.py does not cache are trusted (see
+        :meth:`may_chat`).
+    intents:
+        Default: :func:`default_intents`.
+    client_kwargs:
+        Go to :class:`discord.Client` (``allowed_mentions`` defaults to
+        ``genbot.output.SAFE_MENTIONS``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        An access list that does not parse (the message names it), a negative
+        or non-finite ``shutdown_timeout``, or a ``member_ttl`` that is not a positive number.
+
+    What the built-in slash commands say is ``texts`` (a :class:`genbot.commands.Texts`):
+    override it as a class attribute of a subclass.
     """
+
+    texts: Texts = Texts()
 
     def __init__(
         self,
@@ -60,23 +105,36 @@ class Genbot(discord.Client):
         allow_bots: bool = False,
         sync_commands: bool = True,
         shutdown_timeout: float = 10.0,
+        streamers: Iterable[Streamer] = (),
         close_streamers: bool = True,
+        member_ttl: float = 600.0,
         intents: discord.Intents | None = None,
         **client_kwargs: Any,
     ) -> None:
+        if not (math.isfinite(shutdown_timeout) and shutdown_timeout >= 0):
+            raise ValueError(f"shutdown_timeout must be >= 0 seconds, got {shutdown_timeout!r}")
+        if not (math.isfinite(member_ttl) and member_ttl > 0):
+            raise ValueError(f"member_ttl must be > 0 seconds, got {member_ttl!r}")
         client_kwargs.setdefault("allowed_mentions", SAFE_MENTIONS)
-        super().__init__(intents=intents if intents is not None else default_intents(),
-                         **client_kwargs)
+        super().__init__(
+            intents=intents if intents is not None else default_intents(), **client_kwargs
+        )
         self.access = Access(users, roles, admins)
-        self.wake_rules = WakeRules(AccessList.parse(channels, "channels"), ignore_prefix,
-                                    allow_bots)
+        self.wake_rules = WakeRules(
+            AccessList.parse(channels, "channels"), ignore_prefix, allow_bots
+        )
         self.message_cache = MessageCache()
+        self.member_roles = MemberRoles(ttl=member_ttl)
         self.sync_commands = sync_commands
         self.shutdown_timeout = shutdown_timeout
         self.close_streamers = close_streamers
+        self._streamers: list[Streamer] = []
+        for streamer in streamers:
+            self.own(streamer)
         self.tree: app_commands.CommandTree[Genbot] = app_commands.CommandTree(self)
         install_commands(self)
         self._attends: set[asyncio.Task[Any]] = set()
+        self._lookups: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._shutdown: asyncio.Task[None] | None = None
 
     # -- the user-facing API ---------------------------------------------------------------------
@@ -91,21 +149,99 @@ class Genbot(discord.Client):
         return GateHandle(None, scheduled=False)
 
     def context(self, channel: Channel, limit: int = 16) -> Context:
-        """The context window of ``channel``: see :class:`genbot.Context`."""
+        """The context window of ``channel``: see :class:`genbot.Context`.
+
+        Raises
+        ------
+        ValueError
+            When ``limit`` is negative.
+        """
         return Context(self, channel, limit)
 
-    def may_chat(self, user: discord.abc.User, channel: Channel | None) -> bool:
-        """Whether ``user`` may chat with the bot in ``channel`` (the access rules)."""
-        guild = getattr(channel, "guild", None)
-        if guild is None:
+    def own(self, streamer: S) -> S:
+        """Make ``streamer`` this bot's: :meth:`close` closes it (unless ``close_streamers`` is
+        ``False``). Streamers of other bots, or of nobody, are never closed by this one.
+
+        Parameters
+        ----------
+        streamer:
+            Started or not; owning it twice is owning it once.
+
+        Returns ``streamer``, so ``self.backend = self.own(make_backend())`` reads well.
+        """
+        if not any(owned is streamer for owned in self._streamers):
+            self._streamers.append(streamer)
+        return streamer
+
+    @property
+    def streamers(self) -> tuple[Streamer, ...]:
+        """The streamers this bot owns."""
+        return tuple(self._streamers)
+
+    def may_chat(self, user: discord.abc.User, channel: Where) -> bool:
+        """Whether ``user`` may chat with the bot in ``channel`` (the access rules).
+
+        In a server the rules look at the roles ``user`` holds there *now*: from discord.py's
+        member cache, else from what :attr:`member_roles` learned (every message and command
+        carries its author's roles; :meth:`look_up` asks Discord). Someone who is not a member
+        any more, or whose roles nobody knows, counts as holding every blacklisted role and no
+        whitelisted one (:data:`genbot.access.UNKNOWN_ROLES`). With the members intent (the
+        default) discord.py knows every member, so this is exact and costs no request.
+
+        Parameters
+        ----------
+        user:
+            Who.
+        channel:
+            Where: a DM (or a user), a server's channel or thread, or ``None`` / a partial
+            channel the bot cannot place (then they must be allowed both in DMs and as someone
+            of unknown roles in a server).
+        """
+        place = self._place(channel)
+        if place is None:
             return self.access.may_chat(user.id, None)
-        member = guild.get_member(user.id)
-        if member is None and isinstance(user, discord.Member):
-            member = user
-        role_ids = [role.id for role in member.roles] if member is not None else []
-        return self.access.may_chat(user.id, role_ids)
+        if not isinstance(place, discord.Guild):
+            return self.access.may_chat(user.id, None) and self.access.may_chat(
+                user.id, UNKNOWN_ROLES
+            )
+        roles = self._roles(place, user.id)
+        return self.access.may_chat(user.id, UNKNOWN_ROLES if roles is None else roles)
+
+    async def look_up(self, user: discord.abc.User, channel: Where) -> bool:
+        """Make :meth:`may_chat` exact for ``user`` in ``channel`` where only Discord can tell:
+        a server whose access depends on roles, a user no cache knows. Then it fetches the member
+        once (concurrent look-ups of one member share the request; the answer is kept for
+        ``member_ttl`` seconds; a failed request leaves them unknown).
+
+        Parameters
+        ----------
+        user, channel:
+            As for :meth:`may_chat`.
+
+        Returns whether it had to ask Discord.
+        """
+        place = self._place(channel)
+        if not isinstance(place, discord.Guild) or not self.access.roles_matter(user.id):
+            return False
+        if self._roles(place, user.id) is not None:
+            return False
+        key = (place.id, user.id)
+        task = self._lookups.get(key)
+        if task is None:
+            task = asyncio.create_task(self._fetch_roles(place, user.id), name="genbot: member")
+            self._lookups[key] = task
+            task.add_done_callback(lambda _: self._lookups.pop(key, None))
+        await asyncio.shield(task)
+        return True
 
     def is_admin(self, user: discord.abc.User) -> bool:
+        """Whether ``user`` is one of the bot's admins (the ``admins`` access list).
+
+        Parameters
+        ----------
+        user:
+            Who.
+        """
         return self.access.is_admin(user.id)
 
     @property
@@ -117,8 +253,60 @@ class Genbot(discord.Client):
         """Attend runs in progress (including gatekept runs started from anywhere)."""
         return [t for t in {*self._attends, *running(self)} if not t.done()]
 
+    # -- where, and which roles ------------------------------------------------------------------
+    def _place(self, channel: object, resolve: bool = True) -> Place:
+        """The server ``channel`` is in, ``None`` for a DM, or "unknown"."""
+        if isinstance(channel, (discord.DMChannel, discord.GroupChannel, *_USERS)):
+            return None  # a user or member as a messageable is a DM with them
+        guild = getattr(channel, "guild", None)
+        if isinstance(guild, discord.Guild):
+            return guild
+        guild_id = getattr(channel, "guild_id", None)
+        if guild_id is not None:
+            return self.get_guild(guild_id) or _UNKNOWN_PLACE
+        if isinstance(channel, discord.PartialMessageable):
+            if channel.type in (discord.ChannelType.private, discord.ChannelType.group):
+                return None
+            known = self.get_channel(channel.id) if resolve else None
+            if known is not None and not isinstance(known, discord.PartialMessageable):
+                return self._place(known, resolve=False)
+        return _UNKNOWN_PLACE
+
+    def _roles(self, guild: discord.Guild, user_id: int) -> Roles:
+        """The role ids ``user_id`` holds in ``guild`` now, :data:`UNKNOWN_ROLES` when they are
+        no member, ``None`` when that is not known without asking Discord."""
+        member = guild.get_member(user_id)
+        if member is not None:
+            return [role.id for role in member.roles]
+        if self.intents.members and guild.chunked:
+            return UNKNOWN_ROLES  # discord.py holds every member: this is not one
+        return self.member_roles.get(guild.id, user_id)
+
+    def _learn(self, user: object) -> None:
+        """Keep the roles an event carried for a member discord.py does not cache."""
+        if isinstance(user, discord.Member) and user.guild.get_member(user.id) is None:
+            self.member_roles.put(user.guild.id, user.id, [role.id for role in user.roles])
+
+    async def _fetch_roles(self, guild: discord.Guild, user_id: int) -> None:
+        try:
+            member = await asyncio.wait_for(guild.fetch_member(user_id), self._lookup_timeout)
+        except discord.NotFound:
+            self.member_roles.put(guild.id, user_id, None)
+        except Exception as error:
+            _log.warning(
+                "could not look up member %s of %s (%s): counted as holding unknown roles",
+                user_id,
+                guild.id,
+                error or type(error).__name__,
+            )
+        else:
+            self.member_roles.put(guild.id, user_id, [role.id for role in member.roles])
+
+    _lookup_timeout = 10.0
+
     # -- discord.py hooks ------------------------------------------------------------------------
     async def setup_hook(self) -> None:
+        """Sync the slash commands (unless ``sync_commands=False``)."""
         if self.sync_commands:
             await self.tree.sync()
 
@@ -135,18 +323,44 @@ class Genbot(discord.Client):
         super().dispatch(event, *args, **kwargs)
 
     def _observe(self, event: str, args: tuple[Any, ...]) -> None:
-        cache = self.message_cache
-        if event == "message":
-            cache.on_create(args[0])
-            self._maybe_attend(args[0])
-        elif event == "raw_message_edit":
-            cache.on_edit(args[0])
-        elif event == "raw_message_delete":
-            cache.on_delete(args[0].channel_id, [args[0].message_id])
-        elif event == "raw_bulk_message_delete":
-            cache.on_delete(args[0].channel_id, args[0].message_ids)
-        elif event == "connect":  # a new gateway session: events may have been missed
-            cache.invalidate()
+        handler = self._OBSERVERS.get(event)
+        if handler is not None:
+            handler(self, *args)
+
+    def _on_message(self, message: discord.Message) -> None:
+        self._learn(message.author)
+        self.message_cache.on_create(message)
+        self._maybe_attend(message)
+
+    def _on_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        self.message_cache.on_edit(payload)
+
+    def _on_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        self.message_cache.on_delete(payload.channel_id, [payload.message_id])
+
+    def _on_bulk_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        self.message_cache.on_delete(payload.channel_id, payload.message_ids)
+
+    def _on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        self._learn(interaction.user)
+
+    def _on_member_remove(self, payload: discord.RawMemberRemoveEvent) -> None:
+        self.member_roles.put(payload.guild_id, payload.user.id, None)
+
+    def _on_connect(self) -> None:
+        """A new gateway session: events may have been missed."""
+        self.message_cache.invalidate()
+        self.member_roles.clear()
+
+    _OBSERVERS: dict[str, Callable[..., None]] = {
+        "message": _on_message,
+        "raw_message_edit": _on_edit,
+        "raw_message_delete": _on_delete,
+        "raw_bulk_message_delete": _on_bulk_delete,
+        "interaction": _on_interaction,
+        "raw_member_remove": _on_member_remove,
+        "connect": _on_connect,
+    }
 
     def _maybe_attend(self, message: discord.Message) -> None:
         if self.closing or self.user is None:
@@ -194,13 +408,18 @@ class Genbot(discord.Client):
         super().clear()
         self._shutdown = None
         self.message_cache.invalidate()
+        self.member_roles.clear()
 
     async def close(self) -> None:
-        """Graceful: no new attends; running ones get ``shutdown_timeout`` seconds, then are
-        cancelled; active streamers are closed; then discord.py closes the connection."""
+        """Graceful and bounded: no new attends; running ones get ``shutdown_timeout`` seconds,
+        then are cancelled (and get as long again to end); the streamers this bot owns are
+        closed, in parallel, each given ``shutdown_timeout`` and left behind (logged) when its
+        close hangs for twice that; then discord.py closes the connection. So it returns within
+        about ``4 * shutdown_timeout`` plus discord.py's own close."""
         if self._shutdown is None:
-            self._shutdown = asyncio.create_task(self._wind_down(asyncio.current_task()),
-                                                 name="genbot: shutdown")
+            self._shutdown = asyncio.create_task(
+                self._wind_down(asyncio.current_task()), name="genbot: shutdown"
+            )
         try:
             await asyncio.shield(self._shutdown)
         finally:
@@ -213,19 +432,51 @@ class Genbot(discord.Client):
             for task in pending:
                 task.cancel()
             if pending:
-                _log.warning("cancelled %d attend(s) still running after %.1f s",
-                             len(pending), self.shutdown_timeout)
+                _log.warning(
+                    "cancelled %d attend(s) still running after %.1f s",
+                    len(pending),
+                    self.shutdown_timeout,
+                )
                 await asyncio.wait(pending, timeout=self.shutdown_timeout)
+        for lookup in list(self._lookups.values()):
+            lookup.cancel()
         if self.close_streamers:
             await self._close_streamers()
 
     async def _close_streamers(self) -> None:
-        from genbot.streaming import active_streamers
+        timeout = self.shutdown_timeout
+        closes = [
+            _bounded_in_thread(
+                functools.partial(streamer.close, timeout), 2 * timeout, repr(streamer)
+            )
+            for streamer in self._streamers
+        ]
+        await asyncio.gather(*closes)
 
-        async def close(streamer: Any) -> None:
+
+async def _bounded_in_thread(call: Callable[[], object], timeout: float, what: str) -> None:
+    """Run ``call`` on a daemon thread and wait at most ``timeout`` seconds for it; a call that
+    hangs is left behind (logged), and cannot keep the process alive at exit."""
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as error:
+            errors.append(error)
+        finally:
             try:
-                await asyncio.wait_for(asyncio.to_thread(streamer.close), self.shutdown_timeout)
-            except Exception:
-                _log.exception("closing %r failed", streamer)
+                loop.call_soon_threadsafe(done.set)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
 
-        await asyncio.gather(*(close(streamer) for streamer in active_streamers()))
+    threading.Thread(target=run, name=f"genbot: close {what}", daemon=True).start()
+    try:
+        await asyncio.wait_for(done.wait(), timeout)
+    except asyncio.TimeoutError:
+        _log.error("closing %s did not finish within %.1f s; left behind", what, timeout)
+        return
+    if errors:
+        _log.error("closing %s failed", what, exc_info=errors[0])

@@ -1,5 +1,20 @@
 """The slash commands every `Genbot` has: ``/reset``, ``/ping``, ``/thread``, ``/shutdown``.
 
+Each command is a module-level function that finds its bot as ``interaction.client`` and takes
+what it says from ``bot.texts`` (a :class:`Texts`), so a subclass changes a text with one class
+attribute::
+
+    class MyBot(genbot.Genbot):
+        texts = Texts(not_allowed="Sorry, members only.")
+
+Adding a command is a decorated function; its docstring's first line is its description, and
+what it says goes into new fields of :class:`Texts`::
+
+    @builtin("usage")
+    async def usage(interaction: Interaction) -> None:
+        \"\"\"How many tokens you used today\"\"\"
+        await interaction.response.send_message(interaction.client.texts.usage.format(...))
+
 Refusals are ephemeral (only the user sees them). ``/reset`` answers with
 :data:`genbot.context.RESET_MARKER`, a visible boundary no context reaches past.
 """
@@ -7,8 +22,12 @@ Refusals are ephemeral (only the user sees them). ``/reset`` answers with
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import discord
 from discord import app_commands
@@ -18,76 +37,154 @@ from genbot.context import RESET_MARKER
 if TYPE_CHECKING:
     from genbot.bot import Genbot
 
-__all__ = ["install_commands"]
+__all__ = ["BUILTIN", "Interaction", "Texts", "builtin", "install_commands"]
 
 _log = logging.getLogger(__name__)
 
-NOT_ALLOWED = "You may not chat with this bot here."
-NOT_ADMIN = "Only the bot's admins can shut it down."
+
+@dataclass(frozen=True)
+class Texts:
+    """What the built-in commands say. Override any of them in a subclass of ``Genbot``:
+    ``texts = Texts(pong="Pang!")`` (or ``dataclasses.replace(Genbot.texts, ...)``).
+
+    ``descriptions`` maps a command's name to the description Discord shows for it (default: the
+    first line of the command function's docstring).
+    """
+
+    not_allowed: str = "You may not chat with this bot here."
+    not_admin: str = "Only the bot's admins can shut it down."
+    command_refused: str = "You may not use this command here."
+    command_failed: str = "Sorry, that failed."
+    pong: str = "Pong!"
+    #: ``{ms}``: the gateway latency in milliseconds (a float).
+    pong_latency: str = "Pong! ({ms:.0f} ms)"
+    thread_needs_text_channel: str = "Threads can be opened in a server's text channels."
+    #: ``{thread}``: a mention of the new thread.
+    thread_opened: str = "Opened {thread}."
+    shutting_down: str = "Shutting down."
+    descriptions: Mapping[str, str] = field(default_factory=dict)
+
+
+# Kept for callers of the first release; the texts live in Texts now.
+NOT_ALLOWED = Texts.not_allowed
+NOT_ADMIN = Texts.not_admin
+
+Interaction: TypeAlias = "discord.Interaction[Genbot]"
+Callback: TypeAlias = Callable[..., Coroutine[Any, Any, None]]
+
+#: The built-in commands by name, in the order they are registered.
+BUILTIN: dict[str, Callback] = {}
+
+
+def builtin(name: str) -> Callable[[Callback], Callback]:
+    """Register the decorated coroutine function as the built-in command ``/name``.
+
+    Parameters
+    ----------
+    name:
+        The command's name (Discord's rules: 1-32 lowercase letters, digits, ``-`` or ``_``).
+
+    Raises
+    ------
+    ValueError
+        When a command of that name is registered already.
+    """
+
+    def register(callback: Callback) -> Callback:
+        if name in BUILTIN:
+            raise ValueError(f"a built-in command /{name} is registered already")
+        BUILTIN[name] = callback
+        return callback
+
+    return register
+
+
+def install_commands(bot: Genbot, commands: Mapping[str, Callback] | None = None) -> None:
+    """Add ``commands`` (default: :data:`BUILTIN`) and the error handler to ``bot.tree``, with
+    descriptions from ``bot.texts.descriptions`` or else the functions' docstrings."""
+    for name, callback in (BUILTIN if commands is None else commands).items():
+        doc = inspect.getdoc(callback) or name
+        description = bot.texts.descriptions.get(name) or doc.splitlines()[0]
+        bot.tree.add_command(
+            app_commands.Command(name=name, description=description, callback=callback)
+        )
+    bot.tree.error(on_command_error)
+
+
+async def _refuse(interaction: Interaction, text: str) -> None:
+    await interaction.response.send_message(text, ephemeral=True)
+
+
+@builtin("reset")
+async def reset(interaction: Interaction) -> None:
+    """Start afresh: the bot forgets everything before this"""
+    bot = interaction.client
+    if not bot.may_chat(interaction.user, interaction.channel):
+        return await _refuse(interaction, bot.texts.not_allowed)
+    await interaction.response.send_message(
+        RESET_MARKER, allowed_mentions=discord.AllowedMentions.none()
+    )
+
+
+@builtin("ping")
+async def ping(interaction: Interaction) -> None:
+    """Check that the bot is alive"""
+    texts, latency = interaction.client.texts, interaction.client.latency
+    measured = math.isfinite(latency)  # NaN or infinity until the first heartbeat's answer
+    await interaction.response.send_message(
+        texts.pong_latency.format(ms=latency * 1000) if measured else texts.pong
+    )
+
 
 ThreadName = app_commands.Range[str, 1, 100]
 
 
-async def _refuse(interaction: discord.Interaction, text: str) -> None:
-    await interaction.response.send_message(text, ephemeral=True)
+@builtin("thread")
+@app_commands.describe(name="The thread's name")
+async def thread(interaction: Interaction, name: ThreadName) -> None:
+    """Open a thread to chat with the bot"""
+    bot, channel = interaction.client, interaction.channel
+    if not isinstance(channel, discord.TextChannel):
+        return await _refuse(interaction, bot.texts.thread_needs_text_channel)
+    if not bot.may_chat(interaction.user, channel):
+        return await _refuse(interaction, bot.texts.not_allowed)
+    # Two requests (rate limits may hold them up) before the answer: Discord drops an
+    # interaction not acknowledged within 3 s, so acknowledge it first.
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    opened = await channel.create_thread(name=name, type=discord.ChannelType.public_thread)
+    await opened.add_user(interaction.user)
+    await interaction.followup.send(
+        bot.texts.thread_opened.format(thread=opened.mention), ephemeral=True
+    )
 
 
-def install_commands(bot: Genbot) -> None:
-    """Register the built-in commands on ``bot.tree``."""
-    tree = bot.tree
+@builtin("shutdown")
+async def shutdown(interaction: Interaction) -> None:
+    """Shut the bot down (admins only)"""
+    bot = interaction.client
+    if not bot.is_admin(interaction.user):
+        return await _refuse(interaction, bot.texts.not_admin)
+    await interaction.response.send_message(bot.texts.shutting_down, ephemeral=True)
+    _log.info("shutdown requested by %s (%s)", interaction.user, interaction.user.id)
+    # not awaited here: close() must not wait for this interaction's own handler
+    _background.add(task := asyncio.create_task(bot.close(), name="genbot: /shutdown"))
+    task.add_done_callback(_background.discard)
 
-    @tree.command(name="reset", description="Start afresh: the bot forgets everything before this")
-    async def reset(interaction: discord.Interaction) -> None:
-        if not bot.may_chat(interaction.user, interaction.channel):
-            return await _refuse(interaction, NOT_ALLOWED)
-        await interaction.response.send_message(
-            RESET_MARKER, allowed_mentions=discord.AllowedMentions.none()
+
+async def on_command_error(interaction: Interaction, error: app_commands.AppCommandError) -> None:
+    """The tree's error handler: a short ephemeral answer; unexpected errors are logged."""
+    texts = interaction.client.texts
+    if isinstance(error, app_commands.CheckFailure):
+        text = texts.command_refused
+    else:
+        _log.error(
+            "command /%s failed", interaction.command and interaction.command.name, exc_info=error
         )
-
-    @tree.command(name="ping", description="Check that the bot is alive")
-    async def ping(interaction: discord.Interaction) -> None:
-        latency = bot.latency
-        text = "Pong!" if latency != latency else f"Pong! ({latency * 1000:.0f} ms)"  # NaN: unknown
-        await interaction.response.send_message(text)
-
-    @tree.command(name="thread", description="Open a thread to chat with the bot")
-    @app_commands.describe(name="The thread's name")
-    async def thread(interaction: discord.Interaction, name: ThreadName) -> None:
-        channel = interaction.channel
-        if not isinstance(channel, discord.TextChannel):
-            return await _refuse(interaction, "Threads can be opened in a server's text channels.")
-        if not bot.may_chat(interaction.user, channel):
-            return await _refuse(interaction, NOT_ALLOWED)
-        # Two requests (rate limits may hold them up) before the answer: Discord drops an
-        # interaction not acknowledged within 3 s, so acknowledge it first.
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        opened = await channel.create_thread(name=name, type=discord.ChannelType.public_thread)
-        await opened.add_user(interaction.user)
-        await interaction.followup.send(f"Opened {opened.mention}.", ephemeral=True)
-
-    @tree.command(name="shutdown", description="Shut the bot down (admins only)")
-    async def shutdown(interaction: discord.Interaction) -> None:
-        if not bot.is_admin(interaction.user):
-            return await _refuse(interaction, NOT_ADMIN)
-        await interaction.response.send_message("Shutting down.", ephemeral=True)
-        _log.info("shutdown requested by %s (%s)", interaction.user, interaction.user.id)
-        # not awaited here: close() must not wait for this interaction's own handler
-        _background.add(task := asyncio.create_task(bot.close(), name="genbot: /shutdown"))
-        task.add_done_callback(_background.discard)
-
-    @tree.error
-    async def on_command_error(interaction: discord.Interaction,
-                               error: app_commands.AppCommandError) -> None:
-        if isinstance(error, app_commands.CheckFailure):
-            text = "You may not use this command here."
-        else:
-            _log.error("command /%s failed", interaction.command and interaction.command.name,
-                       exc_info=error)
-            text = "Sorry, that failed."
-        if not interaction.response.is_done():
-            await interaction.response.send_message(text, ephemeral=True)
-        else:  # deferred: fill in the "thinking..." message
-            await interaction.followup.send(text, ephemeral=True)
+        text = texts.command_failed
+    if not interaction.response.is_done():
+        await interaction.response.send_message(text, ephemeral=True)
+    else:  # deferred: fill in the "thinking..." message
+        await interaction.followup.send(text, ephemeral=True)
 
 
 #: Strong references to fire-and-forget tasks (asyncio keeps only weak ones).

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import copy
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, overload
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RESET_MARKER", "Context", "MessageCache", "is_reset", "visible"]
 
+_log = logging.getLogger(__name__)
+
 #: The text of the boundary message ``/reset`` posts.
 RESET_MARKER = "\u2014 context reset \u2014"
 
@@ -46,15 +49,25 @@ def is_reset(message: discord.Message, bot_id: int) -> bool:
     return message.author.id == bot_id and message.content.strip() == RESET_MARKER
 
 
-def visible(message: discord.Message, bot: Genbot) -> bool:
-    """Whether ``message`` belongs in a context: from a user allowed to chat, or the bot's own;
-    never ignored (prefix), control or command messages, nor system messages."""
+def _eligible(message: discord.Message, bot: Genbot) -> bool | None:
+    """``True``/``False`` when the kind of message decides; ``None`` when its author's access
+    does."""
     if is_ignored(message.content, bot.wake_rules.ignore_prefix) or message.type not in CHAT_TYPES:
         return False
     if bot.user is not None and message.author.id == bot.user.id:
         return message.interaction_metadata is None  # not a command's response
     if message.author.bot and not bot.wake_rules.allow_bots:
         return False
+    return None
+
+
+def visible(message: discord.Message, bot: Genbot) -> bool:
+    """Whether ``message`` belongs in a context: from a user allowed to chat (now, see
+    :meth:`Genbot.may_chat`), or the bot's own; never ignored (prefix), control or command
+    messages, nor system messages."""
+    eligible = _eligible(message, bot)
+    if eligible is not None:
+        return eligible
     return bot.may_chat(message.author, message.channel)
 
 
@@ -174,8 +187,9 @@ class MessageCache:
         h = self._history.get(channel_id)
         return [] if h is None else list(h.messages)
 
-    async def next_older(self, channel: discord.abc.Messageable,
-                         before: int | None) -> discord.Message | None:
+    async def next_older(
+        self, channel: discord.abc.Messageable, before: int | None
+    ) -> discord.Message | None:
         """The newest message older than ``before`` (``None``: the newest), or ``None`` at the
         channel's start. Fetches a page of history only when the cache does not reach back."""
         channel_id: int = channel.id  # type: ignore[attr-defined]
@@ -189,18 +203,28 @@ class MessageCache:
                     return None
             await self._fetch_older(channel, channel_id, h, h.ids[0] if h and h.ids else None)
 
-    async def newer_than(self, channel: discord.abc.Messageable,
-                         after: int) -> list[discord.Message]:
+    async def newer_than(
+        self, channel: discord.abc.Messageable, after: int
+    ) -> list[discord.Message]:
         """Messages newer than ``after``, oldest first; from the cache when it covers them."""
         h = self._history.get(channel.id)  # type: ignore[attr-defined]
         if h is not None and h.covers(after):
             i = bisect.bisect_right(h.ids, after)
             return h.messages[i:]
-        return [m async for m in channel.history(limit=_PAGE, after=discord.Object(after),
-                                                 oldest_first=True)]
+        return [
+            m
+            async for m in channel.history(
+                limit=_PAGE, after=discord.Object(after), oldest_first=True
+            )
+        ]
 
-    async def _fetch_older(self, channel: discord.abc.Messageable, channel_id: int,
-                           seen: _History | None, seen_oldest: int | None) -> None:
+    async def _fetch_older(
+        self,
+        channel: discord.abc.Messageable,
+        channel_id: int,
+        seen: _History | None,
+        seen_oldest: int | None,
+    ) -> None:
         lock = self._locks.setdefault(channel_id, asyncio.Lock())
         async with lock:
             h = self._history.get(channel_id)
@@ -238,7 +262,14 @@ class Context:
     iterating again serves the cache (and continues where a ``break`` left off).
     ``await ctx.current()`` tells whether no new visible message from someone other than the
     bot arrived since the context was first read.
+
+    Who may be seen is decided when a message is read, whatever the cache state: an author
+    whose roles decide and whom no cache knows is looked up (:meth:`Genbot.look_up`), at most
+    ``max_lookups`` times per context; past that such authors stay hidden.
     """
+
+    #: Member look-ups (REST requests) one context may make; see the class docstring.
+    max_lookups = 25
 
     def __init__(self, bot: Genbot, channel: discord.abc.Messageable, limit: int = 16) -> None:
         if limit < 0:
@@ -251,6 +282,7 @@ class Context:
         self._anchor: int | None = None  # the newest message when reading began
         self._started = False
         self._exhausted = False
+        self._lookups = 0
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -279,7 +311,7 @@ class Context:
                 if raw is None or is_reset(raw, bot_id):
                     break
                 self._cursor = raw.id
-                if visible(raw, self.bot):
+                if await self._visible(raw):
                     self._items.append(raw)
                     return True
             self._exhausted = True
@@ -293,9 +325,19 @@ class Context:
         assert self._anchor is not None
         bot_id = self.bot.user.id if self.bot.user is not None else 0
         for message in await self.bot.message_cache.newer_than(self.channel, self._anchor):
-            if message.author.id != bot_id and visible(message, self.bot):
+            if message.author.id != bot_id and await self._visible(message):
                 return False
         return True
+
+    async def _visible(self, message: discord.Message) -> bool:
+        eligible = _eligible(message, self.bot)
+        if eligible is not None:
+            return eligible
+        if self._lookups < self.max_lookups and await self.bot.look_up(
+            message.author, message.channel
+        ):
+            self._lookups += 1
+        return self.bot.may_chat(message.author, message.channel)
 
     @overload
     def __getitem__(self, index: int) -> discord.Message: ...

@@ -20,6 +20,7 @@ Discord.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -29,6 +30,8 @@ import discord
 from genbot.access import AccessList
 
 __all__ = ["CHAT_TYPES", "Incoming", "WakeRules", "incoming", "is_ignored"]
+
+_log = logging.getLogger(__name__)
 
 Place = Literal["dm", "thread", "channel"]
 
