@@ -129,7 +129,7 @@ class ChatBot(Genbot):
             sync_commands=self.settings.sync_commands,
             **client_kwargs,
         )
-        self.backend = backend if backend is not None else make_backend(self.settings)
+        self.backend = self.own(backend if backend is not None else make_backend(self.settings))
         self.generation = generation_settings(self.settings)
 
     async def setup_hook(self) -> None:
