@@ -1,14 +1,15 @@
 """The caller side: the hub that connects to one worker, and the streams callers hold.
 
-**Who reads the worker's connection.** The event loops of the callers that wait on it. A caller
-that waits (for its turn, or for an output) on an event loop registers the connection's socket
-on that loop (``add_reader``) unless another caller on that loop waits already, and the last
-one to stop waiting lets it go. So with one event loop (a bot), frames are read and routed, and
-the waiting caller woken, on the caller's own loop: no other thread, no cross-thread wake-up.
-Callers on several loops each read while they wait; frames are handled in order (under the
-connection's read lock) by whichever loop read them, which wakes the callers of other loops
-with ``call_soon_threadsafe``. Synchronous callers (``with streamer.stream()`` and ``for out in
-stream(x)`` on plain threads) wait on a ``threading.Event``; the hub's thread reads for them.
+**Who reads the worker's connection.** The event loops of its callers. A loop watches the
+connection's socket (``add_reader``) while it has a reason to: a stream opened on it and not
+closed yet, or a caller waiting on it. So with one event loop (a bot), frames are read and
+routed, and the waiting caller woken, on the caller's own loop: no other thread, no cross-thread
+wake-up, and no (un)registering per wait. Callers on several loops each read; frames are handled
+in order (under the connection's read lock) by whichever loop read them, which wakes the callers
+of other loops with ``call_soon_threadsafe``. A loop that holds a stream open but is blocked
+does not hold up anyone: whoever waits makes their own loop watch too. Synchronous callers
+(``with streamer.stream()``, ``for out in stream(x)`` on plain threads) wait on a
+``threading.Event``; the hub's thread reads for them.
 
 **The hub** is a small thread with its own asyncio loop, off the path of outputs: it launches
 the worker, watches its death (a process's sentinel, a thread's own report; a closed connection
