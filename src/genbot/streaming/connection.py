@@ -201,7 +201,11 @@ class CallerConnection:
             self._close_if_unused_locked()
 
     def _close_if_unused_locked(self) -> None:
-        if self.lost and not self.closed and not self._watchers and not self._writing:
+        if not self.lost or self.closed or self._writing:
+            return
+        # A closed loop watches nothing any more (its selector is closed).
+        self._watchers = {loop for loop in self._watchers if not loop.is_closed()}
+        if not self._watchers:
             self.closed = True
             self.sock.close()
 
