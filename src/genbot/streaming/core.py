@@ -26,12 +26,12 @@ they are sent. ``close()`` fails what is open and is bounded even when the worke
 worker process that does not exit within its ``timeout`` (5 s) after seeing EOF is terminated,
 then killed, 1 s apart; a worker thread, which cannot be killed, is left behind with a warning.
 
-Caller side (see :mod:`genbot.streaming.client`): callers on an event loop read the worker's
-connection on their own loop while they wait, so outputs reach them without a hop through
-another thread; callers on several event loops, or on plain threads with the synchronous forms,
-work too. A small hub thread launches, watches and restarts the worker (see
-:mod:`genbot.streaming.launchers`). Nothing polls. Outputs are buffered without bound for a
-caller that reads slower than the worker writes.
+Caller side (see :mod:`genbot.streaming.client`): an event loop reads the worker's connection
+itself while a stream opened there is open or a caller waits there, so outputs reach its
+callers without a hop through another thread; callers on several event loops, or on plain
+threads with the synchronous forms, work too. A small hub thread launches, watches and restarts
+the worker (see :mod:`genbot.streaming.launchers`). Nothing polls. Outputs are buffered
+without bound for a caller that reads slower than the worker writes.
 
 Start method: ``start_process()`` uses ``spawn`` by default: it is safe with threads (the caller
 side runs one) and with CUDA, and it is what a model holding a GPU needs. The worker process
