@@ -65,7 +65,7 @@ def backend() -> Iterator[Streamer]:
 
 def settings(**values: Any) -> Settings:
     # Timeouts not under test are long, so a loaded machine cannot trip them.
-    defaults = {"edit_interval": 0.05, "stall_timeout": 30.0, "queue_timeout": 1.5}
+    defaults = {"edit_interval": 0.2, "stall_timeout": 30.0, "queue_timeout": 1.5}
     return Settings().updated({**defaults, **values}, "test")
 
 
@@ -164,7 +164,7 @@ async def test_a_hung_worker_ends_its_reply_and_tells_other_chats_it_is_busy(
     chat: Chat, backend: Streamer
 ) -> None:
     server = chat.server
-    bot = make_bot(backend, stall_timeout=0.5)
+    bot = make_bot(backend, stall_timeout=1.0)
     async with run_bot(bot, server):
         await server.send_message(chat.general, chat.alice, "hang", mentions_bot=True)
         await chat.wait_for_reply(chat.general, STALL_NOTE)  # no text at all: only the note

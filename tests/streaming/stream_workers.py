@@ -3,24 +3,28 @@ and ``ask``, the caller every test uses."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
 
-# The design doc's subclass and decorator examples, under the tests' names.
+# The subclass and decorator examples of streamer_design_examples, under the tests' names.
 from streamer_design_examples import MyStreamer as Ping
 from streamer_design_examples import streamer as pong
 
 import genbot
-from genbot.streaming import Stream, Streamer
+from genbot.streaming import Stream, Streamer, frames
 
 __all__ = [
     "Continuous",
     "Fragile",
+    "Garbled",
     "HangUp",
+    "Hanging",
     "Pairs",
     "Ping",
     "Recorder",
+    "Stubborn",
     "ask",
     "endless",
     "flaky",
@@ -165,5 +169,47 @@ class HangUp(Streamer):
         self.consume()
         side = self._worker_side
         assert side is not None
-        side.end.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
+        side.end.sock.shutdown(socket.SHUT_RDWR)
         time.sleep(60)
+
+
+class Stubborn(Streamer):
+    """A process worker that hangs for good once it holds a stream, as one stuck in C code
+    would: its main thread never returns to ``consume()`` (so never sees EOF) and it ignores
+    SIGTERM. Writes "stuck" first, so the caller knows it got there."""
+
+    def worker(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        [stream] = self.consume()
+        stream.write("stuck")
+        while True:
+            time.sleep(3600)
+
+
+class Hanging(Streamer):
+    """A thread worker that hangs once it holds a stream (writes "stuck", then ignores its
+    connection) until the test sets ``release``."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def worker(self) -> None:
+        while True:
+            [stream] = self.consume()
+            stream.write("stuck")
+            self.release.wait()
+
+
+class Garbled(Streamer):
+    """Answers the input "garble" with a frame of a kind that does not exist; echoes the rest."""
+
+    def worker(self) -> None:
+        while True:
+            [stream] = self.consume()
+            if stream.data == "garble":
+                side = self._worker_side
+                assert side is not None
+                side.send_now(frames.frame(99, stream.id))
+                continue
+            stream.write(stream.data)
+            stream.close()

@@ -1,5 +1,7 @@
-"""The Streaming examples of the design doc (genbot-design.md), corrected: the ``stremaer``
-typo, and the async forms (``async with``/``async for``) in coroutines."""
+"""Streamer examples as a user first writes them: a ``Streamer`` subclass, a batch function under
+``@genbot.streamer``, and a bot's ``attend()`` around them (minus Discord), with the async forms
+(``async with``/``async for``) in coroutines. The README's "Streaming: many chats, one model"
+section shows the same shapes; docs/design.md describes the design."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ def streamer(streams):
         stream.close()
 
 
-# "Putting everything together": it could be e.g. GPT-3, here we do just some statistic.
+# Where a model would generate, this one writes a statistic of its input, twice, a second apart.
 @genbot.streamer
 def echo(streams):
     for _ in range(2):
@@ -36,7 +38,7 @@ def echo(streams):
 
 
 class MyBot:
-    """The attend() of the doc's bot, minus Discord: ``channel`` is anything with ``send``."""
+    """A bot's attend() around a streamer, minus Discord: ``channel`` is anything with ``send``."""
 
     def __init__(self, streamer):
         self.streamer = streamer
@@ -49,7 +51,8 @@ class MyBot:
 
 
 class EchoBot:
-    """The doc's final attend(), with the history given instead of read from Discord."""
+    """An attend() that builds its inputs from the channel's history once its turn came; the
+    history is given instead of read from Discord."""
 
     def __init__(self, history):
         self.history = history  # list of (author, content), most recent first

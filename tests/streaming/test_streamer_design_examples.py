@@ -1,4 +1,5 @@
-"""The design doc's Streaming examples (corrected) run, in spawned worker processes."""
+"""The examples of streamer_design_examples (a subclass, a decorated batch function, bots around
+them) run, in spawned worker processes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """Streaming: asynchronous callers batched into one worker, outputs streamed back in real time.
 
-See :mod:`genbot.streaming.streamer` for how a stream goes and the design choices.
+See :mod:`genbot.streaming.core` for how a stream goes and the design choices;
+:mod:`genbot.streaming.client` (caller side), :mod:`genbot.streaming.worker` (worker side),
+:mod:`genbot.streaming.launchers` (processes, threads, restarts), :mod:`genbot.streaming.frames`
+and :mod:`genbot.streaming.connection` (what travels between them) for the parts.
 
 Continuous batching: a generation loop takes the streams that arrived between its decoding
 steps (``consume(minimum=0)`` returns at once), and blocks only while it has nothing to do::
@@ -37,14 +40,9 @@ steps (``consume(minimum=0)`` returns at once), and blocks only while it has not
 """
 
 from genbot.streaming.client import CallerStream, StreamSlot
+from genbot.streaming.core import FunctionStreamer, Streamer, active_streamers, streamer
 from genbot.streaming.errors import StreamError, WorkerDied, WorkerExit
-from genbot.streaming.streamer import (
-    FunctionStreamer,
-    Streamer,
-    WorkerProcess,
-    active_streamers,
-    streamer,
-)
+from genbot.streaming.launchers import WorkerProcess
 from genbot.streaming.worker import Stream
 
 __all__ = [

@@ -1,9 +1,11 @@
 """The worker side: the streams a worker consumes, and the threads that move their frames.
 
-A worker (thread or process) owns one :class:`WorkerEnd`. A receiver thread reads frames from it
-and keeps the queue of streams; ``consume()`` grants turns from that queue and hands out streams
-once their inputs arrived; a sender thread coalesces everything written since its last send into
-one ``send`` call, so many small outputs share a system call.
+A worker (thread or process) owns one :class:`~genbot.streaming.connection.WorkerConnection`. A
+receiver thread reads frames from it and keeps the queue of streams; ``consume()`` grants turns
+from that queue and hands out streams once their inputs arrived (while ``consume()`` waits, the
+receiver grants turns itself, so a caller's turn does not wait for the worker's thread to wake);
+a sender thread coalesces everything written since its last send into one ``send`` call, so many
+small outputs share a system call.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 from genbot.streaming import frames
+from genbot.streaming.connection import WorkerConnection
 from genbot.streaming.errors import StreamError, WorkerExit
-from genbot.streaming.transport import WorkerEnd
 
 __all__ = ["Stream", "WorkerSide", "serve"]
 
-log = logging.getLogger("genbot.streaming")
+_log = logging.getLogger(__name__)
 
 
 class Stream:
@@ -100,7 +102,7 @@ class WorkerSide:
     seconds is expired and its slot released.
     """
 
-    def __init__(self, end: WorkerEnd, *, input_timeout: float) -> None:
+    def __init__(self, end: WorkerConnection, *, input_timeout: float) -> None:
         self.end = end
         self.input_timeout = input_timeout
         self.cond = threading.Condition(threading.Lock())
@@ -109,6 +111,7 @@ class WorkerSide:
         self.ready: dict[int, Stream] = {}
         self.active: dict[int, Stream] = {}
         self.eof = False
+        self._waiting_maximum: int | None = None  # the maximum of a consume() that waits
         self._out_cond = threading.Condition(threading.Lock())
         self._outbox: list[bytes | tuple[int, object]] = []
         self._stopping = False
@@ -204,6 +207,10 @@ class WorkerSide:
                         self._arrived(sid, payload)
                     elif kind == frames.CANCEL:
                         self._cancelled(sid)
+                if self.pending and self._waiting_maximum is not None:
+                    # consume() waits: grant as it would on waking, without waiting for it to
+                    # wake (a thread switch less before the caller may send its inputs).
+                    self._grant_locked(self._waiting_maximum, time.monotonic())
                 self.cond.notify_all()
 
     def _arrived(self, sid: int, payload: bytes) -> None:
@@ -250,14 +257,7 @@ class WorkerSide:
                     raise WorkerExit
                 now = time.monotonic()
                 self._expire(now)
-                grants = []
-                while self.pending and len(self.granted) + len(self.ready) < maximum:
-                    sid = next(iter(self.pending))
-                    del self.pending[sid]
-                    self.granted[sid] = now + self.input_timeout
-                    grants.append(frames.frame(frames.GRANT, sid))
-                if grants:
-                    self.send_now(b"".join(grants))
+                self._grant_locked(maximum, now)
                 if len(self.ready) >= maximum or (len(self.ready) >= minimum and not self.granted):
                     break
                 if minimum == 0:
@@ -267,13 +267,28 @@ class WorkerSide:
                     if now >= deadline:
                         break
                     wait = deadline if wait is None else min(wait, deadline)
-                self.cond.wait(None if wait is None else max(wait - now, 0.0))
+                self._waiting_maximum = maximum  # the receiver grants meanwhile
+                try:
+                    self.cond.wait(None if wait is None else max(wait - now, 0.0))
+                finally:
+                    self._waiting_maximum = None
             taken = []
             for sid in list(self.ready)[:maximum]:
                 stream = self.ready.pop(sid)
                 self.active[sid] = stream
                 taken.append(stream)
             return taken
+
+    def _grant_locked(self, maximum: int, now: float) -> None:
+        """Give waiting streams their turn while fewer than ``maximum`` are granted or ready."""
+        grants = []
+        while self.pending and len(self.granted) + len(self.ready) < maximum:
+            sid = next(iter(self.pending))
+            del self.pending[sid]
+            self.granted[sid] = now + self.input_timeout
+            grants.append(frames.frame(frames.GRANT, sid))
+        if grants:
+            self.send_now(b"".join(grants))
 
     def _expire(self, now: float) -> None:
         for sid, deadline in list(self.granted.items()):
@@ -332,12 +347,12 @@ def serve(worker: Callable[[], None], side: WorkerSide) -> int:
             text = traceback.format_exc()
             message = f"the worker raised {type(exc).__name__}: {exc}"
             # One line; the traceback reaches the callers (StreamError.traceback) and DEBUG.
-            log.error("streamer worker failed: %s", message)
-            log.debug("the worker's traceback:\n%s", text)
+            _log.error("streamer worker failed: %s", message)
+            _log.debug("the worker's traceback:\n%s", text)
             if side.fail_active(message, text) == 0:
                 side.fail_all(message, text)
                 return 1
             continue
-        log.warning("streamer worker returned; no more streams will be served")
+        _log.warning("streamer worker returned; no more streams will be served")
         side.fail_all("the worker stopped", None)
         return 0

@@ -22,12 +22,15 @@ reaches the callers of the streams it held, with the worker's traceback text, an
 goes on. A dead worker (killed, crashed; :class:`WorkerDied`) fails every open and waiting
 stream as soon as its process's sentinel or its connection tells, and is restarted after a
 back-off (0.5 s, doubling per quick death up to 30 s). Unpicklable inputs or outputs fail where
-they are sent. ``close()`` fails what is open; a worker that does not exit within its ``timeout``
-(5 s) after seeing EOF is terminated, then killed.
+they are sent. ``close()`` fails what is open and is bounded even when the worker hangs: a
+worker process that does not exit within its ``timeout`` (5 s) after seeing EOF is terminated,
+then killed, 1 s apart; a worker thread, which cannot be killed, is left behind with a warning.
 
-Caller side: a started streamer runs one small thread with its own asyncio loop that owns the
-connection to the worker (see :mod:`genbot.streaming.client`); callers on any event loop, or on
-plain threads with the synchronous forms, wait for it without polling. Outputs are buffered
+Caller side (see :mod:`genbot.streaming.client`): an event loop reads the worker's connection
+itself while a stream opened there is open or a caller waits there, so outputs reach its
+callers without a hop through another thread; callers on several event loops, or on plain
+threads with the synchronous forms, work too. A small hub thread launches, watches and restarts
+the worker (see :mod:`genbot.streaming.launchers`). Nothing polls. Outputs are buffered
 without bound for a caller that reads slower than the worker writes.
 
 Start method: ``start_process()`` uses ``spawn`` by default: it is safe with threads (the caller
@@ -39,29 +42,35 @@ then imports the streamer's module afresh, so scripts must keep their start-up c
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import functools
 import logging
-import multiprocessing
 import os
-import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, overload
 
-from genbot.streaming.client import Hub, LaunchedWorker, StreamSlot
+from genbot.streaming.client import Hub, StreamSlot
+from genbot.streaming.connection import WorkerConnection
 from genbot.streaming.errors import StreamError, WorkerExit
-from genbot.streaming.transport import CallerEnd, SocketPairTransport, Transport, WorkerEnd
-from genbot.streaming.worker import Stream, WorkerSide, serve
+from genbot.streaming.launchers import (
+    DEFAULT_START_METHOD,
+    Backoff,
+    LaunchedWorker,
+    Launcher,
+    ManualWorker,
+    ThreadWorker,
+    WorkerProcess,
+    get_context,
+    process_launcher,
+    thread_launcher,
+)
+from genbot.streaming.worker import Stream, WorkerSide
 
-__all__ = ["FunctionStreamer", "Streamer", "WorkerProcess", "active_streamers", "streamer"]
+__all__ = ["FunctionStreamer", "Streamer", "active_streamers", "streamer"]
 
-log = logging.getLogger("genbot.streaming")
-
-DEFAULT_START_METHOD = "spawn"
+_log = logging.getLogger(__name__)
 
 _registry_lock = threading.Lock()
 _active: dict[int, Streamer] = {}
@@ -71,159 +80,6 @@ def active_streamers() -> list[Streamer]:
     """Streamers that were started and not closed yet (a bot closes them on shutdown)."""
     with _registry_lock:
         return list(_active.values())
-
-
-class _Backoff:
-    """Restart delays: ``initial`` doubling per quick death, at most ``maximum`` seconds; a worker
-    that ran for ``maximum`` seconds or more before dying is restarted after ``initial``."""
-
-    def __init__(self, enabled: bool, initial: float, maximum: float) -> None:
-        self.enabled = enabled
-        self.initial = initial
-        self.maximum = maximum
-        self.quick_deaths = 0
-        self.started_at = time.monotonic()
-
-    def started(self) -> None:
-        self.started_at = time.monotonic()
-
-    def delay(self) -> float | None:
-        if not self.enabled:
-            return None
-        if time.monotonic() - self.started_at >= self.maximum:
-            self.quick_deaths = 0
-        delay = min(self.maximum, self.initial * 2**self.quick_deaths)
-        self.quick_deaths += 1
-        return delay
-
-
-class WorkerProcess:
-    """Handle on a streamer's worker process, like ``multiprocessing.Process``.
-
-    It follows restarts: ``pid`` and the methods refer to the current process.
-    ``restarts`` counts the processes started after the first.
-    """
-
-    def __init__(self) -> None:
-        self.process: multiprocessing.process.BaseProcess | None = None
-        self.restarts = -1
-
-    def _set(self, process: multiprocessing.process.BaseProcess) -> None:
-        self.process = process
-        self.restarts += 1
-
-    def _current(self) -> multiprocessing.process.BaseProcess:
-        assert self.process is not None
-        return self.process
-
-    @property
-    def pid(self) -> int | None:
-        return self._current().pid
-
-    @property
-    def exitcode(self) -> int | None:
-        return self._current().exitcode
-
-    def is_alive(self) -> bool:
-        return self._current().is_alive()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._current().join(timeout)
-
-    def terminate(self) -> None:
-        self._current().terminate()
-
-    def kill(self) -> None:
-        self._current().kill()
-
-    def __repr__(self) -> str:
-        return f"<WorkerProcess pid={self.pid} alive={self.is_alive()} restarts={self.restarts}>"
-
-
-class _ProcessWorker(LaunchedWorker):
-    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
-        self.process = process
-        # Process.join is not safe from two threads at once (the loser of the race for the
-        # exit status sees none): the hub's death watch and close() take turns.
-        self._join_lock = threading.Lock()
-
-    def watch(self, loop: asyncio.AbstractEventLoop, on_death: Callable[[str], None]) -> None:
-        sentinel = self.process.sentinel
-
-        def died() -> None:
-            loop.remove_reader(sentinel)
-            with self._join_lock:
-                self.process.join(1.0)
-            pid, code = self.process.pid, self.process.exitcode
-            on_death(f"the worker process {pid} died (exit code {code})")
-
-        loop.add_reader(sentinel, died)
-
-    def stop(self, timeout: float) -> None:
-        with self._join_lock:
-            process = self.process
-            process.join(timeout)
-            if process.exitcode is None:
-                log.warning(
-                    "streamer worker %s did not stop in %.1f s; terminating", process.pid, timeout
-                )
-                process.terminate()
-                process.join(2.0)
-            if process.exitcode is None:
-                process.kill()
-                process.join()
-
-
-class _ThreadWorker(LaunchedWorker):
-    def __init__(self, thread: threading.Thread) -> None:
-        self.thread = thread
-
-    def watch(self, loop: asyncio.AbstractEventLoop, on_death: Callable[[str], None]) -> None:
-        """A thread's death shows as its connection closing; nothing else to watch."""
-
-    def stop(self, timeout: float) -> None:
-        if threading.current_thread() is not self.thread:
-            self.thread.join(timeout)
-        if self.thread.is_alive():
-            log.warning(
-                "streamer worker thread %s is still running; abandoning it", self.thread.name
-            )
-
-
-class _ManualWorker(LaunchedWorker):
-    """``worker()`` called by the user: ``consume()`` attached it; nothing to start or stop."""
-
-    def watch(self, loop: asyncio.AbstractEventLoop, on_death: Callable[[str], None]) -> None:
-        """Its death shows as its connection closing."""
-
-    def stop(self, timeout: float) -> None:
-        """The user's thread returns from ``worker()`` on its own (``consume`` raises)."""
-
-
-def _process_main(
-    streamer: Streamer, end: WorkerEnd, input_timeout: float, attrs: dict[str, Any]
-) -> None:
-    """Entry point of a worker process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which closes us
-    streamer.__dict__.pop("_hub", None)
-    for name, value in attrs.items():
-        setattr(streamer, name, value)
-    side = WorkerSide(end, input_timeout=input_timeout)
-    streamer._worker_side = side
-    status = serve(streamer.worker, side)
-    side.close()
-    sys.exit(status)
-
-
-def _thread_main(streamer: Streamer, end: WorkerEnd, input_timeout: float) -> None:
-    side = WorkerSide(end, input_timeout=input_timeout)
-    streamer._worker_side = side
-    try:
-        serve(streamer.worker, side)
-    finally:
-        if streamer._worker_side is side:
-            streamer._worker_side = None
-        side.close()
 
 
 class Streamer:
@@ -238,7 +94,6 @@ class Streamer:
 
     _hub: Hub | None = None
     _worker_side: WorkerSide | None = None
-    transport: Transport = SocketPairTransport()
 
     # -- worker side -----------------------------------------------------------------------
 
@@ -257,9 +112,23 @@ class Streamer:
         still on their way (bounded by ``input_timeout``). ``minimum=0`` returns at once with
         what is ready (continuous batching: call it between decoding steps, with ``maximum`` the
         free capacity, which may be 0); streams granted then come with a later call.
-        ``timeout`` (seconds) bounds the wait; when it passes, fewer than ``minimum`` streams
-        (maybe none) are returned. Once the streamer is closed it raises
-        :class:`~genbot.streaming.errors.WorkerExit`, which ends the worker.
+
+        Parameters
+        ----------
+        minimum, maximum
+            How many streams to return at least (unless ``timeout`` passes) and at most.
+        timeout
+            Seconds to wait at most; when they pass, fewer than ``minimum`` streams (maybe
+            none) are returned. ``None``: no bound.
+
+        Raises
+        ------
+        WorkerExit
+            The streamer was closed: the worker should return (it is a ``SystemExit``).
+        ValueError
+            Not ``0 <= minimum <= maximum``.
+        StreamError
+            Called outside a worker on a streamer that was started with a worker already.
         """
         side = self._worker_side or self._attach_manual()
         try:
@@ -267,14 +136,16 @@ class Streamer:
         except WorkerExit:
             if self._worker_side is side:
                 self._worker_side = None
+            side.close()  # flushed and closed (again, for a launched worker: harmless)
             raise
 
     def _attach_manual(self, input_timeout: float = 5.0) -> WorkerSide:
-        ends: list[WorkerEnd] = []
+        """``worker()`` called by the user: start the caller side with this thread as worker."""
+        connections: list[WorkerConnection] = []
 
-        def launch(caller_end: CallerEnd, worker_end: WorkerEnd) -> LaunchedWorker:
-            ends.append(worker_end)
-            return _ManualWorker()
+        def launch(connection: WorkerConnection) -> LaunchedWorker:
+            connections.append(connection)
+            return ManualWorker()
 
         with _registry_lock:
             if self._hub is not None:
@@ -282,8 +153,8 @@ class Streamer:
                     f"{self!r} already has a worker (start_process/start_thread); consume() is"
                     " for that worker's own worker() method"
                 )
-            self._start_hub(launch, _Backoff(False, 0.0, 0.0))
-        side = WorkerSide(ends[0], input_timeout=input_timeout)
+            self._start_hub(launch, Backoff(False, 0.0, 0.0))
+        side = WorkerSide(connections[0], input_timeout=input_timeout)
         self._worker_side = side
         return side
 
@@ -293,13 +164,11 @@ class Streamer:
         """Attributes to set on the worker process's copy (when pickled by reference)."""
         return {}
 
-    def _start_hub(
-        self, launch: Callable[[CallerEnd, WorkerEnd], LaunchedWorker], backoff: _Backoff
-    ) -> Hub:
+    def _start_hub(self, launch: Launcher, backoff: Backoff) -> Hub:
         """Create the hub and launch the first worker; hold ``_registry_lock``."""
         if self._hub is not None:
             raise StreamError(f"{self!r} is already started; close() it first")
-        hub = Hub(self._name(), self.transport.pair, launch, backoff.delay)
+        hub = Hub(self._name(), launch, backoff.delay)
         try:
             hub.connect()
         except BaseException:
@@ -323,40 +192,36 @@ class Streamer:
     ) -> WorkerProcess:
         """Run the worker in a child process; returns a handle that follows restarts.
 
-        ``start_method``: ``"spawn"`` (default, see the module docstring), ``"fork"`` or
-        ``"forkserver"``. A dead worker fails every open and waiting stream at once and, with
-        ``restart``, is started again after ``backoff`` seconds, doubling per quick death up to
-        ``max_backoff``. ``input_timeout``: seconds a caller has to send its inputs once its
-        turn came.
+        Parameters
+        ----------
+        start_method
+            ``"spawn"`` (default, see the module docstring), ``"fork"`` or ``"forkserver"``.
+        restart, backoff, max_backoff
+            A dead worker fails every open and waiting stream at once and, with ``restart``,
+            is started again after ``backoff`` seconds, doubling per quick death up to
+            ``max_backoff``.
+        input_timeout
+            Seconds a caller has to send its inputs once its turn came.
+
+        Raises
+        ------
+        StreamError
+            Already started, or the process cannot be started (e.g. under ``spawn`` the
+            streamer is not picklable: a ``@genbot.streamer`` function not at module level).
+        ValueError
+            An unknown ``start_method``.
         """
-        context = multiprocessing.get_context(start_method or DEFAULT_START_METHOD)
+        context = get_context(start_method or DEFAULT_START_METHOD)
         handle = WorkerProcess()
-        policy = _Backoff(restart, backoff, max_backoff)
-        attrs = self._worker_attrs()
-        name = f"genbot-{self._name()}"
-
-        def launch(caller_end: CallerEnd, worker_end: WorkerEnd) -> LaunchedWorker:
-            process = context.Process(
-                target=_process_main,
-                args=(self, worker_end, input_timeout, attrs),
-                name=name,
-                daemon=True,
-            )
-            try:
-                process.start()
-            except Exception as exc:
-                method = context.get_start_method()
-                raise StreamError(
-                    f"cannot start the worker process of {self!r} with {method!r}: {exc}."
-                    " Under 'spawn' the streamer is pickled: define @genbot.streamer"
-                    " functions and Streamer subclasses at module level, with picklable attributes"
-                    " (or use start_thread())"
-                ) from exc
-            caller_end.release_worker_copy()  # the child has its own now
-            policy.started()
-            handle._set(process)
-            return _ProcessWorker(process)
-
+        policy = Backoff(restart, backoff, max_backoff)
+        launch = process_launcher(
+            self,
+            context=context,
+            input_timeout=input_timeout,
+            attrs=self._worker_attrs(),
+            backoff=policy,
+            handle=handle,
+        )
         with _registry_lock:
             self._start_hub(launch, policy)
         return handle
@@ -371,34 +236,35 @@ class Streamer:
     ) -> threading.Thread:
         """Run the worker on a daemon thread of this process; returns the (first) thread.
 
-        The worker's outputs still travel through the transport, so callers see no difference.
+        The worker's outputs still travel through a socket, so callers see no difference.
         A worker that stops after failing (see :func:`genbot.streaming.worker.serve`) is
-        restarted as in :meth:`start_process`.
+        restarted as in :meth:`start_process`, which describes the parameters.
+
+        Raises
+        ------
+        StreamError
+            Already started.
         """
-        policy = _Backoff(restart, backoff, max_backoff)
-        threads: list[threading.Thread] = []
-
-        def launch(caller_end: CallerEnd, worker_end: WorkerEnd) -> LaunchedWorker:
-            thread = threading.Thread(
-                target=_thread_main,
-                args=(self, worker_end, input_timeout),
-                name=f"genbot-worker-{self._name()}",
-                daemon=True,
-            )
-            thread.start()
-            policy.started()
-            threads.append(thread)
-            return _ThreadWorker(thread)
-
+        policy = Backoff(restart, backoff, max_backoff)
+        launch = thread_launcher(self, input_timeout=input_timeout, backoff=policy)
         with _registry_lock:
-            self._start_hub(launch, policy)
-        return threads[0]
+            hub = self._start_hub(launch, policy)
+        assert isinstance(hub.worker, ThreadWorker)
+        return hub.worker.thread
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker and fail what is open. Synchronous, idempotent, from any thread.
 
-        The worker sees EOF (``consume`` raises ``WorkerExit``); a process that does not exit
-        within ``timeout`` seconds is terminated, then killed. No child process is left.
+        Bounded even when the worker hangs: the worker sees EOF (``consume`` raises
+        ``WorkerExit``); a process that does not exit within ``timeout`` seconds is terminated,
+        then killed (about ``timeout + 2`` s at worst), so no child process is left; a thread
+        that does not return within ``timeout`` s cannot be killed and is left running, with a
+        warning in the log.
+
+        Parameters
+        ----------
+        timeout
+            Seconds the worker has to exit on its own.
         """
         with _registry_lock:
             hub = self._hub
@@ -458,7 +324,12 @@ class FunctionStreamer(Streamer):
     def __init__(
         self, fn: Callable[[list[Stream]], Any], minimum: int = 1, maximum: int = 64
     ) -> None:
-        functools.update_wrapper(self, fn)
+        # What functools.update_wrapper does, for an object that is not a function.
+        for name in functools.WRAPPER_ASSIGNMENTS:
+            if hasattr(fn, name):
+                setattr(self, name, getattr(fn, name))
+        self.__dict__.update(getattr(fn, "__dict__", {}))
+        self.__wrapped__ = fn
         self.fn = fn
         self._set_batch(minimum, maximum)
 
@@ -476,7 +347,7 @@ class FunctionStreamer(Streamer):
             try:
                 self.fn(streams)
             except Exception as exc:
-                log.exception("streamer %s: the batch function raised", self._name())
+                _log.exception("streamer %s: the batch function raised", self._name())
                 for stream in streams:
                     stream.fail(exc)
             finally:
@@ -507,8 +378,13 @@ class FunctionStreamer(Streamer):
         # A module-level @streamer function's name refers to this object, not to the function:
         # pickle it by that name, so a spawned worker imports the module and finds it there.
         module = sys.modules.get(getattr(self, "__module__", ""))
-        if module is not None and getattr(module, self.__qualname__, None) is self:
-            return self.__qualname__
+        qualname = getattr(self, "__qualname__", None)
+        if (
+            module is not None
+            and isinstance(qualname, str)
+            and getattr(module, qualname, None) is self
+        ):
+            return qualname
         return (FunctionStreamer, (self.fn, self.minimum, self.maximum))
 
 
@@ -543,7 +419,7 @@ def _close_all() -> None:
         try:
             active.close(timeout=2.0)
         except Exception:
-            log.exception("closing %r at exit failed", active)
+            _log.exception("closing %r at exit failed", active)
 
 
 def _forget_in_child() -> None:
