@@ -3,7 +3,8 @@
 The context caches what it read: ``if not ctx`` skips an empty context, and
 ``await ctx.current()`` tells whether someone wrote since it was read. If they did, the bot
 attends again (``self.attend.force(channel)`` queues one more run after this one; without
-it the gatekeep would absorb the call). Run it with ``DISCORD_TOKEN=... python examples/slow_reply.py``.
+it the gatekeep would absorb the call).
+Run it with ``DISCORD_TOKEN=... python examples/slow_reply.py``.
 """
 
 import asyncio
