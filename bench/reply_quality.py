@@ -33,6 +33,7 @@ import inspect
 import logging
 import os
 import re
+import signal
 import statistics
 import sys
 import time
@@ -42,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-from genbot.chatbot import ChatBot
+from genbot.chatbot import ChatBot, warm_up
 from genbot.models.llamacpp import LlamaCppStreamer
 from genbot.settings import Settings
 from genbot.testing import DiscordServer, FakeChannel, FakeUser, run_bot
@@ -119,7 +120,10 @@ QUESTIONS: tuple[Question, ...] = (
         "subscription|premium|paid|emoji|boost|upload|month|feature|perk",
     ),
     q("How do I invite my friends to my Discord server?", "link|code|share|url|click|send|tap"),
-    q("What are roles in a Discord server?", "permission|member|moderat|admin|assign|access"),
+    q(
+        "What are roles in a Discord server?",
+        "permission|member|moderat|admin|assign|access|organi|group",
+    ),
     q("How do I change my nickname on Discord?", "setting|profile|click|tap|right-click|edit|menu"),
     # programming
     q("What is Python?", "programming|language|code"),
@@ -136,7 +140,10 @@ QUESTIONS: tuple[Question, ...] = (
     q("What is recursion?", "function|itself|calls|base case"),
     q("How do I install a package with pip?", "pip install|command|terminal|-m pip|pip3"),
     # greetings with a question
-    q("Hey there! How are you doing today?", "good|great|well|fine|thank|glad"),
+    q(
+        "Hey there! How are you doing today?",
+        "good|great|well|fine|thank|glad|happy|enjoy|hello|hey|hi|howdy",
+    ),
     q(
         "Hello! Can you recommend a good book to read?",
         "novel|author|written|story|series|classic|fiction|titled|by",
@@ -398,12 +405,18 @@ async def settle(bot: ChatBot, timeout: float) -> None:
 
 
 async def run(
-    args: argparse.Namespace, candidates: Sequence[Candidate], questions: tuple[Question, ...]
-) -> list[Result]:
+    args: argparse.Namespace,
+    candidates: Sequence[Candidate],
+    questions: tuple[Question, ...],
+    results: list[Result],
+) -> None:
+    """Run every candidate, appending to ``results`` as each one finishes (so that an
+    interrupted run still has the finished ones)."""
     backend = make_backend(args.parallel, args.threads)
     backend.start_process()
-    results = []
     try:
+        seconds = await warm_up(backend)
+        print(f"model loaded in {seconds:.1f} s", flush=True)
         for candidate in candidates:
             result = Result(candidate, questions)
             started = time.perf_counter()
@@ -419,7 +432,6 @@ async def run(
             )
     finally:
         backend.close()
-    return results
 
 
 def report(results: Sequence[Result], examples: int) -> None:
@@ -490,9 +502,14 @@ def choose(only: str | None) -> list[Candidate]:
     return [known[n] for n in names]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("discord.client").setLevel(logging.ERROR)  # no voice: not needed here
     try:
         candidates = choose(args.only)
     except ValueError as error:
@@ -507,7 +524,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         flush=True,
     )
     started = time.perf_counter()
-    results = asyncio.run(run(args, candidates, questions))
+    results: list[Result] = []
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` reports the finished candidates
+    try:
+        asyncio.run(run(args, candidates, questions, results))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(results)} of {len(candidates)} candidates finished")
     report(results, args.examples)
     print(
         f"\nwall time: {time.perf_counter() - started:.0f} s; load average "
