@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import json
 import logging
 import os
 import re
@@ -322,6 +323,24 @@ def hardest(results: Sequence[Result], n: int = 6) -> list[tuple[Question, float
     return sorted(scores, key=lambda pair: pair[1])[:n]
 
 
+def save_replies(results: Sequence[Result], path: str) -> None:
+    """Write one JSON object per reply: candidate, seed, question, on_topic, reply."""
+    with open(path, "w", encoding="utf-8") as out:
+        for result in results:
+            for seed, replies in result.replies.items():
+                for question, reply, hit in zip(
+                    result.questions, replies, result.hits(seed), strict=True
+                ):
+                    row = {
+                        "candidate": result.candidate.name,
+                        "seed": seed,
+                        "question": question.text,
+                        "on_topic": hit,
+                        "reply": reply,
+                    }
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def one_line(text: str, width: int = 150) -> str:
     text = " ".join(text.split()) or "(empty)"
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -465,6 +484,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-new-tokens", type=int, default=96, help="most tokens per reply (default 96)"
     )
+    parser.add_argument(
+        "--replies", metavar="FILE", help="also write every reply to FILE (JSON lines)"
+    )
     parser.add_argument("--only", help="comma-separated candidate names (default: all)")
     parser.add_argument(
         "--examples", type=int, default=3, help="off-topic replies shown per candidate (default 3)"
@@ -531,6 +553,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(f"\ninterrupted: {len(results)} of {len(candidates)} candidates finished")
     report(results, args.examples)
+    if args.replies:
+        save_replies(results, args.replies)
     print(
         f"\nwall time: {time.perf_counter() - started:.0f} s; load average "
         f"{os.getloadavg()[0]:.2f} at the end"
