@@ -13,6 +13,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from genbot._version import __version__
 from genbot.gatekeeping import gatekeep
 
 __all__ = [
@@ -20,11 +21,10 @@ __all__ = [
     "Genbot",
     "StreamError",
     "Streamer",
+    "__version__",
     "gatekeep",
     "streamer",
 ]
-
-__version__ = "0.1.0"
 
 _log = logging.getLogger(__name__)
 
