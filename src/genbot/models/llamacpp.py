@@ -122,13 +122,8 @@ class LlamaEngine:
         """The server's HTTP address, e.g. ``http://127.0.0.1:40123``."""
         return str(self._server.listening_address)
 
-    def chat(self, request: ChatRequest, emit: Callable[[str], bool]) -> str:
-        """Generate a reply, calling ``emit(delta)`` per text delta; blocks until done.
-
-        ``emit`` returns ``False`` to cancel (the caller went away): the request stops and
-        its slot is free. Returns the finish reason (``"stop"``, ``"length"`` or
-        ``"cancelled"``); raises :class:`ModelError` on failure.
-        """
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        """The server's chat-completion request for ``request``, streamed."""
         s = request.settings
         body: dict[str, Any] = {
             "messages": prepare_messages(request.messages, self.system_prompt),
@@ -144,6 +139,16 @@ class LlamaEngine:
             body["stop"] = list(s.stop)
         if s.seed is not None:
             body["seed"] = s.seed
+        return body
+
+    def chat(self, request: ChatRequest, emit: Callable[[str], bool]) -> str:
+        """Generate a reply, calling ``emit(delta)`` per text delta; blocks until done.
+
+        ``emit`` returns ``False`` to cancel (the caller went away): the request stops and
+        its slot is free. Returns the finish reason (``"stop"``, ``"length"`` or
+        ``"cancelled"``); raises :class:`ModelError` on failure.
+        """
+        body = self._body(request)
         finish = "cancelled"
         failure: list[BaseException | str] = []
 
@@ -152,10 +157,7 @@ class LlamaEngine:
             nonlocal finish
             try:
                 if "error" in chunk:
-                    error = chunk["error"]
-                    failure.append(
-                        error.get("message", str(error)) if isinstance(error, dict) else str(error)
-                    )
+                    failure.append(_error_text(chunk["error"]))
                     return True
                 for choice in chunk.get("choices", ()):
                     text = (choice.get("delta") or {}).get("content")
@@ -296,3 +298,8 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _error_text(error: Any) -> str:
+    """The message of an error chunk of llama.cpp's server (a dict with "message", or text)."""
+    return str(error.get("message", error)) if isinstance(error, dict) else str(error)

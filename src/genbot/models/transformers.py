@@ -414,36 +414,47 @@ class TransformersStreamer(ChatStreamer):
         streams: dict[int, Stream] = {}
         try:
             while True:
-                if engine.size < self.max_batch:
-                    for stream in self.consume(
-                        minimum=0 if streams else 1, maximum=self.max_batch - engine.size
-                    ):
-                        try:
-                            engine.add(id(stream), stream.data)
-                        except Exception as exc:
-                            stream.fail(exc)
-                        else:
-                            streams[id(stream)] = stream
-                for key, stream in list(streams.items()):
-                    if stream.closed:
-                        engine.remove(key)
-                        del streams[key]
-                if not streams:
-                    continue
-                try:
-                    events = engine.step()
-                except Exception as exc:
-                    engine.reset()
-                    for stream in streams.values():
-                        stream.fail(exc)
-                    streams.clear()
-                    continue
-                for key, delta, finish in events:
-                    stream = streams[key]
-                    if delta:
-                        stream.write(delta)
-                    if finish:
-                        stream.close()
-                        del streams[key]
+                self._admit(engine, streams)
+                if streams:
+                    self._step(engine, streams)
         finally:
             self.engine = None
+
+    def _admit(self, engine: TransformersEngine, streams: dict[int, Stream]) -> None:
+        """Join waiting streams to the batch (waiting for one when the batch is empty) and
+        drop the streams whose callers went away."""
+        if engine.size < self.max_batch:
+            waiting = self.consume(
+                minimum=0 if streams else 1, maximum=self.max_batch - engine.size
+            )
+            for stream in waiting:
+                try:
+                    engine.add(id(stream), stream.data)
+                except Exception as exc:
+                    stream.fail(exc)
+                else:
+                    streams[id(stream)] = stream
+        for key, stream in list(streams.items()):
+            if stream.closed:
+                engine.remove(key)
+                del streams[key]
+
+    @staticmethod
+    def _step(engine: TransformersEngine, streams: dict[int, Stream]) -> None:
+        """One decoding step of the batch: write each stream's delta, close finished ones; a
+        failed step fails every stream of the batch and starts afresh."""
+        try:
+            events = engine.step()
+        except Exception as exc:
+            engine.reset()
+            for stream in streams.values():
+                stream.fail(exc)
+            streams.clear()
+            return
+        for key, delta, finish in events:
+            stream = streams[key]
+            if delta:
+                stream.write(delta)
+            if finish:
+                stream.close()
+                del streams[key]
