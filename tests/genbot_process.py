@@ -75,13 +75,14 @@ class GenbotProcess:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._new_line.wait(), left)
 
-    def signal(self, number: int) -> None:
+    def send_signal(self, number: int) -> None:
         self.process.send_signal(number)
 
-    async def stop(self, timeout: float = 30) -> int:
-        """SIGINT (as Ctrl+C), then wait; killed if it does not exit in ``timeout`` s."""
+    async def stop(self, timeout: float = 30, how: int = signal.SIGTERM) -> int:
+        """Signal ``how`` (SIGTERM: as ``docker stop``), then wait; killed if it does not exit
+        in ``timeout`` s. Returns the exit status."""
         if self.process.returncode is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(how)
         try:
             await asyncio.wait_for(self.process.wait(), timeout)
         except asyncio.TimeoutError:

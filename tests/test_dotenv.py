@@ -45,7 +45,8 @@ async def test_genbot_run_takes_its_token_and_settings_from_dotenv(tmp_path: Pat
         async with genbot_process("run", cwd=tmp_path, env=loopback(server)) as bot:
             await server.wait_until_ready(timeout=120)
             assert stub.asked == ["Hi"], "the model warmed up on the stub server"
-            assert await bot.stop() == 0
+            assert await bot.stop() == 0, bot.log  # SIGTERM shuts it down gracefully
+            assert "SIGTERM received: shutting down" in bot.log
 
 
 def test_dotenv_fills_in_what_is_not_set_and_follows_the_file(tmp_path: Path) -> None:

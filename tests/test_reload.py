@@ -262,7 +262,7 @@ async def test_sighup_reloads_a_running_genbot(tmp_path: Path) -> None:
 
             config.write_text(f"{settings}users = {{blacklist = [{bob.id}]}}\n")
             seen = len(bot.lines)
-            bot.signal(signal.SIGHUP)
+            bot.send_signal(signal.SIGHUP)
             assert "config reloaded: changed users" in await bot.wait_line("config reloaded", seen)
 
             await server.send_message(alice_dm, alice, "after")
@@ -270,7 +270,7 @@ async def test_sighup_reloads_a_running_genbot(tmp_path: Path) -> None:
 
             config.write_text("users = [\n")
             seen = len(bot.lines)
-            bot.signal(signal.SIGHUP)
+            bot.send_signal(signal.SIGHUP)
             line = await bot.wait_line("not reloaded", seen)
             assert f"the running one stays: {config}: not valid TOML" in line
             await server.send_message(alice_dm, alice, "still")

@@ -19,7 +19,7 @@ import importlib
 import logging
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -188,9 +188,12 @@ def model_problem(settings: Settings, error: BaseException) -> str:
     return f"the model could not be loaded ({detail}): check that model names {what}"
 
 
-def _chat_bot(settings: Settings, source: SettingsSource | None = None) -> ChatBot:
+def _chat_bot(
+    settings: Settings, source: SettingsSource | None = None, *, stop_on_sigterm: bool = False
+) -> ChatBot:
     """The ready-made bot, with its warm-up failures told apart from Discord's; with a
-    ``source``, ``SIGHUP`` and ``/reload`` read the settings from it again."""
+    ``source``, ``SIGHUP`` and ``/reload`` read the settings from it again; with
+    ``stop_on_sigterm``, ``SIGTERM`` (``docker stop``, systemd) shuts it down gracefully."""
     from genbot.chatbot import ChatBot
     from genbot.reload import Changes
     from genbot.streaming import StreamError
@@ -198,11 +201,21 @@ def _chat_bot(settings: Settings, source: SettingsSource | None = None) -> ChatB
     class CommandChatBot(ChatBot):
         async def setup_hook(self) -> None:
             if self.load_settings is not None:
-                _reload_on_sighup(self)
+                _on_signal("SIGHUP", self._reload_in_background)
+            if stop_on_sigterm:
+                _on_signal("SIGTERM", self._close_in_background)
             try:
                 await super().setup_hook()
             except (StreamError, TimeoutError) as error:
                 raise ModelUnavailable(model_problem(self.settings, error)) from error
+
+        def _reload_in_background(self) -> None:
+            _log.info("SIGHUP received: reloading the config")
+            _in_background(_reload_quietly(self), "genbot: SIGHUP reload")
+
+        def _close_in_background(self) -> None:
+            _log.info("SIGTERM received: shutting down")
+            _in_background(self.close(), "genbot: SIGTERM shutdown")
 
         async def reconfigure(self, settings: Settings) -> Changes:
             changes = await super().reconfigure(settings)
@@ -213,32 +226,32 @@ def _chat_bot(settings: Settings, source: SettingsSource | None = None) -> ChatB
     return CommandChatBot(settings, load_settings=None if source is None else source.load)
 
 
-#: Reloads started by SIGHUP (asyncio keeps only weak references to tasks).
-_reloads: set[asyncio.Task[None]] = set()
+#: Tasks started by signals (asyncio keeps only weak references to tasks).
+_signalled: set[asyncio.Task[None]] = set()
 
 
-def _reload_on_sighup(bot: ChatBot) -> None:
-    """Make ``SIGHUP`` call ``bot.reload()`` (where the platform and thread allow it)."""
-    hangup = getattr(signal, "SIGHUP", None)
-    if hangup is None:  # pragma: no cover - Windows
-        return
+def _in_background(work: Coroutine[Any, Any, None], name: str) -> None:
+    task = asyncio.create_task(work, name=name)
+    _signalled.add(task)
+    task.add_done_callback(_signalled.discard)
 
-    async def reload() -> None:
-        try:
-            await bot.reload()
-        except ReloadError:
-            pass  # logged by the bot; the running config stays
 
-    def received() -> None:
-        _log.info("SIGHUP received: reloading the config")
-        task = asyncio.create_task(reload(), name="genbot: SIGHUP reload")
-        _reloads.add(task)
-        task.add_done_callback(_reloads.discard)
-
+async def _reload_quietly(bot: ChatBot) -> None:
     try:
-        asyncio.get_running_loop().add_signal_handler(hangup, received)
+        await bot.reload()
+    except ReloadError:
+        pass  # logged by the bot; the running config stays
+
+
+def _on_signal(name: str, handler: Callable[[], None]) -> None:
+    """Call ``handler`` on the signal ``name`` (where the platform and thread allow it)."""
+    number = getattr(signal, name, None)
+    if number is None:  # pragma: no cover - Windows has no SIGHUP
+        return
+    try:
+        asyncio.get_running_loop().add_signal_handler(number, handler)
     except (RuntimeError, ValueError, NotImplementedError) as error:  # not the main thread
-        _log.debug("SIGHUP does not reload here: %s", error)
+        _log.debug("%s is not handled here: %s", name, error)
 
 
 def _explained(
@@ -313,7 +326,7 @@ def _import_bot(spec: str) -> Any:
 def run(config: ConfigOption = None, overrides: SetOption = None) -> None:
     """Run the chat bot on Discord. The bot token comes from DISCORD_TOKEN (or
     DISCORD_BOT_TOKEN), which a .env file in the working directory may set. SIGHUP reloads
-    the config."""
+    the config; SIGTERM shuts the bot down gracefully."""
     source = _source(config, overrides)
     settings = _load_from(source)
     token = token_from_env()
@@ -324,7 +337,7 @@ def run(config: ConfigOption = None, overrides: SetOption = None) -> None:
         )
 
     def start() -> None:
-        _chat_bot(settings, source).run(token, log_handler=None)
+        _chat_bot(settings, source, stop_on_sigterm=True).run(token, log_handler=None)
 
     _explained(settings, start)
 
