@@ -239,6 +239,9 @@ class ChatBot(Genbot):
             else:
                 problem = f"{type(error).__name__}: {error}"
             raise ReloadError(f"the new model did not start: {problem}") from error
+        if self.closing:  # shut down while it loaded: nobody would close it
+            await self._close_backend(fresh)
+            raise ReloadError("the bot is shutting down")
         _log.info("new model ready in %.1f s", seconds)
         return fresh
 
