@@ -19,6 +19,7 @@ from genbot.commands import Texts, install_commands
 from genbot.context import Context, MessageCache
 from genbot.gatekeeping import GateHandle, running
 from genbot.output import SAFE_MENTIONS
+from genbot.reload import ReloadError
 from genbot.wake import WakeRules, incoming
 
 if TYPE_CHECKING:
@@ -173,10 +174,34 @@ class Genbot(discord.Client):
             self._streamers.append(streamer)
         return streamer
 
+    def disown(self, streamer: Streamer) -> None:
+        """Stop owning ``streamer`` (:meth:`close` leaves it alone); it is not closed here.
+
+        Parameters
+        ----------
+        streamer:
+            One this bot owns; another is ignored.
+        """
+        self._streamers = [owned for owned in self._streamers if owned is not streamer]
+
     @property
     def streamers(self) -> tuple[Streamer, ...]:
         """The streamers this bot owns."""
         return tuple(self._streamers)
+
+    async def reload(self) -> str:
+        """Re-read the bot's configuration and apply it; ``/reload`` (and ``SIGHUP`` under
+        ``genbot run``) call it. Override it in a bot that has a configuration to reload (the
+        ready-made :class:`genbot.chatbot.ChatBot` does).
+
+        Returns one line saying what changed.
+
+        Raises
+        ------
+        genbot.reload.ReloadError
+            Nothing was reloaded (the message says why); this one has no configuration.
+        """
+        raise ReloadError("this bot has no configuration to reload")
 
     def may_chat(self, user: discord.abc.User, channel: Where) -> bool:
         """Whether ``user`` may chat with the bot in ``channel`` (the access rules).

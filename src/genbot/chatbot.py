@@ -9,20 +9,25 @@ new messages arrived meanwhile, whatever the outcome of its reply.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import discord
 
-from genbot.bot import Genbot
+from genbot.access import Access, AccessList
+from genbot.bot import Genbot, _bounded_in_thread
 from genbot.context import Context
 from genbot.gatekeeping import gatekeep
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.output import SAFE_MENTIONS, keep_typing, stream_reply
 from genbot.prompt import context_to_messages
-from genbot.settings import Settings
+from genbot.reload import Changes, ReloadError, compare
+from genbot.settings import Settings, SettingsError
 from genbot.streaming import CallerStream, Streamer, StreamError, StreamSlot
+from genbot.wake import WakeRules
 
 __all__ = ["ChatBot", "make_backend", "warm_up"]
 
@@ -94,11 +99,18 @@ class ChatBot(Genbot):
     outcome, get one more reply afterwards. The texts are class attributes, for subclasses to
     override.
 
+    Its settings can change while it runs: :meth:`reconfigure` applies new ones (access lists,
+    prompts, sampling, limits, wake rules at the next reply; a new model definition starts the
+    new model and stops the old one once its chats finish), and :meth:`reload` reads them again
+    from ``load_settings`` (``/reload``, and ``SIGHUP`` under ``genbot run``).
+
     Parameters
     ----------
     settings: the bot's settings (default: ``Settings()``).
     backend: the Streamer that generates (default: the one ``settings`` names, see
-        :func:`make_backend`); started in ``setup_hook`` if it is not running.
+        :meth:`new_backend`); started in ``setup_hook`` if it is not running.
+    load_settings: reads the settings again for :meth:`reload` (raising
+        :class:`genbot.settings.SettingsError`); ``None``: this bot cannot reload.
     client_kwargs: passed on to :class:`genbot.Genbot`.
     """
 
@@ -116,9 +128,11 @@ class ChatBot(Genbot):
         settings: Settings | None = None,
         *,
         backend: Streamer | None = None,
+        load_settings: Callable[[], Settings] | None = None,
         **client_kwargs: Any,
     ) -> None:
         self.settings = settings or Settings()
+        self.load_settings = load_settings
         super().__init__(
             users=self.settings.users,
             roles=self.settings.roles,
@@ -129,8 +143,148 @@ class ChatBot(Genbot):
             sync_commands=self.settings.sync_commands,
             **client_kwargs,
         )
-        self.backend = self.own(backend if backend is not None else make_backend(self.settings))
+        self.backend = self.own(backend if backend is not None else self.new_backend(self.settings))
         self.generation = generation_settings(self.settings)
+        #: Chats (attends) in progress on each backend, by id, and the replaced backends.
+        self._chats: dict[int, int] = {}
+        self._retired: dict[int, Streamer] = {}
+        self._reconfiguring = asyncio.Lock()
+        self._closing_retired: set[asyncio.Task[None]] = set()
+
+    def new_backend(self, settings: Settings) -> Streamer:
+        """The Streamer for the model ``settings`` name (not started): :func:`make_backend`.
+        Override it to serve models your own way; a reload with a new model calls it too.
+
+        Parameters
+        ----------
+        settings:
+            The settings naming the model (``backend``, ``model``, ``base_url``, ``parallel``).
+        """
+        return make_backend(settings)
+
+    # -- reloading ---------------------------------------------------------------------------
+
+    async def reload(self) -> str:
+        """Read the settings again (``load_settings``) and apply them (:meth:`reconfigure`).
+
+        Returns one line saying what changed; logs it too.
+
+        Raises
+        ------
+        ReloadError
+            Settings that do not load or a new model that does not start (the running settings
+            and model stay), or no ``load_settings``; the error is logged as well.
+        """
+        try:
+            if self.load_settings is None:
+                raise ReloadError("this bot was not given a way to load its settings again")
+            try:
+                settings = await asyncio.to_thread(self.load_settings)
+            except SettingsError as error:
+                raise ReloadError(str(error)) from error
+            line = (await self.reconfigure(settings)).describe()
+        except ReloadError as error:
+            _log.error("the config was not reloaded, the running one stays: %s", error)
+            raise
+        _log.info("config reloaded: %s", line)
+        return line
+
+    async def reconfigure(self, settings: Settings) -> Changes:
+        """Apply ``settings``: everything but the model at the next reply; a changed model
+        definition (``backend``, ``model``, ``base_url``, ``parallel``) first starts and warms
+        up the new model, then takes new chats there while the old model finishes its chats and
+        is closed. ``sync_commands`` applies at the next start. One reconfiguration at a time.
+
+        Parameters
+        ----------
+        settings:
+            The new settings (checked: from :meth:`Settings.load`).
+
+        Raises
+        ------
+        ReloadError
+            The new model did not start; nothing was changed.
+        """
+        async with self._reconfiguring:
+            changes = compare(self.settings, settings)
+            fresh = await self._start_model(settings) if changes.model else None
+            access = Access(settings.users, settings.roles, settings.admins)
+            channels = AccessList.parse(settings.channels, "channels")
+            self.access = access
+            self.wake_rules = WakeRules(channels, settings.ignore_prefix, settings.allow_bots)
+            self.generation = generation_settings(settings)
+            self.settings = settings
+            if fresh is not None:
+                old, self.backend = self.backend, self.own(fresh)
+                self._retired[id(old)] = old
+                self._close_if_idle(old)
+            return changes
+
+    async def _start_model(self, settings: Settings) -> Streamer:
+        """Start and warm up the model ``settings`` name; a failure closes it again."""
+        from genbot.cli import model_problem
+
+        fresh: Streamer | None = None
+        try:
+            fresh = self.new_backend(settings)
+            if not fresh.running:
+                fresh.start_process()
+            _log.info("loading the new model (%s)...", settings.model or "embedded SmolLM2")
+            seconds = await warm_up(fresh)
+        except Exception as error:
+            if fresh is not None:
+                await self._close_backend(fresh)
+            if isinstance(error, (StreamError, TimeoutError)):
+                problem = model_problem(settings, error)
+            else:
+                problem = f"{type(error).__name__}: {error}"
+            raise ReloadError(f"the new model did not start: {problem}") from error
+        if self.closing:  # shut down while it loaded: nobody would close it
+            await self._close_backend(fresh)
+            raise ReloadError("the bot is shutting down")
+        _log.info("new model ready in %.1f s", seconds)
+        return fresh
+
+    def _borrow(self) -> Streamer:
+        """The backend a new chat uses, counted until :meth:`_give_back`."""
+        backend = self.backend
+        self._chats[id(backend)] = self._chats.get(id(backend), 0) + 1
+        return backend
+
+    def _give_back(self, backend: Streamer) -> None:
+        left = self._chats.get(id(backend), 1) - 1
+        if left:
+            self._chats[id(backend)] = left
+        else:
+            self._chats.pop(id(backend), None)
+        self._close_if_idle(backend)
+
+    def _close_if_idle(self, backend: Streamer) -> None:
+        """Close a replaced backend once no chat uses it any more (in the background)."""
+        if id(backend) not in self._retired or id(backend) in self._chats:
+            return
+        del self._retired[id(backend)]
+        if not self.close_streamers:  # the streamers outlive the bot: not this one's to close
+            self.disown(backend)
+            return
+        task = asyncio.create_task(self._close_backend(backend), name="genbot: old model")
+        self._closing_retired.add(task)
+        task.add_done_callback(self._closing_retired.discard)
+
+    async def _close_backend(self, backend: Streamer) -> None:
+        self.disown(backend)
+        timeout = self.shutdown_timeout
+        close = functools.partial(backend.close, timeout)
+        await _bounded_in_thread(close, 2 * timeout, repr(backend))
+        _log.info("closed the model %r", backend)
+
+    async def close(self) -> None:
+        """As :meth:`Genbot.close`, and waits (bounded) for replaced models to close."""
+        try:
+            await super().close()
+        finally:
+            if self._closing_retired:
+                await asyncio.wait(self._closing_retired, timeout=2 * self.shutdown_timeout)
 
     async def setup_hook(self) -> None:
         await super().setup_hook()
@@ -142,9 +296,12 @@ class ChatBot(Genbot):
 
     @gatekeep
     async def attend(self, channel: discord.abc.Messageable) -> None:
-        turn = _Turn()
+        turn = _Turn(self._borrow())
         try:
-            await self._answer(channel, turn)
+            try:
+                await self._answer(channel, turn)
+            finally:
+                self._give_back(turn.backend)
         except Exception:
             await self._follow_up(channel, turn)
             raise
@@ -169,7 +326,7 @@ class ChatBot(Genbot):
         if question is None:
             return
         try:
-            stream, placeholder = await self._wait_for_slot(channel, question)
+            stream, placeholder = await self._wait_for_slot(channel, question, turn.backend)
         except StreamError:
             await self._note(channel, question, None, self.unavailable_text)
             raise
@@ -221,15 +378,15 @@ class ChatBot(Genbot):
         return question, history
 
     async def _wait_for_slot(
-        self, channel: discord.abc.Messageable, question: discord.Message
+        self, channel: discord.abc.Messageable, question: discord.Message, backend: Streamer
     ) -> tuple[CallerStream | None, discord.Message | None]:
-        """Wait (bounded by ``queue_timeout``) for a slot of the model, showing typing, and after
+        """Wait (bounded by ``queue_timeout``) for a slot of ``backend``, showing typing, and after
         :attr:`queued_after` seconds the queued note. Returns the stream (``None`` when the wait
         timed out, which shows :attr:`busy_text`) and the note, if one was sent.
 
         Raises :class:`genbot.StreamError` when the model fails while the chat waits.
         """
-        slot: StreamSlot = self.backend.stream()
+        slot: StreamSlot = backend.stream()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.queue_timeout
         entering = asyncio.ensure_future(slot.__aenter__())
@@ -297,9 +454,11 @@ class ChatBot(Genbot):
 
 
 class _Turn:
-    """What one attend read: its newest context, which decides whether to attend again."""
+    """What one attend read: its newest context, which decides whether to attend again; and
+    the backend it uses (the model may be replaced meanwhile)."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: Streamer) -> None:
+        self.backend = backend
         self.context: Context | None = None
 
 

@@ -6,21 +6,27 @@ not answer) prints one line to stderr, saying what is wrong and what to do, and 
 2 for what is fixed in the configuration or the developer portal, 1 for the rest. The traceback
 goes to the log at DEBUG level only (``-s log_level=DEBUG``). :func:`explain` maps exceptions to
 those lines through a table; anything it does not know is a bug and keeps its traceback.
+
+Every command that loads settings first reads a ``.env`` file of the working directory into the
+environment (variables already set win). Under ``genbot run`` and ``genbot playground``,
+``SIGHUP`` reloads the settings from the same sources (see :meth:`genbot.chatbot.ChatBot.reload`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
-import os
 import re
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from genbot.reload import DotEnv, ReloadError, SettingsSource, token_from_env
 from genbot.settings import Settings, SettingsError, settings_help, settings_table
 
 if TYPE_CHECKING:
@@ -182,19 +188,70 @@ def model_problem(settings: Settings, error: BaseException) -> str:
     return f"the model could not be loaded ({detail}): check that model names {what}"
 
 
-def _chat_bot(settings: Settings) -> ChatBot:
-    """The ready-made bot, with its warm-up failures told apart from Discord's."""
+def _chat_bot(
+    settings: Settings, source: SettingsSource | None = None, *, stop_on_sigterm: bool = False
+) -> ChatBot:
+    """The ready-made bot, with its warm-up failures told apart from Discord's; with a
+    ``source``, ``SIGHUP`` and ``/reload`` read the settings from it again; with
+    ``stop_on_sigterm``, ``SIGTERM`` (``docker stop``, systemd) shuts it down gracefully."""
     from genbot.chatbot import ChatBot
+    from genbot.reload import Changes
     from genbot.streaming import StreamError
 
     class CommandChatBot(ChatBot):
         async def setup_hook(self) -> None:
+            if self.load_settings is not None:
+                _on_signal("SIGHUP", self._reload_in_background)
+            if stop_on_sigterm:
+                _on_signal("SIGTERM", self._close_in_background)
             try:
                 await super().setup_hook()
             except (StreamError, TimeoutError) as error:
                 raise ModelUnavailable(model_problem(self.settings, error)) from error
 
-    return CommandChatBot(settings)
+        def _reload_in_background(self) -> None:
+            _log.info("SIGHUP received: reloading the config")
+            _in_background(_reload_quietly(self), "genbot: SIGHUP reload")
+
+        def _close_in_background(self) -> None:
+            _log.info("SIGTERM received: shutting down")
+            _in_background(self.close(), "genbot: SIGTERM shutdown")
+
+        async def reconfigure(self, settings: Settings) -> Changes:
+            changes = await super().reconfigure(settings)
+            if "log_level" in changes.changed:
+                logging.getLogger().setLevel(settings.log_level.upper())
+            return changes
+
+    return CommandChatBot(settings, load_settings=None if source is None else source.load)
+
+
+#: Tasks started by signals (asyncio keeps only weak references to tasks).
+_signalled: set[asyncio.Task[None]] = set()
+
+
+def _in_background(work: Coroutine[Any, Any, None], name: str) -> None:
+    task = asyncio.create_task(work, name=name)
+    _signalled.add(task)
+    task.add_done_callback(_signalled.discard)
+
+
+async def _reload_quietly(bot: ChatBot) -> None:
+    try:
+        await bot.reload()
+    except ReloadError:
+        pass  # logged by the bot; the running config stays
+
+
+def _on_signal(name: str, handler: Callable[[], None]) -> None:
+    """Call ``handler`` on the signal ``name`` (where the platform and thread allow it)."""
+    number = getattr(signal, name, None)
+    if number is None:  # pragma: no cover - Windows has no SIGHUP
+        return
+    try:
+        asyncio.get_running_loop().add_signal_handler(number, handler)
+    except (RuntimeError, ValueError, NotImplementedError) as error:  # not the main thread
+        _log.debug("%s is not handled here: %s", name, error)
 
 
 def _explained(
@@ -223,15 +280,24 @@ def _fail(line: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load(config: Path | None, overrides: list[str] | None) -> Settings:
+def _source(config: Path | None, overrides: list[str] | None) -> SettingsSource:
+    """Where the settings come from: ``config``, the environment with ./.env, ``--set``."""
     pairs = {}
     for item in overrides or []:
         name, sep, value = item.partition("=")
         if not sep:
             raise _fail(f"bad configuration: --set {item!r}: expected NAME=VALUE")
         pairs[name.strip()] = value
+    return SettingsSource(config, pairs, DotEnv(".env"))
+
+
+def _load(config: Path | None, overrides: list[str] | None) -> Settings:
+    return _load_from(_source(config, overrides))
+
+
+def _load_from(source: SettingsSource) -> Settings:
     try:
-        settings = Settings.load(config, overrides=pairs)
+        settings = source.load()
     except SettingsError as error:
         raise _fail(f"bad configuration: {error}") from None
     logging.basicConfig(
@@ -258,14 +324,20 @@ def _import_bot(spec: str) -> Any:
 
 @app.command(epilog=settings_help())
 def run(config: ConfigOption = None, overrides: SetOption = None) -> None:
-    """Run the chat bot on Discord. The bot token comes from DISCORD_TOKEN."""
-    settings = _load(config, overrides)
-    token = os.environ.get("DISCORD_TOKEN", "").strip()
+    """Run the chat bot on Discord. The bot token comes from DISCORD_TOKEN (or
+    DISCORD_BOT_TOKEN), which a .env file in the working directory may set. SIGHUP reloads
+    the config; SIGTERM shuts the bot down gracefully."""
+    source = _source(config, overrides)
+    settings = _load_from(source)
+    token = token_from_env()
     if not token:
-        raise _fail(f"set DISCORD_TOKEN to your bot's token (from its Bot page at {PORTAL})")
+        raise _fail(
+            f"set DISCORD_TOKEN to your bot's token (from its Bot page at {PORTAL}), in the "
+            "environment or in a .env file here"
+        )
 
     def start() -> None:
-        _chat_bot(settings).run(token, log_handler=None)
+        _chat_bot(settings, source, stop_on_sigterm=True).run(token, log_handler=None)
 
     _explained(settings, start)
 
@@ -287,10 +359,11 @@ def playground(
     When standard input is not a terminal, each line is sent as a message and the command
     exits after the bot has answered the last one.
     """
-    settings = _load(config, overrides)
+    source = _source(config, overrides)
+    settings = _load_from(source)
     from genbot.playground import run_playground
 
-    factory = (lambda: _chat_bot(settings)) if bot is None else _import_bot(bot)
+    factory = (lambda: _chat_bot(settings, source)) if bot is None else _import_bot(bot)
     raise typer.Exit(_explained(settings, lambda: run_playground(factory), discord=False))
 
 

@@ -1,4 +1,5 @@
-"""The slash commands every `Genbot` has: ``/reset``, ``/ping``, ``/thread``, ``/shutdown``.
+"""The slash commands every `Genbot` has: ``/reset``, ``/ping``, ``/thread``, ``/shutdown``,
+``/reload``.
 
 Each command is a module-level function that finds its bot as ``interaction.client`` and takes
 what it says from ``bot.texts`` (a :class:`Texts`), so a subclass changes a text with one class
@@ -33,6 +34,7 @@ import discord
 from discord import app_commands
 
 from genbot.context import RESET_MARKER
+from genbot.reload import ReloadError
 
 if TYPE_CHECKING:
     from genbot.bot import Genbot
@@ -62,6 +64,11 @@ class Texts:
     #: ``{thread}``: a mention of the new thread.
     thread_opened: str = "Opened {thread}."
     shutting_down: str = "Shutting down."
+    not_admin_reload: str = "Only the bot's admins can reload its config."
+    #: ``{changes}``: one line saying what changed.
+    reloaded: str = "Config reloaded: {changes}."
+    #: ``{error}``: why (one line, e.g. the config file's error).
+    reload_failed: str = "The config was not reloaded, the running one stays: {error}"
     descriptions: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -169,6 +176,24 @@ async def shutdown(interaction: Interaction) -> None:
     # not awaited here: close() must not wait for this interaction's own handler
     _background.add(task := asyncio.create_task(bot.close(), name="genbot: /shutdown"))
     task.add_done_callback(_background.discard)
+
+
+@builtin("reload")
+async def reload(interaction: Interaction) -> None:
+    """Re-read the bot's config and apply it (admins only)"""
+    bot = interaction.client
+    if not bot.is_admin(interaction.user):
+        return await _refuse(interaction, bot.texts.not_admin_reload)
+    # a new model may take a while to load: acknowledge within Discord's 3 s first
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    _log.info("reload requested by %s (%s)", interaction.user, interaction.user.id)
+    try:
+        changes = await bot.reload()
+    except ReloadError as error:  # logged by the bot; the admin sees the one line
+        text = bot.texts.reload_failed.format(error=error)
+    else:
+        text = bot.texts.reloaded.format(changes=changes)
+    await interaction.followup.send(text[:2000], ephemeral=True)
 
 
 async def on_command_error(interaction: Interaction, error: app_commands.AppCommandError) -> None:

@@ -223,7 +223,9 @@ class Settings:
     roles: Any = setting(
         None, "Roles allowed to chat in servers, same format as users. Empty: every member."
     )
-    admins: Any = setting(None, "Users who may run admin commands (/shutdown). Empty: nobody.")
+    admins: Any = setting(
+        None, "Users who may run admin commands (/shutdown, /reload). Empty: nobody."
+    )
     channels: Any = setting(
         None,
         "Channels where every message wakes the bot (list of ids "
