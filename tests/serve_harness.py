@@ -176,12 +176,13 @@ class Upstream(Process):
         return int(self.url.rsplit(":", 1)[1].split("/")[0])
 
 
-def haproxy_config(port: int, servers: dict[str, int], maxconn: int) -> str:
-    """The HAProxy configuration of the fleet tests (and of the README): ``port`` on loopback
-    in front of ``servers`` (name -> loopback port), each taking ``maxconn`` requests at once."""
+def haproxy_config(bind: str, servers: dict[str, str], maxconn: int) -> str:
+    """The HAProxy configuration of the fleet tests (and of the README): listening on ``bind``
+    (``host:port``) in front of ``servers`` (name -> ``host:port``), each taking ``maxconn``
+    requests at once."""
     marks = "observe layer4 error-limit 1 on-error mark-down"
-    lines = [f"    server {name} 127.0.0.1:{p} {marks}" for name, p in servers.items()]
-    return HAPROXY_CFG.format(port=port, maxconn=maxconn, servers="\n".join(lines))
+    lines = [f"    server {name} {address} {marks}" for name, address in servers.items()]
+    return HAPROXY_CFG.format(bind=bind, maxconn=maxconn, servers="\n".join(lines))
 
 
 HAPROXY_CFG = """\
@@ -202,7 +203,7 @@ defaults
     option abortonclose        # a client that leaves is not sent on from the queue
 
 frontend models
-    bind 127.0.0.1:{port}
+    bind {bind}
     default_backend genbot
 
 backend genbot
@@ -228,12 +229,13 @@ class HAProxy(Process):
     waits for its systemd-style READY notification."""
 
     def __init__(
-        self, directory: Path, servers: dict[str, int], maxconn: int, journal: Journal
+        self, directory: Path, servers: dict[str, Upstream], maxconn: int, journal: Journal
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         config = directory / "haproxy.cfg"
-        config.write_text(haproxy_config(self.port, servers, maxconn))
+        addresses = {name: f"127.0.0.1:{up.port}" for name, up in servers.items()}
+        config.write_text(haproxy_config(f"127.0.0.1:{self.port}", addresses, maxconn))
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify_path = directory / "notify.sock"
         self._notify.bind(str(notify_path))
