@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -270,6 +272,28 @@ async def test_full_server_answers_429_and_a_client_that_leaves_frees_its_slot(
                 assert done.choices[0].message.content == "1 2"
     finally:
         up.stop()
+
+
+async def test_a_client_that_resets_its_connection_stops_the_generation_quietly(
+    upstream: Upstream, journal: Journal
+) -> None:
+    """Whether the server sees the reset as a cancelled handler or as a failed write, the
+    worker stops and no error is logged."""
+    host, port = "127.0.0.1", upstream.port
+    body = b'{"messages": [{"role": "user", "content": "forever reset"}], "stream": true}'
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection(host, port)
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+        writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        await asyncio.wait_for(reader.readuntil(b"tick "), 30)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # an RST, not a FIN
+    await journal.wait(
+        lambda: len(journal.find("cancelled", "forever reset", "shared")) == 3, 30, "3 cancels"
+    )
+    logged = journal.output("shared")
+    assert "Error handling request" not in logged and "Traceback" not in logged
 
 
 async def test_sigterm_lets_the_streams_in_flight_finish(journal: Journal) -> None:
