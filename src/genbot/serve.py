@@ -506,10 +506,13 @@ class ChatServer:
             if call.stream:
                 return await self._stream(request, call)
             return await self._complete(call)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionResetError) as gone:
+            # Gone while waiting or generating (the handler is cancelled), or seen by a write.
             self.cancelled += 1
             _log.info("a client went away; its generation was cancelled")
-            raise
+            if isinstance(gone, asyncio.CancelledError):
+                raise
+            return web.Response(status=499)  # nobody reads it; aiohttp logs nothing
         finally:
             self.in_flight -= 1
 
