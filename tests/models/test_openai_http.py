@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +27,8 @@ from chat_server import (
     status,
     tokens,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 from model_helpers import cancel, greedy, reply, started
 
 from genbot import StreamError
@@ -35,6 +38,7 @@ from genbot.models.openai import (
     OpenAIStreamer,
     decode_events,
     parse_retry_after,
+    quick_text,
     read_chunk,
     server_message,
 )
@@ -330,6 +334,53 @@ def test_decode_events_joins_the_text_of_one_chunk_and_stops_at_done() -> None:
     rest = b'"choices": []}\n\n' + chunk("c", finish="stop") + DONE + chunk("ignored")
     assert decode_events(reader, rest) == (4, "c", True, True)
     assert decode_events(EventReader(), b": ping\n\n") == (0, "", False, False)
+
+
+def expected(event: dict[str, object]) -> tuple[str | None, str | None]:
+    """What a chunk says, read with a full JSON decoding (the reference)."""
+    choice = event["choices"][0]  # type: ignore[index]
+    content, finish = choice["delta"].get("content"), choice.get("finish_reason")
+    return content if isinstance(content, str) else None, finish
+
+
+chunks = st.fixed_dictionaries(
+    {
+        "content": st.one_of(st.none(), st.text()),
+        "role": st.sampled_from([None, "assistant"]),
+        "reasoning": st.one_of(st.none(), st.text()),
+        "finish": st.sampled_from([None, "stop", "length"]),
+        "key_order": st.permutations(["role", "content", "reasoning_content"]),
+        "choices": st.integers(1, 2),
+        "compact": st.booleans(),
+        "ascii": st.booleans(),
+    }
+)
+
+
+@given(chunks)
+def test_the_quick_path_reads_what_a_full_decoding_reads(spec: dict[str, object]) -> None:
+    values = {"role": spec["role"], "content": spec["content"]}
+    values["reasoning_content"] = spec["reasoning"]
+    delta = {k: values[k] for k in spec["key_order"] if values[k] is not None}  # type: ignore[attr-defined]
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": spec["finish"]}
+    event = {"id": "c", "object": "chat.completion.chunk", "model": "m"}
+    event["choices"] = [choice] * int(spec["choices"])  # type: ignore[call-overload]
+    separators = (",", ":") if spec["compact"] else (", ", ": ")
+    data = json.dumps(event, separators=separators, ensure_ascii=bool(spec["ascii"])).encode()
+    assert read_chunk(data) == expected(event)
+
+
+def test_the_quick_path_takes_the_usual_token_events_only() -> None:
+    usual = b'{"choices":[{"index":0,"delta":{"content":" the"},"finish_reason":null}]}'
+    assert quick_text(usual) == " the"
+    assert quick_text(usual.replace(b" the", "é".encode())) == "é"  # UTF-8 as it is
+    assert quick_text(usual.replace(b" the", rb"\u00e9")) is None  # an escape
+    assert quick_text(usual.replace(b"null", b'"stop"')) is None
+    assert quick_text(usual.replace(b'{"content"', b'{"role":"assistant","content"')) is None
+    tool = (
+        b'{"choices":[{"delta":{"tool_calls":[{"arguments":"{\\"delta\\":{\\"content\\":\\"x"}]}}]}'
+    )
+    assert quick_text(tool) is None
 
 
 @pytest.mark.parametrize(

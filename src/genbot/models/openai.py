@@ -80,6 +80,7 @@ __all__ = [
     "api_key_from_env",
     "decode_events",
     "parse_retry_after",
+    "quick_text",
     "read_chunk",
     "server_message",
 ]
@@ -347,6 +348,27 @@ def _block_data(block: bytes) -> list[bytes]:
     return events
 
 
+def quick_text(data: bytes) -> str | None:
+    """The text of the usual token event, found without decoding its JSON; ``None`` when the
+    event is not plainly one (then :func:`read_chunk` decodes it).
+
+    Plainly one: compact JSON with one ``"delta":{"content":"`` (the text is the delta's
+    first key, as vLLM, llama.cpp's server and OpenAI send it), one ``"finish_reason"``, which
+    is ``null``, and no backslash anywhere (so the text ends at the next quote and needs no
+    unescaping). A few byte searches instead of a JSON decoding: about a third of the cost.
+    """
+    key = data.find(b'"delta":{"content":"')
+    if key < 0 or b"\\" in data or data.find(b'"delta"', key + 20) >= 0:
+        return None
+    finish = data.find(b'"finish_reason":null')
+    if finish < 0 or data.find(b'"finish_reason"', finish + 20) >= 0:
+        return None
+    if data.find(b'"finish_reason"', 0, finish) >= 0:
+        return None
+    start = key + 20
+    return data[start : data.find(b'"', start)].decode()
+
+
 def read_chunk(data: bytes) -> tuple[str | None, str | None]:
     """The text (``choices[0].delta.content``) and ``finish_reason`` of one streamed
     chat-completion chunk; ``(None, None)`` for chunks without a choice (e.g. usage).
@@ -356,6 +378,9 @@ def read_chunk(data: bytes) -> tuple[str | None, str | None]:
     APIError
         The event is not a JSON object, or it is an error the server sent mid-stream.
     """
+    text = quick_text(data)
+    if text is not None:
+        return text, None
     try:
         event = json.loads(data)
     except ValueError:
