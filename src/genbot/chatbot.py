@@ -49,7 +49,12 @@ def make_backend(settings: Settings) -> Streamer:
     from genbot.models.openai import OpenAIStreamer
 
     return OpenAIStreamer(
-        base_url=settings.base_url, model=settings.model or None, max_concurrency=settings.parallel
+        base_url=settings.base_url,
+        model=settings.model or None,
+        max_concurrency=settings.parallel,
+        connect_timeout=settings.connect_timeout,
+        first_token_timeout=settings.first_token_timeout,
+        token_timeout=settings.token_timeout,
     )
 
 

@@ -367,6 +367,73 @@ def playground(
     raise typer.Exit(_explained(settings, lambda: run_playground(factory), discord=False))
 
 
+@app.command(epilog=settings_help())
+def serve(
+    streamer: Annotated[
+        str | None,
+        typer.Argument(
+            help="MODULE:ATTR of your own Streamer (or a class or function that makes one) to "
+            "serve; default: the configured backend and model."
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    model: Annotated[
+        str | None, typer.Option(help="The model to serve (the setting 'model').")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = 8000,
+    queue: Annotated[
+        int | None,
+        typer.Option(
+            help="Chats that may wait for a slot beyond the 'parallel' ones generating; more "
+            "are answered 429. Default: 2 x parallel.",
+            min=0,
+        ),
+    ] = None,
+    grace: Annotated[
+        float, typer.Option(help="Seconds chats in flight may take to finish at shutdown.", min=0)
+    ] = 30.0,
+) -> None:
+    """Serve the model as an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models,
+    /health), e.g. on a GPU machine behind a load balancer. With GENBOT_API_KEY set, clients
+    must send it (Authorization: Bearer). SIGINT or SIGTERM stops it gracefully."""
+    settings = _load(config, [*(overrides or []), *([f"model={model}"] if model else [])])
+    import asyncio
+
+    from genbot.serve import ChatServer, ServeError, load_streamer, model_id
+    from genbot.serve import serve as serve_http
+    from genbot.streaming import StreamError
+
+    def start() -> None:
+        from genbot.chatbot import generation_settings, make_backend
+        from genbot.models import default_model_path
+
+        try:
+            backend = load_streamer(streamer) if streamer else make_backend(settings)
+        except ServeError as error:
+            raise _fail(str(error)) from None
+        fallback = streamer or (
+            Path(default_model_path()).stem if settings.backend == "llamacpp" else "genbot"
+        )
+        server = ChatServer(
+            backend,
+            model=model_id(settings.model, fallback),
+            defaults=generation_settings(settings),
+            parallel=settings.parallel,
+            queue=queue,
+            api_key=os.environ.get("GENBOT_API_KEY", "").strip() or None,
+        )
+        try:
+            asyncio.run(serve_http(server, host=host, port=port, grace=grace))
+        except ServeError as error:
+            raise _fail(str(error), 1) from None
+        except (StreamError, TimeoutError) as error:
+            raise ModelUnavailable(model_problem(settings, error)) from error
+
+    _explained(settings, start, discord=False)
+
+
 @app.command("settings")
 def show_settings(
     markdown: Annotated[bool, typer.Option(help="Print the README's Markdown table.")] = False,

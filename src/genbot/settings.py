@@ -264,6 +264,23 @@ class Settings:
         "ERROR.",
         check=_choice(LOG_LEVELS, fold=True),
     )
+    connect_timeout: float = setting(
+        10.0,
+        "Most seconds to open a connection to the model server (openai backend). (0, 3600].",
+        check=_between(0, 3600, low_open=True),
+    )
+    first_token_timeout: float = setting(
+        60.0,
+        "Most seconds from sending a chat to the model server to the first token of its reply, "
+        "retries included (openai backend). (0, 86400].",
+        check=_between(0, 86400, low_open=True),
+    )
+    token_timeout: float = setting(
+        30.0,
+        "Most seconds between two tokens from the model server once a reply streams (openai "
+        "backend); past it the request is closed and the reply ends with a note. (0, 86400].",
+        check=_between(0, 86400, low_open=True),
+    )
 
     # -- loading -----------------------------------------------------------------------------
 
