@@ -6,6 +6,7 @@ naming the source (file, variable or --set), the setting and the reason.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -373,6 +374,13 @@ def test_the_model_path_is_checked_only_for_llamacpp(tmp_path: Path) -> None:
         )
 
 
+#: The transformers checks come after the one that its package is installed.
+needs_transformers = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None, reason="transformers is not installed"
+)
+
+
+@needs_transformers
 @pytest.mark.parametrize("source", ["file", "env", "set"])
 def test_transformers_needs_a_model(source: str, tmp_path: Path) -> None:
     kwargs, _ = where(source, tmp_path, {"backend": "transformers"})
@@ -388,6 +396,7 @@ def test_transformers_needs_a_model(source: str, tmp_path: Path) -> None:
     )
 
 
+@needs_transformers
 @pytest.mark.parametrize(
     ("model", "reason"),
     [
