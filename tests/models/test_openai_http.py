@@ -421,3 +421,38 @@ def test_retry_after() -> None:
 )
 def test_server_message(body: bytes, says: str) -> None:
     assert server_message(body) == says
+
+
+def test_the_bots_settings_reach_the_backend() -> None:
+    from genbot.chatbot import make_backend
+    from genbot.settings import Settings
+
+    settings = Settings(backend="openai", base_url="http://127.0.0.1:9/v1", parallel=3)
+    settings = settings.updated(
+        {"connect_timeout": 2, "first_token_timeout": 90, "token_timeout": 5}, "test"
+    )
+    backend = make_backend(settings)
+    assert isinstance(backend, OpenAIStreamer)
+    assert (backend.base_url, backend.max_concurrency) == ("http://127.0.0.1:9/v1", 3)
+    assert (backend.connect_timeout, backend.first_token_timeout, backend.token_timeout) == (
+        2,
+        90,
+        5,
+    )
+    with pytest.raises(Exception, match=r"setting 'token_timeout': must be in \(0, 86400\]"):
+        settings.updated({"token_timeout": 0}, "test")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"max_concurrency": 0}, "max_concurrency must be at least 1, not 0"),
+        ({"max_retries": -1}, "max_retries must not be negative, not -1"),
+        ({"connect_timeout": 0}, "connect_timeout must be a positive number of seconds, not 0"),
+        ({"first_token_timeout": float("nan")}, "first_token_timeout must be a positive"),
+        ({"token_timeout": -1}, "token_timeout must be a positive number of seconds, not -1"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs: dict[str, float], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        OpenAIStreamer("http://127.0.0.1:9/v1", **kwargs)  # type: ignore[arg-type]

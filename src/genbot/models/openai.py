@@ -696,6 +696,7 @@ class OpenAIStreamer(ChatStreamer):
         self, session: aiohttp.ClientSession, url: str, body: bytes, call: _Call
     ) -> None:
         call.attempts += 1
+        call.streaming = False  # a retry waits for its first token again, by the same deadline
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         try:
             async with session.post(url, data=body, headers=headers) as response:
