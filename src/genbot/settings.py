@@ -256,6 +256,13 @@ class Settings:
         "ERROR.",
         check=_choice(LOG_LEVELS, fold=True),
     )
+    discord_requests_per_second: int = setting(
+        40,
+        "Budget of Discord requests per second for the replies of the whole bot process, "
+        "shared fairly by the channels streaming (each edits less often as more stream); 1 to "
+        "1000. Discord allows a bot about 50 in all.",
+        check=_between(1, 1000),
+    )
 
     # -- loading -----------------------------------------------------------------------------
 
