@@ -300,7 +300,7 @@ def _script(channel_id: int) -> list[str]:
 
 
 class Streaming(Genbot):
-    """A bot whose every reply streams from a generator of deltas over about 2.5 s, with the
+    """A bot whose every reply streams from a generator of deltas over about 3 s, with the
     budget of a bot process (a fresh one, so other tests' requests do not count)."""
 
     def __init__(self, budget: RequestBudget, **kwargs: Any) -> None:
@@ -327,9 +327,8 @@ class Streaming(Genbot):
                 self.all_done.set()
 
     async def deltas(self, channel_id: int) -> AsyncIterator[str]:
-        for n, delta in enumerate(_script(channel_id)):
-            if n:
-                await asyncio.sleep(0.5)  # the generation's pace (a model would take as long)
+        for delta in _script(channel_id):
+            await asyncio.sleep(0.5)  # the generation's pace, the first token's included
             yield delta
 
 
@@ -362,6 +361,7 @@ async def test_200_channels_streaming_at_once_keep_to_the_budget() -> None:
         writes = server.request_times("POST", CREATE) + server.request_times("PATCH", EDIT)
         writes += server.request_times("POST", TYPING)
         assert server.request_count("POST", CREATE) == CHANNELS  # one message each, no retry
+        assert 0 < server.request_count("POST", TYPING) < CHANNELS  # typing only when spare
         assert _most_in_a_second(writes) <= RATE
         for method, route in (("POST", CREATE), ("PATCH", EDIT), ("POST", TYPING)):
             assert server.rate_limited_count(method, route) == 0

@@ -457,6 +457,16 @@ class RequestBudget:
         self._busy -= 1
         self._cooling.append(self._clock() + self.window)
 
+    def spare(self) -> bool:
+        """Whether a request may start now without making any waiting ticket wait longer."""
+        return not self._pending() and self.free() > 0
+
+    def _pending(self) -> bool:
+        """Whether tickets wait (dropping the withdrawn ones at the head of the queue)."""
+        while self._waiting and self._waiting[0][2].withdrawn:
+            heapq.heappop(self._waiting)
+        return bool(self._waiting)
+
     def free(self) -> int:
         """How many requests may start now."""
         now = self._clock()
@@ -481,9 +491,7 @@ class RequestBudget:
     def wait(self) -> float | None:
         """Seconds until a waiting ticket can be granted: ``None`` when none waits or only the
         end of a request under way (:meth:`done`) can make room."""
-        while self._waiting and self._waiting[0][2].withdrawn:
-            heapq.heappop(self._waiting)
-        if not self._waiting:
+        if not self._pending():
             return None
         if self.free() > 0:
             return 0.0
@@ -836,11 +844,31 @@ def _replies_to(message: discord.Message, reference: discord.abc.Snowflake) -> b
     return message.reference is not None and message.reference.message_id == reference.id
 
 
-async def keep_typing(channel: discord.abc.Messageable) -> None:
-    """Show the typing indicator in `channel` until cancelled; a failure only logs."""
+#: Seconds between two typing requests (Discord shows the indicator for 10 s after each).
+_TYPING_EVERY = 5.0
+
+
+async def keep_typing(
+    channel: discord.abc.Messageable, budget: RequestBudget | None = None
+) -> None:
+    """Show the typing indicator in `channel` until cancelled; a failure only logs.
+
+    Parameters
+    ----------
+    channel: where to show it.
+    budget: when given, a typing request (one every 5 s) is sent only when the budget has a
+        turn to spare at that moment, so typing never delays a reply's writes nor crowds out
+        another reply; a beat without one is skipped.
+    """
     try:
-        async with channel.typing():
-            await asyncio.Event().wait()
+        if budget is None:
+            async with channel.typing():
+                await asyncio.Event().wait()
+        while budget is not None:
+            if budget.spare():
+                async with budget.turn(math.inf):
+                    await channel.typing()
+            await asyncio.sleep(_TYPING_EVERY)
     except Exception as exc:  # a missing typing indicator is no reason to fail a reply
         _log.debug("typing indicator failed: %r", exc)
 
@@ -919,6 +947,7 @@ async def stream_reply(
     budget of Discord requests (:class:`RequestBudget`): a reply's first message goes before
     the edits of other replies, and when more channels stream than the budget allows at
     `interval`, each channel's edits are spaced further apart (``channels / rate`` seconds).
+    The typing indicator takes only turns the budget can spare (see :func:`keep_typing`).
 
     Every reply has a visible outcome: if `deltas` raises, or yields nothing for `timeout`
     seconds (the stall timeout, ``None``: no bound), the text so far is kept and a note in
@@ -957,7 +986,7 @@ async def stream_reply(
     """
     iterator: AsyncIterator[str] = aiter(deltas)
     writer = _ReplyWriter(channel, reference, placeholder, interval, pacer, retry_budget, budget)
-    typing = asyncio.create_task(keep_typing(channel))
+    typing = asyncio.create_task(keep_typing(channel, budget))
     text = ""
     failure: Exception | None = None
     try:
