@@ -281,3 +281,22 @@ async def test_a_cancelled_wait_gives_its_place_to_the_next() -> None:
     assert done == ["holder", "last"]
     await asyncio.sleep(0.06)
     assert budget.free() == 1  # nothing is left holding a turn
+
+
+def test_a_waiter_of_a_closed_event_loop_gives_its_turn_back() -> None:
+    budget = RequestBudget(rate=1, window=0.01)
+    held = budget.ask()
+    assert budget.grant() == [held]
+
+    async def request() -> None:
+        async with budget.turn():
+            pass
+
+    old = asyncio.new_event_loop()
+    stranded = old.create_task(request())
+    old.run_until_complete(asyncio.sleep(0))  # its ticket waits behind the held turn
+    assert not stranded.done()
+    old.close()  # closed without cancelling it, so its ticket stays queued
+    budget.done(held)
+    asyncio.run(asyncio.wait_for(request(), 5))  # not blocked by the ticket left behind
+    assert budget.wait() is None  # nothing is left waiting

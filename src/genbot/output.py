@@ -530,10 +530,17 @@ class RequestBudget:
 
     def _pump(self) -> None:
         """Wake the tickets that may go now, and set a timer for when the next may."""
-        for ticket in self.grant():
-            future = self._futures.pop(ticket, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+        granted = self.grant()
+        while granted:
+            for ticket in granted:
+                future = self._futures.pop(ticket, None)
+                if future is None:  # granted in turn() itself, which goes on at once
+                    continue
+                if future.done() or future.get_loop().is_closed():  # its waiter is gone
+                    self.withdraw(ticket)
+                else:
+                    future.set_result(None)
+            granted = self.grant()  # turns a gone waiter gave back
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -768,6 +775,8 @@ class _ReplyWriter:
             if self._tried:  # a create failed: did Discord carry it out after all?
                 async with self._budget.turn(since):
                     await asyncio.wait_for(self._recover_send(), self._timeout())
+            if not plan_writes(self._text, self.shown, final=self._final):
+                break  # the lost create was found and shows the text
             async with self._budget.turn(since):
                 writes = plan_writes(self._text, self.shown, final=self._final)
                 if not writes:
@@ -846,6 +855,8 @@ def _replies_to(message: discord.Message, reference: discord.abc.Snowflake) -> b
 
 #: Seconds between two typing requests (Discord shows the indicator for 10 s after each).
 _TYPING_EVERY = 5.0
+#: Seconds before a typing request the budget could not spare is looked at again.
+_TYPING_RETRY = 0.5
 
 
 async def keep_typing(
@@ -858,16 +869,18 @@ async def keep_typing(
     channel: where to show it.
     budget: when given, a typing request (one every 5 s) is sent only when the budget has a
         turn to spare at that moment, so typing never delays a reply's writes nor crowds out
-        another reply; a beat without one is skipped.
+        another reply; without one it is looked at again half a second later.
     """
     try:
         if budget is None:
             async with channel.typing():
                 await asyncio.Event().wait()
         while budget is not None:
-            if budget.spare():
-                async with budget.turn(math.inf):
-                    await channel.typing()
+            if not budget.spare():
+                await asyncio.sleep(_TYPING_RETRY)
+                continue
+            async with budget.turn(math.inf):
+                await channel.typing()
             await asyncio.sleep(_TYPING_EVERY)
     except Exception as exc:  # a missing typing indicator is no reason to fail a reply
         _log.debug("typing indicator failed: %r", exc)
