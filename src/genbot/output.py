@@ -352,15 +352,16 @@ class RequestBudget:
 
     At most `rate` requests are under way or finished less than `window` seconds ago: a turn is
     taken when its request starts and given back `window` seconds after it ends. However long a
-    request travels, Discord so never sees more than `rate` of them in any `window`.
+    request travels, so Discord never sees more than `rate` of them in any `window` (a retry
+    that discord.py makes inside one call, after a 429 or a 5xx, stays within its turn).
 
     Waiting tickets are granted least recently served first: a reply's first write (which shows
     the user that an answer is coming) before every edit, then the reply that has waited longest
     since its previous write. A waiting ticket is passed at most once by each other reply, so
-    with `n` replies it is granted within ``ceil(n / rate)`` windows (plus the time requests take):
-    nobody starves. The channels streaming at once (:meth:`open`, :meth:`close`) set the pace
-    (:meth:`interval`): each edits every ``active / rate * window`` seconds at most, so together
-    they ask for no more than the budget.
+    with `n` replies it is granted within ``ceil(n / rate) * (window + the longest request)``
+    seconds: nobody starves. The channels streaming at once (:meth:`open`, :meth:`close`) set
+    the pace (:meth:`interval`): each edits at most once every ``active / rate * window``
+    seconds, so together they ask for no more than the budget.
 
     The bookkeeping (:meth:`ask`, :meth:`grant`, :meth:`wait`, :meth:`done`, :meth:`withdraw`) is
     pure over `clock`; :meth:`turn` is the asyncio wiring around it.
