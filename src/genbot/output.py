@@ -352,8 +352,9 @@ class RequestBudget:
 
     At most `rate` requests are under way or finished less than `window` seconds ago: a turn is
     taken when its request starts and given back `window` seconds after it ends. However long a
-    request travels, so Discord never sees more than `rate` of them in any `window` (a retry
-    that discord.py makes inside one call, after a 429 or a 5xx, stays within its turn).
+    request travels, so Discord never sees more than `rate` of them in any `window`; only a
+    retry that discord.py makes inside one call (after a 429 or a 5xx) is an extra request
+    within the same turn.
 
     Waiting tickets are granted least recently served first: a reply's first write (which shows
     the user that an answer is coming) before every edit, then the reply that has waited longest
