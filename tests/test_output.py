@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from types import SimpleNamespace
 
 import discord
@@ -19,10 +19,12 @@ from genbot.output import (
     DEFAULT_STALL_TEXT,
     SAFE_MENTIONS,
     ChannelPacer,
+    RequestBudget,
     RetryBudget,
     Write,
     final_text,
     is_visible,
+    keep_typing,
     plan_writes,
     split_message,
     stream_reply,
@@ -305,6 +307,15 @@ class FakeTyping:
     async def __aexit__(self, *exc: object) -> None:
         self.channel.typing_now = False
 
+    def __await__(self) -> Generator[None, None, None]:
+        return self._once().__await__()
+
+    async def _once(self) -> None:
+        """One typing request, as ``await channel.typing()`` sends."""
+        if self.channel.typing_fails:
+            raise http_error(403)
+        self.channel.typed.append(len(self.channel.messages))
+
 
 class FakeChannel:
     """A channel of discord.py's shape: send (with failures that may happen after Discord
@@ -322,6 +333,7 @@ class FakeChannel:
         self.nonces: list[object] = []
         self.typing_now = False
         self.typing_fails = False
+        self.typed: list[int] = []  # one-shot typing requests: how many messages there were
 
     def typing(self) -> FakeTyping:
         return FakeTyping(self)
@@ -399,11 +411,11 @@ async def test_stream_reply_types_until_the_first_visible_delta() -> None:
         yield "Hi"
 
     task = asyncio.create_task(stream_reply(channel, deltas(), interval=0.01, pacer=ChannelPacer()))
-    await wait_until(lambda: channel.typing_now)
+    await wait_until(lambda: channel.typed)
     assert channel.messages == []
     go.set()
     await asyncio.wait_for(task, 5)
-    assert not channel.typing_now
+    assert channel.typed == [0]  # typed once, before the message; not after it
     assert channel.contents() == ["\nHi"]
 
 
@@ -732,6 +744,23 @@ async def test_cancelling_stream_reply_closes_the_generation() -> None:
         await asyncio.wait_for(task, 5)
     assert closed.is_set()
     assert channel.contents() == ["start"]
+
+
+async def test_typing_takes_only_a_turn_the_budget_can_spare() -> None:
+    channel = FakeChannel()
+    budget = RequestBudget(rate=1)
+    async with budget.turn():  # the budget's only turn is taken
+        task = asyncio.create_task(keep_typing(channel, budget))
+        await asyncio.sleep(0)
+        assert channel.typed == []  # skipped, not queued behind the writes
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    other = RequestBudget(rate=1)
+    task = asyncio.create_task(keep_typing(channel, other))
+    await wait_until(lambda: channel.typed)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert channel.typed == [0] and other.free() == 0  # it took the spare turn
 
 
 async def test_a_failing_typing_indicator_does_not_fail_the_reply() -> None:

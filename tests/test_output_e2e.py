@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import discord
 import pytest
 
-from genbot.output import ChannelPacer, split_message, stream_reply
+from bot_world import FAST
+from genbot import Genbot
+from genbot.output import ChannelPacer, RequestBudget, split_message, stream_reply
 from genbot.prompt import context_to_messages
 from genbot.testing import DiscordServer, FakeChannel, FakeUser, run_bot
 
@@ -144,6 +148,7 @@ async def test_rate_limited_edits_lose_no_text(world: World) -> None:
     await stream_reply(world.channel, deltas(), interval=0.05, pacer=ChannelPacer())
     assert world.replies() == ["Counting:" + "".join(f" {n}" for n in range(1, 60))]
     assert server.request_count("PATCH", EDIT) >= 8
+    assert server.rate_limited_count("PATCH", EDIT) == 7
 
 
 # --- Discord outages -----------------------------------------------------------------------------
@@ -273,3 +278,91 @@ async def test_messages_of_only_a_sticker_or_an_embed_reach_the_prompt(world: Wo
     assert context_to_messages(history, world.client.user) == [
         {"role": "user", "content": "alice: [sticker: Wave]\nbob: [embed: Build #12 passed]"},
     ]
+
+
+# --- the bot-wide request budget ---------------------------------------------------------------
+
+TYPING = "/channels/{channel_id}/typing"
+CHANNELS = 200
+RATE = 40
+
+
+def _script(channel_id: int) -> list[str]:
+    """The deltas of the reply in a channel: a few words, different in every channel."""
+    return [
+        f"Reply for {channel_id}:",
+        " streamed",
+        " in",
+        " six",
+        " short",
+        f" parts {channel_id}.",
+    ]
+
+
+class Streaming(Genbot):
+    """A bot whose every reply streams from a generator of deltas over about 3 s, with the
+    budget of a bot process (a fresh one, so other tests' requests do not count)."""
+
+    def __init__(self, budget: RequestBudget, **kwargs: Any) -> None:
+        super().__init__(**FAST, **kwargs)
+        self.budget = budget
+        self.pacer = ChannelPacer()
+        self.finished: list[int] = []
+        self.failures: list[BaseException] = []
+        self.all_done = asyncio.Event()
+
+    async def attend(self, channel: discord.abc.Messageable) -> None:
+        key = getattr(channel, "id", 0)
+        try:
+            await stream_reply(
+                channel, self.deltas(key), interval=1.0, pacer=self.pacer, budget=self.budget
+            )
+        except BaseException as exc:
+            self.failures.append(exc)
+            raise
+        else:
+            self.finished.append(key)
+        finally:
+            if len(self.finished) + len(self.failures) == CHANNELS:
+                self.all_done.set()
+
+    async def deltas(self, channel_id: int) -> AsyncIterator[str]:
+        for delta in _script(channel_id):
+            await asyncio.sleep(0.5)  # the generation's pace, the first token's included
+            yield delta
+
+
+def _most_in_a_second(times: list[float]) -> int:
+    """The most of `times` (seconds) that fall in one 1-second window."""
+    times = sorted(times)
+    most, start = 0, 0
+    for end, time in enumerate(times):
+        while time - times[start] >= 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+async def test_200_channels_streaming_at_once_keep_to_the_budget() -> None:
+    budget = RequestBudget(rate=RATE)
+    async with DiscordServer() as server:
+        guild = server.create_guild("Busy")
+        alice = server.create_user("alice")
+        server.add_member(guild, alice)
+        fakes = [server.create_channel(guild, f"room-{n}") for n in range(CHANNELS)]
+        bot = Streaming(budget, channels=[fake.id for fake in fakes], sync_commands=False)
+        async with run_bot(bot, server):
+            await asyncio.gather(*(server.send_message(f, alice, "Talk to me") for f in fakes))
+            await asyncio.wait_for(bot.all_done.wait(), 120)
+        assert bot.failures == []
+        for fake in fakes:
+            assert [m["content"] for m in server.bot_messages(fake)] == ["".join(_script(fake.id))]
+        # every request the replies made, as the server saw them arrive
+        writes = server.request_times("POST", CREATE) + server.request_times("PATCH", EDIT)
+        writes += server.request_times("POST", TYPING)
+        assert server.request_count("POST", CREATE) == CHANNELS  # one message each, no retry
+        assert server.request_count("POST", TYPING) > 0  # typing showed: it counts below too
+        assert _most_in_a_second(writes) <= RATE
+        for method, route in (("POST", CREATE), ("PATCH", EDIT), ("POST", TYPING)):
+            assert server.rate_limited_count(method, route) == 0
+        assert budget.active == 0  # every channel stopped counting as streaming

@@ -22,7 +22,7 @@ from genbot.bot import Genbot, _bounded_in_thread
 from genbot.context import Context
 from genbot.gatekeeping import gatekeep
 from genbot.models import ChatRequest, GenerationSettings
-from genbot.output import SAFE_MENTIONS, keep_typing, stream_reply
+from genbot.output import SAFE_MENTIONS, keep_typing, shared_budget, stream_reply
 from genbot.prompt import context_to_messages
 from genbot.reload import Changes, ReloadError, compare
 from genbot.settings import Settings, SettingsError
@@ -361,6 +361,7 @@ class ChatBot(Genbot):
                 placeholder=placeholder,
                 interval=self.settings.edit_interval,
                 timeout=self.settings.stall_timeout,
+                budget=shared_budget(self.settings.discord_requests_per_second),
             )
         except asyncio.TimeoutError:  # the reply already shows its note; no traceback needed
             _log.warning(

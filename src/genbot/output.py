@@ -3,7 +3,8 @@
 A streamed reply is one message edited in place as text arrives, continued in new messages past
 Discord's 2000 characters. The pieces are plain and testable without Discord: :func:`split_message`
 decides the messages, :func:`plan_writes` the requests that bring the shown messages up to date,
-:class:`ChannelPacer` when a channel may be edited next, :class:`RetryBudget` when a failing write
+:class:`ChannelPacer` when a channel may be edited next, :class:`RequestBudget` when a request
+may go within the bot-wide budget of Discord requests, :class:`RetryBudget` when a failing write
 is tried again, :func:`is_visible` whether a text shows anything, and :func:`final_text` what a
 reply finally shows for each outcome. :func:`stream_reply` puts them together.
 """
@@ -12,11 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
+import heapq
 import logging
+import math
 import re
 import secrets
 import time
 import unicodedata
+from collections import Counter, deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,18 +29,23 @@ import aiohttp
 import discord
 
 __all__ = [
+    "BUDGET",
     "DEFAULT_EMPTY_TEXT",
     "DEFAULT_ERROR_TEXT",
+    "DEFAULT_REQUESTS_PER_SECOND",
     "DEFAULT_STALL_TEXT",
     "MESSAGE_LIMIT",
     "SAFE_MENTIONS",
     "ChannelPacer",
+    "RequestBudget",
     "RetryBudget",
+    "Ticket",
     "Write",
     "final_text",
     "is_visible",
     "keep_typing",
     "plan_writes",
+    "shared_budget",
     "split_message",
     "stream_reply",
 ]
@@ -314,6 +324,254 @@ class ChannelPacer:
 #: The pacer shared by every streamed reply of the process.
 PACER = ChannelPacer()
 
+
+# --------------------------------------------------------------------------------------------
+# The bot-wide request budget
+
+#: Discord's global limit is about 50 requests per second for a bot; the default keeps room for
+#: the requests that do not go through the budget (reading history, typing, commands).
+DEFAULT_REQUESTS_PER_SECOND = 40
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request waiting for, or holding, a turn of a :class:`RequestBudget`.
+
+    `rank` orders the waiting tickets (lower first): the time the reply last wrote, or minus
+    infinity for a reply's first write. `seq` keeps the order of asking among equal ranks.
+    """
+
+    rank: float
+    seq: int
+    granted: bool = False
+    withdrawn: bool = False
+
+
+class RequestBudget:
+    """One budget of Discord requests for the whole process, shared fairly by streamed replies.
+
+    At most `rate` requests are under way or finished less than `window` seconds ago: a turn is
+    taken when its request starts and given back `window` seconds after it ends. However long a
+    request travels, so Discord never sees more than `rate` of them in any `window`; only a
+    retry that discord.py makes inside one call (after a 429 or a 5xx) is an extra request
+    within the same turn.
+
+    Waiting tickets are granted least recently served first: a reply's first write (which shows
+    the user that an answer is coming) before every edit, then the reply that has waited longest
+    since its previous write. A waiting ticket is passed at most once by each other reply, so
+    with `n` replies it is granted within ``ceil(n / rate) * (window + the longest request)``
+    seconds: nobody starves. The channels streaming at once (:meth:`open`, :meth:`close`) set
+    the pace (:meth:`interval`): each edits at most once every ``active / rate * window``
+    seconds, so together they ask for no more than the budget.
+
+    The bookkeeping (:meth:`ask`, :meth:`grant`, :meth:`wait`, :meth:`done`, :meth:`withdraw`) is
+    pure over `clock`; :meth:`turn` is the asyncio wiring around it.
+
+    Parameters
+    ----------
+    rate: requests per `window`, at least 1.
+    window: seconds, more than 0.
+    clock: the time in seconds (default :func:`time.monotonic`).
+
+    Raises
+    ------
+    ValueError: a `rate` below 1 or a `window` not above 0.
+    """
+
+    def __init__(
+        self,
+        rate: int = DEFAULT_REQUESTS_PER_SECOND,
+        window: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if window <= 0:
+            raise ValueError(f"window must be more than 0 seconds, got {window}")
+        self.window = window
+        self.rate = rate  # checked by the setter
+        self._clock = clock
+        self._waiting: list[tuple[float, int, Ticket]] = []
+        self._seq = 0
+        self._busy = 0
+        self._cooling: deque[float] = deque()  # when given-back turns free, oldest first
+        self._channels: Counter[int] = Counter()
+        self._futures: dict[Ticket, asyncio.Future[None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def rate(self) -> int:
+        """Requests per window; may be changed at any time (:func:`shared_budget`)."""
+        return self._rate
+
+    @rate.setter
+    def rate(self, rate: int) -> None:
+        if not isinstance(rate, int) or rate < 1:
+            raise ValueError(f"rate must be a whole number of requests of at least 1, got {rate}")
+        self._rate = rate
+
+    def now(self) -> float:
+        return self._clock()
+
+    # -- the channels streaming ----------------------------------------------------------------
+
+    def open(self, channel_id: int) -> None:
+        """A reply starts streaming in the channel."""
+        self._channels[channel_id] += 1
+
+    def close(self, channel_id: int) -> None:
+        """A reply in the channel is done (every :meth:`open` gets one)."""
+        self._channels[channel_id] -= 1
+        if self._channels[channel_id] <= 0:
+            del self._channels[channel_id]
+
+    @property
+    def active(self) -> int:
+        """How many channels have a reply streaming."""
+        return len(self._channels)
+
+    def interval(self, least: float) -> float:
+        """Seconds between two edits of a channel: `least`, or more when the channels streaming
+        would together ask for more than the budget."""
+        return max(least, self.active * self.window / self._rate)
+
+    # -- turns: pure bookkeeping ---------------------------------------------------------------
+
+    def ask(self, since: float | None = None) -> Ticket:
+        """Queue a request of a reply that last wrote at `since` (``None``: its first write)."""
+        self._seq += 1
+        ticket = Ticket(-math.inf if since is None else since, self._seq)
+        heapq.heappush(self._waiting, (ticket.rank, ticket.seq, ticket))
+        return ticket
+
+    def withdraw(self, ticket: Ticket) -> None:
+        """Take back a ticket that is no longer wanted: out of the queue if it waits, its turn
+        given back at once (it was not used) if it was granted."""
+        if ticket.withdrawn:
+            return
+        ticket.withdrawn = True
+        if ticket.granted:
+            self._busy -= 1
+
+    def done(self, ticket: Ticket) -> None:
+        """The request of a granted ticket has ended; its turn frees `window` seconds from now."""
+        if ticket.withdrawn or not ticket.granted:
+            return
+        ticket.withdrawn = True
+        self._busy -= 1
+        self._cooling.append(self._clock() + self.window)
+
+    def spare(self) -> bool:
+        """Whether a request may start now without making any waiting ticket wait longer."""
+        return not self._pending() and self.free() > 0
+
+    def _pending(self) -> bool:
+        """Whether tickets wait (dropping the withdrawn ones at the head of the queue)."""
+        while self._waiting and self._waiting[0][2].withdrawn:
+            heapq.heappop(self._waiting)
+        return bool(self._waiting)
+
+    def free(self) -> int:
+        """How many requests may start now."""
+        now = self._clock()
+        while self._cooling and self._cooling[0] <= now:
+            self._cooling.popleft()
+        return self._rate - self._busy - len(self._cooling)
+
+    def grant(self) -> list[Ticket]:
+        """Grant waiting tickets, best first, while the budget has room now; returns them."""
+        granted: list[Ticket] = []
+        free = self.free()
+        while free > 0 and self._waiting:
+            _, _, ticket = heapq.heappop(self._waiting)
+            if ticket.withdrawn:
+                continue
+            ticket.granted = True
+            self._busy += 1
+            free -= 1
+            granted.append(ticket)
+        return granted
+
+    def wait(self) -> float | None:
+        """Seconds until a waiting ticket can be granted: ``None`` when none waits or only the
+        end of a request under way (:meth:`done`) can make room."""
+        if not self._pending():
+            return None
+        if self.free() > 0:
+            return 0.0
+        excess = self._busy + len(self._cooling) - self._rate  # turns to free beyond one
+        if excess >= len(self._cooling):
+            return None
+        return max(0.0, self._cooling[excess] - self._clock())
+
+    # -- turns: the asyncio wiring -------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def turn(self, since: float | None = None) -> AsyncIterator[None]:
+        """Wait for a turn for one request, made inside the ``async with``.
+
+        Parameters
+        ----------
+        since: when the reply last wrote (``None``: this is its first write).
+        """
+        ticket = self.ask(since)
+        self._pump()
+        if not ticket.granted:
+            future = asyncio.get_running_loop().create_future()
+            self._futures[ticket] = future
+            try:
+                await future
+            except BaseException:  # cancelled while waiting (or just after the grant)
+                self._futures.pop(ticket, None)
+                self.withdraw(ticket)
+                self._pump()
+                raise
+        try:
+            yield
+        finally:
+            self.done(ticket)
+            self._pump()
+
+    def _pump(self) -> None:
+        """Wake the tickets that may go now, and set a timer for when the next may."""
+        granted = self.grant()
+        while granted:
+            for ticket in granted:
+                future = self._futures.pop(ticket, None)
+                if future is None:  # granted in turn() itself, which goes on at once
+                    continue
+                if future.done() or future.get_loop().is_closed():  # its waiter is gone
+                    self.withdraw(ticket)
+                else:
+                    future.set_result(None)
+            granted = self.grant()  # turns a gone waiter gave back
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        delay = self.wait()
+        if delay is not None:
+            self._timer = asyncio.get_running_loop().call_later(delay, self._pump)
+
+
+#: The budget shared by every streamed reply of the process.
+BUDGET = RequestBudget()
+
+
+def shared_budget(rate: int) -> RequestBudget:
+    """The process's budget (:data:`BUDGET`), set to `rate` requests per second.
+
+    Parameters
+    ----------
+    rate: requests per second, at least 1.
+
+    Raises
+    ------
+    ValueError: a `rate` below 1.
+    """
+    if BUDGET.rate != rate:
+        _log.info("Discord request budget: %d requests per second", rate)
+        BUDGET.rate = rate
+    return BUDGET
+
+
 # --------------------------------------------------------------------------------------------
 # Retrying writes
 
@@ -423,17 +681,21 @@ class _ReplyWriter:
         interval: float,
         pacer: ChannelPacer,
         retry_budget: float,
+        budget: RequestBudget,
     ) -> None:
         self._channel = channel
         self._reference = reference
         self._interval = interval
         self._pacer = pacer
+        self._budget = budget
         self._retry = RetryBudget(retry_budget, first=interval, cap=_BACKOFF_CAP)
         # Key the pacer by the channel (a commands.Context is Messageable through its channel).
         self._key = getattr(getattr(channel, "channel", channel), "id", id(channel))
         self._text = ""
         self._final = False
         self._wrote = False
+        self._served: float | None = None  # when the reply last wrote: its rank in the budget
+        self._streaming = False
         self._backoff = 0.0
         self._wake = asyncio.Event()
         self.messages: list[discord.Message] = [] if placeholder is None else [placeholder]
@@ -444,9 +706,18 @@ class _ReplyWriter:
         self.task = asyncio.create_task(self._run())
 
     def update(self, text: str, *, final: bool = False) -> None:
+        if not self._streaming:  # the channel counts as streaming from the first text on
+            self._streaming = True
+            self._budget.open(self._key)
         self._text = text
         self._final = final
         self._wake.set()
+
+    def close(self) -> None:
+        """The reply is over: its channel no longer counts as streaming for it."""
+        if self._streaming:
+            self._streaming = False
+            self._budget.close(self._key)
 
     @property
     def text(self) -> str:
@@ -460,16 +731,11 @@ class _ReplyWriter:
                 if self._final:
                     return
                 continue
-            delay = self._pacer.reserve(self._key, self._interval)
+            delay = self._pacer.reserve(self._key, self._budget.interval(self._interval))
             if self._wrote or self._retry.failing:  # the first write goes at once
                 await asyncio.sleep(max(delay, self._backoff))
-            # Everything that arrived while waiting is written at once: that is the coalescing.
             try:
-                for write in plan_writes(self._text, self.shown, final=self._final):
-                    timeout = _REQUEST_TIMEOUT
-                    if self._retry.failing:
-                        timeout = min(timeout, max(self._retry.remaining(), _MIN_REQUEST_TIMEOUT))
-                    await asyncio.wait_for(self._apply(write), timeout)
+                await self._flush()
                 self._retry.succeeded()
                 self._backoff = 0.0
             except Exception as exc:
@@ -499,17 +765,50 @@ class _ReplyWriter:
             max(missing, 0),
         )
 
+    async def _flush(self) -> None:
+        """Bring the messages up to the newest text: each request in its own turn of the budget.
+
+        The writes are planned once the turn is granted, so everything that arrived while
+        waiting is written at once: that is the coalescing. A flush makes at most the writes
+        planned when it began; what is needed past those waits for the channel's next turn.
+        """
+        since = self._served
+        for _ in range(len(plan_writes(self._text, self.shown, final=self._final))):
+            if self._tried:  # a create failed: did Discord carry it out after all?
+                async with self._budget.turn(since):
+                    await asyncio.wait_for(self._recover_send(), self._timeout())
+            if not plan_writes(self._text, self.shown, final=self._final):
+                break  # the lost create was found and shows the text
+            async with self._budget.turn(since):
+                writes = plan_writes(self._text, self.shown, final=self._final)
+                if not writes:
+                    break
+                await asyncio.wait_for(self._apply(writes[0]), self._timeout())
+        self._served = self._budget.now()
+
+    def _timeout(self) -> float:
+        """The bound on one request: shorter while failing, so the retry budget holds."""
+        if not self._retry.failing:
+            return _REQUEST_TIMEOUT
+        return min(_REQUEST_TIMEOUT, max(self._retry.remaining(), _MIN_REQUEST_TIMEOUT))
+
+    async def _recover_send(self) -> None:
+        """Continue the message a failed create made after all, if the channel shows it."""
+        message = await self._find_lost_send()
+        if message is not None:
+            self._add(message)
+
+    def _add(self, message: discord.Message) -> None:
+        self.messages.append(message)
+        self.shown.append(message.content)
+        self._nonce, self._tried = secrets.randbits(63), []
+
     async def _apply(self, write: Write) -> None:
+        """Make one request: create message `write.index`, or edit it."""
         self._wrote = True
         if write.new:
-            message = await self._find_lost_send() if self._tried else None
-            if message is None:
-                message = await self._send(write.content)
-            self.messages.append(message)
-            self.shown.append(message.content)
-            self._nonce, self._tried = secrets.randbits(63), []
-            if message.content == write.content:
-                return
+            self._add(await self._send(write.content))
+            return
         message = await self.messages[write.index].edit(
             content=write.content, allowed_mentions=SAFE_MENTIONS
         )
@@ -556,11 +855,35 @@ def _replies_to(message: discord.Message, reference: discord.abc.Snowflake) -> b
     return message.reference is not None and message.reference.message_id == reference.id
 
 
-async def keep_typing(channel: discord.abc.Messageable) -> None:
-    """Show the typing indicator in `channel` until cancelled; a failure only logs."""
+#: Seconds between two typing requests (Discord shows the indicator for 10 s after each).
+_TYPING_EVERY = 5.0
+#: Seconds before a typing request the budget could not spare is looked at again.
+_TYPING_RETRY = 0.5
+
+
+async def keep_typing(
+    channel: discord.abc.Messageable, budget: RequestBudget | None = None
+) -> None:
+    """Show the typing indicator in `channel` until cancelled; a failure only logs.
+
+    Parameters
+    ----------
+    channel: where to show it.
+    budget: when given, a typing request (one every 5 s) is sent only when the budget has a
+        turn to spare at that moment, so typing never delays a reply's writes nor crowds out
+        another reply; without one it is looked at again half a second later.
+    """
     try:
-        async with channel.typing():
-            await asyncio.Event().wait()
+        if budget is None:
+            async with channel.typing():
+                await asyncio.Event().wait()
+        while budget is not None:
+            if not budget.spare():
+                await asyncio.sleep(_TYPING_RETRY)
+                continue
+            async with budget.turn(math.inf):
+                await channel.typing()
+            await asyncio.sleep(_TYPING_EVERY)
     except Exception as exc:  # a missing typing indicator is no reason to fail a reply
         _log.debug("typing indicator failed: %r", exc)
 
@@ -624,6 +947,7 @@ async def stream_reply(
     timeout: float | None = 60.0,
     retry_budget: float = 60.0,
     pacer: ChannelPacer = PACER,
+    budget: RequestBudget = BUDGET,
 ) -> list[discord.Message]:
     """Stream the text `deltas` into `channel` as a message edited in place; return the messages.
 
@@ -633,6 +957,12 @@ async def stream_reply(
     one per channel per `interval` seconds, shared with other replies in the same channel. The
     final text is always written; past 2000 characters the reply continues in new messages (see
     :func:`split_message`). Every message allows only :data:`SAFE_MENTIONS`.
+
+    Every create and edit (and the history check below) takes a turn of `budget`, the bot-wide
+    budget of Discord requests (:class:`RequestBudget`): a reply's first message goes before
+    the edits of other replies, and when more channels stream than the budget allows at
+    `interval`, each channel's edits are spaced further apart (``channels / rate`` seconds).
+    The typing indicator takes only turns the budget can spare (see :func:`keep_typing`).
 
     Every reply has a visible outcome: if `deltas` raises, or yields nothing for `timeout`
     seconds (the stall timeout, ``None``: no bound), the text so far is kept and a note in
@@ -660,6 +990,7 @@ async def stream_reply(
     timeout: the most seconds to wait for each delta (the first included).
     retry_budget: the most seconds writes may fail in a row before the reply gives up.
     pacer: the pacer that spaces the edits of each channel.
+    budget: the budget of Discord requests shared by every reply of the process.
 
     Raises
     ------
@@ -669,8 +1000,8 @@ async def stream_reply(
     If the caller cancels, the messages stay as they were last written.
     """
     iterator: AsyncIterator[str] = aiter(deltas)
-    writer = _ReplyWriter(channel, reference, placeholder, interval, pacer, retry_budget)
-    typing = asyncio.create_task(keep_typing(channel))
+    writer = _ReplyWriter(channel, reference, placeholder, interval, pacer, retry_budget, budget)
+    typing = asyncio.create_task(keep_typing(channel, budget))
     text = ""
     failure: Exception | None = None
     try:
@@ -706,6 +1037,7 @@ async def stream_reply(
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        writer.close()
     if failure is not None:
         raise failure
     return writer.messages

@@ -281,6 +281,13 @@ class Settings:
         "backend); past it the request is closed and the reply ends with a note. (0, 86400].",
         check=_between(0, 86400, low_open=True),
     )
+    discord_requests_per_second: int = setting(
+        40,
+        "Budget of Discord requests per second for the replies of the whole bot process, "
+        "shared fairly by the channels streaming (each edits less often as more stream); 1 to "
+        "1000. Discord allows a bot about 50 in all.",
+        check=_between(1, 1000),
+    )
 
     # -- loading -----------------------------------------------------------------------------
 

@@ -112,12 +112,15 @@ class RequestLedger:
         self.limit = limit
         self.window = window
         self.counts: Counter[RouteKey] = Counter()
+        self.times: dict[RouteKey, list[float]] = {}  # arrivals, time.monotonic()
+        self.too_many: Counter[RouteKey] = Counter()  # requests answered 429
         self.faults = FaultPlan()
         self._forced_429: dict[RouteKey, list[float]] = {}
         self._windows: dict[BucketKey, tuple[float, int]] = {}
 
     def record(self, key: RouteKey) -> None:
         self.counts[key] += 1
+        self.times.setdefault(key, []).append(time.monotonic())
 
     def count(self, key: RouteKey) -> int:
         return self.counts[key]

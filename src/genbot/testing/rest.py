@@ -67,10 +67,11 @@ def middleware(state: ServerState) -> Any:
         major = next(iter(request.match_info.values()), "")
         used, reset_after = ledger.consume((request.method, route, major))
         retry_after = ledger.take_rate_limit(key)
+        if retry_after is None and used > ledger.limit:
+            retry_after = reset_after
         if retry_after is not None:
+            ledger.too_many[key] += 1
             return _too_many_requests(state, bucket, retry_after)
-        if used > ledger.limit:
-            return _too_many_requests(state, bucket, reset_after)
         token_free = route.startswith(("/interactions/", "/webhooks/"))
         if not token_free and request.headers.get("Authorization") != f"Bot {state.token}":
             return json_response({"message": "401: Unauthorized", "code": 0}, 401)

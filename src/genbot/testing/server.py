@@ -347,6 +347,15 @@ class DiscordServer:
         (rate-limited and failed attempts included)."""
         return self.state.requests.count((method.upper(), route))
 
+    def request_times(self, method: str, route: str) -> list[float]:
+        """When each REST request to a route template arrived (``time.monotonic()``), oldest
+        first; rate-limited and failed attempts included."""
+        return list(self.state.requests.times.get((method.upper(), route), []))
+
+    def rate_limited_count(self, method: str, route: str) -> int:
+        """REST requests to a route template answered 429 Too Many Requests."""
+        return self.state.requests.too_many[(method.upper(), route)]
+
     def rate_limit(
         self, method: str, route: str, *, times: int = 1, retry_after: float = 0.2
     ) -> None:
