@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import re
 import signal
 from collections.abc import Callable, Coroutine
