@@ -38,6 +38,7 @@ from .models import (
     FakeUser,
     Snowflakes,
 )
+from .sharding import IDENTIFY_INTERVAL, SessionStartLimit, shard_of
 from .state import ServerState
 
 __all__ = ["DiscordServer", "FakeInteraction", "run_bot"]
@@ -64,6 +65,14 @@ class DiscordServer:
     with the members, presences and message-content switches off. `heartbeat_interval` is in
     seconds, as HELLO announces it.
 
+    Sharding works as on Discord: ``/gateway/bot`` recommends `shard_count` shards and reports
+    the session start limit (`session_start_total` IDENTIFYs, ``remaining`` counting down, and
+    `max_concurrency`); an IDENTIFY carries ``shard: [id, count]`` and its session gets only the
+    guilds and events of guilds with ``(guild_id >> 22) % count == id``, DMs going to shard 0.
+    A second IDENTIFY in the same bucket (``shard_id % max_concurrency``) within
+    `identify_interval` seconds (Discord: 5) is refused with Invalid Session (op 9) and recorded
+    in `refused_identifies`. `create_guild` can place a guild on a chosen shard.
+
     Everything the server knows is in `state` (a `ServerState`), which the REST, gateway and
     interaction handlers share; the methods here are the test-facing layer over it.
     """
@@ -76,6 +85,10 @@ class DiscordServer:
         ratelimit_limit: int = 50,
         ratelimit_window: float = 1.0,
         privileged_intents: bool = True,
+        shard_count: int = 1,
+        max_concurrency: int = 1,
+        session_start_total: int = 1000,
+        identify_interval: float = IDENTIFY_INTERVAL,
     ) -> None:
         self.state = ServerState(
             bot_name=bot_name,
@@ -83,6 +96,12 @@ class DiscordServer:
             ratelimit_limit=ratelimit_limit,
             ratelimit_window=ratelimit_window,
             privileged_intents=privileged_intents,
+            shard_count=shard_count,
+            session_start_limit=SessionStartLimit(
+                total=session_start_total,
+                max_concurrency=max_concurrency,
+                interval=identify_interval,
+            ),
         )
         self._runner: web.AppRunner | None = None
         self._saved: tuple[str, yarl.URL] | None = None
@@ -155,6 +174,31 @@ class DiscordServer:
     def gateway_queries(self) -> list[dict[str, str]]:
         """The query of each gateway connection, oldest first (v, encoding, compress)."""
         return self.state.gateway_queries
+
+    @property
+    def shard_count(self) -> int:
+        """The shard count ``/gateway/bot`` recommends, and `create_guild`'s ``shard`` counts in."""
+        return self.state.shard_count
+
+    @property
+    def session_start_limit(self) -> SessionStartLimit:
+        return self.state.session_start_limit
+
+    @property
+    def refused_identifies(self) -> list[tuple[int, int] | None]:
+        """The ``(shard_id, shard_count)`` (``None``: unsharded) of each IDENTIFY refused for
+        coming too soon after another of its bucket, or with no session starts left."""
+        return self.state.refused_identifies
+
+    def shard_of(self, guild: FakeGuild | None) -> int:
+        """The shard (of `shard_count`) that gets the guild's events; 0 for a DM (``None``)."""
+        return shard_of(None if guild is None else guild.id, self.shard_count)
+
+    def ready_shards(self) -> list[tuple[int, int] | None]:
+        """The shard of each connected session that got its READY and GUILD_CREATEs, sorted
+        (``None``, unsharded, first)."""
+        shards = [s.shard for s in self.state.sessions.values() if s.ready and s.connection]
+        return sorted(shards, key=lambda shard: (-1, 0) if shard is None else shard)
 
     @property
     def port(self) -> int:
@@ -239,13 +283,30 @@ class DiscordServer:
     def create_user(self, name: str, *, bot: bool = False) -> FakeUser:
         return self.state.add_user(FakeUser(self.snowflakes.next(), name, bot=bot))
 
-    def create_guild(self, name: str = "Guild", *, owner: FakeUser | None = None) -> FakeGuild:
+    def create_guild(
+        self, name: str = "Guild", *, owner: FakeUser | None = None, shard: int | None = None
+    ) -> FakeGuild:
         """A guild with its @everyone role, the owner and the bot as members. A connected bot
         gets its GUILD_CREATE (``on_guild_join``), as when a bot is added to a guild; what is
         added to the guild afterwards must be announced like in any guild (`announce_channel`).
+
+        Parameters
+        ----------
+        shard:
+            Place the guild on this shard of `shard_count`: its id is picked so that
+            ``(id >> 22) % shard_count == shard``. ``None``: wherever its id falls.
+
+        Raises
+        ------
+        ValueError
+            `shard` is not one of the `shard_count` shards.
         """
+        if shard is None:
+            guild_id = self.snowflakes.next()
+        else:
+            guild_id = self.snowflakes.next_on_shard(shard, self.shard_count)
         owner = owner or self.create_user(f"{name}-owner")
-        guild = FakeGuild(self.snowflakes.next(), name, owner.id)
+        guild = FakeGuild(guild_id, name, owner.id)
         guild.roles[guild.id] = FakeRole(guild.id, "@everyone", guild.id, 0, EVERYONE_PERMISSIONS)
         for user in (owner, self.bot_user):
             guild.members[user.id] = FakeMember(user, guild.id)
