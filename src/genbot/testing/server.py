@@ -201,6 +201,16 @@ class DiscordServer:
         return sorted(shards, key=lambda shard: (-1, 0) if shard is None else shard)
 
     @property
+    def env(self) -> dict[str, str]:
+        """What a bot process started with `genbot.testing.launch` needs to reach this server:
+        its two addresses and ``DISCORD_TOKEN``."""
+        return {
+            "LOOPBACK_DISCORD_API": self.api_url,
+            "LOOPBACK_DISCORD_GATEWAY": self.gateway_url,
+            "DISCORD_TOKEN": self.token,
+        }
+
+    @property
     def port(self) -> int:
         return self.state.port
 
@@ -626,14 +636,21 @@ class DiscordServer:
         await self.state.dispatch("INTERACTION_CREATE", interaction.payload)
         return interaction
 
-    async def drop_connections(self, *, resumable: bool = True) -> None:
+    async def drop_connections(
+        self, *, resumable: bool = True, shard: tuple[int, int] | None = None
+    ) -> None:
         """Close every gateway websocket, as a network failure would. The clients reconnect and
         RESUME (getting the events dispatched meanwhile); with ``resumable=False`` their sessions
-        are forgotten first, so the RESUME is answered INVALID_SESSION and they identify anew."""
+        are forgotten first, so the RESUME is answered INVALID_SESSION and they identify anew.
+        `shard` (``(shard_id, shard_count)``) drops only the sessions of that shard."""
+        sessions = [s for s in self.state.sessions.values() if shard is None or s.shard == shard]
+        connections = [s.connection for s in sessions if s.connection is not None]
+        if shard is None:
+            connections = list(self.state.connections)
         if not resumable:
-            for session_id in list(self.state.sessions):
-                self.state.end_session(session_id)
-        for connection in list(self.state.connections):
+            for session in sessions:
+                self.state.end_session(session.id)
+        for connection in connections:
             await connection.close(4000, b"dropped by the test")
         self.state.changed()
 
