@@ -194,7 +194,19 @@ def _chat_bot(settings: Settings) -> ChatBot:
             except (StreamError, TimeoutError) as error:
                 raise ModelUnavailable(model_problem(self.settings, error)) from error
 
-    return CommandChatBot(settings)
+    return CommandChatBot(settings, **shard_options(settings))
+
+
+def shard_options(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments of :class:`genbot.Genbot` that the sharding settings ask for
+    (none when unsharded and without an identify lock)."""
+    options: dict[str, Any] = {}
+    if settings.shard_count:
+        options["shard_count"] = settings.shard_count
+        options["shard_ids"] = list(settings.shard_ids) or None
+    if settings.cluster_redis:
+        options["cluster_redis"] = settings.cluster_redis
+    return options
 
 
 def _explained(
