@@ -19,7 +19,9 @@ import pytest
 
 import genbot
 from genbot.bot import ShardedGenbot
+from genbot.chatbot import ChatBot
 from genbot.cluster import RedisIdentifyLock, check_shards, shard_of, syncs_commands
+from genbot.settings import Settings
 from genbot.testing import DiscordServer, FakeChannel, FakeUser, run_bot
 from genbot.testing.launch import command
 from sharded_echo_bot import EchoBot
@@ -65,6 +67,22 @@ def test_asking_for_shards_makes_any_subclass_auto_sharded() -> None:
     assert (bot.shard_count, bot.shard_ids) == (3, [2])
     assert type(EchoBot(shard_count=2)) is type(bot)  # one class per subclass
     assert type(genbot.Genbot(shard_count=2)) is ShardedGenbot
+
+
+def test_the_settings_of_genbot_run_make_a_sharded_bot() -> None:
+    from genbot.cli import _chat_bot, shard_options
+
+    assert shard_options(Settings(backend="openai")) == {}
+    url = "redis://127.0.0.1:1/0"
+    overrides = {"backend": "openai", "shard_count": "3", "shard_ids": "2,0", "cluster_redis": url}
+    settings = Settings.load(None, overrides=overrides)
+    assert shard_options(settings) == {"shard_count": 3, "shard_ids": [2, 0], "cluster_redis": url}
+    bot = _chat_bot(settings)
+    assert isinstance(bot, ShardedGenbot) and isinstance(bot, ChatBot)
+    assert (bot.shard_count, bot.shard_ids) == (3, [0, 2])
+    assert bot.identify_lock is not None and bot.identify_lock.url == url
+    every = _chat_bot(Settings.load(None, overrides={"backend": "openai", "shard_count": "2"}))
+    assert isinstance(every, ShardedGenbot) and every.shard_ids is None
 
 
 # -- in one process ----------------------------------------------------------------------------

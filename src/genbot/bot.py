@@ -556,7 +556,7 @@ def sharded_class(cls: type[G]) -> type[G]:
         return ShardedGenbot  # type: ignore[return-value]  # Genbot itself
     made = _SHARDED.get(cls)
     if made is None:
-        namespace = {"__module__": cls.__module__, "__qualname__": f"Sharded{cls.__qualname__}"}
+        namespace = {"__module__": cls.__module__, "__qualname__": f"Sharded{cls.__name__}"}
         made = _SHARDED[cls] = type(f"Sharded{cls.__name__}", (cls, ShardedGenbot), namespace)
     return made  # type: ignore[return-value]  # a subclass of cls
 
