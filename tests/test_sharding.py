@@ -20,7 +20,13 @@ import pytest
 import genbot
 from genbot.bot import ShardedGenbot
 from genbot.chatbot import ChatBot
-from genbot.cluster import RedisIdentifyLock, check_shards, shard_of, syncs_commands
+from genbot.cluster import (
+    RedisIdentifyLock,
+    check_shards,
+    identify_in_turn,
+    shard_of,
+    syncs_commands,
+)
 from genbot.settings import Settings
 from genbot.testing import DiscordServer, FakeChannel, FakeUser, run_bot
 from genbot.testing.launch import command
@@ -213,6 +219,23 @@ async def test_the_lock_spaces_identifies_of_a_bucket(redis_url: str) -> None:
     finally:
         await one.close()
         await two.close()
+
+
+async def test_an_unreachable_redis_falls_back_to_discord_py_spacing() -> None:
+    lock = RedisIdentifyLock(f"redis://127.0.0.1:{free_port()}/0")
+    fell_back = asyncio.Event()
+
+    async def concurrency() -> int:
+        return 1
+
+    async def fallback() -> None:
+        fell_back.set()
+
+    try:
+        await identify_in_turn(lock, "token", 0, concurrency, fallback)
+    finally:
+        await lock.close()
+    assert fell_back.is_set()
 
 
 async def test_two_bots_with_the_lock_start_without_a_refused_identify(redis_url: str) -> None:

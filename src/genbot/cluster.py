@@ -20,7 +20,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -29,6 +29,7 @@ __all__ = [
     "IDENTIFY_WINDOW",
     "RedisIdentifyLock",
     "check_shards",
+    "identify_in_turn",
     "shard_of",
     "syncs_commands",
 ]
@@ -209,11 +210,3 @@ def _redis_error() -> type[Exception]:
     except ImportError:  # pragma: no cover
         return OSError
     return RedisError
-
-
-def describe(shard_count: int | None, shard_ids: Sequence[int] | None) -> str:
-    """A line for the log: which shards this process runs."""
-    if shard_count is None:
-        return "shards: as Discord recommends"
-    ids: Any = "all" if shard_ids is None else ", ".join(map(str, shard_ids))
-    return f"shards {ids} of {shard_count}"
