@@ -121,14 +121,20 @@ def sharded_world(server: DiscordServer) -> tuple[list[FakeChannel], FakeUser]:
 
 
 async def test_one_process_runs_every_shard_and_a_shards_reconnect_clears_only_its_cache() -> None:
-    async with DiscordServer(shard_count=2) as server:
+    async with DiscordServer(shard_count=2, heartbeat_interval=2.0) as server:
         (on0, on1, dm), alice = sharded_world(server)
+        server.delay_heartbeat_acks((1, 2), 1.0)  # shard 1 is on a slow link
         bot = EchoBot(shard_count=2)
         async with run_bot(bot, server, timeout=20):
             assert sorted(bot.shards) == [0, 1]
             assert server.ready_shards() == [(0, 2), (1, 2)]
             assert server.refused_identifies == []  # discord.py spaced its own two IDENTIFYs
             assert {c["name"] for c in server.commands()} >= {"ping", "reset", "shutdown"}
+            # /ping tells the latency of the shard it came on (not the average over shards).
+            await server.wait_for(lambda: server.heartbeat_acks((1, 2)) >= 1, timeout=15)
+            pinged = await server.invoke_command(on1, alice, "ping")
+            answer = (await pinged.wait_response())["content"]
+            assert answer.startswith("Pong! (") and float(answer[7:].split()[0]) >= 1000, answer
             for channel in (on0, on1, dm):
                 await echoed(server, channel, alice, f"hi {channel.name or 'dm'}")
             cached = {c.id: {m.id for m in bot.message_cache.cached(c.id)} for c in (on0, on1, dm)}

@@ -181,8 +181,19 @@ async def handle_gateway(state: ServerState, request: web.Request) -> web.WebSoc
 async def _heartbeat(
     state: ServerState, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
-    connection.send({"op": HEARTBEAT_ACK})
+    shard = None if session is None else session.shard
+    delay = state.ack_delays.get(shard, 0.0) if session is not None else 0.0
+    if delay > 0:  # a slow link for this shard: the client measures `delay` s of latency
+        asyncio.get_running_loop().call_later(delay, _acknowledge, state, connection, shard)
+    else:
+        _acknowledge(state, connection, shard)
     return session
+
+
+def _acknowledge(state: ServerState, connection: Connection, shard: tuple[int, int] | None) -> None:
+    connection.send({"op": HEARTBEAT_ACK})
+    state.heartbeat_acks[shard] = state.heartbeat_acks.get(shard, 0) + 1
+    state.changed()
 
 
 async def _identify(

@@ -190,6 +190,26 @@ class DiscordServer:
         coming too soon after another of its bucket, or with no session starts left."""
         return self.state.refused_identifies
 
+    def delay_heartbeat_acks(self, shard: tuple[int, int] | None, seconds: float) -> None:
+        """Hold back each HEARTBEAT_ACK to identified sessions of `shard` (``(shard_id,
+        shard_count)``, ``None``: unsharded) by `seconds`, as a slow link would: the client
+        then measures that much latency for it (``0`` ends it). The first heartbeat, sent
+        before IDENTIFY, is answered at once.
+
+        Raises
+        ------
+        ValueError
+            A negative or non-finite `seconds`.
+        """
+        if not 0 <= seconds < float("inf"):
+            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+        self.state.ack_delays[shard] = seconds
+
+    def heartbeat_acks(self, shard: tuple[int, int] | None) -> int:
+        """How many HEARTBEAT_ACKs went to sessions of `shard` (``None``: unsharded sessions
+        and connections not identified yet)."""
+        return self.state.heartbeat_acks.get(shard, 0)
+
     def shard_of(self, guild: FakeGuild | None) -> int:
         """The shard (of `shard_count`) that gets the guild's events; 0 for a DM (``None``)."""
         return shard_of(None if guild is None else guild.id, self.shard_count)

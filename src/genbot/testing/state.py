@@ -104,6 +104,10 @@ class ServerState:
         self.shard_count = shard_count
         self.session_start_limit = session_start_limit or SessionStartLimit()
         self.refused_identifies: list[tuple[int, int] | None] = []
+        # Heartbeat ACKs by the shard of the session (None: unsharded or not identified yet),
+        # and seconds by which the ACKs of identified sessions of a shard are held back.
+        self.heartbeat_acks: dict[tuple[int, int] | None, int] = {}
+        self.ack_delays: dict[tuple[int, int] | None, float] = {}
         self.changes = Changes()
 
     # -- settings ------------------------------------------------------------------------------
