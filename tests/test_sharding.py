@@ -256,6 +256,21 @@ async def test_two_bots_with_the_lock_start_without_a_refused_identify(redis_url
                 await echoed(server, channel, alice, "hello")
 
 
+def test_the_launcher_refuses_what_is_not_a_loopback_server() -> None:
+    from genbot.testing import launch
+
+    with pytest.raises(SystemExit, match="usage"):
+        launch.main([], {})
+    with pytest.raises(SystemExit, match="set LOOPBACK_DISCORD_API and LOOPBACK_DISCORD_GATEWAY"):
+        launch.main(["genbot"], {})
+    remote = {
+        "LOOPBACK_DISCORD_API": "https://discord.com/api/v10",
+        "LOOPBACK_DISCORD_GATEWAY": "ws://127.0.0.1:1/gateway",
+    }
+    with pytest.raises(SystemExit, match=r"discord\.com/api/v10 is not a loopback address"):
+        launch.main(["genbot"], remote)
+
+
 # -- bot processes -----------------------------------------------------------------------------
 
 
