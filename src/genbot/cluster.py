@@ -192,13 +192,17 @@ async def identify_in_turn(
     shard_id:
         The shard about to IDENTIFY (0 when unsharded).
     max_concurrency:
-        Returns the bot's ``max_concurrency`` (from ``GET /gateway/bot``).
+        Returns the bot's ``max_concurrency`` (from ``GET /gateway/bot``); when it fails, 1.
     fallback:
         discord.py's default hook.
     """
     try:
-        bucket = shard_id % max(1, await max_concurrency())
-        await lock.acquire(token, bucket)
+        concurrency = await max_concurrency()
+    except Exception as error:  # one bucket for all shards is always safe
+        _log.warning("max_concurrency unknown (%s); counting 1", error or type(error).__name__)
+        concurrency = 1
+    try:
+        await lock.acquire(token, shard_id % max(1, concurrency))
     except (OSError, TimeoutError, _redis_error()) as error:
         _log.warning("identify lock unavailable (%s); spacing identifies locally", error)
         await fallback()
