@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 import discord
 from discord import app_commands
 
+from genbot import cluster
 from genbot.access import UNKNOWN_ROLES, Access, AccessList, AccessSpec, MemberRoles, Roles
 from genbot.commands import Texts, install_commands
 from genbot.context import Context, MessageCache
@@ -25,7 +26,7 @@ from genbot.wake import WakeRules, incoming
 if TYPE_CHECKING:
     from genbot.streaming import Streamer
 
-__all__ = ["Genbot", "default_intents"]
+__all__ = ["Genbot", "ShardedGenbot", "default_intents"]
 
 _log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ Channel = discord.abc.Messageable
 Where = discord.abc.Messageable | discord.abc.GuildChannel | None
 
 S = TypeVar("S", bound="Streamer")
+G = TypeVar("G", bound="Genbot")
 
 
 def default_intents() -> discord.Intents:
@@ -77,6 +79,15 @@ class Genbot(discord.Client):
     member_ttl:
         Seconds the roles of a member discord.py does not cache are trusted (see
         :meth:`may_chat`).
+    shard_count, shard_ids:
+        Run as discord.py's :class:`~discord.AutoShardedClient` (the bot is then a
+        :class:`ShardedGenbot`): ``shard_count`` shards in all, of which this process runs
+        ``shard_ids`` (default: all of them). Only the process holding shard 0 syncs the slash
+        commands. Without either, one unsharded connection.
+    cluster_redis:
+        A Redis URL: take a per-bucket identify lease there before each IDENTIFY (see
+        :class:`genbot.cluster.RedisIdentifyLock`), so processes starting together keep
+        Discord's identify rate limit. Needs ``genbot[cluster]``.
     intents:
         Default: :func:`default_intents`.
     client_kwargs:
@@ -87,13 +98,21 @@ class Genbot(discord.Client):
     ------
     TypeError, ValueError
         An access list that does not parse (the message names it), a negative
-        or non-finite ``shutdown_timeout``, or a ``member_ttl`` that is not a positive number.
+        or non-finite ``shutdown_timeout``, a ``member_ttl`` that is not a positive number, or
+        shard settings :func:`genbot.cluster.check_shards` refuses.
+    RuntimeError
+        ``cluster_redis`` without the ``redis`` package.
 
     What the built-in slash commands say is ``texts`` (a :class:`genbot.commands.Texts`):
     override it as a class attribute of a subclass.
     """
 
     texts: Texts = Texts()
+
+    def __new__(cls: type[G], *args: Any, **kwargs: Any) -> G:
+        # Asking for shards makes the bot (of any subclass) an AutoShardedClient too.
+        sharding = kwargs.get("shard_count") is not None or kwargs.get("shard_ids") is not None
+        return super().__new__(sharded_class(cls) if sharding else cls)
 
     def __init__(
         self,
@@ -109,6 +128,9 @@ class Genbot(discord.Client):
         streamers: Iterable[Streamer] = (),
         close_streamers: bool = True,
         member_ttl: float = 600.0,
+        shard_count: int | None = None,
+        shard_ids: list[int] | None = None,
+        cluster_redis: str | None = None,
         intents: discord.Intents | None = None,
         **client_kwargs: Any,
     ) -> None:
@@ -116,6 +138,9 @@ class Genbot(discord.Client):
             raise ValueError(f"shutdown_timeout must be >= 0 seconds, got {shutdown_timeout!r}")
         if not (math.isfinite(member_ttl) and member_ttl > 0):
             raise ValueError(f"member_ttl must be > 0 seconds, got {member_ttl!r}")
+        shard_ids = cluster.check_shards(shard_count, shard_ids)
+        if shard_count is not None or shard_ids is not None:
+            client_kwargs.update(shard_count=shard_count, shard_ids=shard_ids)
         client_kwargs.setdefault("allowed_mentions", SAFE_MENTIONS)
         super().__init__(
             intents=intents if intents is not None else default_intents(), **client_kwargs
@@ -137,6 +162,10 @@ class Genbot(discord.Client):
         self._attends: set[asyncio.Task[Any]] = set()
         self._lookups: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._shutdown: asyncio.Task[None] | None = None
+        self.identify_lock = (
+            None if cluster_redis is None else cluster.RedisIdentifyLock(cluster_redis)
+        )
+        self._max_concurrency: int | None = None
 
     # -- the user-facing API ---------------------------------------------------------------------
     def attend(self, channel: Channel) -> Awaitable[Any]:
@@ -331,9 +360,37 @@ class Genbot(discord.Client):
 
     # -- discord.py hooks ------------------------------------------------------------------------
     async def setup_hook(self) -> None:
-        """Sync the slash commands (unless ``sync_commands=False``)."""
-        if self.sync_commands:
+        """Sync the slash commands (unless ``sync_commands=False``; when sharded, only in the
+        process that runs shard 0)."""
+        if self.sync_commands and cluster.syncs_commands(getattr(self, "shard_ids", None)):
             await self.tree.sync()
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """With ``cluster_redis``: wait for the identify lease of the shard's bucket (see
+        :mod:`genbot.cluster`); else discord.py's spacing (5 s before all but the first)."""
+        if self.identify_lock is None:
+            return await super().before_identify_hook(shard_id, initial=initial)
+        fallback = functools.partial(super().before_identify_hook, shard_id, initial=initial)
+        await cluster.identify_in_turn(
+            self.identify_lock, self.http.token or "", shard_id or 0, self._concurrency, fallback
+        )
+
+    async def _concurrency(self) -> int:
+        if self._max_concurrency is None:
+            _, _, limits = await self.http.get_bot_gateway()
+            self._max_concurrency = int(limits["max_concurrency"])
+        return self._max_concurrency
+
+    def latency_of(self, guild_id: int | None) -> float:
+        """The gateway latency (seconds) of the connection that gets ``guild_id``'s events
+        (``None``: DMs); NaN or infinity before the first heartbeat's answer.
+
+        Parameters
+        ----------
+        guild_id:
+            The guild, or ``None`` for a DM.
+        """
+        return self.latency
 
     def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
         """Feed the message cache and wake ``attend`` before any ``on_*`` handler runs, so both
@@ -467,6 +524,8 @@ class Genbot(discord.Client):
             lookup.cancel()
         if self.close_streamers:
             await self._close_streamers()
+        if self.identify_lock is not None:
+            await self.identify_lock.close()
 
     async def _close_streamers(self) -> None:
         timeout = self.shutdown_timeout
@@ -477,6 +536,54 @@ class Genbot(discord.Client):
             for streamer in self._streamers
         ]
         await asyncio.gather(*closes)
+
+
+class ShardedGenbot(Genbot, discord.AutoShardedClient):
+    """A :class:`Genbot` running several shards as discord.py's ``AutoShardedClient``; made
+    by ``Genbot(shard_count=..., shard_ids=...)`` (or a subclass's), not directly.
+
+    A shard's new gateway session (its READY after a connection that could not RESUME) drops
+    only that shard's part of the context cache: the channels of its guilds, and DMs for
+    shard 0. ``/ping`` answers with the latency of the shard the command came on. ``close()``
+    (and ``/shutdown``) stops this process's shards only; other processes run on.
+    """
+
+    def latency_of(self, guild_id: int | None) -> float:
+        shard = self.get_shard(cluster.shard_of(guild_id, self.shard_count or 1))
+        return float("nan") if shard is None else shard.latency
+
+    def _on_shard_connect(self, shard_id: int) -> None:
+        count = self.shard_count or 1
+        self.message_cache.invalidate(
+            lambda guild_id: cluster.shard_of(guild_id, count) == shard_id
+        )
+        self.member_roles.clear()
+
+    def _on_any_connect(self) -> None:
+        """Every shard's READY also fires ``connect``: its ``shard_connect`` does the work."""
+
+    _OBSERVERS: dict[str, Callable[..., None]] = {
+        **Genbot._OBSERVERS,
+        "connect": _on_any_connect,
+        "shard_connect": _on_shard_connect,
+    }
+
+
+_SHARDED: dict[type[Genbot], type[Genbot]] = {}
+
+
+def sharded_class(cls: type[G]) -> type[G]:
+    """``cls`` as an ``AutoShardedClient``: itself when it is one, else a subclass of ``cls``
+    and :class:`ShardedGenbot` (so ``cls``'s own overrides still come first), made once."""
+    if discord.AutoShardedClient in cls.__mro__:
+        return cls
+    if cls in ShardedGenbot.__mro__:
+        return ShardedGenbot  # type: ignore[return-value]  # Genbot itself
+    made = _SHARDED.get(cls)
+    if made is None:
+        namespace = {"__module__": cls.__module__, "__qualname__": f"Sharded{cls.__name__}"}
+        made = _SHARDED[cls] = type(f"Sharded{cls.__name__}", (cls, ShardedGenbot), namespace)
+    return made  # type: ignore[return-value]  # a subclass of cls
 
 
 async def _bounded_in_thread(call: Callable[[], object], timeout: float, what: str) -> None:

@@ -136,7 +136,8 @@ async def reset(interaction: Interaction) -> None:
 @builtin("ping")
 async def ping(interaction: Interaction) -> None:
     """Check that the bot is alive"""
-    texts, latency = interaction.client.texts, interaction.client.latency
+    # a sharded bot: the latency of the shard this command came on
+    texts, latency = interaction.client.texts, interaction.client.latency_of(interaction.guild_id)
     measured = math.isfinite(latency)  # NaN or infinity until the first heartbeat's answer
     await interaction.response.send_message(
         texts.pong_latency.format(ms=latency * 1000) if measured else texts.pong
@@ -168,6 +169,8 @@ async def thread(interaction: Interaction, name: ThreadName) -> None:
 @builtin("shutdown")
 async def shutdown(interaction: Interaction) -> None:
     """Shut the bot down (admins only)"""
+    # Closes this process (its bot and all its shards); a bot sharded over several processes
+    # keeps the others running.
     bot = interaction.client
     if not bot.is_admin(interaction.user):
         return await _refuse(interaction, bot.texts.not_admin)

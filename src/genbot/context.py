@@ -9,7 +9,8 @@ and deletions show at once. Memory is bounded: ``max_messages`` per channel (the
 dropped, to be fetched again if needed), ``max_channels`` channels (least recently used go).
 
 A new gateway session (a fresh READY after a reconnect that could not RESUME) may have missed
-events, so it drops every suffix; the next read refills from the newest message. A RESUME
+events, so it drops every suffix (a sharded bot: the suffixes of that shard's channels, each
+suffix knowing its channel's guild); the next read refills from the newest message. A RESUME
 replays missed events and keeps the cache.
 
 ``/reset`` is a visible message in the channel: the bot posts :data:`RESET_MARKER` (as the
@@ -24,7 +25,7 @@ import bisect
 import copy
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, overload
 
 import discord
@@ -74,9 +75,10 @@ def visible(message: discord.Message, bot: Genbot) -> bool:
 class _History:
     """A contiguous suffix of one channel's history, oldest first."""
 
-    __slots__ = ("complete", "ids", "messages", "pending")
+    __slots__ = ("complete", "guild_id", "ids", "messages", "pending")
 
-    def __init__(self) -> None:
+    def __init__(self, guild_id: int | None = None) -> None:
+        self.guild_id = guild_id  # None: a DM
         self.messages: list[discord.Message] = []
         self.ids: list[int] = []
         self.complete = False  # the suffix starts at the channel's first message
@@ -127,10 +129,10 @@ class MessageCache:
         self._locks: dict[int, asyncio.Lock] = {}
         self._generation = 0
 
-    def _touch(self, channel_id: int, create: bool) -> _History | None:
+    def _touch(self, channel_id: int, create: bool, guild_id: int | None = None) -> _History | None:
         h = self._history.get(channel_id)
         if h is None and create:
-            h = self._history[channel_id] = _History()
+            h = self._history[channel_id] = _History(guild_id)
             while len(self._history) > self.max_channels:
                 evicted, _ = self._history.popitem(last=False)
                 self._locks.pop(evicted, None)
@@ -169,9 +171,20 @@ class MessageCache:
             if not h.remove(message_id) and h.pending is not None:
                 h.pending[message_id] = None
 
-    def invalidate(self) -> None:
-        """Forget everything: events may have been missed (a new gateway session)."""
-        self._history.clear()
+    def invalidate(self, where: Callable[[int | None], bool] | None = None) -> None:
+        """Forget everything: events may have been missed (a new gateway session).
+
+        Parameters
+        ----------
+        where:
+            Forget only the channels whose guild id (``None``: a DM) it accepts, e.g. those of
+            one shard.
+        """
+        if where is None:
+            self._history.clear()
+        else:
+            for channel_id in [c for c, h in self._history.items() if where(h.guild_id)]:
+                del self._history[channel_id]
         self._generation += 1
 
     # -- reads -------------------------------------------------------------------------------
@@ -231,7 +244,7 @@ class MessageCache:
             oldest = h.ids[0] if h is not None and h.ids else None
             if h is not seen or oldest != seen_oldest or (h is not None and h.complete):
                 return  # the cache changed while we waited: let the caller look again
-            h = self._touch(channel_id, create=True)
+            h = self._touch(channel_id, create=True, guild_id=_guild_id(channel))
             assert h is not None
             generation = self._generation
             h.pending = {}
@@ -252,6 +265,15 @@ class MessageCache:
                     h.complete = True
             finally:
                 h.pending = None
+
+
+def _guild_id(channel: object) -> int | None:
+    """The id of the guild ``channel`` is in; ``None`` for a DM (or a user as a messageable)."""
+    if isinstance(channel, (discord.abc.User, discord.DMChannel, discord.GroupChannel)):
+        return None
+    guild = getattr(channel, "guild", None)
+    guild_id = guild.id if guild is not None else getattr(channel, "guild_id", None)
+    return guild_id if isinstance(guild_id, int) else None
 
 
 class Context:

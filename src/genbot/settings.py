@@ -140,6 +140,18 @@ def _stop(value: Any) -> str | None:
     return None if len(value) <= 32 else "must hold at most 32 strings"
 
 
+def _shard_ids(value: Any) -> str | None:
+    if any(item < 0 for item in value):
+        return "must be shard numbers from 0"
+    return None if len(set(value)) == len(value) else "must not repeat a shard"
+
+
+def _redis_url(value: Any) -> str | None:
+    if not value or (urlsplit(value).scheme in ("redis", "rediss", "unix") and " " not in value):
+        return None
+    return "must be a redis://, rediss:// or unix:// URL, or empty"
+
+
 def _max_chars(limit: int) -> Check:
     return lambda value: None if len(value) <= limit else f"must be at most {limit} characters"
 
@@ -287,6 +299,25 @@ class Settings:
         "shared fairly by the channels streaming (each edits less often as more stream); 1 to "
         "1000. Discord allows a bot about 50 in all.",
         check=_between(1, 1000),
+    )
+    # -- sharding (see genbot.cluster) --
+    shard_count: int = setting(
+        0,
+        "Shards of the whole bot (discord.py's AutoShardedClient); 0: one unsharded connection. "
+        "Only the process running shard 0 syncs the slash commands.",
+        check=_between(0, 100_000),
+    )
+    shard_ids: tuple[int, ...] = setting(
+        (),
+        "The shards this process runs, e.g. [0, 1] (needs shard_count); empty: all of them.",
+        check=_shard_ids,
+    )
+    cluster_redis: str = setting(
+        "",
+        "Redis URL (redis://host:port/db, rediss:// or unix://) of an identify lock shared by "
+        "the bot's processes, so that starting together they keep Discord's identify rate "
+        "limit (needs genbot[cluster]); empty: none.",
+        check=_redis_url,
     )
 
     # -- loading -----------------------------------------------------------------------------
@@ -470,6 +501,7 @@ _EXPECTED = {
     float: "a number",
     str: "a string",
     list: "a list of strings",
+    tuple: "a list of whole numbers",
 }
 
 
@@ -534,6 +566,15 @@ def _as_strings(raw: Any, name: str) -> list[str]:
     return value
 
 
+def _as_ints(raw: Any, name: str) -> tuple[int, ...]:
+    value = list(raw) if isinstance(raw, tuple) else _as_list(raw)
+    if isinstance(raw, str):
+        value = [int(item) if isinstance(item, str) else item for item in value]
+    if not all(isinstance(item, int) and not isinstance(item, bool) for item in value):
+        raise TypeError(raw)
+    return tuple(value)
+
+
 def _as_list(raw: Any) -> list[Any]:
     if isinstance(raw, list):
         return raw
@@ -578,6 +619,7 @@ _COERCE: dict[type, Callable[[Any, str], Any]] = {
     float: _as_number(float),
     str: _as_str,
     list: _as_strings,
+    tuple: _as_ints,
 }
 
 
@@ -646,7 +688,18 @@ def _transformers_model(settings: Settings) -> tuple[str, str] | None:
     return None
 
 
+def _sharding(settings: Settings) -> tuple[str, str] | None:
+    if settings.shard_ids and not settings.shard_count:
+        return "shard_ids", "needs shard_count (the shards of the whole bot)"
+    if any(shard >= settings.shard_count for shard in settings.shard_ids):
+        return "shard_ids", f"must be below shard_count ({settings.shard_count})"
+    if settings.cluster_redis and importlib.util.find_spec("redis") is None:
+        return "cluster_redis", "needs the package redis: pip install 'genbot[cluster]'"
+    return None
+
+
 _TOGETHER: tuple[Callable[[Settings], tuple[str, str] | None], ...] = (
+    _sharding,
     _backend_installed,
     _llamacpp_model,
     _transformers_model,

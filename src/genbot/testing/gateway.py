@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from .models import PRIVILEGED_INTENTS
+from .sharding import IdentifyVerdict, parse_shard, receives
 
 if TYPE_CHECKING:
     from .state import ServerState
@@ -28,7 +29,9 @@ DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE, RESUME, RECONNECT = 0, 1, 2, 3, 6, 7
 REQUEST_MEMBERS, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 8, 9, 10, 11
 # Close codes, as Discord sends them.
 UNKNOWN_OPCODE, DECODE_ERROR, NOT_AUTHENTICATED, AUTHENTICATION_FAILED = 4001, 4002, 4003, 4004
-ALREADY_AUTHENTICATED, DISALLOWED_INTENTS = 4005, 4014
+ALREADY_AUTHENTICATED, INVALID_SHARD, INVALID_INTENTS, DISALLOWED_INTENTS = 4005, 4010, 4013, 4014
+# The intent bits Discord defines (0..25); an IDENTIFY asking for others is closed with 4013.
+KNOWN_INTENTS = (1 << 26) - 1
 # How many past events a session keeps for RESUME; an older sequence is answered INVALID_SESSION.
 REPLAY_LIMIT = 1000
 # How long a close waits for the queued payloads to go out first.
@@ -102,7 +105,7 @@ class Connection:
 class GatewaySession:
     """What Discord keeps per session: the intents, the sequence, and recent events to replay."""
 
-    def __init__(self, intents: int, shard: list[int] | None) -> None:
+    def __init__(self, intents: int, shard: tuple[int, int] | None) -> None:
         self.id = secrets.token_hex(16)
         self.intents = intents
         self.shard = shard
@@ -113,6 +116,10 @@ class GatewaySession:
 
     def wants(self, intent: int) -> bool:
         return bool(self.intents & intent)
+
+    def receives(self, guild_id: int | None) -> bool:
+        """Whether this session's shard gets the events of `guild_id` (``None``: a DM)."""
+        return receives(self.shard, guild_id)
 
     def dispatch(self, event: str, data: dict[str, Any]) -> None:
         """Number the event, keep it for a RESUME, and queue it on the live connection."""
@@ -174,8 +181,19 @@ async def handle_gateway(state: ServerState, request: web.Request) -> web.WebSoc
 async def _heartbeat(
     state: ServerState, connection: Connection, session: GatewaySession | None, data: Any
 ) -> GatewaySession | None:
-    connection.send({"op": HEARTBEAT_ACK})
+    shard = None if session is None else session.shard
+    delay = state.ack_delays.get(shard, 0.0) if session is not None else 0.0
+    if delay > 0:  # a slow link for this shard: the client measures `delay` s of latency
+        asyncio.get_running_loop().call_later(delay, _acknowledge, state, connection, shard)
+    else:
+        _acknowledge(state, connection, shard)
     return session
+
+
+def _acknowledge(state: ServerState, connection: Connection, shard: tuple[int, int] | None) -> None:
+    connection.send({"op": HEARTBEAT_ACK})
+    state.heartbeat_acks[shard] = state.heartbeat_acks.get(shard, 0) + 1
+    state.changed()
 
 
 async def _identify(
@@ -187,14 +205,56 @@ async def _identify(
     if data.get("token") != state.token:
         await connection.close(AUTHENTICATION_FAILED, b"Authentication failed.")
         return None
-    intents = int(data.get("intents", 0))
+    intents = data.get("intents", 0)
+    if not isinstance(intents, int) or intents < 0 or intents & ~KNOWN_INTENTS:
+        await connection.close(INVALID_INTENTS, b"Invalid intent(s).")
+        return None
     if intents & PRIVILEGED_INTENTS and not state.privileged_intents:
         await connection.close(DISALLOWED_INTENTS, b"Disallowed intent(s).")
         return None
-    session = GatewaySession(intents, data.get("shard"))
+    try:
+        shard = parse_shard(data.get("shard"))
+    except ValueError:
+        await connection.close(INVALID_SHARD, b"Invalid shard.")
+        return None
+    verdict = state.session_start_limit.identify(0 if shard is None else shard[0])
+    refusal = _IDENTIFY_REFUSALS.get(verdict)
+    if refusal is not None:
+        state.refused_identifies.append(shard)
+        _log.info("IDENTIFY of shard %s refused: %s", shard, verdict.value)
+        await refusal(connection)
+        state.changed()
+        return None
+    session = GatewaySession(intents, shard)
     session.connection = connection
     state.open_session(session)
-    guilds = state.bot_guilds()
+    _send_ready(state, session)
+    await connection.flush()
+    session.ready = True
+    state.changed()
+    return session
+
+
+async def _identified_too_soon(connection: Connection) -> None:
+    # As Discord: Invalid Session, not resumable; the client waits and identifies again.
+    connection.send({"op": INVALID_SESSION, "d": False})
+    await connection.flush()
+
+
+async def _session_starts_exhausted(connection: Connection) -> None:
+    # Discord resets the token of a bot that used up its session starts.
+    await connection.close(AUTHENTICATION_FAILED, b"Authentication failed.")
+
+
+_IDENTIFY_REFUSALS: dict[IdentifyVerdict, Callable[[Connection], Awaitable[None]]] = {
+    IdentifyVerdict.TOO_SOON: _identified_too_soon,
+    IdentifyVerdict.EXHAUSTED: _session_starts_exhausted,
+}
+
+
+def _send_ready(state: ServerState, session: GatewaySession) -> None:
+    """READY and a GUILD_CREATE per guild, listing only the guilds of the session's shard."""
+    guilds = [guild for guild in state.bot_guilds() if session.receives(guild.id)]
     ready = {
         "v": 10,
         "user": state.bot_user.to_json() | {"verified": True, "mfa_enabled": False},
@@ -211,14 +271,10 @@ async def _identify(
         "_trace": ["genbot-loopback"],
     }
     if session.shard is not None:
-        ready["shard"] = session.shard
+        ready["shard"] = list(session.shard)
     session.dispatch("READY", ready)
     for guild in guilds:
         session.dispatch("GUILD_CREATE", guild.to_json(state.bot_user.id))
-    await connection.flush()
-    session.ready = True
-    state.changed()
-    return session
 
 
 async def _resume(

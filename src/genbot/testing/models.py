@@ -92,6 +92,22 @@ class Snowflakes:
         self._last = value if value > self._last else self._last + 1
         return self._last
 
+    def next_on_shard(self, shard_id: int, shard_count: int) -> int:
+        """The next id whose ``(id >> 22) % shard_count`` is `shard_id` (a guild on that shard):
+        its timestamp is moved at most ``shard_count - 1`` ms ahead.
+
+        Raises
+        ------
+        ValueError
+            Not ``0 <= shard_id < shard_count``.
+        """
+        if not 0 <= shard_id < shard_count:
+            raise ValueError(f"shard {shard_id} is not one of {shard_count} shards")
+        stamp = self.next() >> 22
+        stamp += (shard_id - stamp) % shard_count
+        self._last = max(self._last, stamp << 22)
+        return self._last
+
 
 def snowflake_time(snowflake: int) -> float:
     """Unix time (seconds) at which a snowflake was made."""

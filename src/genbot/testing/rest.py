@@ -165,16 +165,16 @@ async def get_application(state: ServerState, request: web.Request) -> web.Respo
 
 
 async def get_gateway(state: ServerState, request: web.Request) -> web.Response:
+    return json_response({"url": state.gateway_url})
+
+
+async def get_bot_gateway(state: ServerState, request: web.Request) -> web.Response:
+    """The recommended shard count and the session start limit, as of now."""
     return json_response(
         {
             "url": state.gateway_url,
-            "shards": 1,
-            "session_start_limit": {
-                "total": 1000,
-                "remaining": 999,
-                "reset_after": 0,
-                "max_concurrency": 1,
-            },
+            "shards": state.shard_count,
+            "session_start_limit": state.session_start_limit.to_json(),
         }
     )
 
@@ -462,7 +462,7 @@ ROUTES: list[Route] = [
     Route("GET", "/users/{user_id}", get_user),
     Route("GET", "/oauth2/applications/@me", get_application),
     Route("GET", "/gateway", get_gateway),
-    Route("GET", "/gateway/bot", get_gateway),
+    Route("GET", "/gateway/bot", get_bot_gateway),
     Route("GET", "/channels/{channel_id}", get_channel),
     Route("GET", "/channels/{channel_id}/messages", history),
     Route("POST", "/channels/{channel_id}/messages", create_message),

@@ -38,6 +38,7 @@ from .models import (
     FakeUser,
     Snowflakes,
 )
+from .sharding import IDENTIFY_INTERVAL, SessionStartLimit, shard_of
 from .state import ServerState
 
 __all__ = ["DiscordServer", "FakeInteraction", "run_bot"]
@@ -64,6 +65,14 @@ class DiscordServer:
     with the members, presences and message-content switches off. `heartbeat_interval` is in
     seconds, as HELLO announces it.
 
+    Sharding works as on Discord: ``/gateway/bot`` recommends `shard_count` shards and reports
+    the session start limit (`session_start_total` IDENTIFYs, ``remaining`` counting down, and
+    `max_concurrency`); an IDENTIFY carries ``shard: [id, count]`` and its session gets only the
+    guilds and events of guilds with ``(guild_id >> 22) % count == id``, DMs going to shard 0.
+    A second IDENTIFY in the same bucket (``shard_id % max_concurrency``) within
+    `identify_interval` seconds (Discord: 5) is refused with Invalid Session (op 9) and recorded
+    in `refused_identifies`. `create_guild` can place a guild on a chosen shard.
+
     Everything the server knows is in `state` (a `ServerState`), which the REST, gateway and
     interaction handlers share; the methods here are the test-facing layer over it.
     """
@@ -76,6 +85,10 @@ class DiscordServer:
         ratelimit_limit: int = 50,
         ratelimit_window: float = 1.0,
         privileged_intents: bool = True,
+        shard_count: int = 1,
+        max_concurrency: int = 1,
+        session_start_total: int = 1000,
+        identify_interval: float = IDENTIFY_INTERVAL,
     ) -> None:
         self.state = ServerState(
             bot_name=bot_name,
@@ -83,6 +96,12 @@ class DiscordServer:
             ratelimit_limit=ratelimit_limit,
             ratelimit_window=ratelimit_window,
             privileged_intents=privileged_intents,
+            shard_count=shard_count,
+            session_start_limit=SessionStartLimit(
+                total=session_start_total,
+                max_concurrency=max_concurrency,
+                interval=identify_interval,
+            ),
         )
         self._runner: web.AppRunner | None = None
         self._saved: tuple[str, yarl.URL] | None = None
@@ -155,6 +174,61 @@ class DiscordServer:
     def gateway_queries(self) -> list[dict[str, str]]:
         """The query of each gateway connection, oldest first (v, encoding, compress)."""
         return self.state.gateway_queries
+
+    @property
+    def shard_count(self) -> int:
+        """The shard count ``/gateway/bot`` recommends, and `create_guild`'s ``shard`` counts in."""
+        return self.state.shard_count
+
+    @property
+    def session_start_limit(self) -> SessionStartLimit:
+        return self.state.session_start_limit
+
+    @property
+    def refused_identifies(self) -> list[tuple[int, int] | None]:
+        """The ``(shard_id, shard_count)`` (``None``: unsharded) of each IDENTIFY refused for
+        coming too soon after another of its bucket, or with no session starts left."""
+        return self.state.refused_identifies
+
+    def delay_heartbeat_acks(self, shard: tuple[int, int] | None, seconds: float) -> None:
+        """Hold back each HEARTBEAT_ACK to identified sessions of `shard` (``(shard_id,
+        shard_count)``, ``None``: unsharded) by `seconds`, as a slow link would: the client
+        then measures that much latency for it (``0`` ends it). The first heartbeat, sent
+        before IDENTIFY, is answered at once.
+
+        Raises
+        ------
+        ValueError
+            A negative or non-finite `seconds`.
+        """
+        if not 0 <= seconds < float("inf"):
+            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+        self.state.ack_delays[shard] = seconds
+
+    def heartbeat_acks(self, shard: tuple[int, int] | None) -> int:
+        """How many HEARTBEAT_ACKs went to sessions of `shard` (``None``: unsharded sessions
+        and connections not identified yet)."""
+        return self.state.heartbeat_acks.get(shard, 0)
+
+    def shard_of(self, guild: FakeGuild | None) -> int:
+        """The shard (of `shard_count`) that gets the guild's events; 0 for a DM (``None``)."""
+        return shard_of(None if guild is None else guild.id, self.shard_count)
+
+    def ready_shards(self) -> list[tuple[int, int] | None]:
+        """The shard of each connected session that got its READY and GUILD_CREATEs, sorted
+        (``None``, unsharded, first)."""
+        shards = [s.shard for s in self.state.sessions.values() if s.ready and s.connection]
+        return sorted(shards, key=lambda shard: (-1, 0) if shard is None else shard)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a bot process started with `genbot.testing.launch` needs to reach this server:
+        its two addresses and ``DISCORD_TOKEN``."""
+        return {
+            "LOOPBACK_DISCORD_API": self.api_url,
+            "LOOPBACK_DISCORD_GATEWAY": self.gateway_url,
+            "DISCORD_TOKEN": self.token,
+        }
 
     @property
     def port(self) -> int:
@@ -239,13 +313,30 @@ class DiscordServer:
     def create_user(self, name: str, *, bot: bool = False) -> FakeUser:
         return self.state.add_user(FakeUser(self.snowflakes.next(), name, bot=bot))
 
-    def create_guild(self, name: str = "Guild", *, owner: FakeUser | None = None) -> FakeGuild:
+    def create_guild(
+        self, name: str = "Guild", *, owner: FakeUser | None = None, shard: int | None = None
+    ) -> FakeGuild:
         """A guild with its @everyone role, the owner and the bot as members. A connected bot
         gets its GUILD_CREATE (``on_guild_join``), as when a bot is added to a guild; what is
         added to the guild afterwards must be announced like in any guild (`announce_channel`).
+
+        Parameters
+        ----------
+        shard:
+            Place the guild on this shard of `shard_count`: its id is picked so that
+            ``(id >> 22) % shard_count == shard``. ``None``: wherever its id falls.
+
+        Raises
+        ------
+        ValueError
+            `shard` is not one of the `shard_count` shards.
         """
+        if shard is None:
+            guild_id = self.snowflakes.next()
+        else:
+            guild_id = self.snowflakes.next_on_shard(shard, self.shard_count)
         owner = owner or self.create_user(f"{name}-owner")
-        guild = FakeGuild(self.snowflakes.next(), name, owner.id)
+        guild = FakeGuild(guild_id, name, owner.id)
         guild.roles[guild.id] = FakeRole(guild.id, "@everyone", guild.id, 0, EVERYONE_PERMISSIONS)
         for user in (owner, self.bot_user):
             guild.members[user.id] = FakeMember(user, guild.id)
@@ -574,14 +665,21 @@ class DiscordServer:
         await self.state.dispatch("INTERACTION_CREATE", interaction.payload)
         return interaction
 
-    async def drop_connections(self, *, resumable: bool = True) -> None:
+    async def drop_connections(
+        self, *, resumable: bool = True, shard: tuple[int, int] | None = None
+    ) -> None:
         """Close every gateway websocket, as a network failure would. The clients reconnect and
         RESUME (getting the events dispatched meanwhile); with ``resumable=False`` their sessions
-        are forgotten first, so the RESUME is answered INVALID_SESSION and they identify anew."""
+        are forgotten first, so the RESUME is answered INVALID_SESSION and they identify anew.
+        `shard` (``(shard_id, shard_count)``) drops only the sessions of that shard."""
+        sessions = [s for s in self.state.sessions.values() if shard is None or s.shard == shard]
+        connections = [s.connection for s in sessions if s.connection is not None]
+        if shard is None:
+            connections = list(self.state.connections)
         if not resumable:
-            for session_id in list(self.state.sessions):
-                self.state.end_session(session_id)
-        for connection in list(self.state.connections):
+            for session in sessions:
+                self.state.end_session(session.id)
+        for connection in connections:
             await connection.close(4000, b"dropped by the test")
         self.state.changed()
 

@@ -37,6 +37,7 @@ from .models import (
     mentioned_role_ids,
     mentioned_user_ids,
 )
+from .sharding import SessionStartLimit, event_guild_id
 
 if TYPE_CHECKING:
     from .gateway import Connection, GatewaySession
@@ -67,7 +68,11 @@ class ServerState:
         ratelimit_limit: int = 50,
         ratelimit_window: float = 1.0,
         privileged_intents: bool = True,
+        shard_count: int = 1,
+        session_start_limit: SessionStartLimit | None = None,
     ) -> None:
+        if shard_count < 1:
+            raise ValueError(f"shard_count must be >= 1, got {shard_count!r}")
         self.snowflakes = Snowflakes()
         self.token = secrets.token_urlsafe(24)
         self.application_id = self.snowflakes.next()
@@ -94,6 +99,15 @@ class ServerState:
         self.identified_intents: int | None = None  # of the last IDENTIFY
         self.resumes = 0
         self.gateway_queries: list[dict[str, str]] = []  # query of each connection
+        # Sharding: the shard count /gateway/bot recommends (and `create_guild(shard=)` uses),
+        # the IDENTIFY budget, and the shard of each IDENTIFY refused by it.
+        self.shard_count = shard_count
+        self.session_start_limit = session_start_limit or SessionStartLimit()
+        self.refused_identifies: list[tuple[int, int] | None] = []
+        # Heartbeat ACKs by the shard of the session (None: unsharded or not identified yet),
+        # and seconds by which the ACKs of identified sessions of a shard are held back.
+        self.heartbeat_acks: dict[tuple[int, int] | None, int] = {}
+        self.ack_delays: dict[tuple[int, int] | None, float] = {}
         self.changes = Changes()
 
     # -- settings ------------------------------------------------------------------------------
@@ -457,9 +471,11 @@ class ServerState:
 
     def dispatch_nowait(self, event: str, data: dict[str, Any], *, intent: int = 0) -> None:
         """`dispatch` from synchronous code: the events are numbered and queued at once, in
-        order with every other dispatch, and go out as soon as the loop runs."""
+        order with every other dispatch, and go out as soon as the loop runs. Each goes only to
+        the sessions of the shard its guild is on (a DM's to shard 0), as Discord routes them."""
+        guild_id = event_guild_id(event, data)
         for session in list(self.sessions.values()):
-            if not intent or session.wants(intent):
+            if (not intent or session.wants(intent)) and session.receives(guild_id):
                 session.dispatch(event, data)
 
     async def dispatch_message(self, event: str, message: dict[str, Any]) -> None:
@@ -471,7 +487,7 @@ class ServerState:
         if member is not None:
             data["member"] = member.to_json(with_user=False)
         for session in list(self.sessions.values()):
-            if session.wants(_message_intent(channel)):
+            if session.wants(_message_intent(channel)) and session.receives(channel.guild_id):
                 seen = data if self.sees_content(session.intents, data) else blank_content(data)
                 session.dispatch(event, seen)
         await self.flush()
