@@ -17,12 +17,15 @@ import discord
 
 from genbot.bot import Genbot
 from genbot.context import Context
+from genbot.fairness import FairScheduler, FairStream
 from genbot.gatekeeping import gatekeep
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.output import SAFE_MENTIONS, keep_typing, stream_reply
 from genbot.prompt import context_to_messages
+from genbot.quota import LimitTexts, Rate, Usage, estimate_tokens
 from genbot.settings import Settings
-from genbot.streaming import CallerStream, Streamer, StreamError, StreamSlot
+from genbot.store import Store
+from genbot.streaming import Streamer, StreamError
 
 __all__ = ["ChatBot", "make_backend", "warm_up"]
 
@@ -94,6 +97,12 @@ class ChatBot(Genbot):
     outcome, get one more reply afterwards. The texts are class attributes, for subclasses to
     override.
 
+    Turns at the model go round-robin across users, then channels (:attr:`turns`, a
+    :class:`genbot.fairness.FairScheduler`). Each reply's tokens are counted in :attr:`usage`
+    (in the SQLite store in ``settings.data_dir``, opened in ``setup_hook``); a chat over the
+    ``user_rate`` limit or a daily token quota gets one short notice (:attr:`limit_texts`)
+    until the limit resets, and is not answered. Admins are exempt.
+
     Parameters
     ----------
     settings: the bot's settings (default: ``Settings()``).
@@ -110,6 +119,8 @@ class ChatBot(Genbot):
     busy_text: str = "The model is busy with other chats. Please try again in a moment."
     #: The note shown (in italics) when the model cannot take the chat at all.
     unavailable_text: str = "The model is not available right now. Please try again later."
+    #: What a chat over a rate limit or token quota is told (once, until the limit resets).
+    limit_texts: LimitTexts = LimitTexts()
 
     def __init__(
         self,
@@ -131,14 +142,29 @@ class ChatBot(Genbot):
         )
         self.backend = self.own(backend if backend is not None else make_backend(self.settings))
         self.generation = generation_settings(self.settings)
+        self.turns = FairScheduler(self.backend, default_slots=self.settings.parallel)
+        self.store = Store(self.settings.data_dir)
+        self.usage = Usage(
+            self.store,
+            rate=Rate.parse(self.settings.user_rate),
+            user_tokens_per_day=self.settings.user_tokens_per_day,
+            server_tokens_per_day=self.settings.server_tokens_per_day,
+        )
 
     async def setup_hook(self) -> None:
         await super().setup_hook()
+        await self.usage.open()
         if not self.backend.running:
             self.backend.start_process()
         _log.info("loading the model (%s)...", self.settings.model or "embedded SmolLM2")
         seconds = await warm_up(self.backend)
         _log.info("model ready in %.1f s", seconds)
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            await self.store.close()
 
     @gatekeep
     async def attend(self, channel: discord.abc.Messageable) -> None:
@@ -166,7 +192,7 @@ class ChatBot(Genbot):
         # A first look, without the model: is there a question to answer at all?
         turn.context = self.context(channel, limit=self.settings.context_limit)
         question, _ = await self._question(turn.context)
-        if question is None:
+        if question is None or not await self._admit(channel, question):
             return
         try:
             stream, placeholder = await self._wait_for_slot(channel, question)
@@ -175,6 +201,7 @@ class ChatBot(Genbot):
             raise
         if stream is None:
             return
+        answered = question
         try:
             # Our turn at the model: read the context now, so it is as fresh as it can be.
             turn.context = self.context(channel, limit=self.settings.context_limit)
@@ -184,6 +211,7 @@ class ChatBot(Genbot):
                 placeholder = None
             if fresh is None:
                 return
+            answered = fresh
             assert self.user is not None  # attend runs only while logged in
             chat = context_to_messages(
                 [m for m in history if placeholder is None or m.id != placeholder.id],
@@ -208,6 +236,27 @@ class ChatBot(Genbot):
             )
         finally:
             stream.close()
+            if stream.deltas:
+                await self.usage.record(
+                    answered.author.id,
+                    _guild_id(channel),
+                    estimate_tokens(stream.deltas, stream.chars),
+                )
+
+    async def _admit(self, channel: discord.abc.Messageable, question: discord.Message) -> bool:
+        """Whether the question's author is within the rate limit and quotas (admins are);
+        if not, the first refusal until the limit resets shows a note."""
+        author = question.author
+        refusal = await self.usage.admit(
+            author.id, _guild_id(channel), exempt=self.is_admin(author)
+        )
+        if refusal is None:
+            return True
+        _log.info("not answering %s in %s: over the %s", author, _where(channel), refusal.kind)
+        if refusal.notify:
+            text = self.limit_texts.notice(refusal, self.usage.clock())
+            await self._note(channel, question, None, text)
+        return False
 
     async def _question(
         self, context: Context, placeholder: discord.Message | None = None
@@ -222,14 +271,14 @@ class ChatBot(Genbot):
 
     async def _wait_for_slot(
         self, channel: discord.abc.Messageable, question: discord.Message
-    ) -> tuple[CallerStream | None, discord.Message | None]:
+    ) -> tuple[FairStream | None, discord.Message | None]:
         """Wait (bounded by ``queue_timeout``) for a slot of the model, showing typing, and after
         :attr:`queued_after` seconds the queued note. Returns the stream (``None`` when the wait
         timed out, which shows :attr:`busy_text`) and the note, if one was sent.
 
         Raises :class:`genbot.StreamError` when the model fails while the chat waits.
         """
-        slot: StreamSlot = self.backend.stream()
+        slot = self.turns.stream(user=question.author.id, channel=_channel_id(channel))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.queue_timeout
         entering = asyncio.ensure_future(slot.__aenter__())
@@ -321,6 +370,15 @@ def _answered(
         for m in history
         if m.id > question.id
     )
+
+
+def _guild_id(channel: discord.abc.Messageable) -> int | None:
+    guild = getattr(channel, "guild", None)
+    return guild.id if guild is not None else None
+
+
+def _channel_id(channel: discord.abc.Messageable) -> int:
+    return int(getattr(channel, "id", 0))
 
 
 def _where(channel: discord.abc.Messageable) -> str:
