@@ -231,14 +231,14 @@ async def test_the_scheduler_bounds_the_callers_inside_and_orders_the_waiters(
     async def chat(user: str, channel: str) -> None:
         async with scheduler.stream(user=user, channel=channel) as stream:
             order.append(user)
-            assert [out async for out in stream(user)] == [user]
-            assert stream.deltas == 1 and stream.chars == len(user)
             if len(held) < 2:  # the first two keep their turn until released
                 future = asyncio.get_running_loop().create_future()
                 held.append(future)
                 if len(held) == 2:
                     inside.set()
                 await future
+            assert [out async for out in stream(user)] == [user]
+            assert stream.deltas == 1 and stream.chars == len(user)
 
     tasks = [asyncio.create_task(chat("flood", f"c{i}")) for i in range(4)]
     await asyncio.wait_for(inside.wait(), 10)
@@ -272,6 +272,7 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_a_closed_stream_ends_its_
     stream = await asyncio.wait_for(nxt, 10)
     assert scheduler.running == 1
     assert [out async for out in stream("x")] == ["x"]
+    assert scheduler.running == 0  # the stream ended: the model's slot is free, so is the turn
     stream.close()
     assert scheduler.running == 0
     with pytest.raises(RuntimeError, match="entered once"):

@@ -20,8 +20,9 @@ Two parts, as elsewhere in genbot: the decision is pure and the asyncio wiring i
   :class:`TurnQueue` with the backend's slot count: ``async with scheduler.stream(user=...,
   channel=...) as stream`` waits for a fair turn, then for the backend's own slot, so at most
   ``slots`` callers are inside ``backend.stream()`` at once and the backend's first-come queue
-  never holds a chat the scheduler could have ordered. Leaving the block, or closing the stream,
-  ends the turn. Cancelling a waiting caller takes its ticket out of the queue.
+  never holds a chat the scheduler could have ordered. The turn ends as soon as the stream
+  ends (the model's slot is free), or when the caller leaves the block or closes the stream.
+  Cancelling a waiting caller takes its ticket out of the queue.
 
 The ready-made :class:`~genbot.chatbot.ChatBot` asks its scheduler for a slot with the question's
 author and channel, so this applies to every backend.
@@ -215,8 +216,9 @@ class TurnQueue:
 
 class FairStream:
     """The stream of a fair turn: a :class:`~genbot.streaming.CallerStream` (call it with the
-    inputs, iterate over the outputs) whose :meth:`close` also ends the turn. It counts what
-    it yields: :attr:`deltas` (non-empty text outputs) and :attr:`chars` (their characters)."""
+    inputs, iterate over the outputs). The turn ends when the stream ends or fails (the model's
+    slot is free then) or when the caller closes it, whichever comes first. It counts what it
+    yields: :attr:`deltas` (non-empty text outputs) and :attr:`chars` (their characters)."""
 
     def __init__(self, stream: CallerStream, end_turn: Callable[[], None]) -> None:
         self._stream = stream
@@ -238,7 +240,14 @@ class FairStream:
         return self
 
     async def __anext__(self) -> Any:
-        out = await self._stream.__anext__()
+        try:
+            out = await self._stream.__anext__()
+        except BaseException as exc:
+            # Ended (or failed): the model's slot is free now, so the turn ends now, not when
+            # the caller gets round to closing (after its last edits in Discord, say).
+            if not isinstance(exc, asyncio.CancelledError):
+                self._end()
+            raise
         if isinstance(out, str) and out:
             self.deltas += 1
             self.chars += len(out)
@@ -249,9 +258,12 @@ class FairStream:
         try:
             self._stream.close()
         finally:
-            end_turn, self._end_turn = self._end_turn, None
-            if end_turn is not None:
-                end_turn()
+            self._end()
+
+    def _end(self) -> None:
+        end_turn, self._end_turn = self._end_turn, None
+        if end_turn is not None:
+            end_turn()
 
 
 class FairSlot:
