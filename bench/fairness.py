@@ -1,7 +1,7 @@
 """Fairness benchmark: one user floods the bot, five others ask once; fair turns against
 first come, first served, in the same run.
 
-Run: ``python bench/fairness.py`` (``--rounds 3`` alternates the two modes three times each).
+Run: ``python bench/fairness.py`` (``--rounds 1`` runs each mode once instead of three times).
 
 A fake model (:class:`PacedModel`, a Streamer with ``--slots`` slots that decodes all its busy
 slots together at a fixed ``--token-ms`` per token; replies of 60 % to 140 % of ``--tokens``
@@ -12,10 +12,11 @@ user ``flood`` sends 50 messages in 10 channels (5 each, mentioning the bot), th
 reply, who asked (the last user line of its prompt) and when its first and last tokens went
 out. Printed per mode: when each of the five got its first token, when the flood's 6th reply
 started, and the throughput (tokens generated / seconds from the flood's first message until
-the bot had nothing left to do). "first come" is the same bot with its scheduler in
-first-come-first-served order (``FairScheduler(fair=False)``), and "ungated" lets every chat
-straight into the model's own first-come queue, as the bot did before fair turns; the three
-run alternately.
+the last token), with the run's tail: the seconds at the end with a slot idle and no chat
+waiting, which depend on which replies happen to run last. "first come" is the same bot with
+its scheduler in first-come-first-served order (``FairScheduler(fair=False)``), and "ungated"
+lets every chat straight into the model's own first-come queue, as the bot did before fair
+turns; the three run alternately.
 
 Targets: with fair turns, the five get their first token before the flood's 6th reply starts;
 the throughput is within 5 % of first come.
@@ -134,6 +135,17 @@ class Run:
         flood = self.flood()
         return flood[5].first - self.started if len(flood) > 5 else float("inf")
 
+    def tail(self, slots: int) -> float:
+        """Seconds at the end with a slot idle and no chat waiting: from when the slots were
+        last all busy until the last token (the end of a run: luck of which reply is last)."""
+        events = sorted([(r.first, 1) for r in self.replies] + [(r.last, -1) for r in self.replies])
+        busy, full_until = 0, self.started
+        for when, change in events:
+            if busy == slots and change < 0:
+                full_until = when
+            busy += change
+        return self.ended - full_until
+
     @property
     def tokens(self) -> int:
         return sum(r.tokens for r in self.replies)
@@ -210,9 +222,9 @@ def report(runs: list[Run], model: PacedModel) -> None:
     )
     print(
         "| run | mode | flood replies | the 5 asked by (s) | the 5's first token (s) "
-        "| flood's 6th reply starts (s) | 5 before 6th | tokens | wall (s) | tok/s |"
+        "| flood's 6th reply starts (s) | 5 before 6th | tokens | wall (s) | tail (s) | tok/s |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, run in enumerate(runs, 1):
         firsts = run.firsts()
         shown = ", ".join(f"{firsts[u]:.2f}" for u in sorted(firsts)) or "-"
@@ -221,7 +233,8 @@ def report(runs: list[Run], model: PacedModel) -> None:
             f"| {(i + len(MODES) - 1) // len(MODES)} | {run.mode} | {len(run.flood())} "
             f"| {run.asked - run.started:.2f} "
             f"| {shown} | {run.sixth():.2f} "
-            f"| {'yes' if before else 'NO'} | {run.tokens} | {run.wall:.2f} | {run.rate:.1f} |"
+            f"| {'yes' if before else 'NO'} | {run.tokens} | {run.wall:.2f} "
+            f"| {run.tail(model.slots):.2f} | {run.rate:.1f} |"
         )
     rates = {mode: statistics.median(r.rate for r in runs if r.mode == mode) for mode in MODES}
     print("\nthroughput (median tok/s): " + ", ".join(f"{m} {v:.1f}" for m, v in rates.items()))
@@ -260,7 +273,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slots", type=int, default=4, help="the model's slots")
     parser.add_argument("--token-ms", type=float, default=20.0, help="ms per decoding step")
     parser.add_argument("--tokens", type=int, default=100, help="tokens per reply")
-    parser.add_argument("--rounds", type=int, default=1, help="fair/first-come pairs to run")
+    parser.add_argument("--rounds", type=int, default=3, help="times each mode runs (alternately)")
     return parser.parse_args(argv)
 
 
