@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 import genbot
 from chat_workers import RELEASE, scripted
-from genbot.chatbot import ChatBot
+from genbot.chatbot import ChatBot, make_backend
 from genbot.fairness import FairScheduler, TurnQueue, backend_slots
-from genbot.settings import Settings
+from genbot.settings import BACKENDS, Settings
 from genbot.streaming import Stream, Streamer
 from genbot.testing import DiscordServer, run_bot
 
@@ -189,6 +189,13 @@ def test_memory_stays_bounded_by_what_is_held() -> None:
         assert queue.next() == ticket
         queue.finish(ticket)
     assert queue.remembered <= 2 * 256
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_tells_its_slot_count(backend: str) -> None:
+    """The scheduler lets as many chats in as the backend generates for (not started here)."""
+    model = "some/model" if backend == "transformers" else ""
+    assert backend_slots(make_backend(Settings(backend=backend, model=model, parallel=3)), 9) == 3
 
 
 def test_backend_slots() -> None:

@@ -336,8 +336,10 @@ class FairScheduler:
         """A place in the fair queue for a chat of ``user`` in ``channel``:
         ``async with scheduler.stream(user=..., channel=...) as stream:``.
 
-        Entering it raises what ``backend.stream()`` raises (:class:`~genbot.StreamError` for
-        a backend that is not started or fails while the caller waits).
+        Entering it waits without a bound of its own, as ``backend.stream()`` does: bound it
+        with ``asyncio.wait_for`` or cancel it (the ready-made bot gives up after
+        ``queue_timeout``). It raises what ``backend.stream()`` raises
+        (:class:`~genbot.StreamError` for a backend that is not started or fails meanwhile).
         """
         return FairSlot(self, user, channel)
 
