@@ -14,7 +14,7 @@ from genbot.context import RESET_MARKER
 from genbot.streaming import active_streamers
 from genbot.testing import run_bot
 
-NAMES = {"reset", "ping", "thread", "shutdown", "reload"}
+NAMES = {"reset", "ping", "thread", "shutdown", "reload", "usage"}
 
 
 class Replier(genbot.Genbot):

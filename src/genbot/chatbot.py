@@ -20,13 +20,16 @@ import discord
 from genbot.access import Access, AccessList
 from genbot.bot import Genbot, _bounded_in_thread
 from genbot.context import Context
+from genbot.fairness import FairScheduler, FairStream
 from genbot.gatekeeping import gatekeep
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.output import SAFE_MENTIONS, keep_typing, shared_budget, stream_reply
 from genbot.prompt import context_to_messages
+from genbot.quota import LimitTexts, Rate, Usage, estimate_tokens
 from genbot.reload import Changes, ReloadError, compare
 from genbot.settings import Settings, SettingsError
-from genbot.streaming import CallerStream, Streamer, StreamError, StreamSlot
+from genbot.store import Store
+from genbot.streaming import Streamer, StreamError
 from genbot.wake import WakeRules
 
 __all__ = ["ChatBot", "make_backend", "warm_up"]
@@ -109,6 +112,12 @@ class ChatBot(Genbot):
     new model and stops the old one once its chats finish), and :meth:`reload` reads them again
     from ``load_settings`` (``/reload``, and ``SIGHUP`` under ``genbot run``).
 
+    Turns at the model go round-robin across users, then channels (:attr:`turns`, a
+    :class:`genbot.fairness.FairScheduler`). Each reply's tokens are counted in :attr:`usage`
+    (in the SQLite store in ``settings.data_dir``, opened in ``setup_hook``); a chat over the
+    ``user_rate`` limit or a daily token quota gets one short notice (:attr:`limit_texts`)
+    until the limit resets, and is not answered. Admins are exempt.
+
     Parameters
     ----------
     settings: the bot's settings (default: ``Settings()``).
@@ -127,6 +136,8 @@ class ChatBot(Genbot):
     busy_text: str = "The model is busy with other chats. Please try again in a moment."
     #: The note shown (in italics) when the model cannot take the chat at all.
     unavailable_text: str = "The model is not available right now. Please try again later."
+    #: What a chat over a rate limit or token quota is told (once, until the limit resets).
+    limit_texts: LimitTexts = LimitTexts()
 
     def __init__(
         self,
@@ -150,6 +161,15 @@ class ChatBot(Genbot):
         )
         self.backend = self.own(backend if backend is not None else self.new_backend(self.settings))
         self.generation = generation_settings(self.settings)
+        self.turns = FairScheduler(self.backend, default_slots=self.settings.parallel)
+        self._retired_turns: dict[int, FairScheduler] = {}
+        self.store = Store(self.settings.data_dir)
+        self.usage = Usage(
+            self.store,
+            rate=Rate.parse(self.settings.user_rate),
+            user_tokens_per_day=self.settings.user_tokens_per_day,
+            server_tokens_per_day=self.settings.server_tokens_per_day,
+        )
         #: Chats (attends) in progress on each backend, by id, and the replaced backends.
         self._chats: dict[int, int] = {}
         self._retired: dict[int, Streamer] = {}
@@ -218,12 +238,26 @@ class ChatBot(Genbot):
             self.access = access
             self.wake_rules = WakeRules(channels, settings.ignore_prefix, settings.allow_bots)
             self.generation = generation_settings(settings)
+            self.usage.limiter.rate = Rate.parse(settings.user_rate)
+            self.usage.user_tokens_per_day = settings.user_tokens_per_day
+            self.usage.server_tokens_per_day = settings.server_tokens_per_day
             self.settings = settings
             if fresh is not None:
                 old, self.backend = self.backend, self.own(fresh)
                 self._retired[id(old)] = old
+                # chats still on the old model keep their turns there; new ones take the new
+                self._retired_turns[id(old)] = self.turns
+                self.turns = FairScheduler(self.backend, default_slots=settings.parallel)
                 self._close_if_idle(old)
             return changes
+
+    def _turns_of(self, backend: Streamer) -> FairScheduler:
+        """The fair turns at ``backend``: the current model's, or a replaced one's."""
+        if backend is self.turns.backend:
+            return self.turns
+        return self._retired_turns.setdefault(
+            id(backend), FairScheduler(backend, default_slots=self.settings.parallel)
+        )
 
     async def _start_model(self, settings: Settings) -> Streamer:
         """Start and warm up the model ``settings`` name; a failure closes it again."""
@@ -269,6 +303,7 @@ class ChatBot(Genbot):
         if id(backend) not in self._retired or id(backend) in self._chats:
             return
         del self._retired[id(backend)]
+        self._retired_turns.pop(id(backend), None)
         if not self.close_streamers:  # the streamers outlive the bot: not this one's to close
             self.disown(backend)
             return
@@ -284,15 +319,18 @@ class ChatBot(Genbot):
         _log.info("closed the model %r", backend)
 
     async def close(self) -> None:
-        """As :meth:`Genbot.close`, and waits (bounded) for replaced models to close."""
+        """As :meth:`Genbot.close`, waits (bounded) for replaced models to close, and closes the
+        usage store."""
         try:
             await super().close()
         finally:
             if self._closing_retired:
                 await asyncio.wait(self._closing_retired, timeout=2 * self.shutdown_timeout)
+            await self.store.close()
 
     async def setup_hook(self) -> None:
         await super().setup_hook()
+        await self.usage.open()
         if not self.backend.running:
             self.backend.start_process()
         _log.info("loading the model (%s)...", self.settings.model or "embedded SmolLM2")
@@ -328,7 +366,7 @@ class ChatBot(Genbot):
         # A first look, without the model: is there a question to answer at all?
         turn.context = self.context(channel, limit=self.settings.context_limit)
         question, _ = await self._question(turn.context)
-        if question is None:
+        if question is None or not await self._admit(channel, question):
             return
         try:
             stream, placeholder = await self._wait_for_slot(channel, question, turn.backend)
@@ -337,6 +375,7 @@ class ChatBot(Genbot):
             raise
         if stream is None:
             return
+        answered = question
         try:
             # Our turn at the model: read the context now, so it is as fresh as it can be.
             turn.context = self.context(channel, limit=self.settings.context_limit)
@@ -346,6 +385,7 @@ class ChatBot(Genbot):
                 placeholder = None
             if fresh is None:
                 return
+            answered = fresh
             assert self.user is not None  # attend runs only while logged in
             chat = context_to_messages(
                 [m for m in history if placeholder is None or m.id != placeholder.id],
@@ -371,6 +411,27 @@ class ChatBot(Genbot):
             )
         finally:
             stream.close()
+            if stream.deltas:
+                await self.usage.record(
+                    answered.author.id,
+                    _guild_id(channel),
+                    estimate_tokens(stream.deltas, stream.chars),
+                )
+
+    async def _admit(self, channel: discord.abc.Messageable, question: discord.Message) -> bool:
+        """Whether the question's author is within the rate limit and quotas (admins are);
+        if not, the first refusal until the limit resets shows a note."""
+        author = question.author
+        refusal = await self.usage.admit(
+            author.id, _guild_id(channel), exempt=self.is_admin(author)
+        )
+        if refusal is None:
+            return True
+        _log.info("not answering %s in %s: over the %s", author, _where(channel), refusal.kind)
+        if refusal.notify:
+            text = self.limit_texts.notice(refusal, self.usage.clock())
+            await self._note(channel, question, None, text)
+        return False
 
     async def _question(
         self, context: Context, placeholder: discord.Message | None = None
@@ -385,14 +446,15 @@ class ChatBot(Genbot):
 
     async def _wait_for_slot(
         self, channel: discord.abc.Messageable, question: discord.Message, backend: Streamer
-    ) -> tuple[CallerStream | None, discord.Message | None]:
-        """Wait (bounded by ``queue_timeout``) for a slot of ``backend``, showing typing, and after
+    ) -> tuple[FairStream | None, discord.Message | None]:
+        """Wait (bounded by ``queue_timeout``) for a slot of ``backend``, in its fair turn,
+        showing typing, and after
         :attr:`queued_after` seconds the queued note. Returns the stream (``None`` when the wait
         timed out, which shows :attr:`busy_text`) and the note, if one was sent.
 
         Raises :class:`genbot.StreamError` when the model fails while the chat waits.
         """
-        slot: StreamSlot = backend.stream()
+        slot = self._turns_of(backend).stream(user=question.author.id, channel=_channel_id(channel))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.queue_timeout
         entering = asyncio.ensure_future(slot.__aenter__())
@@ -486,6 +548,15 @@ def _answered(
         for m in history
         if m.id > question.id
     )
+
+
+def _guild_id(channel: discord.abc.Messageable) -> int | None:
+    guild = getattr(channel, "guild", None)
+    return guild.id if guild is not None else None
+
+
+def _channel_id(channel: discord.abc.Messageable) -> int:
+    return int(getattr(channel, "id", 0))
 
 
 def _where(channel: discord.abc.Messageable) -> str:

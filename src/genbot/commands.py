@@ -1,5 +1,5 @@
 """The slash commands every `Genbot` has: ``/reset``, ``/ping``, ``/thread``, ``/shutdown``,
-``/reload``.
+``/reload``, ``/usage``.
 
 Each command is a module-level function that finds its bot as ``interaction.client`` and takes
 what it says from ``bot.texts`` (a :class:`Texts`), so a subclass changes a text with one class
@@ -34,6 +34,7 @@ import discord
 from discord import app_commands
 
 from genbot.context import RESET_MARKER
+from genbot.quota import Usage
 from genbot.reload import ReloadError
 
 if TYPE_CHECKING:
@@ -69,6 +70,15 @@ class Texts:
     reloaded: str = "Config reloaded: {changes}."
     #: ``{error}``: why (one line, e.g. the config file's error).
     reload_failed: str = "The config was not reloaded, the running one stays: {error}"
+    #: ``/usage``: ``{tokens}``, ``{replies}``: today's counts (UTC); ``{quota}``: the quota.
+    usage_user: str = "Today (UTC) you used {tokens} tokens in {replies} replies."
+    usage_user_quota: str = " Your daily quota is {quota} tokens."
+    usage_rate: str = " Your rate limit is {rate}."
+    usage_server: str = "Today (UTC) this server used {tokens} tokens in {replies} replies."
+    usage_server_quota: str = " Its daily quota is {quota} tokens."
+    usage_not_admin: str = "Only the bot's admins can see a server's use."
+    usage_needs_server: str = "Ask for a server's use in that server."
+    usage_off: str = "This bot does not count usage."
     descriptions: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -197,6 +207,33 @@ async def reload(interaction: Interaction) -> None:
     else:
         text = bot.texts.reloaded.format(changes=changes)
     await interaction.followup.send(text[:2000], ephemeral=True)
+
+
+@builtin("usage")
+@app_commands.describe(server="Show this server's use instead of yours (admins only)")
+async def usage(interaction: Interaction, server: bool = False) -> None:
+    """How many tokens you used today"""
+    bot, texts = interaction.client, interaction.client.texts
+    counts = getattr(bot, "usage", None)
+    if not isinstance(counts, Usage):
+        return await _refuse(interaction, texts.usage_off)
+    if not server:
+        used = await counts.used("user", interaction.user.id)
+        text = texts.usage_user.format(tokens=used.tokens, replies=used.replies)
+        if counts.user_tokens_per_day:
+            text += texts.usage_user_quota.format(quota=counts.user_tokens_per_day)
+        if counts.rate is not None:
+            text += texts.usage_rate.format(rate=counts.rate.text)
+    elif not bot.is_admin(interaction.user):
+        return await _refuse(interaction, texts.usage_not_admin)
+    elif interaction.guild_id is None:
+        return await _refuse(interaction, texts.usage_needs_server)
+    else:
+        used = await counts.used("server", interaction.guild_id)
+        text = texts.usage_server.format(tokens=used.tokens, replies=used.replies)
+        if counts.server_tokens_per_day:
+            text += texts.usage_server_quota.format(quota=counts.server_tokens_per_day)
+    await interaction.response.send_message(text, ephemeral=True)
 
 
 async def on_command_error(interaction: Interaction, error: app_commands.AppCommandError) -> None:

@@ -64,6 +64,8 @@ OTHER_VARIABLES = frozenset({"GENBOT_API_KEY"})
 MAX_ID = 2**64 - 1
 #: llama.cpp reads the seed 2**32 - 1 as "random", so the largest fixed seed is one less.
 MAX_SEED = 2**32 - 2
+#: The largest daily token quota.
+MAX_TOKENS = 10**12
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 Check = Callable[[Any], "str | None"]
@@ -154,6 +156,38 @@ def _redis_url(value: Any) -> str | None:
 
 def _max_chars(limit: int) -> Check:
     return lambda value: None if len(value) <= limit else f"must be at most {limit} characters"
+
+
+def _rate(value: Any) -> str | None:
+    from genbot.quota import Rate
+
+    try:
+        Rate.parse(value)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _tokens(value: Any) -> str | None:
+    return None if 0 <= value <= MAX_TOKENS else f"must be from 0 (no quota) to {MAX_TOKENS}"
+
+
+def _data_dir(value: Any) -> str | None:
+    """A folder that exists and is writable, or can be created (its nearest existing parent
+    is a writable folder)."""
+    if not value.strip():
+        return "must name a folder"
+    path = Path(value).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            return "is a file, not a folder"
+        return None if os.access(path, os.W_OK | os.X_OK) else "is a folder the bot cannot write"
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} is not a folder the bot can write"
+    return None
 
 
 # -- the settings ----------------------------------------------------------------------------
@@ -318,6 +352,31 @@ class Settings:
         "the bot's processes, so that starting together they keep Discord's identify rate "
         "limit (needs genbot[cluster]); empty: none.",
         check=_redis_url,
+    )
+    data_dir: str = setting(
+        "./genbot-data",
+        "Folder of the bot's SQLite database (usage counts; created at start if missing); "
+        "a relative path is from the working directory.",
+        check=_data_dir,
+    )
+    user_rate: str = setting(
+        "",
+        "Most chats one user may start per period, '<count>/<period>' with period second, "
+        "minute, hour or day (e.g. '6/minute'); past it the user is told once. Empty: no "
+        "limit. Admins are exempt.",
+        check=_rate,
+    )
+    user_tokens_per_day: int = setting(
+        0,
+        "Most tokens of replies one user may get per UTC day (all servers and DMs); past it "
+        "the user is told once. 0: no quota; up to 10^12. Admins are exempt.",
+        check=_tokens,
+    )
+    server_tokens_per_day: int = setting(
+        0,
+        "Most tokens of replies per server per UTC day; past it each user asking is told "
+        "once. 0: no quota; up to 10^12. Admins are exempt.",
+        check=_tokens,
     )
 
     # -- loading -----------------------------------------------------------------------------
