@@ -7,7 +7,7 @@ import contextlib
 import threading
 
 import pytest
-from stream_workers import Ping, ask, numbers, pong
+from stream_workers import Ping, TwoConsumers, ask, numbers, pong
 
 import genbot
 from genbot.streaming import StreamError, WorkerExit, active_streamers
@@ -43,6 +43,16 @@ async def test_thread_worker_many_outputs_in_order() -> None:
         numbers.close()
     for tag, outputs in enumerate(results):
         assert outputs == [(tag, i) for i in range(50)]
+
+
+async def test_consume_from_two_threads_at_once() -> None:
+    """Calls of consume() from several worker threads take turns; every stream is served."""
+    with TwoConsumers() as streamer:
+        streamer.start_thread()
+        answers = await asyncio.wait_for(asyncio.gather(*(ask(streamer, i) for i in range(12))), 30)
+    assert len(answers) == 12
+    names = {name for [name] in answers}
+    assert names <= {"consumer-0", "consumer-1"}
 
 
 async def test_manual_worker_on_a_thread() -> None:
