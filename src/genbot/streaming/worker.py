@@ -132,6 +132,7 @@ class WorkerSide:
         self._outbox: list[bytes | tuple[int, object]] = []
         self._stopping = False
         self._sending = False  # a thread is in end.send(): the others queue behind it
+        self._send_first = False  # consume() handed out streams: send the next item at once
         self._receiver = threading.Thread(target=self._receive, name="genbot-recv", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name="genbot-send", daemon=True)
         self._receiver.start()
@@ -141,17 +142,25 @@ class WorkerSide:
 
     def send(self, data: bytes) -> None:
         """Queue ``data`` for the sender thread, which sends everything queued at once."""
-        with self._out_cond:
-            self._outbox.append(data)
-            if len(self._outbox) == 1 and not self._sending:
-                self._out_cond.notify()
+        self._queue(data)
 
     def send_plain(self, sid: int, obj: object) -> None:
         """Queue an output of a plain type; the sender pickles a run of them at once."""
+        self._queue((sid, obj))
+
+    def _queue(self, item: bytes | tuple[int, object]) -> None:
+        """Queue ``item`` and wake the sender thread, except for the first item after
+        ``consume()`` handed out streams, when nothing else waits: that one (typically a new
+        stream's first output) this thread sends at once, before the sender thread could run."""
         with self._out_cond:
-            self._outbox.append((sid, obj))
-            if len(self._outbox) == 1 and not self._sending:
+            self._outbox.append(item)
+            if len(self._outbox) > 1 or self._sending:
+                return  # the sender thread was told, or sends it after the current send
+            now, self._send_first = self._send_first, False
+            if not now:
                 self._out_cond.notify()
+        if now:
+            self.flush()
 
     def send_now(self, data: bytes) -> None:
         """Queue ``data`` and :meth:`flush`."""
@@ -305,6 +314,7 @@ class WorkerSide:
                 with self._read_lock, self.cond:
                     wait = self._take_or_wait_locked(minimum, maximum, deadline)
                     if isinstance(wait, list):
+                        self._send_first = bool(wait)
                         return wait
                     step_aside = self._receiver_polling and not self._consumer_reads
                     self._consumer_reads = True
