@@ -63,6 +63,39 @@ def _floor_child(conn: Connection, messages: int) -> None:
         conn.send_bytes(data)
 
 
+class _FloorReader:
+    """The parent's side of the floor: counts the one-way messages, then answers round trips."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, conn: Connection) -> None:
+        self.loop = loop
+        self.conn = conn
+        self.received = 0
+        self.started = 0.0
+        self.done: asyncio.Future[float] = loop.create_future()
+        self.reply: asyncio.Future[None] | None = None
+
+    def readable(self) -> None:
+        try:
+            while self.conn.poll():  # only what is already there: a zero-timeout select
+                self.conn.recv_bytes()
+                self._received_one()
+        except EOFError:  # the child died: fail the waits instead of leaving them hanging
+            self.loop.remove_reader(self.conn.fileno())
+            for future in (self.done, self.reply):
+                if future is not None and not future.done():
+                    future.set_exception(RuntimeError("the floor's child process died"))
+
+    def _received_one(self) -> None:
+        if self.received < FLOOR_MESSAGES:
+            if self.received == 0:
+                self.started = time.perf_counter()
+            self.received += 1
+            if self.received == FLOOR_MESSAGES:
+                self.done.set_result(time.perf_counter() - self.started)
+        elif self.reply is not None and not self.reply.done():
+            self.reply.set_result(None)
+
+
 async def measure_floor() -> tuple[float, float]:
     """(messages per second one way, median round trip in seconds) over a bare Pipe."""
     loop = asyncio.get_running_loop()
@@ -72,39 +105,16 @@ async def measure_floor() -> tuple[float, float]:
     )
     process.start()
     child.close()
-    received = 0
-    started = 0.0
-    done: asyncio.Future[float] = loop.create_future()
-    reply: asyncio.Future[None] | None = None
-
-    def readable() -> None:
-        nonlocal received, started, reply
-        try:
-            while parent.poll():  # only what is already there: poll() is a zero-timeout select
-                parent.recv_bytes()
-                if received < FLOOR_MESSAGES:
-                    if received == 0:
-                        started = time.perf_counter()
-                    received += 1
-                    if received == FLOOR_MESSAGES:
-                        done.set_result(time.perf_counter() - started)
-                elif reply is not None and not reply.done():
-                    reply.set_result(None)
-        except EOFError:  # the child died: fail the waits instead of leaving them hanging
-            loop.remove_reader(parent.fileno())
-            for future in (done, reply):
-                if future is not None and not future.done():
-                    future.set_exception(RuntimeError("the floor's child process died"))
-
-    loop.add_reader(parent.fileno(), readable)
-    elapsed = await done
+    reader = _FloorReader(loop, parent)
+    loop.add_reader(parent.fileno(), reader.readable)
+    elapsed = await reader.done
     rates = (FLOOR_MESSAGES - 1) / elapsed
     trips = []
     for _ in range(FLOOR_ROUND_TRIPS):
-        reply = loop.create_future()
+        reader.reply = loop.create_future()
         t = time.perf_counter()
         parent.send_bytes(b"ping!")
-        await reply
+        await reader.reply
         trips.append(time.perf_counter() - t)
     loop.remove_reader(parent.fileno())
     parent.close()
