@@ -6,8 +6,10 @@ first output (median, p99), the total wall time and the outputs per second, for 
 4 outputs of ~100 bytes per stream, and "token streaming", 64 outputs of ~5 bytes per stream.
 The floor, measured in the same run: one small message per send over a bare
 ``multiprocessing.Pipe`` from a worker process to an asyncio reader in the parent (messages per
-second, and round trip). Each figure is also printed as a ratio to the floor. Finally, the time
-from ``kill -9`` of the worker to every open stream having failed.
+second, and round trip). Each figure is also printed as a ratio to the floor. Then the time to
+first output at N = 1 when the inputs travel with the request for a turn
+(``streamer.stream(inputs)``; the table's callers send them once their turn came, as a bot
+does). Finally, the time from ``kill -9`` of the worker to every open stream having failed.
 """
 
 from __future__ import annotations
@@ -122,20 +124,26 @@ async def measure_floor() -> tuple[float, float]:
     return rates, statistics.median(trips)
 
 
-async def one_caller(load: tuple[int, int], t0: float, firsts: list[float]) -> int:
+async def one_caller(
+    load: tuple[int, int], t0: float, firsts: list[float], early: bool = False
+) -> int:
+    """One stream: inputs sent once the turn came (``stream(load)``, the bot's way), or with
+    the request for a turn (``early``: ``streamer.stream(load)``)."""
     n = 0
-    async with bench_worker.stream() as stream:
-        async for _ in stream(load):
+    async with bench_worker.stream(load) if early else bench_worker.stream() as stream:
+        async for _ in stream if early else stream(load):
             if n == 0:
                 firsts.append(time.perf_counter() - t0)
             n += 1
     return n
 
 
-async def run_round(n: int, load: tuple[int, int]) -> tuple[list[float], float]:
+async def run_round(
+    n: int, load: tuple[int, int], early: bool = False
+) -> tuple[list[float], float]:
     firsts: list[float] = []
     t0 = time.perf_counter()
-    counts = await asyncio.gather(*(one_caller(load, t0, firsts) for _ in range(n)))
+    counts = await asyncio.gather(*(one_caller(load, t0, firsts, early) for _ in range(n)))
     wall = time.perf_counter() - t0
     assert counts == [load[0]] * n, "lost outputs"
     return firsts, wall
@@ -184,6 +192,21 @@ def repeats(n: int, quick: bool) -> int:
     return {1: 100, 8: 25, 64: 7, 512: 5}.get(n, max(5, 100 // n))
 
 
+async def measure_early(quick: bool, floor_rtt: float) -> None:
+    """Time to first output at N = 1 with the inputs sent with the request for a turn."""
+    print("inputs sent with the request for a turn (streamer.stream(inputs)), N = 1:")
+    for name, load in LOADS.items():
+        firsts: list[float] = []
+        for _ in range(repeats(1, quick)):
+            round_firsts, _wall = await run_round(1, load, early=True)
+            firsts += round_firsts
+        med = statistics.median(firsts)
+        print(
+            f"  {name:<18} TTFO {med * 1e3:.2f} ms median, {p99(firsts) * 1e3:.2f} ms p99"
+            f" ({med / floor_rtt:.1f}x the floor's round trip)"
+        )
+
+
 async def main(quick: bool, sizes: tuple[int, ...]) -> None:
     floor_rate, floor_rtt = await measure_floor()
     print("floor (bare multiprocessing.Pipe -> asyncio reader, one message per send):")
@@ -214,6 +237,8 @@ async def main(quick: bool, sizes: tuple[int, ...]) -> None:
                     f" {wall * 1e3:>8.1f}ms {rate:>11,.0f} | {med / floor_rtt:>7.1f}x"
                     f" {p99(firsts) / floor_rtt:>7.1f}x {rate / floor_rate:>9.2f}x"
                 )
+        print()
+        await measure_early(quick, floor_rtt)
         print()
         deaths = await measure_death(process)
         print(

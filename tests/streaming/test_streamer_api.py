@@ -81,3 +81,45 @@ async def wait_started(streamer: genbot.Streamer) -> None:
 def test_not_started_is_a_clear_error() -> None:
     with pytest.raises(StreamError, match="not started"):
         Ping().stream()
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+async def test_inputs_sent_with_the_request_for_a_turn(mode: str) -> None:
+    """``streamer.stream(inputs)``: the block starts at the turn with the inputs already sent;
+    mixed with callers that send theirs after the turn, each gets its own outputs."""
+    if mode == "thread":
+        numbers.start_thread(maximum=4)
+    else:
+        numbers.start_process(maximum=4)
+
+    async def early(tag: str) -> list[object]:
+        async with numbers.stream((tag, 5)) as stream:
+            with pytest.raises(StreamError, match="already sent"):
+                stream((tag, 5))
+            return [out async for out in stream]
+
+    try:
+        calls = [early(f"e{i}") for i in range(6)] + [ask(numbers, (f"l{i}", 5)) for i in range(6)]
+        results = await asyncio.wait_for(asyncio.gather(*calls), 30)
+    finally:
+        numbers.close()
+    tags = [f"e{i}" for i in range(6)] + [f"l{i}" for i in range(6)]
+    assert results == [[(tag, i) for i in range(5)] for tag in tags]
+
+
+def test_inputs_sent_with_the_request_synchronously() -> None:
+    numbers.start_thread(maximum=2)
+    try:
+        with numbers.stream(("s", 3)) as stream:
+            assert list(stream) == [("s", 0), ("s", 1), ("s", 2)]
+    finally:
+        numbers.close()
+
+
+def test_unpicklable_inputs_with_the_request_fail_at_once() -> None:
+    numbers.start_thread()
+    try:
+        with pytest.raises(StreamError, match="not picklable"):
+            numbers.stream(lambda: None)
+    finally:
+        numbers.close()

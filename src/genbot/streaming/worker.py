@@ -111,7 +111,7 @@ class WorkerSide:
         self.end = end
         self.input_timeout = input_timeout
         self.cond = threading.Condition(threading.Lock())
-        self.pending: dict[int, None] = {}
+        self.pending: dict[int, bytes | None] = {}  # with the inputs, if sent with OPEN
         self.granted: dict[int, float] = {}
         self.ready: dict[int, Stream] = {}
         self.active: dict[int, Stream] = {}
@@ -263,6 +263,8 @@ class WorkerSide:
             for kind, sid, payload in self._frames.feed(data):
                 if kind == frames.OPEN:
                     self.pending[sid] = None
+                elif kind == frames.OPEN_DATA:
+                    self.pending[sid] = payload
                 elif kind == frames.DATA:
                     self._arrived(sid, payload)
                 elif kind == frames.CANCEL:
@@ -271,6 +273,10 @@ class WorkerSide:
     def _arrived(self, sid: int, payload: bytes) -> None:
         if self.granted.pop(sid, None) is None:
             return  # expired or cancelled meanwhile
+        self._make_ready(sid, payload)
+
+    def _make_ready(self, sid: int, payload: bytes) -> None:
+        """The inputs of granted stream ``sid`` are here: it is ready (or fails if garbled)."""
         stream = Stream(self, sid, None)
         try:
             stream.data = frames.loads(payload, "inputs")
@@ -373,9 +379,12 @@ class WorkerSide:
         grants = []
         while self.pending and len(self.granted) + len(self.ready) < maximum:
             sid = next(iter(self.pending))
-            del self.pending[sid]
-            self.granted[sid] = now + self.input_timeout
+            inputs = self.pending.pop(sid)
             grants.append(frames.frame(frames.GRANT, sid))
+            if inputs is None:
+                self.granted[sid] = now + self.input_timeout
+            else:
+                self._make_ready(sid, inputs)  # sent with OPEN: no wait for them
         if grants:
             self.send_now(b"".join(grants))
 
