@@ -6,6 +6,8 @@ How a stream goes (see also :mod:`genbot.streaming.worker`):
 2. The worker's ``consume(minimum, maximum)`` takes waiting streams, up to ``maximum``, and
    *grants* each its turn; the caller's ``async with`` body starts only now, so it builds its
    inputs (e.g. reads the context window) at the last moment, and sends them: ``stream(inputs)``.
+   A caller that has its inputs already sends them with the request for a turn,
+   ``streamer.stream(inputs)`` (*OPEN_DATA*): the stream is ready as soon as it is granted.
 3. ``consume`` hands a stream to the worker only once its inputs arrived, so ``stream.data`` is
    always there. With ``minimum >= 1`` it returns once every stream it granted has sent its
    inputs (a batch is not split by the round trip); with ``minimum=0`` it returns at once with

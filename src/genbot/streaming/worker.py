@@ -104,7 +104,8 @@ class WorkerSide:
     it the turn, the caller builds and sends its inputs) -> *ready* (the inputs arrived) ->
     *active* (returned by ``consume()``, until either side closes it). Granted streams count
     against ``consume``'s ``maximum``; one whose inputs do not arrive within ``input_timeout``
-    seconds is expired and its slot released.
+    seconds is expired and its slot released. A stream whose inputs came with its request
+    (``OPEN_DATA``) goes from *pending* to *ready* when it is granted.
     """
 
     def __init__(self, end: WorkerConnection, *, input_timeout: float) -> None:
