@@ -22,6 +22,7 @@ __all__ = [
     "HangUp",
     "Hanging",
     "Pairs",
+    "Patient",
     "Ping",
     "Recorder",
     "Stubborn",
@@ -239,3 +240,13 @@ class TwoConsumers(Streamer):
                 stream.close()
         except WorkerExit:
             return
+
+
+class Patient(Streamer):
+    """Waits for its streams with a timeout of years (longer than one ``poll`` can wait)."""
+
+    def worker(self) -> None:
+        while True:
+            for stream in self.consume(minimum=1, maximum=1, timeout=1e9):
+                stream.write(stream.data)
+                stream.close()

@@ -7,7 +7,7 @@ import contextlib
 import threading
 
 import pytest
-from stream_workers import Ping, TwoConsumers, ask, numbers, pong
+from stream_workers import Patient, Ping, TwoConsumers, ask, numbers, pong
 
 import genbot
 from genbot.streaming import StreamError, WorkerExit, active_streamers
@@ -123,3 +123,9 @@ def test_unpicklable_inputs_with_the_request_fail_at_once() -> None:
             numbers.stream(lambda: None)
     finally:
         numbers.close()
+
+
+async def test_consume_with_a_timeout_of_years() -> None:
+    with Patient() as streamer:
+        streamer.start_thread()
+        assert await asyncio.wait_for(ask(streamer, "x"), 30) == ["x"]

@@ -93,6 +93,15 @@ def _encode(batch: list[bytes | tuple[int, object]]) -> bytes:
     return b"".join(chunks)
 
 
+#: The longest wait ``poll`` takes (a C int of milliseconds); ``consume()`` waits again after.
+_MAX_POLL_MS = 2**31 - 1
+
+
+def _poll_ms(seconds: float) -> int:
+    """``seconds`` as a ``poll`` timeout: milliseconds, rounded up, at most ``_MAX_POLL_MS``."""
+    return min(math.ceil(seconds * 1000), _MAX_POLL_MS)
+
+
 def _error_payload(message: str, text: str | None) -> bytes:
     return frames.dumps((message, text), "error")
 
@@ -327,7 +336,7 @@ class WorkerSide:
                     self._consumer_reads = True
                 if step_aside:
                     self._wake_receiver()
-                self._consumer_poll.poll(-1 if wait is None else math.ceil(wait * 1000))
+                self._consumer_poll.poll(-1 if wait is None else _poll_ms(wait))
                 with self._read_lock:
                     self._read()
         finally:
