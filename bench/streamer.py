@@ -6,8 +6,10 @@ first output (median, p99), the total wall time and the outputs per second, for 
 4 outputs of ~100 bytes per stream, and "token streaming", 64 outputs of ~5 bytes per stream.
 The floor, measured in the same run: one small message per send over a bare
 ``multiprocessing.Pipe`` from a worker process to an asyncio reader in the parent (messages per
-second, and round trip). Each figure is also printed as a ratio to the floor. Finally, the time
-from ``kill -9`` of the worker to every open stream having failed.
+second, and round trip). Each figure is also printed as a ratio to the floor. Then the time to
+first output at N = 1 when the inputs travel with the request for a turn
+(``streamer.stream(inputs)``; the table's callers send them once their turn came, as a bot
+does). Finally, the time from ``kill -9`` of the worker to every open stream having failed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,39 @@ def _floor_child(conn: Connection, messages: int) -> None:
         conn.send_bytes(data)
 
 
+class _FloorReader:
+    """The parent's side of the floor: counts the one-way messages, then answers round trips."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, conn: Connection) -> None:
+        self.loop = loop
+        self.conn = conn
+        self.received = 0
+        self.started = 0.0
+        self.done: asyncio.Future[float] = loop.create_future()
+        self.reply: asyncio.Future[None] | None = None
+
+    def readable(self) -> None:
+        try:
+            while self.conn.poll():  # only what is already there: a zero-timeout select
+                self.conn.recv_bytes()
+                self._received_one()
+        except EOFError:  # the child died: fail the waits instead of leaving them hanging
+            self.loop.remove_reader(self.conn.fileno())
+            for future in (self.done, self.reply):
+                if future is not None and not future.done():
+                    future.set_exception(RuntimeError("the floor's child process died"))
+
+    def _received_one(self) -> None:
+        if self.received < FLOOR_MESSAGES:
+            if self.received == 0:
+                self.started = time.perf_counter()
+            self.received += 1
+            if self.received == FLOOR_MESSAGES:
+                self.done.set_result(time.perf_counter() - self.started)
+        elif self.reply is not None and not self.reply.done():
+            self.reply.set_result(None)
+
+
 async def measure_floor() -> tuple[float, float]:
     """(messages per second one way, median round trip in seconds) over a bare Pipe."""
     loop = asyncio.get_running_loop()
@@ -72,39 +107,16 @@ async def measure_floor() -> tuple[float, float]:
     )
     process.start()
     child.close()
-    received = 0
-    started = 0.0
-    done: asyncio.Future[float] = loop.create_future()
-    reply: asyncio.Future[None] | None = None
-
-    def readable() -> None:
-        nonlocal received, started, reply
-        try:
-            while parent.poll():  # only what is already there: poll() is a zero-timeout select
-                parent.recv_bytes()
-                if received < FLOOR_MESSAGES:
-                    if received == 0:
-                        started = time.perf_counter()
-                    received += 1
-                    if received == FLOOR_MESSAGES:
-                        done.set_result(time.perf_counter() - started)
-                elif reply is not None and not reply.done():
-                    reply.set_result(None)
-        except EOFError:  # the child died: fail the waits instead of leaving them hanging
-            loop.remove_reader(parent.fileno())
-            for future in (done, reply):
-                if future is not None and not future.done():
-                    future.set_exception(RuntimeError("the floor's child process died"))
-
-    loop.add_reader(parent.fileno(), readable)
-    elapsed = await done
+    reader = _FloorReader(loop, parent)
+    loop.add_reader(parent.fileno(), reader.readable)
+    elapsed = await reader.done
     rates = (FLOOR_MESSAGES - 1) / elapsed
     trips = []
     for _ in range(FLOOR_ROUND_TRIPS):
-        reply = loop.create_future()
+        reader.reply = loop.create_future()
         t = time.perf_counter()
         parent.send_bytes(b"ping!")
-        await reply
+        await reader.reply
         trips.append(time.perf_counter() - t)
     loop.remove_reader(parent.fileno())
     parent.close()
@@ -112,20 +124,26 @@ async def measure_floor() -> tuple[float, float]:
     return rates, statistics.median(trips)
 
 
-async def one_caller(load: tuple[int, int], t0: float, firsts: list[float]) -> int:
+async def one_caller(
+    load: tuple[int, int], t0: float, firsts: list[float], early: bool = False
+) -> int:
+    """One stream: inputs sent once the turn came (``stream(load)``, the bot's way), or with
+    the request for a turn (``early``: ``streamer.stream(load)``)."""
     n = 0
-    async with bench_worker.stream() as stream:
-        async for _ in stream(load):
+    async with bench_worker.stream(load) if early else bench_worker.stream() as stream:
+        async for _ in stream if early else stream(load):
             if n == 0:
                 firsts.append(time.perf_counter() - t0)
             n += 1
     return n
 
 
-async def run_round(n: int, load: tuple[int, int]) -> tuple[list[float], float]:
+async def run_round(
+    n: int, load: tuple[int, int], early: bool = False
+) -> tuple[list[float], float]:
     firsts: list[float] = []
     t0 = time.perf_counter()
-    counts = await asyncio.gather(*(one_caller(load, t0, firsts) for _ in range(n)))
+    counts = await asyncio.gather(*(one_caller(load, t0, firsts, early) for _ in range(n)))
     wall = time.perf_counter() - t0
     assert counts == [load[0]] * n, "lost outputs"
     return firsts, wall
@@ -174,6 +192,21 @@ def repeats(n: int, quick: bool) -> int:
     return {1: 100, 8: 25, 64: 7, 512: 5}.get(n, max(5, 100 // n))
 
 
+async def measure_early(quick: bool, floor_rtt: float) -> None:
+    """Time to first output at N = 1 with the inputs sent with the request for a turn."""
+    print("inputs sent with the request for a turn (streamer.stream(inputs)), N = 1:")
+    for name, load in LOADS.items():
+        firsts: list[float] = []
+        for _ in range(repeats(1, quick)):
+            round_firsts, _wall = await run_round(1, load, early=True)
+            firsts += round_firsts
+        med = statistics.median(firsts)
+        print(
+            f"  {name:<18} TTFO {med * 1e3:.2f} ms median, {p99(firsts) * 1e3:.2f} ms p99"
+            f" ({med / floor_rtt:.1f}x the floor's round trip)"
+        )
+
+
 async def main(quick: bool, sizes: tuple[int, ...]) -> None:
     floor_rate, floor_rtt = await measure_floor()
     print("floor (bare multiprocessing.Pipe -> asyncio reader, one message per send):")
@@ -204,6 +237,8 @@ async def main(quick: bool, sizes: tuple[int, ...]) -> None:
                     f" {wall * 1e3:>8.1f}ms {rate:>11,.0f} | {med / floor_rtt:>7.1f}x"
                     f" {p99(firsts) / floor_rtt:>7.1f}x {rate / floor_rate:>9.2f}x"
                 )
+        print()
+        await measure_early(quick, floor_rtt)
         print()
         deaths = await measure_death(process)
         print(

@@ -13,7 +13,7 @@ from streamer_design_examples import MyStreamer as Ping
 from streamer_design_examples import streamer as pong
 
 import genbot
-from genbot.streaming import Stream, Streamer, frames
+from genbot.streaming import Stream, Streamer, WorkerExit, frames
 
 __all__ = [
     "Continuous",
@@ -22,9 +22,11 @@ __all__ = [
     "HangUp",
     "Hanging",
     "Pairs",
+    "Patient",
     "Ping",
     "Recorder",
     "Stubborn",
+    "TwoConsumers",
     "ask",
     "endless",
     "flaky",
@@ -213,3 +215,38 @@ class Garbled(Streamer):
                 continue
             stream.write(stream.data)
             stream.close()
+
+
+class TwoConsumers(Streamer):
+    """Two threads of the worker call ``consume()`` at once, each taking one stream at a time;
+    each stream gets the name of the thread that took it."""
+
+    def worker(self) -> None:
+        threads = [
+            threading.Thread(target=self._consume_loop, name=f"consumer-{i}", daemon=True)
+            for i in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _consume_loop(self) -> None:
+        try:
+            while True:
+                [stream] = self.consume(minimum=1, maximum=1)
+                stream.write(threading.current_thread().name)
+                time.sleep(0.01)  # busy: the other thread takes the next stream meanwhile
+                stream.close()
+        except WorkerExit:
+            return
+
+
+class Patient(Streamer):
+    """Waits for its streams with a timeout of years (longer than one ``poll`` can wait)."""
+
+    def worker(self) -> None:
+        while True:
+            for stream in self.consume(minimum=1, maximum=1, timeout=1e9):
+                stream.write(stream.data)
+                stream.close()

@@ -7,7 +7,7 @@ import contextlib
 import threading
 
 import pytest
-from stream_workers import Ping, ask, numbers, pong
+from stream_workers import Patient, Ping, TwoConsumers, ask, numbers, pong
 
 import genbot
 from genbot.streaming import StreamError, WorkerExit, active_streamers
@@ -45,6 +45,16 @@ async def test_thread_worker_many_outputs_in_order() -> None:
         assert outputs == [(tag, i) for i in range(50)]
 
 
+async def test_consume_from_two_threads_at_once() -> None:
+    """Calls of consume() from several worker threads take turns; every stream is served."""
+    with TwoConsumers() as streamer:
+        streamer.start_thread()
+        answers = await asyncio.wait_for(asyncio.gather(*(ask(streamer, i) for i in range(12))), 30)
+    assert len(answers) == 12
+    names = {name for [name] in answers}
+    assert names <= {"consumer-0", "consumer-1"}
+
+
 async def test_manual_worker_on_a_thread() -> None:
     ping = Ping()
 
@@ -71,3 +81,51 @@ async def wait_started(streamer: genbot.Streamer) -> None:
 def test_not_started_is_a_clear_error() -> None:
     with pytest.raises(StreamError, match="not started"):
         Ping().stream()
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+async def test_inputs_sent_with_the_request_for_a_turn(mode: str) -> None:
+    """``streamer.stream(inputs)``: the block starts at the turn with the inputs already sent;
+    mixed with callers that send theirs after the turn, each gets its own outputs."""
+    if mode == "thread":
+        numbers.start_thread(maximum=4)
+    else:
+        numbers.start_process(maximum=4)
+
+    async def early(tag: str) -> list[object]:
+        async with numbers.stream((tag, 5)) as stream:
+            with pytest.raises(StreamError, match="already sent"):
+                stream((tag, 5))
+            return [out async for out in stream]
+
+    try:
+        calls = [early(f"e{i}") for i in range(6)] + [ask(numbers, (f"l{i}", 5)) for i in range(6)]
+        results = await asyncio.wait_for(asyncio.gather(*calls), 30)
+    finally:
+        numbers.close()
+    tags = [f"e{i}" for i in range(6)] + [f"l{i}" for i in range(6)]
+    assert results == [[(tag, i) for i in range(5)] for tag in tags]
+
+
+def test_inputs_sent_with_the_request_synchronously() -> None:
+    numbers.start_thread(maximum=2)
+    try:
+        with numbers.stream(("s", 3)) as stream:
+            assert list(stream) == [("s", 0), ("s", 1), ("s", 2)]
+    finally:
+        numbers.close()
+
+
+def test_unpicklable_inputs_with_the_request_fail_at_once() -> None:
+    numbers.start_thread()
+    try:
+        with pytest.raises(StreamError, match="not picklable"):
+            numbers.stream(lambda: None)
+    finally:
+        numbers.close()
+
+
+async def test_consume_with_a_timeout_of_years() -> None:
+    with Patient() as streamer:
+        streamer.start_thread()
+        assert await asyncio.wait_for(ask(streamer, "x"), 30) == ["x"]

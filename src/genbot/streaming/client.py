@@ -426,9 +426,10 @@ class Hub:
         else:
             self._outbox.append(data)  # the worker is (re)starting
 
-    def register(self, st: CallerStream) -> None:
-        """Give ``st`` its id and queue it at the worker (``OPEN``); its home loop watches the
-        connection until it is closed. Call on the home loop's thread (or any, for the hub's).
+    def register(self, st: CallerStream, inputs: bytes | None = None) -> None:
+        """Give ``st`` its id and queue it at the worker (``OPEN``, or ``OPEN_DATA`` with the
+        pickled ``inputs``); its home loop watches the connection until it is closed. Call on
+        the home loop's thread (or any, for the hub's).
 
         Raises
         ------
@@ -444,7 +445,11 @@ class Hub:
                 raise WorkerDied(f"streamer {self.name}: {self.dead}")
             st.id = next(self._ids)
             self.streams[st.id] = st
-            self._send_locked(frames.frame(frames.OPEN, st.id))
+            if inputs is None:
+                self._send_locked(frames.frame(frames.OPEN, st.id))
+            else:
+                st._sent = True
+                self._send_locked(frames.frame(frames.OPEN_DATA, st.id, inputs))
             resync = self.interest_locked(st._home, 1)
             if resync and st._home is not self.loop:
                 self.resync_locked(st._home)
@@ -676,17 +681,19 @@ class StreamSlot:
 
     ``async with streamer.stream() as stream:`` on an event loop; ``with streamer.stream() as
     stream:`` from synchronous code off the loop's thread. Leaving the block closes the stream.
+    ``inputs``: the pickled inputs, sent with the request for a turn (``streamer.stream(x)``).
     """
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, inputs: bytes | None = None) -> None:
         self._hub = hub
+        self._inputs = inputs
         self._stream: CallerStream | None = None
 
     def _open(self, home: asyncio.AbstractEventLoop) -> CallerStream:
         if self._stream is not None:
             raise StreamError("a stream slot can be entered once; call streamer.stream() again")
         self._stream = CallerStream(self._hub, home)
-        self._hub.register(self._stream)
+        self._hub.register(self._stream, self._inputs)
         return self._stream
 
     async def __aenter__(self) -> CallerStream:

@@ -32,7 +32,8 @@ _CHUNK = 1 << 18
 
 
 class WorkerConnection:
-    """The worker's end: blocking calls, made from the worker's receiver and sender threads.
+    """The worker's end: read (without blocking) by whichever worker thread waits on it, written
+    (blocking) by the worker's sender thread or by a thread that flushes.
 
     Picklable by :mod:`multiprocessing` (the socket is), so it can be handed to a worker process.
     """
@@ -40,10 +41,13 @@ class WorkerConnection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
-    def recv(self) -> bytes:
-        """The next chunk of bytes; ``b""`` once the caller side is gone."""
+    def recv_nowait(self) -> bytes | None:
+        """What the socket holds, without blocking: ``None`` if nothing, ``b""`` once the caller
+        side is gone. (The socket stays blocking for the sender's ``sendall``.)"""
         try:
-            return self.sock.recv(_CHUNK)
+            return self.sock.recv(_CHUNK, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return None
         except OSError:
             return b""
 

@@ -6,6 +6,8 @@ How a stream goes (see also :mod:`genbot.streaming.worker`):
 2. The worker's ``consume(minimum, maximum)`` takes waiting streams, up to ``maximum``, and
    *grants* each its turn; the caller's ``async with`` body starts only now, so it builds its
    inputs (e.g. reads the context window) at the last moment, and sends them: ``stream(inputs)``.
+   A caller that has its inputs already sends them with the request for a turn,
+   ``streamer.stream(inputs)`` (*OPEN_DATA*): the stream is ready as soon as it is granted.
 3. ``consume`` hands a stream to the worker only once its inputs arrived, so ``stream.data`` is
    always there. With ``minimum >= 1`` it returns once every stream it granted has sent its
    inputs (a batch is not split by the round trip); with ``minimum=0`` it returns at once with
@@ -51,6 +53,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, overload
 
+from genbot.streaming import frames
 from genbot.streaming.client import Hub, StreamSlot
 from genbot.streaming.connection import WorkerConnection
 from genbot.streaming.errors import StreamError, WorkerExit
@@ -73,6 +76,7 @@ __all__ = ["FunctionStreamer", "Streamer", "active_streamers", "streamer"]
 _log = logging.getLogger(__name__)
 
 _registry_lock = threading.Lock()
+_NO_INPUTS: Any = object()  # Streamer.stream() without inputs
 _active: dict[int, Streamer] = {}
 
 
@@ -290,14 +294,31 @@ class Streamer:
 
     # -- caller side -----------------------------------------------------------------------
 
-    def stream(self) -> StreamSlot:
-        """A slot in the queue: ``async with streamer.stream() as stream:`` (see the module doc)."""
+    def stream(self, inputs: Any = _NO_INPUTS) -> StreamSlot:
+        """A slot in the queue: ``async with streamer.stream() as stream:`` (see the module doc).
+
+        Parameters
+        ----------
+        inputs
+            The inputs, when the caller has them before its turn: they travel with the request
+            for a turn, so the worker can start on them as soon as it grants it (one round
+            trip to the worker less before the first output). Then iterate over the stream
+            itself: ``async with streamer.stream(x) as stream: async for out in stream:``.
+            Without them, the block builds its inputs once its turn came and sends them with
+            ``stream(inputs)``.
+
+        Raises
+        ------
+        StreamError
+            The streamer is not started or closed, or ``inputs`` are not picklable.
+        """
         hub = self._hub
         if hub is None:
             raise StreamError(
                 f"{self!r} is not started (or was closed): call start_process() or start_thread()"
             )
-        return StreamSlot(hub)
+        payload = None if inputs is _NO_INPUTS else frames.dumps(inputs, "inputs")
+        return StreamSlot(hub, payload)
 
     # -- misc ------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ __all__ = [
     "GRANT",
     "HEADER",
     "OPEN",
+    "OPEN_DATA",
     "OUT",
     "OUTS",
     "PLAIN_TYPES",
@@ -37,6 +38,7 @@ HEADER = struct.Struct("<IBI")
 OPEN = 1  # a caller waits for a turn
 DATA = 2  # the caller's inputs (payload: pickle)
 CANCEL = 3  # the caller went away
+OPEN_DATA = 10  # OPEN with the inputs already (payload: pickle): ready as soon as granted
 # worker -> caller
 GRANT = 4  # the worker took the stream: the caller may now build and send its inputs
 OUT = 5  # one output (payload: pickle)

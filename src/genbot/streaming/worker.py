@@ -1,16 +1,21 @@
 """The worker side: the streams a worker consumes, and the threads that move their frames.
 
-A worker (thread or process) owns one :class:`~genbot.streaming.connection.WorkerConnection`. A
-receiver thread reads frames from it and keeps the queue of streams; ``consume()`` grants turns
-from that queue and hands out streams once their inputs arrived (while ``consume()`` waits, the
-receiver grants turns itself, so a caller's turn does not wait for the worker's thread to wake);
-a sender thread coalesces everything written since its last send into one ``send`` call, so many
-small outputs share a system call.
+A worker (thread or process) owns one :class:`~genbot.streaming.connection.WorkerConnection`.
+Frames are read, and the queue of streams kept, by whoever waits on the connection: while
+``consume()`` waits, the worker's own thread reads the socket, so it grants turns and takes the
+inputs that complete its batch without a switch to another thread; while the worker is busy
+elsewhere, a receiver thread reads (so that cancellations and the caller side's end are seen at
+once). One reads at a time: the receiver steps aside, woken through a pipe, when ``consume()``
+starts waiting, and resumes when it returns. A sender thread coalesces everything written since
+its last send into one ``send`` call, so many small outputs share a system call.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
+import select
 import threading
 import time
 import traceback
@@ -88,6 +93,15 @@ def _encode(batch: list[bytes | tuple[int, object]]) -> bytes:
     return b"".join(chunks)
 
 
+#: The longest wait ``poll`` takes (a C int of milliseconds); ``consume()`` waits again after.
+_MAX_POLL_MS = 2**31 - 1
+
+
+def _poll_ms(seconds: float) -> int:
+    """``seconds`` as a ``poll`` timeout: milliseconds, rounded up, at most ``_MAX_POLL_MS``."""
+    return min(math.ceil(seconds * 1000), _MAX_POLL_MS)
+
+
 def _error_payload(message: str, text: str | None) -> bytes:
     return frames.dumps((message, text), "error")
 
@@ -99,23 +113,36 @@ class WorkerSide:
     it the turn, the caller builds and sends its inputs) -> *ready* (the inputs arrived) ->
     *active* (returned by ``consume()``, until either side closes it). Granted streams count
     against ``consume``'s ``maximum``; one whose inputs do not arrive within ``input_timeout``
-    seconds is expired and its slot released.
+    seconds is expired and its slot released. A stream whose inputs came with its request
+    (``OPEN_DATA``) goes from *pending* to *ready* when it is granted.
     """
 
     def __init__(self, end: WorkerConnection, *, input_timeout: float) -> None:
         self.end = end
         self.input_timeout = input_timeout
         self.cond = threading.Condition(threading.Lock())
-        self.pending: dict[int, None] = {}
+        self.pending: dict[int, bytes | None] = {}  # with the inputs, if sent with OPEN
         self.granted: dict[int, float] = {}
         self.ready: dict[int, Stream] = {}
         self.active: dict[int, Stream] = {}
         self.eof = False
-        self._waiting_maximum: int | None = None  # the maximum of a consume() that waits
+        # Reading: one thread at a time reads and handles frames, under read_lock (taken before
+        # cond). consume() reads while it waits (_consumer_reads); the receiver then steps aside.
+        self._read_lock = threading.Lock()
+        self._consume_lock = threading.Lock()
+        self._frames = frames.FrameReader()
+        self._consumer_reads = False
+        self._receiver_polling = False  # the receiver waits on the socket (not parked on cond)
+        self._wake_r, self._wake_w = os.pipe()  # tells the polling receiver to step aside
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._consumer_poll = select.poll()
+        self._consumer_poll.register(end.sock, select.POLLIN)
         self._out_cond = threading.Condition(threading.Lock())
         self._outbox: list[bytes | tuple[int, object]] = []
         self._stopping = False
         self._sending = False  # a thread is in end.send(): the others queue behind it
+        self._send_first = False  # consume() handed out streams: send the next item at once
         self._receiver = threading.Thread(target=self._receive, name="genbot-recv", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name="genbot-send", daemon=True)
         self._receiver.start()
@@ -125,17 +152,25 @@ class WorkerSide:
 
     def send(self, data: bytes) -> None:
         """Queue ``data`` for the sender thread, which sends everything queued at once."""
-        with self._out_cond:
-            self._outbox.append(data)
-            if len(self._outbox) == 1 and not self._sending:
-                self._out_cond.notify()
+        self._queue(data)
 
     def send_plain(self, sid: int, obj: object) -> None:
         """Queue an output of a plain type; the sender pickles a run of them at once."""
+        self._queue((sid, obj))
+
+    def _queue(self, item: bytes | tuple[int, object]) -> None:
+        """Queue ``item`` and wake the sender thread, except for the first item after
+        ``consume()`` handed out streams, when nothing else waits: that one (typically a new
+        stream's first output) this thread sends at once, before the sender thread could run."""
         with self._out_cond:
-            self._outbox.append((sid, obj))
-            if len(self._outbox) == 1 and not self._sending:
+            self._outbox.append(item)
+            if len(self._outbox) > 1 or self._sending:
+                return  # the sender thread was told, or sends it after the current send
+            now, self._send_first = self._send_first, False
+            if not now:
                 self._out_cond.notify()
+        if now:
+            self.flush()
 
     def send_now(self, data: bytes) -> None:
         """Queue ``data`` and :meth:`flush`."""
@@ -193,29 +228,65 @@ class WorkerSide:
     # -- receiving -------------------------------------------------------------------------
 
     def _receive(self) -> None:
-        reader = frames.FrameReader()
-        while True:
-            data = self.end.recv()
-            if not data:
-                self._lost()
-                return
+        """The receiver thread: reads while ``consume()`` does not, until the connection ends."""
+        poller = select.poll()
+        poller.register(self.end.sock, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        try:
+            while self._receiver_turn():
+                poller.poll()
+                self._drain_wake()
+                with self._read_lock:
+                    if not self._consumer_reads:
+                        self._read()
+        finally:
             with self.cond:
-                for kind, sid, payload in reader.feed(data):
-                    if kind == frames.OPEN:
-                        self.pending[sid] = None
-                    elif kind == frames.DATA:
-                        self._arrived(sid, payload)
-                    elif kind == frames.CANCEL:
-                        self._cancelled(sid)
-                if self.pending and self._waiting_maximum is not None:
-                    # consume() waits: grant as it would on waking, without waiting for it to
-                    # wake (a thread switch less before the caller may send its inputs).
-                    self._grant_locked(self._waiting_maximum, time.monotonic())
-                self.cond.notify_all()
+                self._receiver_polling = False
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_r = self._wake_w = -1
+
+    def _receiver_turn(self) -> bool:
+        """Wait while ``consume()`` reads; False once the connection ended."""
+        with self.cond:
+            self._receiver_polling = False
+            while self._consumer_reads and not self.eof:
+                self.cond.wait()
+            self._receiver_polling = not self.eof
+            return self._receiver_polling
+
+    def _drain_wake(self) -> None:
+        try:
+            os.read(self._wake_r, 64)
+        except BlockingIOError:
+            pass
+
+    def _read(self) -> None:
+        """Under ``read_lock``: read what the socket holds, without blocking, and handle it."""
+        data = self.end.recv_nowait()
+        if data is None:
+            return  # nothing there (yet)
+        if not data:
+            self._lost()
+            return
+        with self.cond:
+            for kind, sid, payload in self._frames.feed(data):
+                if kind == frames.OPEN:
+                    self.pending[sid] = None
+                elif kind == frames.OPEN_DATA:
+                    self.pending[sid] = payload
+                elif kind == frames.DATA:
+                    self._arrived(sid, payload)
+                elif kind == frames.CANCEL:
+                    self._cancelled(sid)
 
     def _arrived(self, sid: int, payload: bytes) -> None:
         if self.granted.pop(sid, None) is None:
             return  # expired or cancelled meanwhile
+        self._make_ready(sid, payload)
+
+    def _make_ready(self, sid: int, payload: bytes) -> None:
+        """The inputs of granted stream ``sid`` are here: it is ready (or fails if garbled)."""
         stream = Stream(self, sid, None)
         try:
             stream.data = frames.loads(payload, "inputs")
@@ -251,42 +322,79 @@ class WorkerSide:
             raise ValueError(f"need 0 <= minimum <= maximum, got {minimum} and {maximum}")
         deadline = None if timeout is None else time.monotonic() + timeout
         self.flush()  # the outputs written since the last call
-        with self.cond:
+        # One call at a time reads (calls from several threads take turns).
+        if not self._consume_lock.acquire(timeout=-1 if timeout is None else timeout):
+            return []
+        try:
             while True:
-                if self.eof:
-                    raise WorkerExit
-                now = time.monotonic()
-                self._expire(now)
-                self._grant_locked(maximum, now)
-                if len(self.ready) >= maximum or (len(self.ready) >= minimum and not self.granted):
-                    break
-                if minimum == 0:
-                    break
-                wait = min(self.granted.values(), default=None)
-                if deadline is not None:
-                    if now >= deadline:
-                        break
-                    wait = deadline if wait is None else min(wait, deadline)
-                self._waiting_maximum = maximum  # the receiver grants meanwhile
-                try:
-                    self.cond.wait(None if wait is None else max(wait - now, 0.0))
-                finally:
-                    self._waiting_maximum = None
-            taken = []
-            for sid in list(self.ready)[:maximum]:
-                stream = self.ready.pop(sid)
-                self.active[sid] = stream
-                taken.append(stream)
-            return taken
+                with self._read_lock, self.cond:
+                    wait = self._take_or_wait_locked(minimum, maximum, deadline)
+                    if isinstance(wait, list):
+                        self._send_first = bool(wait)
+                        return wait
+                    step_aside = self._receiver_polling and not self._consumer_reads
+                    self._consumer_reads = True
+                if step_aside:
+                    self._wake_receiver()
+                self._consumer_poll.poll(-1 if wait is None else _poll_ms(wait))
+                with self._read_lock:
+                    self._read()
+        finally:
+            if self._consumer_reads:
+                with self.cond:
+                    self._consumer_reads = False
+                    self.cond.notify_all()  # the receiver reads again
+            self._consume_lock.release()
+
+    def _take_or_wait_locked(
+        self, minimum: int, maximum: int, deadline: float | None
+    ) -> list[Stream] | float | None:
+        """Under both locks: grant and expire turns, then the streams to return, or how long
+        to wait for more (seconds, or ``None``: until something arrives)."""
+        if self.eof:
+            raise WorkerExit
+        now = time.monotonic()
+        self._expire(now)
+        self._grant_locked(maximum, now)
+        ready = len(self.ready)
+        if ready >= maximum or (ready >= minimum and not self.granted) or minimum == 0:
+            return self._take_locked(maximum)
+        wake_at = min(self.granted.values(), default=None)
+        if deadline is not None:
+            if now >= deadline:
+                return self._take_locked(maximum)
+            wake_at = deadline if wake_at is None else min(wake_at, deadline)
+        return None if wake_at is None else max(wake_at - now, 0.0)
+
+    def _take_locked(self, maximum: int) -> list[Stream]:
+        taken = []
+        for sid in list(self.ready)[:maximum]:
+            stream = self.ready.pop(sid)
+            self.active[sid] = stream
+            taken.append(stream)
+        return taken
+
+    def _wake_receiver(self) -> None:
+        """Make the receiver leave its poll (it then waits until ``consume()`` returns)."""
+        with self.cond:
+            if self._wake_w < 0:
+                return
+            try:
+                os.write(self._wake_w, b"!")
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already
 
     def _grant_locked(self, maximum: int, now: float) -> None:
         """Give waiting streams their turn while fewer than ``maximum`` are granted or ready."""
         grants = []
         while self.pending and len(self.granted) + len(self.ready) < maximum:
             sid = next(iter(self.pending))
-            del self.pending[sid]
-            self.granted[sid] = now + self.input_timeout
+            inputs = self.pending.pop(sid)
             grants.append(frames.frame(frames.GRANT, sid))
+            if inputs is None:
+                self.granted[sid] = now + self.input_timeout
+            else:
+                self._make_ready(sid, inputs)  # sent with OPEN: no wait for them
         if grants:
             self.send_now(b"".join(grants))
 
