@@ -22,10 +22,11 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import genbot
-from genbot.streaming import Stream
+from genbot.streaming import Stream, Streamer
 
 __all__ = ["RELEASE", "mortal", "scripted"]
 
@@ -110,3 +111,15 @@ def mortal(streams: list[Any]) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         stream.write(f"answer: {said}")
         stream.close()
+
+
+def one_slot() -> Iterator[Streamer]:
+    """For a pytest fixture: :func:`scripted` on a thread, one chat at a time (so a hung script
+    holds the only slot); afterwards every held script is released and the worker closed."""
+    RELEASE.clear()
+    scripted.start_thread(maximum=1)
+    try:
+        yield scripted
+    finally:
+        RELEASE.set()
+        scripted.close()

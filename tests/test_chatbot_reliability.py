@@ -5,13 +5,13 @@ scripted workers (tests/chat_workers.py) on the loopback Discord, tiny timeouts 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chat_workers import RELEASE, mortal, scripted
+from chat_workers import RELEASE, mortal, one_slot
 from genbot.chatbot import ChatBot
 from genbot.output import DEFAULT_EMPTY_TEXT, DEFAULT_ERROR_TEXT, DEFAULT_STALL_TEXT
 from genbot.settings import Settings
@@ -51,16 +51,7 @@ async def chat() -> AsyncIterator[Chat]:
         yield Chat(server)
 
 
-@pytest.fixture
-def backend() -> Iterator[Streamer]:
-    """The scripted worker, one chat at a time, so a hung script holds the only slot."""
-    RELEASE.clear()
-    scripted.start_thread(maximum=1)
-    try:
-        yield scripted
-    finally:
-        RELEASE.set()
-        scripted.close()
+backend = pytest.fixture(one_slot, name="backend")
 
 
 def settings(**values: Any) -> Settings:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import genbot
-from chat_workers import RELEASE, scripted
+from chat_workers import RELEASE, one_slot, scripted
 from genbot.chatbot import ChatBot, make_backend
 from genbot.fairness import FairScheduler, TurnQueue, backend_slots
 from genbot.settings import BACKENDS, Settings
@@ -336,15 +336,7 @@ async def flood() -> AsyncIterator[Flood]:
         yield Flood(server)
 
 
-@pytest.fixture
-def one_slot() -> Iterator[Streamer]:
-    RELEASE.clear()
-    scripted.start_thread(maximum=1)
-    try:
-        yield scripted
-    finally:
-        RELEASE.set()
-        scripted.close()
+one_slot = pytest.fixture(one_slot, name="one_slot")
 
 
 @pytest.mark.parametrize("fair", [True, False])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import genbot
-from chat_workers import RELEASE, scripted
+from chat_workers import one_slot
 from genbot.chatbot import ChatBot
 from genbot.commands import Texts
 from genbot.quota import (
@@ -274,15 +274,7 @@ async def world() -> AsyncIterator[World]:
         yield World(server)
 
 
-@pytest.fixture
-def backend() -> Iterator[Streamer]:
-    RELEASE.clear()
-    scripted.start_thread(maximum=1)
-    try:
-        yield scripted
-    finally:
-        RELEASE.set()
-        scripted.close()
+backend = pytest.fixture(one_slot, name="backend")
 
 
 def make_bot(w: World, backend: Streamer, data_dir: Path, **values: Any) -> ChatBot:

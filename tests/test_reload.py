@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot_world import World, send, world
-from chat_workers import RELEASE, scripted
+from chat_workers import one_slot
 from genbot.chatbot import ChatBot
 from genbot.commands import Texts
 from genbot.reload import Changes, compare
@@ -28,15 +28,7 @@ FAST: dict[str, Any] = {"guild_ready_timeout": 0.05, "shutdown_timeout": 2.0}
 TEXTS = Texts()
 
 
-@pytest.fixture
-def backend() -> Iterator[Streamer]:
-    RELEASE.clear()
-    scripted.start_thread(maximum=1)
-    try:
-        yield scripted
-    finally:
-        RELEASE.set()
-        scripted.close()
+backend = pytest.fixture(one_slot, name="backend")
 
 
 class Config:
