@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import interactions
+from . import interactions, permissions
 from .limits import error_body
 from .models import DM, GUILDS, PRIVATE_THREAD, PUBLIC_THREAD, FakeChannel
 from .payloads import (
@@ -486,7 +486,7 @@ ROUTES: list[Route] = [
 ]
 
 # Every feature's route table; a new feature (components, permissions...) adds its own here.
-TABLES: tuple[list[Route], ...] = (ROUTES, interactions.ROUTES)
+TABLES: tuple[list[Route], ...] = (ROUTES, interactions.ROUTES, permissions.ROUTES)
 
 
 def all_routes() -> list[Route]:
