@@ -18,6 +18,7 @@ from genbot.doctor import (
     diagnose,
     guild_finding,
     invite_url,
+    missing_intents,
     models_finding,
 )
 from genbot.reload import SettingsSource
@@ -287,6 +288,32 @@ async def test_an_invalid_config_fails_with_its_one_line_error(tmp_path: Path) -
 
 
 # -- the decisions and the loopback server's permissions ------------------------------------------
+
+
+async def test_a_bot_in_no_server_is_a_warning_and_a_server_it_cannot_read_fails() -> None:
+    async with DiscordServer() as server:
+        report, lines = await doctor(server)
+        assert report.exit_code == 0, lines
+        assert (
+            lines["servers"] == "WARN servers: the bot is in no server yet: invite it (URL below)"
+        )
+
+        world(server)
+        server.fail_requests("GET", "/guilds/{guild_id}/channels", status=403, times=1)
+        report, lines = await doctor(server)
+    assert [f.check for f in report.failed] == ["server 'Guild'"]
+    assert lines["server 'Guild'"] == (
+        "FAIL server 'Guild': its channels could not be read (403 Forbidden (error code: 0): "
+        "403: Forbidden): run it again"
+    )
+    assert "invite" in lines and "model" in lines, "the other checks still ran"
+
+
+def test_verified_bots_intent_flags_count_too() -> None:
+    flags = discord.ApplicationFlags(gateway_message_content=True, gateway_guild_members=True)
+    assert missing_intents(flags) == []
+    limited = discord.ApplicationFlags(gateway_guild_members_limited=True)
+    assert missing_intents(limited) == ["Message Content Intent"]
 
 
 def test_guild_finding_lists_a_few_channels_per_problem() -> None:

@@ -354,7 +354,12 @@ async def _check_guilds(
         add(Finding(Status.WARN, "servers", "the bot is in no server yet: invite it (URL below)"))
     seen: set[int] = set()
     for each in partial:
-        views = await asyncio.wait_for(_channel_views(client, each.id, bot_id), timeout)
+        try:
+            views = await asyncio.wait_for(_channel_views(client, each.id, bot_id), timeout)
+        except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as error:
+            why = f"its channels could not be read ({_reason(error)}): run it again"
+            add(Finding(Status.FAIL, f"server {each.name!r}", why))
+            continue
         seen.update(view.id for view in views)
         add(guild_finding(each.name, views, listed))
     unknown = unknown_channels(listed, seen)
