@@ -3,7 +3,9 @@ permissions in a channel, and the routes that report them (the bot's guild list 
 permissions, the application with its flags).
 
 By default nothing changes: every guild's @everyone role has `EVERYONE_PERMISSIONS` (what a
-fresh server grants) and no channel has an overwrite. Tests take permissions away with a role
+fresh server grants) and no channel has an overwrite. The bot's own requests are refused as on
+Discord when it lacks a permission (`require`): posting, typing, opening threads; its history
+requests find no messages without Read Message History. Tests take permissions away with a role
 (`DiscordServer.create_role` with ``permissions=``), by changing @everyone's ``permissions``, or
 with `set_overwrite`.
 """
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .models import FakeChannel, FakeGuild, FakeRole, FakeUser
-from .payloads import json_response
+from .payloads import ApiError, json_response
 from .routes import Route
 
 if TYPE_CHECKING:
@@ -27,15 +29,24 @@ __all__ = [
     "ALL_PERMISSIONS",
     "ROUTES",
     "VIEW_CHANNEL",
+    "can_read_history",
     "channel_permissions",
     "guild_permissions",
+    "require",
     "set_overwrite",
+    "to_send",
 ]
 
 _log = logging.getLogger(__name__)
 
 ADMINISTRATOR = 1 << 3
 VIEW_CHANNEL = 1 << 10
+SEND_MESSAGES = 1 << 11
+ATTACH_FILES = 1 << 15
+READ_MESSAGE_HISTORY = 1 << 16
+CREATE_PUBLIC_THREADS = 1 << 35
+CREATE_PRIVATE_THREADS = 1 << 36
+SEND_MESSAGES_IN_THREADS = 1 << 38
 ALL_PERMISSIONS = (1 << 51) - 1
 ROLE, MEMBER = 0, 1  # overwrite types
 
@@ -116,6 +127,45 @@ def channel_permissions(guild: FakeGuild, channel: FakeChannel, user_id: int) ->
     if own is not None and own["type"] == MEMBER:
         permissions = apply([own], permissions)
     return permissions if permissions & VIEW_CHANNEL else 0
+
+
+# -- what the bot's requests need ----------------------------------------------------------------
+
+
+def require(state: ServerState, channel: FakeChannel, needed: int) -> None:
+    """Refuse a request of the bot's in a guild channel as Discord does when it lacks a
+    permission: 50001 Missing Access without View Channel, else 50013 Missing Permissions
+    when one of `needed` is missing. DMs need nothing.
+
+    Raises
+    ------
+    ApiError
+        The bot lacks a permission.
+    """
+    guild = state.guild_of(channel)
+    if guild is None:
+        return
+    have = channel_permissions(guild, channel, state.bot_user.id)
+    if not have & VIEW_CHANNEL:
+        raise ApiError(403, 50001, "Missing Access")
+    if needed & ~have:
+        raise ApiError(403, 50013, "Missing Permissions")
+
+
+def can_read_history(state: ServerState, channel: FakeChannel) -> bool:
+    """Without Read Message History, Discord answers the bot's history requests with no
+    messages."""
+    guild = state.guild_of(channel)
+    have = (
+        ALL_PERMISSIONS if guild is None else channel_permissions(guild, channel, state.bot_user.id)
+    )
+    return bool(have & READ_MESSAGE_HISTORY)
+
+
+def to_send(channel: FakeChannel, files: bool) -> int:
+    """What posting a message in `channel` needs (with `files`: attachments too)."""
+    send = SEND_MESSAGES_IN_THREADS if channel.is_thread else SEND_MESSAGES
+    return send | (ATTACH_FILES if files else 0)
 
 
 # -- routes --------------------------------------------------------------------------------------
