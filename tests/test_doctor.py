@@ -350,3 +350,37 @@ async def test_the_loopback_server_computes_permissions_as_discord_py_does(where
     assert seen == computed & ~((1 << 15) | (1 << 14) | (1 << 17) | (1 << 12))
     assert computed & (1 << 13) and not computed & SEND.value
     assert not computed & (1 << 35), "the overwrite's deny beats the role's permission"
+
+
+async def test_the_loopback_server_refuses_what_the_bot_may_not_do() -> None:
+    async with DiscordServer() as server:
+        guild, _ = world(server)
+        quiet = server.create_channel(guild, "quiet")
+        staff = server.create_channel(guild, "staff")
+        everyone = guild.roles[guild.id]
+        no_threads = discord.Permissions(create_public_threads=True, read_message_history=True)
+        server.set_overwrite(quiet, everyone, deny=SEND | no_threads)
+        server.set_overwrite(staff, everyone, deny=discord.Permissions(view_channel=True))
+        server.create_message(quiet, server.bot_user, {"content": "from before"})
+        client = discord.Client(intents=discord.Intents.default())
+        await client.login(server.token)
+        try:
+            channels = await (await client.fetch_guild(guild.id)).fetch_channels()
+            fetched = {c.name: c for c in channels if isinstance(c, discord.TextChannel)}
+            sent = await fetched["general"].send("hi")
+            assert sent.content == "hi"
+            with pytest.raises(discord.Forbidden) as refused:
+                await fetched["quiet"].send("hi")
+            assert refused.value.code == 50013  # Missing Permissions
+            with pytest.raises(discord.Forbidden) as refused:
+                await fetched["quiet"].create_thread(
+                    name="t", type=discord.ChannelType.public_thread
+                )
+            assert refused.value.code == 50013
+            assert [m async for m in fetched["quiet"].history()] == []
+            with pytest.raises(discord.Forbidden) as refused:
+                await fetched["staff"].send("hi")
+            assert refused.value.code == 50001  # Missing Access
+        finally:
+            await client.close()
+    assert [m["content"] for m in server.messages(quiet)] == ["from before"]
