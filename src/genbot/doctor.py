@@ -37,11 +37,13 @@ __all__ = [
     "Finding",
     "Report",
     "Status",
+    "check_model",
     "diagnose",
     "guild_finding",
     "invite_url",
     "missing_intents",
     "missing_permissions",
+    "models_finding",
     "needed_permissions",
 ]
 
@@ -385,7 +387,17 @@ async def _channel_views(client: discord.Client, guild_id: int, bot_id: int) -> 
 
 async def check_model(settings: Settings, *, load_model: bool, timeout: float) -> Finding:
     """Whether the configured model can be used: loaded with ``load_model``; else its server's
-    ``/models`` (openai), or the settings check's word for a local model."""
+    ``/models`` (openai), or the settings check's word for a local model.
+
+    Parameters
+    ----------
+    settings:
+        The loaded settings (backend, model, base_url).
+    load_model:
+        Start the model and generate one token.
+    timeout:
+        Seconds the model server may take to answer ``/models``.
+    """
     if load_model:
         return await _load_model(settings)
     if settings.backend == "openai":
@@ -420,7 +432,15 @@ async def _ask_models(settings: Settings, timeout: float) -> Finding:
 
 
 def models_finding(settings: Settings, status: int, body: Any) -> Finding:
-    """What a model server's answer to ``GET /models`` (``status``, JSON ``body``) means."""
+    """What a model server's answer to ``GET /models`` means.
+
+    Parameters
+    ----------
+    settings:
+        The settings (base_url, model).
+    status, body:
+        The HTTP status and the JSON body (``None`` when there was none).
+    """
     url = settings.base_url
     if status in (401, 403):
         why = "refused the API key: set GENBOT_API_KEY (or OPENAI_API_KEY)"
