@@ -451,6 +451,37 @@ def serve(
     _explained(settings, start, discord=False)
 
 
+@app.command(epilog=settings_help())
+def doctor(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    load_model: Annotated[
+        bool,
+        typer.Option(
+            "--load-model", help="Load the model and generate one token (slow for a big model)."
+        ),
+    ] = False,
+) -> None:
+    """Check the set-up, one line each: the config, the token, the privileged intents, the
+    bot's permissions in every server's channels, the model; then print the invite URL.
+    Exits 1 when a check fails."""
+    import asyncio
+
+    from genbot.doctor import Finding, Status, diagnose
+
+    colors = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "red"}
+
+    def echo(finding: Finding) -> None:
+        typer.secho(finding.line(), fg=colors.get(finding.status))
+
+    logging.basicConfig(level=logging.ERROR)
+    import discord
+
+    discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
+    report = asyncio.run(diagnose(_source(config, overrides), load_model=load_model, echo=echo))
+    raise typer.Exit(report.exit_code)
+
+
 @app.command("settings")
 def show_settings(
     markdown: Annotated[bool, typer.Option(help="Print the README's Markdown table.")] = False,

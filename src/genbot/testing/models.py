@@ -202,6 +202,8 @@ class FakeChannel:
     recipient: FakeUser | None = None
     thread_members: list[int] = field(default_factory=list)
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Discord's permission overwrites, as its JSON has them (see `permissions.set_overwrite`).
+    overwrites: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_thread(self) -> bool:
@@ -223,7 +225,7 @@ class FakeChannel:
             guild_id=str(self.guild_id),
             name=self.name,
             position=0,
-            permission_overwrites=[],
+            permission_overwrites=[dict(o) for o in self.overwrites],
             nsfw=False,
             rate_limit_per_user=0,
             parent_id=None if self.parent_id is None else str(self.parent_id),

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import interactions
+from . import interactions, permissions
 from .limits import error_body
 from .models import DM, GUILDS, PRIVATE_THREAD, PUBLIC_THREAD, FakeChannel
 from .payloads import (
@@ -189,6 +189,7 @@ async def get_channel(state: ServerState, request: web.Request) -> web.Response:
 async def create_message(state: ServerState, request: web.Request) -> web.Response:
     channel = channel_of(state, request)
     body, files = await read_body(request)
+    permissions.require(state, channel, permissions.to_send(channel, bool(files)))
     validate_message(body, files)
     earlier = nonce_duplicate(channel, state.bot_user.id, body)
     if earlier is not None:
@@ -271,11 +272,15 @@ async def history(state: ServerState, request: web.Request) -> web.Response:
     else:
         before = snowflake(query["before"]) if "before" in query else None
         chosen = [i for i in ids if before is None or i < before][-limit:]
+    if not permissions.can_read_history(state, channel):
+        chosen = []
     return json_response([state.visible(channel.messages[i]) for i in reversed(chosen)])
 
 
 async def typing(state: ServerState, request: web.Request) -> web.Response:
-    await state.start_typing(channel_of(state, request), state.bot_user)
+    channel = channel_of(state, request)
+    permissions.require(state, channel, permissions.to_send(channel, False))
+    await state.start_typing(channel, state.bot_user)
     return no_content()
 
 
@@ -302,6 +307,8 @@ async def _open_thread(
         raise form_error("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
     if parent.guild_id is None or parent.is_thread:
         raise ApiError(400, 50024, "Cannot execute action on this channel type")
+    needed = {PUBLIC_THREAD: permissions.CREATE_PUBLIC_THREADS}
+    permissions.require(state, parent, needed.get(thread_type, permissions.CREATE_PRIVATE_THREADS))
     guild = state.guilds[parent.guild_id]
     thread = FakeChannel(
         thread_id or state.snowflakes.next(),
@@ -486,7 +493,7 @@ ROUTES: list[Route] = [
 ]
 
 # Every feature's route table; a new feature (components, permissions...) adds its own here.
-TABLES: tuple[list[Route], ...] = (ROUTES, interactions.ROUTES)
+TABLES: tuple[list[Route], ...] = (ROUTES, interactions.ROUTES, permissions.ROUTES)
 
 
 def all_routes() -> list[Route]:

@@ -21,7 +21,7 @@ import discord.http
 import yarl
 from aiohttp import web
 
-from . import gateway, interactions, rest
+from . import gateway, interactions, permissions, rest
 from .limits import make_fault
 from .models import (
     DM,
@@ -346,6 +346,27 @@ class DiscordServer:
         role = FakeRole(self.snowflakes.next(), name, guild.id, len(guild.roles), permissions)
         guild.roles[role.id] = role
         return role
+
+    def set_overwrite(
+        self,
+        channel: FakeChannel,
+        target: FakeRole | FakeUser,
+        *,
+        allow: int | discord.Permissions = 0,
+        deny: int | discord.Permissions = 0,
+    ) -> dict[str, Any]:
+        """Set the permission overwrite of a role (@everyone is ``guild.roles[guild.id]``) or
+        a member in a guild channel (none allowed nor denied removes it); a connected bot gets
+        CHANNEL_UPDATE. Returns the overwrite's JSON.
+
+        Raises
+        ------
+        ValueError
+            A DM or a thread, or a role of another guild.
+        """
+        return permissions.set_overwrite(
+            self.state, channel, target, allow=_bits(allow), deny=_bits(deny)
+        )
 
     def add_member(
         self,
@@ -715,6 +736,10 @@ class DiscordServer:
     async def dispatch(self, event: str, data: dict[str, Any], *, intent: int = 0) -> None:
         """Send a dispatch to every session whose intents include `intent` (0: to all)."""
         await self.state.dispatch(event, data, intent=intent)
+
+
+def _bits(value: int | discord.Permissions) -> int:
+    return value.value if isinstance(value, discord.Permissions) else int(value)
 
 
 def _id(obj: Any) -> int:
