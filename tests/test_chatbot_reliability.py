@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from chat_workers import RELEASE, mortal, one_slot
+from chat_workers import RELEASE, mortal, one_slot, scripted
 from genbot.chatbot import ChatBot
 from genbot.output import DEFAULT_EMPTY_TEXT, DEFAULT_ERROR_TEXT, DEFAULT_STALL_TEXT
 from genbot.settings import Settings
@@ -233,5 +233,35 @@ async def test_a_backend_that_is_gone_gets_a_visible_note(chat: Chat, backend: S
         question = await server.send_message(chat.dm, chat.alice, "hello?")
         await chat.wait_for_reply(chat.dm, f"*{ChatBot.unavailable_text}*")
         await settle(bot)
+    (reply,) = server.bot_messages(chat.dm)
+    assert reply["message_reference"]["message_id"] == question["id"]
+
+
+async def test_a_turn_lost_before_the_inputs_are_sent_gets_a_visible_note(chat: Chat) -> None:
+    """The slot is granted, then reading the context takes longer than the backend's
+    input_timeout (a slow history fetch, a 429): the turn is gone and the user is told so."""
+    server = chat.server
+    RELEASE.clear()
+    scripted.start_thread(maximum=1, input_timeout=0.1)
+    try:
+        bot = make_bot(scripted)
+        reads = 0
+        question_of = bot._question
+
+        async def slow_second_read(*args: Any) -> Any:  # the read after the slot was granted
+            nonlocal reads
+            reads += 1
+            if reads == 2:
+                await asyncio.sleep(3.0)  # far past input_timeout: the worker drops the turn
+            return await question_of(*args)
+
+        bot._question = slow_second_read  # type: ignore[method-assign]
+        async with run_bot(bot, server):
+            question = await server.send_message(chat.dm, chat.alice, "hello?")
+            await chat.wait_for_reply(chat.dm, f"*{ChatBot.unavailable_text}*")
+            await settle(bot)
+    finally:
+        RELEASE.set()
+        scripted.close()
     (reply,) = server.bot_messages(chat.dm)
     assert reply["message_reference"]["message_id"] == question["id"]

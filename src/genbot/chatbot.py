@@ -394,9 +394,14 @@ class ChatBot(Genbot):
                 max_chars=self.settings.context_chars,
             )
             _log.info("replying to %s in %s", fresh.author.display_name, _where(channel))
+            try:
+                deltas = stream(ChatRequest(chat, self.generation))
+            except StreamError:  # the turn expired meanwhile, or the worker died: say so
+                await self._note(channel, fresh, placeholder, self.unavailable_text)
+                raise
             await stream_reply(
                 channel,
-                stream(ChatRequest(chat, self.generation)),
+                deltas,
                 reference=fresh,
                 placeholder=placeholder,
                 interval=self.settings.edit_interval,
