@@ -412,3 +412,20 @@ async def test_usage_shows_a_users_own_use_and_admins_a_servers(
 async def test_usage_of_a_bot_that_counts_nothing(world: World) -> None:
     async with run_bot(genbot.Genbot(**{**FAST, "close_streamers": True}), world.server):
         assert await usage_of(world, world.general, world.alice) == Texts.usage_off
+
+
+def test_a_reloaded_rate_applies_to_the_chats_already_counted() -> None:
+    """/reload may change user_rate: the new count applies at once, both ways."""
+    limiter = RateLimiter(Rate(5, 60.0, ""))
+    for second in range(5):
+        limiter.hit("u", float(second))
+    limiter.rate = Rate(2, 60.0, "")  # stricter: the two latest chats fill the window
+    assert limiter.wait("u", 10.0) == pytest.approx(3.0 + 60.0 - 10.0)
+    limiter.rate = Rate(2, 1.0, "")
+    limiter.hit("u", 100.0)
+    limiter.hit("u", 100.5)
+    limiter.rate = Rate(3, 1.0, "")  # looser: room for one more
+    assert limiter.wait("u", 100.6) == 0
+    limiter.hit("u", 100.6)
+    limiter.rate = Rate(3, 60.0, "")
+    assert limiter.wait("u", 100.7) == pytest.approx(100.0 + 60.0 - 100.7)

@@ -318,11 +318,13 @@ class ChatBot(Genbot):
         await _bounded_in_thread(close, 2 * timeout, repr(backend))
         _log.info("closed the model %r", backend)
 
-    async def close(self) -> None:
-        """As :meth:`Genbot.close`, waits (bounded) for replaced models to close, and closes the
-        usage store."""
+    async def _wind_down(self, caller: asyncio.Task[Any] | None) -> None:
+        """As :meth:`Genbot.close`'s wind-down, then waits (bounded) for replaced models to
+        close and closes the usage store: before discord.py's own close, so that whoever awaits
+        ``run()`` or ``close()`` finds the store closed (a connection still closing when the event
+        loop ends would keep the process alive)."""
         try:
-            await super().close()
+            await super()._wind_down(caller)
         finally:
             if self._closing_retired:
                 await asyncio.wait(self._closing_retired, timeout=2 * self.shutdown_timeout)

@@ -135,13 +135,15 @@ class RateLimiter:
         hits = self._hits.get(key)
         if self.rate is None or hits is None or len(hits) < self.rate.count:
             return 0.0
-        return max(0.0, hits[0] + self.rate.period - now)
+        return max(0.0, hits[-self.rate.count] + self.rate.period - now)
 
     def hit(self, key: Hashable, now: float) -> None:
         """Record that ``key`` started a chat at ``now``."""
         if self.rate is None:
             return
-        hits = self._hits.setdefault(key, deque(maxlen=self.rate.count))
+        hits = self._hits.get(key)
+        if hits is None or hits.maxlen != self.rate.count:  # new, or the rate was reloaded
+            hits = self._hits[key] = deque(hits or (), maxlen=self.rate.count)
         hits.append(now)
         if len(self._hits) > 1024 and len(self._hits) % 1024 == 0:
             self.forget(now)

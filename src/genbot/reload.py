@@ -33,9 +33,20 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 #: The settings that define the model: a change starts a new model Streamer.
-MODEL_FIELDS = ("backend", "model", "base_url", "parallel")
+MODEL_FIELDS = (
+    "backend",
+    "model",
+    "base_url",
+    "parallel",
+    # read when the backend is built (make_backend): a change needs a new model Streamer too
+    "connect_timeout",
+    "first_token_timeout",
+    "token_timeout",
+)
 #: Settings a running bot cannot change: they apply at the next start.
-RESTART_FIELDS = frozenset({"sync_commands"})
+RESTART_FIELDS = frozenset(
+    {"sync_commands", "data_dir", "shard_count", "shard_ids", "cluster_redis"}
+)
 #: The environment variables that hold the bot token, the first set one wins.
 TOKEN_VARIABLES = ("DISCORD_TOKEN", "DISCORD_BOT_TOKEN")
 

@@ -75,6 +75,7 @@ class Store:
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.path = Path(data_dir) / DATABASE_NAME
         self._db: aiosqlite.Connection | None = None
+        self._closing: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[Any] | None = None  # the task inside transaction()
 
@@ -111,10 +112,16 @@ class Store:
         _log.debug("data store open: %s", self.path)
 
     async def close(self) -> None:
-        """Close the connection (bounded by :data:`CLOSE_TIMEOUT`); closing twice is once."""
+        """Close the connection (bounded by :data:`CLOSE_TIMEOUT`); closing twice is once, and
+        a second call returns only when the first has closed it (two shutdown paths may race:
+        a connection still closing when the event loop ends would fail in its thread)."""
         db, self._db = self._db, None
-        if db is None:
-            return
+        if db is not None:
+            self._closing = asyncio.ensure_future(self._close(db))
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+
+    async def _close(self, db: aiosqlite.Connection) -> None:
         try:
             await asyncio.wait_for(db.close(), CLOSE_TIMEOUT)
         except Exception as exc:
@@ -241,13 +248,13 @@ class Store:
             self._owner = asyncio.current_task()
             try:
                 yield self
-            except BaseException:
+                await db.execute("COMMIT")
+            except BaseException:  # a failed COMMIT (busy, I/O) leaves no transaction open
                 if db.in_transaction:
                     await db.execute("ROLLBACK")
                 raise
             finally:
                 self._owner = None
-            await db.execute("COMMIT")
 
     @asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
