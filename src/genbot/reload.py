@@ -35,7 +35,7 @@ _log = logging.getLogger(__name__)
 #: The settings that define the model: a change starts a new model Streamer.
 MODEL_FIELDS = ("backend", "model", "base_url", "parallel")
 #: Settings a running bot cannot change: they apply at the next start.
-RESTART_FIELDS = frozenset({"sync_commands"})
+RESTART_FIELDS = frozenset({"sync_commands", "metrics_port", "metrics_host"})
 #: The environment variables that hold the bot token, the first set one wins.
 TOKEN_VARIABLES = ("DISCORD_TOKEN", "DISCORD_BOT_TOKEN")
 

@@ -140,6 +140,12 @@ def _stop(value: Any) -> str | None:
     return None if len(value) <= 32 else "must hold at most 32 strings"
 
 
+def _host(value: Any) -> str | None:
+    if not value or re.search(r"[\s/]", value):
+        return "must be an IP address or host name such as 127.0.0.1"
+    return None
+
+
 def _max_chars(limit: int) -> Check:
     return lambda value: None if len(value) <= limit else f"must be at most {limit} characters"
 
@@ -287,6 +293,18 @@ class Settings:
         "shared fairly by the channels streaming (each edits less often as more stream); 1 to "
         "1000. Discord allows a bot about 50 in all.",
         check=_between(1, 1000),
+    )
+    metrics_port: int = setting(
+        0,
+        "TCP port serving Prometheus metrics at /metrics (chats, model, Discord requests, "
+        "errors; see the README); 1 to 65535, 0: off.",
+        check=_between(0, 65535),
+    )
+    metrics_host: str = setting(
+        "127.0.0.1",
+        "Address the metrics are served on: 127.0.0.1 is this machine only; 0.0.0.0 (all "
+        "interfaces) lets a Prometheus elsewhere, or outside a container, scrape them.",
+        check=_host,
     )
 
     # -- loading -----------------------------------------------------------------------------
