@@ -18,6 +18,7 @@ from genbot.access import UNKNOWN_ROLES, Access, AccessList, AccessSpec, MemberR
 from genbot.commands import Texts, install_commands
 from genbot.context import Context, MessageCache
 from genbot.gatekeeping import GateHandle, running
+from genbot.metrics import Metrics
 from genbot.output import SAFE_MENTIONS
 from genbot.reload import ReloadError
 from genbot.wake import WakeRules, incoming
@@ -77,6 +78,9 @@ class Genbot(discord.Client):
     member_ttl:
         Seconds the roles of a member discord.py does not cache are trusted (see
         :meth:`may_chat`).
+    metrics_port, metrics_host:
+        Serve :attr:`metrics` (a :class:`genbot.metrics.Metrics`) there while the bot runs;
+        port ``0``: do not (they are kept all the same).
     intents:
         Default: :func:`default_intents`.
     client_kwargs:
@@ -87,7 +91,8 @@ class Genbot(discord.Client):
     ------
     TypeError, ValueError
         An access list that does not parse (the message names it), a negative
-        or non-finite ``shutdown_timeout``, or a ``member_ttl`` that is not a positive number.
+        or non-finite ``shutdown_timeout``, a ``member_ttl`` that is not a positive number, or
+        a bad ``metrics_port`` / ``metrics_host``.
 
     What the built-in slash commands say is ``texts`` (a :class:`genbot.commands.Texts`):
     override it as a class attribute of a subclass.
@@ -110,6 +115,8 @@ class Genbot(discord.Client):
         close_streamers: bool = True,
         member_ttl: float = 600.0,
         intents: discord.Intents | None = None,
+        metrics_port: int = 0,
+        metrics_host: str = "127.0.0.1",
         **client_kwargs: Any,
     ) -> None:
         if not (math.isfinite(shutdown_timeout) and shutdown_timeout >= 0):
@@ -120,6 +127,8 @@ class Genbot(discord.Client):
         super().__init__(
             intents=intents if intents is not None else default_intents(), **client_kwargs
         )
+        self.metrics = Metrics(port=metrics_port, host=metrics_host)
+        self.metrics.watch(self)
         self.access = Access(users, roles, admins)
         self.wake_rules = WakeRules(
             AccessList.parse(channels, "channels"), ignore_prefix, allow_bots
@@ -331,7 +340,9 @@ class Genbot(discord.Client):
 
     # -- discord.py hooks ------------------------------------------------------------------------
     async def setup_hook(self) -> None:
-        """Sync the slash commands (unless ``sync_commands=False``)."""
+        """Serve the metrics (with a ``metrics_port``) and sync the slash commands (unless
+        ``sync_commands=False``)."""
+        await self.metrics.start()
         if self.sync_commands:
             await self.tree.sync()
 
@@ -448,6 +459,7 @@ class Genbot(discord.Client):
         try:
             await asyncio.shield(self._shutdown)
         finally:
+            await self.metrics.stop()
             await super().close()
 
     async def _wind_down(self, caller: asyncio.Task[Any] | None) -> None:

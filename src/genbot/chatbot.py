@@ -21,6 +21,7 @@ from genbot.access import Access, AccessList
 from genbot.bot import Genbot, _bounded_in_thread
 from genbot.context import Context
 from genbot.gatekeeping import gatekeep
+from genbot.metrics import model_name
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.output import SAFE_MENTIONS, keep_typing, shared_budget, stream_reply
 from genbot.prompt import context_to_messages
@@ -146,10 +147,13 @@ class ChatBot(Genbot):
             ignore_prefix=self.settings.ignore_prefix,
             allow_bots=self.settings.allow_bots,
             sync_commands=self.settings.sync_commands,
+            metrics_port=self.settings.metrics_port,
+            metrics_host=self.settings.metrics_host,
             **client_kwargs,
         )
         self.backend = self.own(backend if backend is not None else self.new_backend(self.settings))
         self.generation = generation_settings(self.settings)
+        self.metrics.serving(self.backend, _model_name(self.settings), self.settings.parallel)
         #: Chats (attends) in progress on each backend, by id, and the replaced backends.
         self._chats: dict[int, int] = {}
         self._retired: dict[int, Streamer] = {}
@@ -221,6 +225,7 @@ class ChatBot(Genbot):
             self.settings = settings
             if fresh is not None:
                 old, self.backend = self.backend, self.own(fresh)
+                self.metrics.serving(fresh, _model_name(settings), settings.parallel)
                 self._retired[id(old)] = old
                 self._close_if_idle(old)
             return changes
@@ -331,7 +336,9 @@ class ChatBot(Genbot):
         if question is None:
             return
         try:
-            stream, placeholder = await self._wait_for_slot(channel, question, turn.backend)
+            stream, placeholder = await self.metrics.wait_for_slot(
+                turn.backend, self._wait_for_slot(channel, question, turn.backend)
+            )
         except StreamError:
             await self._note(channel, question, None, self.unavailable_text)
             raise
@@ -363,12 +370,16 @@ class ChatBot(Genbot):
                 timeout=self.settings.stall_timeout,
                 budget=shared_budget(self.settings.discord_requests_per_second),
             )
-        except asyncio.TimeoutError:  # the reply already shows its note; no traceback needed
+        except asyncio.TimeoutError as error:  # the reply shows its note; no traceback needed
+            stream.failed(error)
             _log.warning(
                 "the model sent no text for %.0f s in %s; the reply ended with a note",
                 self.settings.stall_timeout,
                 _where(channel),
             )
+        except Exception as error:
+            stream.failed(error)
+            raise
         finally:
             stream.close()
 
@@ -486,6 +497,10 @@ def _answered(
         for m in history
         if m.id > question.id
     )
+
+
+def _model_name(settings: Settings) -> str:
+    return model_name(settings.backend, settings.model)
 
 
 def _where(channel: discord.abc.Messageable) -> str:
