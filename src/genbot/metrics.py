@@ -428,6 +428,9 @@ class ObservedStream:
         self._first = True
         self._closed = False
         self.backend_failed = False
+        # The label lookups, once per reply rather than per piece of text.
+        self._tokens = metrics.tokens.labels(model)
+        self._characters = metrics.characters.labels(model)
         metrics.running.labels(model).inc()
 
     def __call__(self, inputs: object) -> _Deltas:
@@ -436,13 +439,13 @@ class ObservedStream:
         return _Deltas(self, aiter(self._stream(inputs)))
 
     def _delta(self, delta: object) -> None:
-        metrics, model = self._metrics, self._model
         if self._first:
             self._first = False
-            metrics.first_token.labels(model).observe(time.perf_counter() - self._asked)
-        metrics.tokens.labels(model).inc()
+            elapsed = time.perf_counter() - self._asked
+            self._metrics.first_token.labels(self._model).observe(elapsed)
+        self._tokens.inc()
         if isinstance(delta, str):
-            metrics.characters.labels(model).inc(len(delta))
+            self._characters.inc(len(delta))
 
     def failed(self, error: BaseException) -> None:
         """The reply ended with `error`: count it (see :func:`error_kind`).
