@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chat_workers import RELEASE, scripted
 from genbot.chatbot import ChatBot
+from genbot.cli import explain
 from genbot.metrics import ERROR_KINDS, Metrics, MetricsError, error_kind, model_name
 from genbot.output import DEFAULT_ERROR_TEXT, DEFAULT_STALL_TEXT
 from genbot.settings import Settings, SettingsError
@@ -231,18 +233,6 @@ def test_each_bot_has_a_registry_of_its_own(backend: Streamer) -> None:
     assert second.metrics.registry.get_sample_value("genbot_errors_total", {"kind": "stall"}) == 0
 
 
-async def test_a_taken_port_is_a_clear_error() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        metrics = Metrics(port=taken.getsockname()[1])
-        with pytest.raises(
-            MetricsError, match=r"cannot serve metrics on 127\.0\.0\.1:.*metrics_port"
-        ):
-            await metrics.start()
-    assert metrics.url is None
-
-
 @pytest.mark.parametrize(
     ("name", "bad"), [("metrics_port", -1), ("metrics_port", 65536), ("metrics_host", "")]
 )
@@ -269,3 +259,18 @@ def test_labels_and_error_kinds() -> None:
     assert error_kind(asyncio.TimeoutError()) == "stall"
     assert error_kind(discord.DiscordException("no")) == "discord"
     assert error_kind(ValueError("bug")) == "other"
+
+
+async def test_genbot_run_explains_a_taken_port_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics = Metrics(port=taken.getsockname()[1])
+        with pytest.raises(MetricsError) as caught:
+            await metrics.start()
+    assert metrics.url is None
+    code, line = explain(caught.value) or (0, "")  # exit status 2 and one line, no traceback
+    assert code == 2
+    assert re.fullmatch(
+        r"cannot serve metrics on 127\.0\.0\.1:\d+ \(setting 'metrics_port'\): .+", line
+    )
