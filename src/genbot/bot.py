@@ -19,6 +19,7 @@ from genbot.access import UNKNOWN_ROLES, Access, AccessList, AccessSpec, MemberR
 from genbot.commands import Texts, install_commands
 from genbot.context import Context, MessageCache
 from genbot.gatekeeping import GateHandle, running
+from genbot.metrics import Metrics
 from genbot.output import SAFE_MENTIONS
 from genbot.reload import ReloadError
 from genbot.wake import WakeRules, incoming
@@ -88,6 +89,9 @@ class Genbot(discord.Client):
         A Redis URL: take a per-bucket identify lease there before each IDENTIFY (see
         :class:`genbot.cluster.RedisIdentifyLock`), so processes starting together keep
         Discord's identify rate limit. Needs ``genbot[cluster]``.
+    metrics_port, metrics_host:
+        Serve :attr:`metrics` (a :class:`genbot.metrics.Metrics`) there while the bot runs;
+        port ``0``: do not (they are kept all the same).
     intents:
         Default: :func:`default_intents`.
     client_kwargs:
@@ -99,7 +103,8 @@ class Genbot(discord.Client):
     TypeError, ValueError
         An access list that does not parse (the message names it), a negative
         or non-finite ``shutdown_timeout``, a ``member_ttl`` that is not a positive number, or
-        shard settings :func:`genbot.cluster.check_shards` refuses.
+        shard settings :func:`genbot.cluster.check_shards` refuses, or a bad ``metrics_port`` /
+        ``metrics_host``.
     RuntimeError
         ``cluster_redis`` without the ``redis`` package.
 
@@ -132,6 +137,8 @@ class Genbot(discord.Client):
         shard_ids: list[int] | None = None,
         cluster_redis: str | None = None,
         intents: discord.Intents | None = None,
+        metrics_port: int = 0,
+        metrics_host: str = "127.0.0.1",
         **client_kwargs: Any,
     ) -> None:
         if not (math.isfinite(shutdown_timeout) and shutdown_timeout >= 0):
@@ -145,6 +152,8 @@ class Genbot(discord.Client):
         super().__init__(
             intents=intents if intents is not None else default_intents(), **client_kwargs
         )
+        self.metrics = Metrics(port=metrics_port, host=metrics_host)
+        self.metrics.watch(self)
         self.access = Access(users, roles, admins)
         self.wake_rules = WakeRules(
             AccessList.parse(channels, "channels"), ignore_prefix, allow_bots
@@ -360,8 +369,9 @@ class Genbot(discord.Client):
 
     # -- discord.py hooks ------------------------------------------------------------------------
     async def setup_hook(self) -> None:
-        """Sync the slash commands (unless ``sync_commands=False``; when sharded, only in the
-        process that runs shard 0)."""
+        """Serve the metrics (with a ``metrics_port``) and sync the slash commands (unless
+        ``sync_commands=False``; when sharded, only in the process that runs shard 0)."""
+        await self.metrics.start()
         if self.sync_commands and cluster.syncs_commands(getattr(self, "shard_ids", None)):
             await self.tree.sync()
 
@@ -505,6 +515,7 @@ class Genbot(discord.Client):
         try:
             await asyncio.shield(self._shutdown)
         finally:
+            await self.metrics.stop()
             await super().close()
 
     async def _wind_down(self, caller: asyncio.Task[Any] | None) -> None:

@@ -22,6 +22,7 @@ from genbot.bot import Genbot, _bounded_in_thread
 from genbot.context import Context
 from genbot.fairness import FairScheduler, FairStream
 from genbot.gatekeeping import gatekeep
+from genbot.metrics import model_name
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.output import SAFE_MENTIONS, keep_typing, shared_budget, stream_reply
 from genbot.prompt import context_to_messages
@@ -157,6 +158,8 @@ class ChatBot(Genbot):
             ignore_prefix=self.settings.ignore_prefix,
             allow_bots=self.settings.allow_bots,
             sync_commands=self.settings.sync_commands,
+            metrics_port=self.settings.metrics_port,
+            metrics_host=self.settings.metrics_host,
             **client_kwargs,
         )
         self.backend = self.own(backend if backend is not None else self.new_backend(self.settings))
@@ -170,6 +173,7 @@ class ChatBot(Genbot):
             user_tokens_per_day=self.settings.user_tokens_per_day,
             server_tokens_per_day=self.settings.server_tokens_per_day,
         )
+        self.metrics.serving(self.backend, _model_name(self.settings), self.settings.parallel)
         #: Chats (attends) in progress on each backend, by id, and the replaced backends.
         self._chats: dict[int, int] = {}
         self._retired: dict[int, Streamer] = {}
@@ -244,6 +248,7 @@ class ChatBot(Genbot):
             self.settings = settings
             if fresh is not None:
                 old, self.backend = self.backend, self.own(fresh)
+                self.metrics.serving(fresh, _model_name(settings), settings.parallel)
                 self._retired[id(old)] = old
                 # chats still on the old model keep their turns there; new ones take the new
                 self._retired_turns[id(old)] = self.turns
@@ -371,7 +376,9 @@ class ChatBot(Genbot):
         if question is None or not await self._admit(channel, question):
             return
         try:
-            stream, placeholder = await self._wait_for_slot(channel, question, turn.backend)
+            stream, placeholder = await self.metrics.wait_for_slot(
+                turn.backend, self._wait_for_slot(channel, question, turn.backend)
+            )
         except StreamError:
             await self._note(channel, question, None, self.unavailable_text)
             raise
@@ -410,19 +417,24 @@ class ChatBot(Genbot):
                 timeout=self.settings.stall_timeout,
                 budget=shared_budget(self.settings.discord_requests_per_second),
             )
-        except asyncio.TimeoutError:  # the reply already shows its note; no traceback needed
+        except asyncio.TimeoutError as error:  # the reply shows its note; no traceback needed
+            stream.failed(error)
             _log.warning(
                 "the model sent no text for %.0f s in %s; the reply ended with a note",
                 self.settings.stall_timeout,
                 _where(channel),
             )
+        except Exception as error:
+            stream.failed(error)
+            raise
         finally:
             stream.close()
-            if stream.deltas:
+            counted = stream.inner
+            if isinstance(counted, FairStream) and counted.deltas:
                 await self.usage.record(
                     answered.author.id,
                     _guild_id(channel),
-                    estimate_tokens(stream.deltas, stream.chars),
+                    estimate_tokens(counted.deltas, counted.chars),
                 )
 
     async def _admit(self, channel: discord.abc.Messageable, question: discord.Message) -> bool:
@@ -564,6 +576,10 @@ def _guild_id(channel: discord.abc.Messageable) -> int | None:
 
 def _channel_id(channel: discord.abc.Messageable) -> int:
     return int(getattr(channel, "id", 0))
+
+
+def _model_name(settings: Settings) -> str:
+    return model_name(settings.backend, settings.model)
 
 
 def _where(channel: discord.abc.Messageable) -> str:

@@ -89,10 +89,12 @@ def _explanations() -> list[_Explanation]:
     import aiohttp
     import discord
 
+    from genbot.metrics import MetricsError
     from genbot.models import ModelError
 
     return [
         _Explanation((SettingsError,), 2, lambda e, s: f"bad configuration: {_first_line(e)}"),
+        _Explanation((MetricsError,), 2, lambda e, s: _first_line(e)),
         _Explanation((ModelUnavailable,), 1, lambda e, s: _first_line(e)),
         _Explanation((ModelError,), 1, lambda e, s: f"the model cannot be used: {_first_line(e)}"),
         _Explanation(

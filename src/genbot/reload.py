@@ -45,7 +45,15 @@ MODEL_FIELDS = (
 )
 #: Settings a running bot cannot change: they apply at the next start.
 RESTART_FIELDS = frozenset(
-    {"sync_commands", "data_dir", "shard_count", "shard_ids", "cluster_redis"}
+    {
+        "sync_commands",
+        "data_dir",
+        "shard_count",
+        "shard_ids",
+        "cluster_redis",
+        "metrics_port",
+        "metrics_host",
+    }
 )
 #: The environment variables that hold the bot token, the first set one wins.
 TOKEN_VARIABLES = ("DISCORD_TOKEN", "DISCORD_BOT_TOKEN")

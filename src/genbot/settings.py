@@ -154,6 +154,12 @@ def _redis_url(value: Any) -> str | None:
     return "must be a redis://, rediss:// or unix:// URL, or empty"
 
 
+def _host(value: Any) -> str | None:
+    if not value or re.search(r"[\s/]", value):
+        return "must be an IP address or host name such as 127.0.0.1"
+    return None
+
+
 def _max_chars(limit: int) -> Check:
     return lambda value: None if len(value) <= limit else f"must be at most {limit} characters"
 
@@ -377,6 +383,18 @@ class Settings:
         "Most tokens of replies per server per UTC day; past it each user asking is told "
         "once. 0: no quota; up to 10^12. Admins are exempt.",
         check=_tokens,
+    )
+    metrics_port: int = setting(
+        0,
+        "TCP port serving Prometheus metrics at /metrics (chats, model, Discord requests, "
+        "errors; see the README); 1 to 65535, 0: off.",
+        check=_between(0, 65535),
+    )
+    metrics_host: str = setting(
+        "127.0.0.1",
+        "Address the metrics are served on: 127.0.0.1 is this machine only; 0.0.0.0 (all "
+        "interfaces) lets a Prometheus elsewhere, or outside a container, scrape them.",
+        check=_host,
     )
 
     # -- loading -----------------------------------------------------------------------------
