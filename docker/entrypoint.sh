@@ -7,7 +7,7 @@ set -eu
 config="${CONFIG_FILE:-/config/genbot.toml}"
 [ "$#" -gt 0 ] || set -- run
 case "$1" in
-  run | playground | settings)
+  run | playground | settings | doctor | serve)
     if [ -f "$config" ]; then
       command="$1"
       shift

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from genbot.reload import DotEnv, token_from_env
 from genbot.testing import DiscordServer
 from genbot_process import environment, genbot_process, loopback
@@ -67,3 +69,11 @@ def test_the_token_is_discord_token_or_discord_bot_token() -> None:
     assert token_from_env({"DISCORD_BOT_TOKEN": " b "}) == "b"
     assert token_from_env({"DISCORD_TOKEN": "a", "DISCORD_BOT_TOKEN": "b"}) == "a"
     assert token_from_env({"DISCORD_TOKEN": " ", "DISCORD_BOT_TOKEN": "b"}) == "b"
+
+
+def test_a_dotenv_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    from genbot.settings import SettingsError
+
+    (tmp_path / ".env").write_bytes(b"DISCORD_TOKEN=\xff\xfe\n")
+    with pytest.raises(SettingsError, match=r"\.env: cannot read the \.env file: not UTF-8"):
+        DotEnv(tmp_path / ".env", environ={}).load()

@@ -141,15 +141,20 @@ BAD: list[tuple[Any, str | None]] = [
     ({**GOOD, "messages": [{"role": "system", "content": "x"}]}, "messages"),
     ({**GOOD, "messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
     ({**GOOD, "messages": [{"role": "user", "content": 5}]}, "messages[0]"),
+    ({**GOOD, "messages": [{"role": {}, "content": "x"}]}, "messages[0]"),
+    ({**GOOD, "messages": [{"role": ["user"], "content": "x"}]}, "messages[0]"),
     (
         {**GOOD, "messages": [{"role": "user", "content": [{"type": "image_url", "x": 1}]}]},
         "messages[0]",
     ),
     ({**GOOD, "temperature": 2.5}, "temperature"),
     ({**GOOD, "temperature": "hot"}, "temperature"),
+    ({**GOOD, "temperature": 10**400}, "temperature"),
     ({**GOOD, "top_p": 0}, "top_p"),
     ({**GOOD, "max_tokens": 0}, "max_tokens"),
     ({**GOOD, "max_tokens": "5"}, "max_tokens"),
+    ({**GOOD, "max_tokens": 10**20}, "max_tokens"),
+    ({**GOOD, "max_tokens": 2**63 - 1}, "max_tokens"),
     ({**GOOD, "max_completion_tokens": 1.5}, "max_completion_tokens"),
     ({**GOOD, "stop": [""]}, "stop"),
     ({**GOOD, "stop": 3}, "stop"),
@@ -178,6 +183,11 @@ async def test_bad_json_is_400_and_unknown_route_404(upstream: Upstream) -> None
         async with http.post(f"{upstream.url}/chat/completions", data=b"{bad") as response:
             assert response.status == 400
             assert "not valid JSON" in (await response.json())["error"]["message"]
+        headers = {"Content-Type": "application/json; charset=nosuch"}
+        async with http.post(
+            f"{upstream.url}/chat/completions", data=b"{}", headers=headers
+        ) as response:
+            assert response.status == 400
         async with http.get(f"{upstream.url}/nothing") as response:
             assert response.status == 404
             assert "error" in await response.json()

@@ -469,3 +469,14 @@ def test_any_environment_value_loads_or_is_refused_in_one_line(name: str, raw: s
 def test_readme_table_is_generated_from_the_settings() -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     assert settings_table() in readme, "run `genbot settings --markdown` and paste it in README"
+
+
+def test_the_install_scripts_variables_are_not_settings() -> None:
+    """scripts/install reads GENBOT_PYTHON, GENBOT_VENV and GENBOT_TORCH_VERSION: exported,
+    they must not stop genbot from starting."""
+    environ = {
+        "GENBOT_PYTHON": "python3.10",
+        "GENBOT_VENV": ".venv-3.10",
+        "GENBOT_TORCH_VERSION": "2.13.0",
+    }
+    assert Settings.load(environ=environ) == Settings.load(environ={})

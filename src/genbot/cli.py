@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import signal
+import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,10 +336,15 @@ def _import_bot(spec: str) -> Any:
     module_name, _, attribute = spec.partition(":")
     if not attribute:
         raise typer.BadParameter("expected MODULE:CLASS, e.g. mybot:MyBot", param_hint="BOT")
+    if os.getcwd() not in sys.path:  # as `python -m` would: a mybot.py here is importable
+        sys.path.insert(0, os.getcwd())
     try:
-        return getattr(importlib.import_module(module_name), attribute)
+        found = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
         raise typer.BadParameter(f"cannot load {spec}: {error}", param_hint="BOT") from error
+    if not callable(found):
+        raise typer.BadParameter(f"{spec} is not a Genbot subclass", param_hint="BOT")
+    return found
 
 
 @app.command(epilog=settings_help())
@@ -401,7 +407,9 @@ def serve(
         str | None, typer.Option(help="The model to serve (the setting 'model').")
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = 8000,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on; 0 picks a free one.")
+    ] = 8000,
     queue: Annotated[
         int | None,
         typer.Option(

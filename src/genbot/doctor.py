@@ -49,6 +49,15 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
+#: What a failed request to Discord raises (asyncio's TimeoutError is its own class on 3.10).
+_REQUEST_FAILURES = (
+    discord.HTTPException,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+    asyncio.TimeoutError,
+)
+
 PORTAL = "https://discord.com/developers/applications"
 
 #: What the bot needs in a channel it chats in: discord.Permissions flag -> the name Discord's
@@ -296,7 +305,7 @@ async def _check_discord(
         add(_intents_finding(app))
         await _check_guilds(client, user.id, settings, add, timeout)
         add(Finding(Status.INFO, "invite", invite_url(app.id)))
-    except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as error:
+    except _REQUEST_FAILURES as error:
         add(Finding(Status.FAIL, "discord", f"a request failed ({_reason(error)}): run it again"))
     finally:
         await client.close()
@@ -320,7 +329,7 @@ async def _login(
         )
         add(Finding(Status.FAIL, "token", line))
         return None
-    except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as error:
+    except _REQUEST_FAILURES as error:
         line = f"cannot reach Discord ({_reason(error)}): check the network connection"
         add(Finding(Status.FAIL, "token", line))
         return None
@@ -358,7 +367,7 @@ async def _check_guilds(
     for each in partial:
         try:
             views = await asyncio.wait_for(_channel_views(client, each.id, bot_id), timeout)
-        except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as error:
+        except _REQUEST_FAILURES as error:
             why = f"its channels could not be read ({_reason(error)}): run it again"
             add(Finding(Status.FAIL, f"server {each.name!r}", why))
             continue
@@ -421,7 +430,7 @@ async def _ask_models(settings: Settings, timeout: float) -> Finding:
             async with http.get(url, headers=headers) as response:
                 status = response.status
                 body: Any = await response.json(content_type=None) if status == 200 else None
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as error:
+    except (aiohttp.ClientError, OSError, TimeoutError, asyncio.TimeoutError, ValueError) as error:
         return Finding(
             Status.FAIL,
             "model",

@@ -126,7 +126,7 @@ class _Printer:
             changed = functools.partial(self.changed_since, self.snapshot())
             try:
                 await self.server.wait_for(changed, timeout=3600)
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # distinct classes on Python 3.10
                 continue
             self.flush(live=True)
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from genbot.settings import Settings
+from genbot.settings import Settings, SettingsError
 
 __all__ = [
     "MODEL_FIELDS",
@@ -105,7 +105,11 @@ class DotEnv:
         """Read the file (again) into the environment; returns the variables it sets."""
         from dotenv import dotenv_values
 
-        values = dotenv_values(self.path) if self.path.is_file() else {}
+        try:
+            values = dotenv_values(self.path, encoding="utf-8") if self.path.is_file() else {}
+        except (OSError, UnicodeDecodeError) as error:
+            reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error.strerror
+            raise SettingsError(f"{self.path}: cannot read the .env file: {reason}") from error
         for name in sorted(self.owned - values.keys()):
             self.environ.pop(name, None)
             self.owned.discard(name)

@@ -137,17 +137,28 @@ def _is_int(value: object) -> bool:
 
 
 def _number(value: object, param: str, low: float, high: float, *, low_open: bool = False) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise RequestError(f"{param} must be a number, not {json.dumps(value)}", param)
+    if isinstance(value, int) and abs(value) > 2**53:  # also beyond what a float holds
+        raise RequestError(f"{param} is out of range", param)
+    if not math.isfinite(value):
+        raise RequestError(f"{param} must be a finite number", param)
     if (value <= low if low_open else value < low) or value > high:
         shown = f"in ({low:g}, {high:g}]" if low_open else f"from {low:g} to {high:g}"
         raise RequestError(f"{param} must be {shown}, not {value}", param)
     return float(value)
 
 
+#: The most tokens one reply may ask for (the bot's own max_new_tokens has the same cap).
+MAX_TOKENS = 8192
+
+
 def _max_tokens(value: object, param: str) -> dict[str, Any]:
-    if not _is_int(value) or value < 1:  # type: ignore[operator]
-        raise RequestError(f"{param} must be a whole number of at least 1, not {value!r}", param)
+    if not _is_int(value) or not 1 <= value <= MAX_TOKENS:  # type: ignore[operator]
+        shown = value if _is_int(value) and abs(value) < 10**12 else "…"  # type: ignore[arg-type]
+        raise RequestError(
+            f"{param} must be a whole number from 1 to {MAX_TOKENS}, not {shown}", param
+        )
     return {"max_new_tokens": value}
 
 
@@ -239,7 +250,8 @@ def _message(raw: object, index: int) -> ChatMessage:
     where = f"messages[{index}]"
     if not isinstance(raw, dict):
         raise RequestError(f"{where} must be an object", where)
-    role = ROLES.get(raw.get("role"))  # type: ignore[arg-type]
+    given = raw.get("role")
+    role = ROLES.get(given) if isinstance(given, str) else None
     if role is None:
         roles = ", ".join(ROLES)
         raise RequestError(f"{where}.role must be one of {roles}, not {raw.get('role')!r}", where)
@@ -463,7 +475,7 @@ class ChatServer:
             return await handler(request)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), self.api_key.encode()
+            given.strip().encode("utf-8", "surrogateescape"), self.api_key.encode()
         ):
             raise RequestError(
                 "missing or wrong API key (Authorization: Bearer <key>)",
@@ -496,7 +508,7 @@ class ChatServer:
         """Answer a chat completion, streamed or not; see the module docstring."""
         try:
             body = await request.json()
-        except ValueError as error:
+        except (ValueError, LookupError, RecursionError) as error:  # LookupError: bad charset
             raise RequestError(f"the request body is not valid JSON ({error})") from None
         call = parse_chat(body, self.defaults)
         refused = self._admit()
