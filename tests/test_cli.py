@@ -161,6 +161,17 @@ def test_the_playground_names_a_model_server_that_is_not_there() -> None:
     assert_one_line(done, 1, f"nothing answers at {url}")
 
 
+def test_a_data_store_that_is_not_a_database_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "genbot.sqlite3").write_bytes(b"not a SQLite database " * 8)
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    done = genbot(
+        "playground",
+        *("-s", "backend=openai", "-s", f"base_url={url}", "-s", f"data_dir={tmp_path}"),
+        stdin="hi\n",
+    )
+    assert_one_line(done, 2, "the data store cannot be used: ")
+
+
 def test_a_missing_model_file_is_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "missing.gguf"
     done = genbot("playground", "-s", f"model={missing}", stdin="hi\n")

@@ -92,10 +92,16 @@ def _explanations() -> list[_Explanation]:
 
     from genbot.metrics import MetricsError
     from genbot.models import ModelError
+    from genbot.store import StoreError
 
     return [
         _Explanation((SettingsError,), 2, lambda e, s: f"bad configuration: {_first_line(e)}"),
         _Explanation((MetricsError,), 2, lambda e, s: _first_line(e)),
+        _Explanation(
+            (StoreError,),
+            2,
+            lambda e, s: f"the data store cannot be used: {_first_line(e)} (see data_dir)",
+        ),
         _Explanation((ModelUnavailable,), 1, lambda e, s: _first_line(e)),
         _Explanation((ModelError,), 1, lambda e, s: f"the model cannot be used: {_first_line(e)}"),
         _Explanation(
