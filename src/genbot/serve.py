@@ -149,8 +149,9 @@ def _number(value: object, param: str, low: float, high: float, *, low_open: boo
     return float(value)
 
 
-#: The most tokens one reply may ask for (the bot's own max_new_tokens has the same cap).
-MAX_TOKENS = 8192
+#: The most tokens one reply may ask for: what a 32-bit count holds (llama.cpp's), so a larger
+#: number is a 400, not an overflow in the backend (or a negative "no limit" after wrapping).
+MAX_TOKENS = 2**31 - 1
 
 
 def _max_tokens(value: object, param: str) -> dict[str, Any]:
