@@ -60,7 +60,7 @@ BACKEND_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
 #: ``GENBOT_*`` environment variables that are not settings (read by a backend).
 OTHER_VARIABLES = frozenset(
     # the model server's key, and the variables of the repository's own scripts/install
-    {"GENBOT_API_KEY", "GENBOT_PYTHON", "GENBOT_VENV", "GENBOT_TORCH_VERSION"}
+    {"GENBOT_API_KEY", "GENBOT_PYTHON", "GENBOT_PYTHONS", "GENBOT_VENV", "GENBOT_TORCH_VERSION"}
 )
 
 #: The largest Discord id (a snowflake is an unsigned 64-bit integer).
