@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from chat_workers import RELEASE, mortal, one_slot, scripted
+from chat_world import Chat
 from genbot.chatbot import ChatBot
 from genbot.output import DEFAULT_EMPTY_TEXT, DEFAULT_ERROR_TEXT, DEFAULT_STALL_TEXT
 from genbot.settings import Settings
 from genbot.streaming import Streamer
-from genbot.testing import DiscordServer, FakeChannel, FakeUser, run_bot
+from genbot.testing import DiscordServer, run_bot
 
 FAST: dict[str, Any] = {
     "guild_ready_timeout": 0.05,
@@ -27,22 +28,6 @@ ERROR_NOTE = f"*{DEFAULT_ERROR_TEXT}*"
 STALL_NOTE = f"*{DEFAULT_STALL_TEXT}*"
 QUEUED_NOTE = f"*{ChatBot.queued_text}*"
 BUSY_NOTE = f"*{ChatBot.busy_text}*"
-
-
-class Chat:
-    def __init__(self, server: DiscordServer) -> None:
-        self.server = server
-        guild = server.create_guild("Guild")
-        self.alice: FakeUser = server.create_user("alice")
-        server.add_member(guild, self.alice)
-        self.general: FakeChannel = server.create_channel(guild, "general")
-        self.dm: FakeChannel = server.create_dm(self.alice)
-
-    def replies(self, channel: FakeChannel) -> list[str]:
-        return [m["content"] for m in self.server.bot_messages(channel)]
-
-    async def wait_for_reply(self, channel: FakeChannel, content: str, timeout: float = 15) -> None:
-        await self.server.wait_for(lambda: content in self.replies(channel), timeout=timeout)
 
 
 @pytest.fixture
