@@ -124,3 +124,6 @@ async def test_model_that_cannot_load_fails_the_waiting_callers(tmp_path) -> Non
         streamer.start_thread(restart=False)
         with pytest.raises(StreamError, match="could not load"):
             await reply(streamer, greedy("What is Discord?", 3), timeout=30)
+        # A caller that comes after the worker gave up learns why, too.
+        with pytest.raises(StreamError, match="could not load"):
+            await reply(streamer, greedy("And now?", 3), timeout=30)

@@ -105,7 +105,9 @@ class Hub:
             frames.END: self._on_end,
             frames.ERROR: self._on_error,
             frames.EXPIRE: self._on_expire,
+            frames.FATAL: self._on_fatal,
         }
+        self._fatal: str | None = None  # why the current worker stopped for good, if it said
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name=f"genbot-streamer-{name}", daemon=True
@@ -143,6 +145,7 @@ class Hub:
                 return False
             self.worker = worker
             self._link = link
+            self._fatal = None
             self._links = [c for c in self._links if not c.closed] + [link]
             if self._outbox:  # opened while the worker (re)started
                 link.send(b"".join(self._outbox))
@@ -159,6 +162,8 @@ class Hub:
             if link is not self._link:
                 return
             self._link = None
+            if self._fatal and self._fatal not in reason:
+                reason = f"{reason} ({self._fatal})"
             delay = None if self.closed else self._restart_delay()
             if delay is None and not self.closed:
                 # Marked under the same lock, so that a stream opened after this (e.g. while
@@ -380,6 +385,12 @@ class Hub:
         """The stream failed in the worker (payload: message and traceback text)."""
         message, text = frames.loads(payload, "an error")
         self._end(sid, StreamError(message, traceback=text), wake)
+
+    def _on_fatal(self, sid: int, payload: bytes, wake: list[_Waiter]) -> None:
+        """The worker stops for good; its link is lost next, and that reason says why."""
+        message = frames.loads(payload, "a reason")
+        with self.lock:
+            self._fatal = str(message)
 
     def _on_expire(self, sid: int, payload: bytes, wake: list[_Waiter]) -> None:
         """The inputs did not arrive within ``input_timeout`` of the turn: the slot is gone."""

@@ -19,6 +19,7 @@ __all__ = [
     "END",
     "ERROR",
     "EXPIRE",
+    "FATAL",
     "GRANT",
     "HEADER",
     "OPEN",
@@ -47,6 +48,7 @@ ERROR = 7  # the stream failed (payload: pickle of (message, traceback text or N
 EXPIRE = 8  # the inputs did not arrive in time after GRANT; the slot was released
 OUTS = 9  # outputs of plain types (str, bytes, numbers, None), many streams' in one pickle:
 #           a list of (stream id, output); the stream id in the header is 0
+FATAL = 11  # the worker stops for good: why (payload: pickle of a str); the stream id is 0
 
 #: Output types that always pickle: the worker batches them into OUTS frames.
 PLAIN_TYPES = frozenset({str, bytes, int, float, bool, type(None)})

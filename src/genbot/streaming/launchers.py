@@ -287,6 +287,7 @@ class ThreadWorker(LaunchedWorker):
         self._input_timeout = input_timeout
         self._lock = threading.Lock()
         self._ended = False
+        self._reason = ""
         self._watch: tuple[asyncio.AbstractEventLoop, OnDeath] | None = None
         self.thread = threading.Thread(
             target=self._main, name=f"genbot-worker-{streamer._name()}", daemon=True
@@ -302,16 +303,23 @@ class ThreadWorker(LaunchedWorker):
             if streamer._worker_side is side:
                 streamer._worker_side = None
             side.close()
-            self._report_end()
+            self._report_end(side.fatal)
 
-    def _report_end(self) -> None:
+    def _death_reason(self) -> str:
+        reason = f"the worker thread {self.thread.name} ended"
+        # A stream opened just after the worker failed learns why from the reason, not only
+        # that the thread ended.
+        return f"{reason} ({self._reason})" if self._reason else reason
+
+    def _report_end(self, fatal: str | None) -> None:
         with self._lock:
             self._ended = True
+            self._reason = fatal or ""
             watch = self._watch
         if watch is not None:
             loop, on_death = watch
             try:
-                loop.call_soon_threadsafe(on_death, f"the worker thread {self.thread.name} ended")
+                loop.call_soon_threadsafe(on_death, self._death_reason())
             except RuntimeError:
                 pass  # the hub's loop is closed: nobody is watching any more
 
@@ -320,7 +328,7 @@ class ThreadWorker(LaunchedWorker):
             self._watch = (loop, on_death)
             ended = self._ended
         if ended:
-            loop.call_soon(on_death, f"the worker thread {self.thread.name} ended")
+            loop.call_soon(on_death, self._death_reason())
 
     def stop(self, timeout: float) -> None:
         """Wait up to ``timeout`` s for the thread; a thread cannot be killed, so one that is

@@ -126,6 +126,7 @@ class WorkerSide:
         self.ready: dict[int, Stream] = {}
         self.active: dict[int, Stream] = {}
         self.eof = False
+        self.fatal: str | None = None  # why the worker stopped, when it failed holding no stream
         # Reading: one thread at a time reads and handles frames, under read_lock (taken before
         # cond). consume() reads while it waits (_consumer_reads); the receiver then steps aside.
         self._read_lock = threading.Lock()
@@ -414,8 +415,13 @@ class WorkerSide:
             self.finish(stream, frames.ERROR, _error_payload(message, text))
         return len(streams)
 
-    def fail_all(self, message: str, text: str | None) -> None:
-        """Fail every stream this worker knows of: held, ready, granted and waiting."""
+    def fail_all(self, message: str, text: str | None, *, fatal: bool = False) -> None:
+        """Fail every stream this worker knows of: held, ready, granted and waiting. ``fatal``:
+        the worker stops for good; the caller side is told why, so that a stream opened after
+        this fails with the same reason."""
+        if fatal:
+            self.fatal = message
+            self.send(frames.frame(frames.FATAL, 0, frames.dumps(message, "a reason")))
         self.fail_active(message, text)
         with self.cond:
             sids = [*self.pending, *self.granted, *self.ready]
@@ -458,7 +464,7 @@ def serve(worker: Callable[[], None], side: WorkerSide) -> int:
             _log.error("streamer worker failed: %s", message)
             _log.debug("the worker's traceback:\n%s", text)
             if side.fail_active(message, text) == 0:
-                side.fail_all(message, text)
+                side.fail_all(message, text, fatal=True)
                 return 1
             continue
         _log.warning("streamer worker returned; no more streams will be served")
