@@ -163,7 +163,6 @@ class ChatBot(Genbot):
             **client_kwargs,
         )
         self.backend = self.own(backend if backend is not None else self.new_backend(self.settings))
-        self.generation = generation_settings(self.settings)
         self.turns = FairScheduler(self.backend, default_slots=self.settings.parallel)
         self._retired_turns: dict[int, FairScheduler] = {}
         self.store = Store(self.settings.data_dir)
@@ -241,7 +240,6 @@ class ChatBot(Genbot):
             channels = AccessList.parse(settings.channels, "channels")
             self.access = access
             self.wake_rules = WakeRules(channels, settings.ignore_prefix, settings.allow_bots)
-            self.generation = generation_settings(settings)
             self.usage.limiter.rate = Rate.parse(settings.user_rate)
             self.usage.user_tokens_per_day = settings.user_tokens_per_day
             self.usage.server_tokens_per_day = settings.server_tokens_per_day
@@ -369,9 +367,20 @@ class ChatBot(Genbot):
         except Exception:
             _log.exception("checking %s for new messages failed", _where(channel))
 
+    def settings_for(self, channel: discord.abc.Messageable) -> Settings:
+        """The settings that apply to a reply in ``channel``: the bot's :attr:`settings`.
+
+        Parameters
+        ----------
+        channel:
+            Where the reply goes (a channel, thread or DM).
+        """
+        return self.settings
+
     async def _answer(self, channel: discord.abc.Messageable, turn: _Turn) -> None:
+        settings = self.settings_for(channel)
         # A first look, without the model: is there a question to answer at all?
-        turn.context = self.context(channel, limit=self.settings.context_limit)
+        turn.context = self.context(channel, limit=settings.context_limit)
         question, _ = await self._question(turn.context)
         if question is None or not await self._admit(channel, question):
             return
@@ -387,7 +396,7 @@ class ChatBot(Genbot):
         answered = question
         try:
             # Our turn at the model: read the context now, so it is as fresh as it can be.
-            turn.context = self.context(channel, limit=self.settings.context_limit)
+            turn.context = self.context(channel, limit=settings.context_limit)
             fresh, history = await self._question(turn.context, placeholder)
             if fresh is None or fresh.id != question.id:  # a newer question came meanwhile
                 await self._drop(placeholder)
@@ -399,12 +408,12 @@ class ChatBot(Genbot):
             chat = context_to_messages(
                 [m for m in history if placeholder is None or m.id != placeholder.id],
                 self.user,
-                system_prompt=self.settings.system_prompt,
-                max_chars=self.settings.context_chars,
+                system_prompt=settings.system_prompt,
+                max_chars=settings.context_chars,
             )
             _log.info("replying to %s in %s", fresh.author.display_name, _where(channel))
             try:
-                deltas = stream(ChatRequest(chat, self.generation))
+                deltas = stream(ChatRequest(chat, generation_settings(settings)))
             except StreamError:  # the turn expired meanwhile, or the worker died: say so
                 await self._note(channel, fresh, placeholder, self.unavailable_text)
                 raise
@@ -413,15 +422,15 @@ class ChatBot(Genbot):
                 deltas,
                 reference=fresh,
                 placeholder=placeholder,
-                interval=self.settings.edit_interval,
-                timeout=self.settings.stall_timeout,
-                budget=shared_budget(self.settings.discord_requests_per_second),
+                interval=settings.edit_interval,
+                timeout=settings.stall_timeout,
+                budget=shared_budget(settings.discord_requests_per_second),
             )
         except asyncio.TimeoutError as error:  # the reply shows its note; no traceback needed
             stream.failed(error)
             _log.warning(
                 "the model sent no text for %.0f s in %s; the reply ended with a note",
-                self.settings.stall_timeout,
+                settings.stall_timeout,
                 _where(channel),
             )
         except Exception as error:

@@ -23,6 +23,8 @@ from genbot.models.base import (
     ChatRequest,
     GenerationSettings,
     ModelError,
+    Reasoning,
+    ToolCall,
 )
 
 __all__ = [
@@ -32,6 +34,8 @@ __all__ = [
     "LlamaCppStreamer",
     "ModelError",
     "OpenAIStreamer",
+    "Reasoning",
+    "ToolCall",
     "TransformersStreamer",
     "default_model_path",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from genbot.streaming import Streamer
 
@@ -27,16 +27,53 @@ __all__ = [
     "ChatStreamer",
     "GenerationSettings",
     "ModelError",
+    "Reasoning",
     "Role",
     "StopBuffer",
+    "ToolCall",
+    "ToolCallDict",
     "prepare_messages",
 ]
 
 _log = logging.getLogger(__name__)
 
-#: Who wrote a chat message.
-Role = Literal["system", "user", "assistant"]
-ROLES: tuple[Role, ...] = ("system", "user", "assistant")
+#: Who wrote a chat message (``tool``: the result of a tool call, see :class:`ToolCall`).
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: tuple[Role, ...] = ("system", "user", "assistant", "tool")
+
+
+class ToolCallDict(TypedDict):
+    """A tool call as an assistant message carries it (``ChatMessage["tool_calls"]``)."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text of an object, as the model wrote it
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A backend's request to call a tool, yielded by a chat stream after its text deltas.
+
+    ``arguments`` is the JSON text the model wrote (not yet checked: the tool loop validates
+    it against the tool's schema). ``id`` pairs the call with its result message
+    (``{"role": "tool", "tool_call_id": id, "content": ...}``).
+    """
+
+    id: str
+    name: str
+    arguments: str
+
+    def as_dict(self) -> ToolCallDict:
+        return {"id": self.id, "name": self.name, "arguments": self.arguments}
+
+
+@dataclass(frozen=True)
+class Reasoning:
+    """Text a reasoning model "thinks" before answering (an OpenAI-compatible server's
+    ``reasoning_content``), yielded by a chat stream in place of a text delta. Never part of
+    the answer."""
+
+    text: str
 
 
 class _ChatMessageRequired(TypedDict):
@@ -52,6 +89,8 @@ class ChatMessage(_ChatMessageRequired, total=False):
     """
 
     name: str
+    tool_calls: list[ToolCallDict]  # an assistant message that called tools
+    tool_call_id: str  # a tool message: the call it answers
 
 
 class ModelError(RuntimeError):
@@ -95,6 +134,9 @@ class ChatRequest:
 
     messages: list[ChatMessage]
     settings: GenerationSettings = field(default_factory=GenerationSettings)
+    #: Tools the model may call, as OpenAI ``{"type": "function", "function": {...}}`` schemas;
+    #: empty: no tools (the stream then yields text only).
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
 
 def prepare_messages(
