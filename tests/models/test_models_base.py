@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import itertools
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import example, given
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 import genbot.models
 from genbot.models import GenerationSettings, ModelError, default_model_path
-from genbot.models.base import ChatMessage, StopBuffer, prepare_messages
+from genbot.models.base import ChatMessage, StopBuffer, ToolCall, prepare_messages
 
 
 def test_default_model_path_is_the_shipped_gguf() -> None:
@@ -155,3 +156,30 @@ def test_stop_buffer_equals_cutting_the_whole_text(
     positions = [i for i in (text.find(s) for s in stop) if i >= 0]
     expected = text[: min(positions)] if positions else text
     assert _stream(stop, chunks) == (expected, bool(positions))
+
+
+def test_tool_calls_and_results_are_kept() -> None:
+    call = ToolCall("call_1", "weather", '{"city": "Oslo"}')
+    messages: list[ChatMessage] = [
+        {"role": "user", "name": "ann", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": [call.as_dict()]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    assert prepare_messages(messages) == [
+        {"role": "user", "content": "ann: Weather in Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": [call.as_dict()]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "x", "name": "w"}]},
+        {"role": "assistant", "content": "", "tool_calls": "weather"},
+    ],
+)
+def test_malformed_tool_messages_are_refused(message: Any) -> None:
+    with pytest.raises(ModelError, match="tool"):
+        prepare_messages([{"role": "user", "content": "hi"}, message])

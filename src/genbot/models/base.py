@@ -174,12 +174,36 @@ def prepare_messages(
             raise ModelError(f"message {i}: content must be a string, not {type(content).__name__}")
         if name and role == "user":
             content = f"{name}: {content}"
-        out.append({"role": role, "content": content})
+        prepared: ChatMessage = {"role": role, "content": content}
+        _copy_tool_fields(i, raw, prepared)
+        out.append(prepared)
     if system_prompt and not any(m["role"] == "system" for m in out):
         out.insert(0, {"role": "system", "content": system_prompt})
     if not any(m["role"] != "system" for m in out):
         raise ModelError("a chat request needs at least one user or assistant message")
     return out
+
+
+def _copy_tool_fields(i: int, raw: dict[str, object], out: ChatMessage) -> None:
+    """Keep an assistant message's ``tool_calls`` and a tool message's ``tool_call_id``."""
+    calls = raw.get("tool_calls")
+    if calls is not None and out["role"] == "assistant":
+        if not isinstance(calls, list) or not all(_is_tool_call(c) for c in calls):
+            raise ModelError(f"message {i}: tool_calls must be a list of {{id, name, arguments}}")
+        out["tool_calls"] = [
+            {"id": c["id"], "name": c["name"], "arguments": c["arguments"]} for c in calls
+        ]
+    if out["role"] == "tool":
+        call_id = raw.get("tool_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise ModelError(f"message {i}: a tool message needs its tool_call_id")
+        out["tool_call_id"] = call_id
+
+
+def _is_tool_call(call: object) -> bool:
+    return isinstance(call, dict) and all(
+        isinstance(call.get(key), str) for key in ("id", "name", "arguments")
+    )
 
 
 class StopBuffer:
