@@ -140,6 +140,9 @@ async def test_admin_shutdown_is_graceful_and_start_returns(finishes: bool) -> N
         assert echo in active_streamers()
         task = asyncio.create_task(bot.start(s.token))
         try:
+            # A yield, not a wait: start() sets the client up before its first await; since
+            # Python 3.12, wait_for runs wait_until_ready() at once, before that otherwise.
+            await asyncio.sleep(0)
             await asyncio.wait_for(bot.wait_until_ready(), 10)
             dm = s.create_dm(w.alice)
             await send(bot, s, dm, w.alice, "take your time")

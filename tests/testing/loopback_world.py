@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import discord
@@ -46,9 +47,23 @@ class Recorder(discord.Client):
         kwargs.setdefault("intents", all_intents())
         super().__init__(guild_ready_timeout=0.05, **kwargs)  # type: ignore[arg-type]
         self.received: list[discord.Message] = []
+        self._arrived = asyncio.Event()
 
     async def on_message(self, message: discord.Message) -> None:
         self.received.append(message)
+        self._arrived.set()
+
+    async def received_at_least(self, count: int, timeout: float = 5.0) -> list[discord.Message]:
+        """Wait until ``count`` messages were handled by :meth:`on_message` (which runs as a
+        task of its own, after discord.py's ``wait_for`` listeners have seen the event)."""
+
+        async def enough() -> None:
+            while len(self.received) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+
+        await asyncio.wait_for(enough(), timeout)
+        return self.received
 
     def contents(self) -> list[str]:
         return [m.content for m in self.received]

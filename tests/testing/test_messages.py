@@ -160,8 +160,7 @@ async def test_content_is_blank_without_the_message_content_intent(world: World)
         mention = await server.send_message(world.channel, world.alice, "hey", mentions_bot=True)
         await server.send_message(dm, world.alice, "private")
         await server.wait_for(lambda: len(server.messages(dm)) == 1)
-        while len(bot.received) < 3:
-            await bot.next_message()
+        await bot.received_at_least(3)
         assert bot.contents() == ["", f"<@{server.bot_user.id}> hey", "private"]
         own = await bot.get_channel(world.channel.id).send("mine")
         assert own.content == "mine"

@@ -64,8 +64,7 @@ async def test_dropped_connection_resumes_and_replays_missed_events(world: World
         await server.send_message(world.channel, world.alice, "while away 2")
         await resumed
         assert server.resumes == 1
-        while len(bot.received) < 2:
-            await bot.next_message()
+        await bot.received_at_least(2)
         assert bot.contents() == ["while away 1", "while away 2"]
         sent = await bot.get_channel(world.channel.id).send("back")
         assert server.message(world.channel, sent.id)["content"] == "back"
