@@ -426,7 +426,10 @@ async def _ask_models(settings: Settings, timeout: float) -> Finding:
     key = api_key_from_env()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+        http_session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout), trust_env=True
+        )
+        async with http_session as http:
             async with http.get(url, headers=headers) as response:
                 status = response.status
                 body: Any = await response.json(content_type=None) if status == 200 else None

@@ -99,6 +99,20 @@ async def test_streams_the_reply_of_the_servers_first_model(
     assert server.headers[0]["Authorization"] == "Bearer sesame"
 
 
+async def test_a_proxy_in_the_environment_is_used(
+    server: ChatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The local server plays the proxy: the request reaches it for a host that is never
+    # resolved (an .invalid name), as an absolute-form request that names that host.
+    monkeypatch.setenv("HTTP_PROXY", server.url.removesuffix("/v1"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with backend("http://model-behind-proxy.invalid/v1") as streamer:
+        deltas = [d async for d in streamer.chat(greedy("Hi", 5))]
+    assert "".join(deltas) == "Hello, world"
+    assert server.headers[-1]["Host"] == "model-behind-proxy.invalid"
+
+
 async def test_a_reply_ends_at_its_finish_reason(server: ChatServer) -> None:
     # The finish event comes, then nothing until the client goes away: the caller's reply is
     # complete at the finish event, it does not wait for [DONE].

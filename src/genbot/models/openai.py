@@ -554,6 +554,7 @@ class OpenAIStreamer(ChatStreamer):
             connector=aiohttp.TCPConnector(limit=0),  # the worker bounds its requests itself
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
+            trust_env=True,  # HTTP_PROXY / HTTPS_PROXY / NO_PROXY, as curl and the openai SDK
         )
 
     async def _serve(self) -> None:
