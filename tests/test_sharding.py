@@ -76,7 +76,8 @@ def test_asking_for_shards_makes_any_subclass_auto_sharded() -> None:
 
 
 def test_the_settings_of_genbot_run_make_a_sharded_bot() -> None:
-    from genbot.cli import _chat_bot, shard_options
+    from genbot.chatbot import shard_options
+    from genbot.cli import _chat_bot
 
     assert shard_options(Settings(backend="openai")) == {}
     url = "redis://127.0.0.1:1/0"
@@ -89,6 +90,16 @@ def test_the_settings_of_genbot_run_make_a_sharded_bot() -> None:
     assert bot.identify_lock is not None and bot.identify_lock.url == url
     every = _chat_bot(Settings.load(None, overrides={"backend": "openai", "shard_count": "2"}))
     assert isinstance(every, ShardedGenbot) and every.shard_ids is None
+
+
+def test_a_chat_bot_made_in_python_follows_its_sharding_settings() -> None:
+    settings = Settings.load(None, overrides={"backend": "openai", "shard_count": "2"})
+    bot = ChatBot(settings)
+    assert isinstance(bot, ShardedGenbot) and isinstance(bot, ChatBot)
+    assert bot.shard_count == 2
+    one = ChatBot(settings, shard_ids=[1])  # an argument wins over the settings
+    assert (one.shard_count, one.shard_ids) == (2, [1])
+    assert not isinstance(ChatBot(Settings(backend="openai")), ShardedGenbot)
 
 
 # -- in one process ----------------------------------------------------------------------------

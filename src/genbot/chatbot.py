@@ -33,7 +33,7 @@ from genbot.store import Store
 from genbot.streaming import Streamer, StreamError
 from genbot.wake import WakeRules
 
-__all__ = ["ChatBot", "make_backend", "warm_up"]
+__all__ = ["ChatBot", "make_backend", "shard_options", "warm_up"]
 
 _log = logging.getLogger(__name__)
 
@@ -60,6 +60,18 @@ def make_backend(settings: Settings) -> Streamer:
         first_token_timeout=settings.first_token_timeout,
         token_timeout=settings.token_timeout,
     )
+
+
+def shard_options(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments of :class:`genbot.Genbot` that the sharding settings ask for
+    (none when unsharded and without an identify lock)."""
+    options: dict[str, Any] = {}
+    if settings.shard_count:
+        options["shard_count"] = settings.shard_count
+        options["shard_ids"] = list(settings.shard_ids) or None
+    if settings.cluster_redis:
+        options["cluster_redis"] = settings.cluster_redis
+    return options
 
 
 def generation_settings(settings: Settings) -> GenerationSettings:
@@ -140,6 +152,11 @@ class ChatBot(Genbot):
     #: What a chat over a rate limit or token quota is told (once, until the limit resets).
     limit_texts: LimitTexts = LimitTexts()
 
+    def __new__(cls, settings: Settings | None = None, *args: Any, **kwargs: Any) -> ChatBot:
+        # The sharding settings make a sharded bot (see Genbot.__new__); arguments win.
+        options = shard_options(settings) if settings is not None else {}
+        return super().__new__(cls, *args, **{**options, **kwargs})
+
     def __init__(
         self,
         settings: Settings | None = None,
@@ -160,7 +177,7 @@ class ChatBot(Genbot):
             sync_commands=self.settings.sync_commands,
             metrics_port=self.settings.metrics_port,
             metrics_host=self.settings.metrics_host,
-            **client_kwargs,
+            **{**shard_options(self.settings), **client_kwargs},
         )
         self.backend = self.own(backend if backend is not None else self.new_backend(self.settings))
         self.turns = FairScheduler(self.backend, default_slots=self.settings.parallel)

@@ -233,11 +233,7 @@ def _chat_bot(
                 logging.getLogger().setLevel(settings.log_level.upper())
             return changes
 
-    return CommandChatBot(
-        settings,
-        load_settings=None if source is None else source.load,
-        **shard_options(settings),
-    )
+    return CommandChatBot(settings, load_settings=None if source is None else source.load)
 
 
 #: Tasks started by signals (asyncio keeps only weak references to tasks).
@@ -266,18 +262,6 @@ def _on_signal(name: str, handler: Callable[[], None]) -> None:
         asyncio.get_running_loop().add_signal_handler(number, handler)
     except (RuntimeError, ValueError, NotImplementedError) as error:  # not the main thread
         _log.debug("%s is not handled here: %s", name, error)
-
-
-def shard_options(settings: Settings) -> dict[str, Any]:
-    """The keyword arguments of :class:`genbot.Genbot` that the sharding settings ask for
-    (none when unsharded and without an identify lock)."""
-    options: dict[str, Any] = {}
-    if settings.shard_count:
-        options["shard_count"] = settings.shard_count
-        options["shard_ids"] = list(settings.shard_ids) or None
-    if settings.cluster_redis:
-        options["cluster_redis"] = settings.cluster_redis
-    return options
 
 
 def _explained(
