@@ -28,7 +28,7 @@ FAST: dict[str, Any] = {
 STOPPED = "Let me think\n\n*Stopped.*"
 #: Bound on every wait of the worker, so no worker outlives a failed test for long.
 _WAIT = 30.0
-_RELEASE = threading.Event()
+RELEASE = threading.Event()
 
 
 def _said(stream: Stream) -> str:
@@ -47,8 +47,8 @@ def seeded(streams: list[Stream]) -> None:
             stream.write("ok")
         elif _said(stream) == "hold":
             stream.write("Let me think")
-            _RELEASE.wait(0)
-            while not stream.closed and not _RELEASE.wait(0.01):
+            RELEASE.wait(0)
+            while not stream.closed and not RELEASE.wait(0.01):
                 pass
             stream.write(" done.")
         else:
@@ -58,12 +58,12 @@ def seeded(streams: list[Stream]) -> None:
 
 @pytest.fixture
 def backend() -> Iterator[Streamer]:
-    _RELEASE.clear()
+    RELEASE.clear()
     seeded.start_thread(maximum=1)
     try:
         yield seeded
     finally:
-        _RELEASE.set()
+        RELEASE.set()
         seeded.close()
 
 
