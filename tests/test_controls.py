@@ -41,7 +41,8 @@ def _said(stream: Stream) -> str:
 @genbot.streamer
 def seeded(streams: list[Stream]) -> None:
     """``hold``: "Let me think", then nothing until the caller closes the stream (or the test
-    releases it: " done."); anything else: ``answer (seed S): <what was said>``."""
+    releases it: " done."); ``long``: 3000 characters ending with the seed; anything else:
+    ``answer (seed S): <what was said>``."""
     for stream in streams:
         if stream.data.settings.max_new_tokens == 1:  # the warm-up
             stream.write("ok")
@@ -51,6 +52,10 @@ def seeded(streams: list[Stream]) -> None:
             while not stream.closed and not RELEASE.wait(0.01):
                 pass
             stream.write(" done.")
+        elif _said(stream) == "long":  # two messages: 30 lines of 99 characters
+            for _ in range(30):
+                stream.write("x" * 99 + "\n")
+            stream.write(f"(seed {stream.data.settings.seed})")
         else:
             stream.write(f"answer (seed {stream.data.settings.seed}): {_said(stream)}")
         stream.close()
@@ -262,3 +267,37 @@ async def test_buttons_can_be_turned_off(chat: Chat, backend: Streamer, tmp_path
         reply = await answered(chat, question, [])
         await settle(bot)
     assert reply["content"] == "answer (seed None): hello" and reply["components"] == []
+
+
+async def test_a_long_reply_shows_its_buttons_on_its_last_message_and_regenerates_whole(
+    chat: Chat, backend: Streamer, tmp_path: Path
+) -> None:
+    server = chat.server
+    bot = make_bot(backend, tmp_path)
+    async with run_bot(bot, server):
+        question = await server.send_message(chat.general, chat.alice, "long", mentions_bot=True)
+        await server.wait_for(
+            lambda: (
+                [server.buttons(chat.general, m) for m in server.bot_messages(chat.general)]
+                == [[], ["Regenerate"]]
+            ),
+            timeout=15,
+        )
+        first, last = (dict(m) for m in server.bot_messages(chat.general))
+        assert last["content"].endswith("(seed None)")
+        await server.press(
+            chat.general, last["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
+        )
+        await server.wait_for(
+            lambda: (
+                server.bot_messages(chat.general)[-1]["id"] != last["id"]
+                and server.buttons(chat.general, server.bot_messages(chat.general)[-1])
+                == ["Regenerate"]
+            ),
+            timeout=15,
+        )
+        await settle(bot)
+        now = server.bot_messages(chat.general)
+    assert now[0]["id"] == first["id"] and len(now) == 2
+    assert server.buttons(chat.general, now[0]) == []
+    assert now[1]["content"].startswith("x") and not now[1]["content"].endswith("(seed None)")
