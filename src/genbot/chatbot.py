@@ -478,8 +478,9 @@ class ChatBot(Genbot):
         reply: list[discord.Message],
     ) -> None:
         """Answer `question` again with a new random seed, in the messages of its earlier
-        `reply` (the first becomes the new reply; the others are deleted). Waits for a model
-        slot in the asker's fair turn (bounded by ``queue_timeout``); Stop reaches it.
+        `reply` (the first becomes the new reply; the others are deleted). Counts against the
+        asker's rate limit and quotas like a question; waits for a model slot in the asker's
+        fair turn (bounded by ``queue_timeout``); Stop reaches it.
 
         Parameters
         ----------
@@ -492,7 +493,7 @@ class ChatBot(Genbot):
         StreamError
             The model cannot take the chat (the reply shows :attr:`unavailable_text`).
         """
-        if not reply:
+        if not reply or not await self._admit(channel, question):  # rate limits and quotas
             return
         settings = self.settings_for(channel)
         for extra in reply[1:]:
