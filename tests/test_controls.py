@@ -196,7 +196,8 @@ async def test_regenerate_writes_a_new_sample_into_the_same_message(
             chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
         )
         await server.wait_for(
-            lambda: server.message(chat.general, first["id"])["content"] != first["content"]
+            lambda: server.message(chat.general, first["id"])["content"] != first["content"],
+            timeout=15,
         )
         again = await answered(chat, question, ["Regenerate"])
     assert again["id"] == first["id"]
@@ -221,7 +222,8 @@ async def test_a_press_by_someone_else_is_refused_and_an_admin_may(
         assert server.message(chat.general, first["id"])["content"] == first["content"]
         await server.press(chat.general, first["id"], regenerate, admin)
         await server.wait_for(
-            lambda: server.message(chat.general, first["id"])["content"] != first["content"]
+            lambda: server.message(chat.general, first["id"])["content"] != first["content"],
+            timeout=15,
         )
         await answered(chat, question, ["Regenerate"])
 
@@ -238,7 +240,8 @@ async def test_regenerate_works_after_a_restart_of_the_bot(
             chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
         )
         await server.wait_for(
-            lambda: server.message(chat.general, first["id"])["content"] != first["content"]
+            lambda: server.message(chat.general, first["id"])["content"] != first["content"],
+            timeout=15,
         )
         again = await answered(chat, question, ["Regenerate"])
     assert again["content"].endswith("): hello")
@@ -254,7 +257,7 @@ async def test_an_older_reply_loses_its_buttons_when_a_newer_one_arrives(
         first = await answered(chat, one, ["Regenerate"])
         two = await server.send_message(chat.general, chat.alice, "two", mentions_bot=True)
         await answered(chat, two, ["Regenerate"])
-        await server.wait_for(lambda: not server.buttons(chat.general, first["id"]))
+        await server.wait_for(lambda: not server.buttons(chat.general, first["id"]), timeout=15)
         await settle(bot)
     assert server.message(chat.general, first["id"])["content"] == "answer (seed None): one"
 
