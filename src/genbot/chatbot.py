@@ -9,10 +9,12 @@ new messages arrived meanwhile, whatever the outcome of its reply.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 import discord
@@ -20,11 +22,12 @@ import discord
 from genbot.access import Access, AccessList
 from genbot.bot import Genbot, _bounded_in_thread
 from genbot.context import Context
+from genbot.controls import ControlButton, Controls
 from genbot.fairness import FairScheduler, FairStream
 from genbot.gatekeeping import gatekeep
 from genbot.metrics import model_name
 from genbot.models import ChatRequest, GenerationSettings
-from genbot.output import SAFE_MENTIONS, keep_typing, shared_budget, stream_reply
+from genbot.output import SAFE_MENTIONS, ReplyButtons, keep_typing, shared_budget, stream_reply
 from genbot.prompt import context_to_messages
 from genbot.quota import LimitTexts, Rate, Usage, estimate_tokens
 from genbot.reload import Changes, ReloadError, compare
@@ -195,6 +198,8 @@ class ChatBot(Genbot):
         self._retired: dict[int, Streamer] = {}
         self._reconfiguring = asyncio.Lock()
         self._closing_retired: set[asyncio.Task[None]] = set()
+        #: Stop and Regenerate: the running replies and the button presses (genbot.controls).
+        self.controls = Controls(self)
 
     def new_backend(self, settings: Settings) -> Streamer:
         """The Streamer for the model ``settings`` name (not started): :func:`make_backend`.
@@ -352,6 +357,7 @@ class ChatBot(Genbot):
 
     async def setup_hook(self) -> None:
         await super().setup_hook()
+        self.add_dynamic_items(ControlButton)  # buttons of earlier runs keep working
         await self.usage.open()
         if not self.backend.running:
             self.backend.start_process()
@@ -434,14 +440,16 @@ class ChatBot(Genbot):
             except StreamError:  # the turn expired meanwhile, or the worker died: say so
                 await self._note(channel, fresh, placeholder, self.unavailable_text)
                 raise
+            shown, buttons = self._controlled(settings, fresh, stream, deltas, history)  # buttons
             await stream_reply(
                 channel,
-                deltas,
+                shown,
                 reference=fresh,
                 placeholder=placeholder,
                 interval=settings.edit_interval,
                 timeout=settings.stall_timeout,
                 budget=shared_budget(settings.discord_requests_per_second),
+                buttons=buttons,
             )
         except asyncio.TimeoutError as error:  # the reply shows its note; no traceback needed
             stream.failed(error)
@@ -461,6 +469,110 @@ class ChatBot(Genbot):
                     answered.author.id,
                     _guild_id(channel),
                     estimate_tokens(counted.deltas, counted.chars),
+                )
+
+    # -- Stop and Regenerate (the buttons: genbot.controls) -----------------------------------
+
+    def _controlled(
+        self,
+        settings: Settings,
+        question: discord.Message,
+        stream: Any,
+        deltas: AsyncIterable[Any],
+        history: list[discord.Message],
+    ) -> tuple[AsyncIterable[Any], ReplyButtons | None]:
+        """With ``settings.buttons``: the reply's deltas made stoppable (registered for Stop),
+        its buttons, and the older replies in `history` losing theirs."""
+        if not settings.buttons:
+            return deltas, None
+        self.controls.retire(history)
+        return self.controls.track(question, stream, deltas), self.controls.buttons(question)
+
+    async def regenerate(
+        self,
+        channel: discord.abc.Messageable,
+        question: discord.Message,
+        reply: list[discord.Message],
+    ) -> None:
+        """Answer `question` again with a new random seed, in the messages of its earlier
+        `reply` (the first becomes the new reply; the others are deleted). Counts against the
+        asker's rate limit and quotas like a question; waits for a model slot in the asker's
+        fair turn (bounded by ``queue_timeout``); Stop reaches it.
+
+        Parameters
+        ----------
+        channel: where the reply is.
+        question: the message the reply answers.
+        reply: the reply's messages, first first (see :meth:`Controls._regenerate`).
+
+        Raises
+        ------
+        StreamError
+            The model cannot take the chat (the reply shows :attr:`unavailable_text`).
+        """
+        if not reply or not await self._admit(channel, question):  # rate limits and quotas
+            return
+        settings = self.settings_for(channel)
+        for extra in reply[1:]:
+            await self._drop(extra)
+        backend = self._borrow()
+        try:
+            slot = self._turns_of(backend).stream(
+                user=question.author.id, channel=_channel_id(channel)
+            )
+            try:
+                stream = await asyncio.wait_for(slot.__aenter__(), settings.queue_timeout)
+            except asyncio.TimeoutError:
+                await self._note(channel, question, reply[0], self.busy_text)
+                return
+            except StreamError:
+                await self._note(channel, question, reply[0], self.unavailable_text)
+                raise
+            await self._sample_again(channel, settings, question, reply[0], stream)
+        finally:
+            self._give_back(backend)
+
+    async def _sample_again(
+        self,
+        channel: discord.abc.Messageable,
+        settings: Settings,
+        question: discord.Message,
+        placeholder: discord.Message,
+        stream: FairStream,
+    ) -> None:
+        assert self.user is not None
+        try:
+            context = self.context(channel, limit=settings.context_limit + _REGENERATE_SLACK)
+            history = [m async for m in context if m.id <= question.id]
+            chat = context_to_messages(
+                history[: settings.context_limit],
+                self.user,
+                system_prompt=settings.system_prompt,
+                max_chars=settings.context_chars,
+            )
+            sampling = dataclasses.replace(
+                generation_settings(settings), seed=secrets.randbelow(2**31)
+            )
+            _log.info("regenerating a reply to %s in %s", question.author, _where(channel))
+            await stream_reply(
+                channel,
+                self.controls.track(question, stream, stream(ChatRequest(chat, sampling))),
+                reference=question,
+                placeholder=placeholder,
+                interval=settings.edit_interval,
+                timeout=settings.stall_timeout,
+                budget=shared_budget(settings.discord_requests_per_second),
+                buttons=self.controls.buttons(question),
+            )
+        except asyncio.TimeoutError:  # the reply shows its note
+            _log.warning("the model stalled while regenerating a reply in %s", _where(channel))
+        finally:
+            stream.close()
+            if stream.deltas:
+                await self.usage.record(
+                    question.author.id,
+                    _guild_id(channel),
+                    estimate_tokens(stream.deltas, stream.chars),
                 )
 
     async def _admit(self, channel: discord.abc.Messageable, question: discord.Message) -> bool:
@@ -564,6 +676,10 @@ class ChatBot(Genbot):
             await placeholder.delete()
         except Exception as exc:
             _log.warning("deleting a queued note failed: %r", exc)
+
+
+#: Extra messages a regeneration's context reads, for those newer than its question.
+_REGENERATE_SLACK = 16
 
 
 class _Turn:

@@ -24,6 +24,7 @@ import unicodedata
 from collections import Counter, deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import discord
@@ -37,6 +38,7 @@ __all__ = [
     "MESSAGE_LIMIT",
     "SAFE_MENTIONS",
     "ChannelPacer",
+    "ReplyButtons",
     "RequestBudget",
     "RetryBudget",
     "Ticket",
@@ -267,6 +269,25 @@ def is_visible(text: str) -> bool:
 
 # --------------------------------------------------------------------------------------------
 # Planning writes and pacing them
+
+
+@dataclass(frozen=True)
+class ReplyButtons:
+    """The buttons a reply's last message carries (opt-in, see :func:`stream_reply`): the
+    `streaming` view while the text still grows, the `done` view once the final text is shown
+    (``None``: no buttons then). Earlier messages of a long reply carry none."""
+
+    streaming: discord.ui.View | None
+    done: discord.ui.View | None
+
+
+# The view of a message that the writer did not send itself: unknown, so it is always set.
+_UNKNOWN_VIEW = object()
+
+
+def view_index(count: int) -> int:
+    """The index of the message of a reply of `count` messages that carries its buttons."""
+    return count - 1
 
 
 @dataclass(frozen=True)
@@ -682,8 +703,13 @@ class _ReplyWriter:
         pacer: ChannelPacer,
         retry_budget: float,
         budget: RequestBudget,
+        buttons: ReplyButtons | None = None,
     ) -> None:
         self._channel = channel
+        self._buttons = buttons
+        # The view each message shows (buttons only), and how many messages the text needs.
+        self._views: list[object] = [] if placeholder is None else [_UNKNOWN_VIEW]
+        self._count = len(self._views)
         self._reference = reference
         self._interval = interval
         self._pacer = pacer
@@ -727,7 +753,7 @@ class _ReplyWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not plan_writes(self._text, self.shown, final=self._final):
+            if not self._planned():
                 if self._final:
                     return
                 continue
@@ -773,18 +799,37 @@ class _ReplyWriter:
         planned when it began; what is needed past those waits for the channel's next turn.
         """
         since = self._served
-        for _ in range(len(plan_writes(self._text, self.shown, final=self._final))):
+        for _ in range(len(self._planned())):
             if self._tried:  # a create failed: did Discord carry it out after all?
                 async with self._budget.turn(since):
                     await asyncio.wait_for(self._recover_send(), self._timeout())
-            if not plan_writes(self._text, self.shown, final=self._final):
+            if not self._planned():
                 break  # the lost create was found and shows the text
             async with self._budget.turn(since):
-                writes = plan_writes(self._text, self.shown, final=self._final)
+                writes = self._planned()
                 if not writes:
                     break
                 await asyncio.wait_for(self._apply(writes[0]), self._timeout())
         self._served = self._budget.now()
+
+    def _planned(self) -> list[Write]:
+        """The writes that bring the messages up to the newest text (:func:`plan_writes`)
+        and, with buttons, an edit of each message whose view is not the one it should show."""
+        writes = plan_writes(self._text, self.shown, final=self._final)
+        if self._buttons is None:
+            return writes
+        self._count = max([len(self.shown)] + [w.index + 1 for w in writes])
+        planned = {w.index: w for w in writes}
+        for index, view in enumerate(self._views):
+            if view is not self._view_for(index) and index not in planned:
+                planned[index] = Write(index, self.shown[index], False)
+        return [planned[index] for index in sorted(planned)]
+
+    def _view_for(self, index: int) -> discord.ui.View | None:
+        """The view message `index` should show: the reply's buttons on its last message."""
+        if self._buttons is None or index != view_index(self._count):
+            return None
+        return self._buttons.done if self._final else self._buttons.streaming
 
     def _timeout(self) -> float:
         """The bound on one request: shorter while failing, so the retry budget holds."""
@@ -798,35 +843,45 @@ class _ReplyWriter:
         if message is not None:
             self._add(message)
 
-    def _add(self, message: discord.Message) -> None:
+    def _add(self, message: discord.Message, view: object = _UNKNOWN_VIEW) -> None:
         self.messages.append(message)
         self.shown.append(message.content)
+        self._views.append(view)
         self._nonce, self._tried = secrets.randbits(63), []
 
     async def _apply(self, write: Write) -> None:
         """Make one request: create message `write.index`, or edit it."""
         self._wrote = True
         if write.new:
-            self._add(await self._send(write.content))
+            view = self._view_for(write.index)
+            self._add(await self._send(write.content, view), view)
             return
-        message = await self.messages[write.index].edit(
-            content=write.content, allowed_mentions=SAFE_MENTIONS
-        )
+        if self._buttons is None:
+            message = await self.messages[write.index].edit(
+                content=write.content, allowed_mentions=SAFE_MENTIONS
+            )
+        else:
+            view = self._view_for(write.index)
+            message = await self.messages[write.index].edit(
+                content=write.content, allowed_mentions=SAFE_MENTIONS, view=view
+            )
+            self._views[write.index] = view
         self.messages[write.index] = message
         self.shown[write.index] = write.content
 
-    async def _send(self, content: str) -> discord.Message:
+    async def _send(self, content: str, view: discord.ui.View | None) -> discord.Message:
         reference = None
         if self._reference is not None and not self.messages:
             reference = self._reference.to_reference(fail_if_not_exists=False)
         self._tried.append(content)
         # The nonce makes Discord itself drop a repeated create (discord.py retries 5xx inside).
+        extra: dict[str, Any] = {} if view is None else {"view": view}
         if reference is None:
             return await self._channel.send(
-                content, allowed_mentions=SAFE_MENTIONS, nonce=self._nonce
+                content, allowed_mentions=SAFE_MENTIONS, nonce=self._nonce, **extra
             )
         return await self._channel.send(
-            content, reference=reference, allowed_mentions=SAFE_MENTIONS, nonce=self._nonce
+            content, reference=reference, allowed_mentions=SAFE_MENTIONS, nonce=self._nonce, **extra
         )
 
     async def _find_lost_send(self) -> discord.Message | None:
@@ -948,6 +1003,7 @@ async def stream_reply(
     retry_budget: float = 60.0,
     pacer: ChannelPacer = PACER,
     budget: RequestBudget = BUDGET,
+    buttons: ReplyButtons | None = None,
 ) -> list[discord.Message]:
     """Stream the text `deltas` into `channel` as a message edited in place; return the messages.
 
@@ -991,6 +1047,10 @@ async def stream_reply(
     retry_budget: the most seconds writes may fail in a row before the reply gives up.
     pacer: the pacer that spaces the edits of each channel.
     budget: the budget of Discord requests shared by every reply of the process.
+    buttons: the buttons of the reply's last message (:class:`ReplyButtons`: one view while
+        streaming, one when done); ``None`` (the default): the reply's messages are sent and
+        edited without touching their components. Moving the buttons to a new last message,
+        or swapping them when the reply is done, may cost one more edit.
 
     Raises
     ------
@@ -1000,7 +1060,9 @@ async def stream_reply(
     If the caller cancels, the messages stay as they were last written.
     """
     iterator: AsyncIterator[str] = aiter(deltas)
-    writer = _ReplyWriter(channel, reference, placeholder, interval, pacer, retry_budget, budget)
+    writer = _ReplyWriter(
+        channel, reference, placeholder, interval, pacer, retry_budget, budget, buttons
+    )
     typing = asyncio.create_task(keep_typing(channel, budget))
     text = ""
     failure: Exception | None = None

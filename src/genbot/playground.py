@@ -3,7 +3,9 @@
 :func:`run_playground` starts the loopback server (:mod:`genbot.testing`) with a guild, its
 ``#general`` channel and a user, runs the bot against it, and lets you talk to the bot in a DM as
 that user. Typed lines are sent as messages; ``/name [text]`` invokes the bot's slash command
-``name`` (``text`` fills its first option, e.g. ``/thread my topic``).
+``name`` (``text`` fills its first option, e.g. ``/thread my topic``). A reply's buttons show
+under it (``[Stop]``, ``[Regenerate]``); ``/stop`` and ``/regenerate`` press them on the latest
+reply (``/stop`` also while the reply is being written).
 
 - On a terminal it is a live chat: the bot's messages, edits and typing show as they happen.
 - Otherwise (``echo hello | genbot playground``) it sends each input line, waits until the bot
@@ -57,6 +59,9 @@ class EchoBot(Genbot):
             self.attend.force(channel)
 
 
+_Snapshot = tuple[int, tuple[tuple[str, str, tuple[str, ...]], ...]]
+
+
 class _Printer:
     """Prints what changed in the bot's side of the chat since the last call."""
 
@@ -64,6 +69,7 @@ class _Printer:
         self.server, self.channel, self.out = server, channel, out
         self.name = server.bot_user.name
         self.shown: dict[str, str] = {}  # message id -> content printed
+        self.buttons: dict[str, list[str]] = {}  # message id -> button labels printed
         self.typing = len(server.typing_events(channel))
         self.open: str | None = None  # id of the message whose line is still open
 
@@ -95,10 +101,24 @@ class _Printer:
                 self.open = message["id"]
             self.shown[message["id"]] = content
             posted = True
+        posted = self._show_buttons() or posted
         if not live:
             self.end_line()
         elif new_typing and not posted:
             self.say(f"({self.name} is typing...)")
+
+    def _show_buttons(self) -> bool:
+        """Print the buttons of each message whose buttons changed, on a line of their own."""
+        shown = False
+        for message in self.server.bot_messages(self.channel):
+            labels = self.server.buttons(self.channel, message)
+            if labels == self.buttons.get(message["id"], []):
+                continue
+            self.buttons[message["id"]] = labels
+            if labels:
+                self.say("    " + " ".join(f"[{label}]" for label in labels))
+                shown = True
+        return shown
 
     def write(self, text: str) -> None:
         self.out.write(text)
@@ -110,14 +130,17 @@ class _Printer:
             self.write("\n")
             self.open = None
 
-    def snapshot(self) -> tuple[int, tuple[tuple[str, str], ...]]:
+    def snapshot(self) -> _Snapshot:
         messages = self.server.bot_messages(self.channel)
         return (
             len(self.server.typing_events(self.channel)),
-            tuple((m["id"], m["content"]) for m in messages),
+            tuple(
+                (m["id"], m["content"], tuple(self.server.buttons(self.channel, m)))
+                for m in messages
+            ),
         )
 
-    def changed_since(self, last: tuple[int, tuple[tuple[str, str], ...]]) -> bool:
+    def changed_since(self, last: _Snapshot) -> bool:
         return self.snapshot() != last
 
     async def follow(self) -> None:
@@ -152,6 +175,9 @@ async def _send_line(
     printer: _Printer,
     timeout: float,
 ) -> None:
+    if line.strip() in PRESSES:
+        await _press(server, bot, dm, user, PRESSES[line.strip()], printer, timeout)
+        return
     name, _, text = line[1:].partition(" ")
     commands = server.commands() if line.startswith("/") else []
     command = next((c for c in commands if c["name"] == name), None)
@@ -169,6 +195,141 @@ async def _send_line(
     )
     await server.send_message(dm, user, line)
     await _settle(bot, processed, timeout)
+
+
+# -- buttons: /stop and /regenerate press the latest reply's (issue 8) -------------------------
+
+#: The typed lines that press a button, and the label of the button each presses.
+PRESSES = {"/stop": "Stop", "/regenerate": "Regenerate"}
+
+
+def latest_button(
+    server: DiscordServer, channel: FakeChannel, label: str
+) -> tuple[int, str] | None:
+    """(message id, custom_id) of the bot's newest message in `channel` showing a button
+    labelled `label`, or ``None``."""
+    for message in reversed(server.bot_messages(channel)):
+        for row in message.get("components") or []:
+            for button in row.get("components") or []:
+                if button.get("label") == label and button.get("custom_id"):
+                    return int(message["id"]), str(button["custom_id"])
+    return None
+
+
+async def _press(
+    server: DiscordServer,
+    bot: Genbot,
+    dm: FakeChannel,
+    user: FakeUser,
+    label: str,
+    printer: _Printer,
+    timeout: float,
+) -> None:
+    """Press the latest reply's button `label` as `user`; print an ephemeral answer, and for
+    Regenerate wait (bounded) until the reply shows its new text."""
+    found = latest_button(server, dm, label)
+    if found is None:
+        printer.say(f"(no reply shows a {label} button)")
+        return
+    message_id, custom_id = found
+    before = server.message(dm, message_id).get("edited_timestamp")
+    interaction = await server.press(dm, message_id, custom_id, user)
+    response = await interaction.wait_response(timeout=timeout)
+    if response["ephemeral"]:
+        printer.say(f"{printer.name} (only you can see this): {response['content']}")
+        return
+    if label == "Regenerate":
+        message = server.message(dm, message_id)
+        await server.wait_for(
+            lambda: (
+                message.get("edited_timestamp") != before
+                and server.buttons(dm, message_id) == ["Regenerate"]
+            ),
+            timeout=timeout,
+        )
+    await _settle(bot, asyncio.sleep(0), timeout)
+
+
+async def _stop_now(
+    server: DiscordServer,
+    dm: FakeChannel,
+    user: FakeUser,
+    printer: _Printer,
+    sending: asyncio.Future[None],
+    interactive: bool,
+    timeout: float,
+) -> None:
+    """``/stop`` typed while the bot answers: press the Stop button of the reply being
+    written, once it shows one (bounded; not at all if the answer ends first)."""
+    if not interactive:
+        printer.say(f"{user.name}: /stop")
+    try:
+        await server.wait_for(
+            lambda: sending.done() or latest_button(server, dm, "Stop") is not None,
+            timeout=timeout,
+        )
+    except (TimeoutError, asyncio.TimeoutError):
+        pass
+    found = latest_button(server, dm, "Stop")
+    if found is None:
+        printer.say("(no reply is being written)")
+        return
+    interaction = await server.press(dm, found[0], found[1], user)
+    response = await interaction.wait_response(timeout=timeout)
+    if response["ephemeral"]:
+        printer.say(f"{printer.name} (only you can see this): {response['content']}")
+
+
+class _Lines:
+    """The input lines, read one ahead in a thread, so that a line typed while the bot
+    answers (``/stop``) is seen at once."""
+
+    def __init__(self, stdin: TextIO) -> None:
+        self.stdin = stdin
+        self.ended = False
+        self._next: asyncio.Future[str] | None = None
+
+    def pending(self) -> asyncio.Future[str]:
+        """The next line, being read."""
+        if self._next is None:
+            self._next = asyncio.ensure_future(asyncio.to_thread(self.stdin.readline))
+        return self._next
+
+    async def take(self) -> str:
+        """The next line (``""`` at the end of the input)."""
+        line = await self.pending()
+        self._next = None
+        self.ended = self.ended or not line
+        return line
+
+
+async def _while_sending(
+    sending: asyncio.Future[None],
+    lines: _Lines,
+    stop: Callable[[], Awaitable[None]],
+    held: list[str],
+) -> None:
+    """Read lines while a line is being answered, keeping them in `held` for later; a
+    ``/stop`` right after the line being answered presses Stop at once."""
+    stopped = False
+    while not sending.done():
+        if not stopped and held and held[0].strip() == "/stop":
+            held.pop(0)
+            stopped = True
+            await stop()
+            continue
+        if lines.ended:
+            await asyncio.wait([sending])
+            break
+        reading = lines.pending()
+        both: list[asyncio.Future[Any]] = [sending, reading]
+        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+        if not reading.done():
+            break
+        line = await lines.take()
+        if line:
+            held.append(line)
+    sending.result()
 
 
 async def playground(
@@ -205,19 +366,27 @@ async def playground(
                     f"Chatting with {printer.name} in a DM as {user_name}. "
                     "Ctrl-D quits; /reset, /ping and the bot's other commands work."
                 )
+            lines, held = _Lines(stdin), list[str]()  # held: lines read while the bot answered
             while not runner.done():
-                if interactive:
-                    out.write(f"{user_name}> ")
-                    out.flush()
-                line = await asyncio.to_thread(stdin.readline)
-                if not line:
-                    break
-                line = line.rstrip("\n")
+                if not held:
+                    if lines.ended:
+                        break
+                    if interactive:
+                        out.write(f"{user_name}> ")
+                        out.flush()
+                    held.append(await lines.take())
+                line = held.pop(0).rstrip("\n")
                 if not line.strip():
                     continue
                 if not interactive:
                     printer.say(f"{user_name}: {line}")
-                await _send_line(server, bot, dm, user, line, printer, reply_timeout)
+                sending = asyncio.ensure_future(
+                    _send_line(server, bot, dm, user, line, printer, reply_timeout)
+                )
+                stop = functools.partial(
+                    _stop_now, server, dm, user, printer, sending, interactive, reply_timeout
+                )
+                await _while_sending(sending, lines, stop, held)
                 printer.flush(live=interactive)
                 printer.end_line()
         finally:

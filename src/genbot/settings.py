@@ -399,6 +399,12 @@ class Settings:
         "interfaces) lets a Prometheus elsewhere, or outside a container, scrape them.",
         check=_host,
     )
+    # -- Stop and Regenerate (issue 8, buttons) --
+    buttons: bool = setting(
+        True,
+        "Show a Stop button under a reply while it is written, and Regenerate once it is done "
+        "(for the asker and admins).",
+    )
 
     # -- loading -----------------------------------------------------------------------------
 

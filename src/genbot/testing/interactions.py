@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .components import MESSAGE_COMPONENT, FakeComponentInteraction
 from .models import EPHEMERAL, FakeInteraction, FakeUser, Upload, iso_time
 from .payloads import (
     ApiError,
@@ -29,6 +30,7 @@ from .state import ServerState
 __all__ = [
     "CALLBACKS",
     "ROUTES",
+    "component_payload",
     "delete_webhook_message",
     "edit_webhook_message",
     "followup",
@@ -102,7 +104,6 @@ def interaction_payload(
     values: dict[str, Any],
 ) -> dict[str, Any]:
     """The INTERACTION_CREATE payload of a chat-input command invoked with option `values`."""
-    channel, user = interaction.channel, interaction.user
     path = interaction.name.split()
     declared = command.get("options") or []
     # "group sub" names a subcommand: its options nest inside the group's and the sub's.
@@ -138,10 +139,29 @@ def interaction_payload(
         data["resolved"] = resolved
     if "guild_id" in command:
         data["guild_id"] = command["guild_id"]
+    return _payload(state, interaction, 2, data)
+
+
+def component_payload(
+    state: ServerState, interaction: FakeComponentInteraction, component: dict[str, Any]
+) -> dict[str, Any]:
+    """The INTERACTION_CREATE payload of a user pressing `component` (a button) on
+    ``interaction.message``: a MESSAGE_COMPONENT interaction (type 3)."""
+    data = {"custom_id": component["custom_id"], "component_type": int(component["type"])}
+    payload = _payload(state, interaction, MESSAGE_COMPONENT, data)
+    payload["message"] = interaction.message
+    return payload
+
+
+def _payload(
+    state: ServerState, interaction: FakeInteraction, kind: int, data: dict[str, Any]
+) -> dict[str, Any]:
+    """What every INTERACTION_CREATE carries: who, where, the token, and `data`."""
+    channel, user = interaction.channel, interaction.user
     payload: dict[str, Any] = {
         "id": str(interaction.id),
         "application_id": str(state.application_id),
-        "type": 2,
+        "type": kind,
         "token": interaction.token,
         "version": 1,
         "data": data,
@@ -195,7 +215,7 @@ def _response_message(
 ) -> dict[str, Any]:
     """A message the bot makes through an interaction; kept in the channel unless ephemeral."""
     channel = interaction.channel
-    metadata = {
+    metadata: dict[str, Any] = {
         "id": str(interaction.id),
         "type": 2,
         "name": interaction.name,
@@ -203,13 +223,16 @@ def _response_message(
         "command_type": 1,
         "authorizing_integration_owners": interaction.payload["authorizing_integration_owners"],
     }
+    if isinstance(interaction, FakeComponentInteraction):
+        metadata = {k: metadata[k] for k in ("id", "user", "authorizing_integration_owners")}
+        metadata.update(type=MESSAGE_COMPONENT, interacted_message_id=interaction.message["id"])
     extra = {
-        "type": CHAT_INPUT_COMMAND,
+        "type": 0 if isinstance(interaction, FakeComponentInteraction) else CHAT_INPUT_COMMAND,
         "flags": flags,
         "webhook_id": str(state.application_id),
         "application_id": str(state.application_id),
         "interaction_metadata": metadata,
-        "interaction": {k: metadata[k] for k in ("id", "type", "name", "user")},
+        "interaction": {k: metadata.get(k, "") for k in ("id", "type", "name", "user")},
     }
     message = state.create_message(
         channel,
@@ -241,7 +264,7 @@ async def interaction_callback(state: ServerState, request: web.Request) -> web.
     result: dict[str, Any] = {
         "interaction": {
             "id": str(interaction.id),
-            "type": 2,
+            "type": interaction.payload.get("type", 2),
             "response_message_id": None if message is None else message["id"],
             "response_message_loading": kind == DEFERRED_CHANNEL_MESSAGE,
             "response_message_ephemeral": interaction.ephemeral,
@@ -277,18 +300,31 @@ async def _defer(
 async def _update(
     state: ServerState, interaction: FakeInteraction, data: dict[str, Any], files: list[Upload]
 ) -> dict[str, Any] | None:
-    """UPDATE_MESSAGE: edits the original response, when there is one."""
+    """UPDATE_MESSAGE: edits the message the pressed button is on (which becomes the original
+    response), or a command's original response, when there is one."""
+    _adopt_pressed(interaction)
     if interaction.original is None:
         return None
     validate_message(data, files, editing=True)
-    return _edit_original(state, interaction, data)
+    message = _edit_original(state, interaction, data)
+    if int(message["id"]) in interaction.channel.messages:
+        await state.dispatch_message("MESSAGE_UPDATE", message)
+    return message
 
 
 async def _acknowledge(
     state: ServerState, interaction: FakeInteraction, data: dict[str, Any], files: list[Upload]
 ) -> dict[str, Any] | None:
-    """DEFERRED_UPDATE_MESSAGE, MODAL: acknowledged, no message."""
+    """DEFERRED_UPDATE_MESSAGE, MODAL: acknowledged, no message. After a button press, the
+    message the button is on is the original response, for later edits."""
+    _adopt_pressed(interaction)
     return None
+
+
+def _adopt_pressed(interaction: FakeInteraction) -> None:
+    """A component interaction's original response is the message its button is on."""
+    if isinstance(interaction, FakeComponentInteraction) and interaction.original is None:
+        interaction.original = interaction.message
 
 
 async def _open_response(

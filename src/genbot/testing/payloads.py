@@ -188,6 +188,9 @@ def validate_message(body: dict[str, Any], files: list[Upload], *, editing: bool
         raise form_error(
             "content", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_CONTENT} or fewer in length."
         )
+    from .components import validate_components  # components: buttons (issue 8)
+
+    validate_components(body)
     if editing:
         return
     if not (

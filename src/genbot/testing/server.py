@@ -22,6 +22,7 @@ import yarl
 from aiohttp import web
 
 from . import gateway, interactions, permissions, rest
+from .components import FakeComponentInteraction, find_component
 from .limits import make_fault
 from .models import (
     DM,
@@ -685,6 +686,62 @@ class DiscordServer:
         self.state.interactions[interaction.token] = interaction
         await self.state.dispatch("INTERACTION_CREATE", interaction.payload)
         return interaction
+
+    # -- buttons (message components) ---------------------------------------------------------
+
+    async def press(
+        self,
+        channel: ChannelRef,
+        message_id: MessageRef,
+        custom_id: str,
+        user: FakeUser,
+    ) -> FakeComponentInteraction:
+        """Press the button `custom_id` of a message as `user` (INTERACTION_CREATE of type 3,
+        MESSAGE_COMPONENT). The bot's answers fill in the returned interaction's ``responses``
+        (``await interaction.wait_response()``: e.g. an ephemeral refusal); an UPDATE_MESSAGE
+        or DEFERRED_UPDATE_MESSAGE answer makes the pressed message the original response.
+
+        Raises
+        ------
+        LookupError
+            The message is not in the channel, or has no button `custom_id` (a user cannot
+            press what is not shown).
+        ValueError
+            The button is disabled, or `user` cannot see the channel.
+        """
+        fake = self.channel(channel)
+        self._check_can_post(fake, user)
+        message = fake.messages.get(_msg_id(message_id))
+        if message is None:
+            raise LookupError(f"no message {_msg_id(message_id)} in channel {fake.id}")
+        component = find_component(message, custom_id)
+        if component is None:
+            raise LookupError(f"message {message['id']} shows no button {custom_id!r}")
+        if component.get("disabled"):
+            raise ValueError(f"the button {custom_id!r} is disabled")
+        interaction = FakeComponentInteraction(
+            self.snowflakes.next(),
+            secrets.token_urlsafe(32),
+            custom_id,
+            fake,
+            user,
+            {},
+            self.state.changes,
+            message=message,
+        )
+        interaction.payload = interactions.component_payload(self.state, interaction, component)
+        self.state.interactions[interaction.token] = interaction
+        await self.state.dispatch("INTERACTION_CREATE", interaction.payload)
+        return interaction
+
+    def buttons(self, channel: ChannelRef, message_id: MessageRef) -> list[str]:
+        """The labels of the buttons a message shows, in order (``[]``: none)."""
+        message = self.channel(channel).messages[_msg_id(message_id)]
+        return [
+            str(button.get("label") or "")
+            for row in message.get("components") or []
+            for button in row.get("components") or []
+        ]
 
     async def drop_connections(
         self, *, resumable: bool = True, shard: tuple[int, int] | None = None

@@ -1,0 +1,395 @@
+"""Stop and Regenerate: the buttons of the ready-made bot's replies.
+
+While a reply streams, its last message carries a **Stop** button; once it is done,
+**Regenerate**. The decisions are pure functions here (what a button's ``custom_id`` says,
+who may press it, the note a stopped reply ends with, which older replies lose their
+buttons); :class:`Controls` is the thin wiring a :class:`genbot.chatbot.ChatBot` owns: the
+registry of running replies that Stop reaches, and the handlers of a press.
+
+The buttons are persistent: a ``custom_id`` (``genbot:stop:<question id>:<asker id>``,
+``genbot:regen:...``) says everything a press needs, and :class:`ControlButton` is a
+:class:`discord.ui.DynamicItem` the bot registers in ``setup_hook``, so a reply's buttons
+keep working after the bot restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import discord
+
+from genbot.output import _CLOSE, ReplyButtons, _unclosed, is_visible
+
+__all__ = [
+    "REGENERATE",
+    "STOP",
+    "Control",
+    "ControlButton",
+    "Controls",
+    "RunningReply",
+    "carries_controls",
+    "decode",
+    "may_press",
+    "stale_replies",
+    "stopped_suffix",
+]
+
+_log = logging.getLogger(__name__)
+
+STOP, REGENERATE = "stop", "regen"
+_PATTERN = r"genbot:(?P<action>stop|regen):(?P<question>[0-9]+):(?P<asker>[0-9]+)"
+_CUSTOM_ID = re.compile(_PATTERN)
+_LABELS = {STOP: "Stop", REGENERATE: "Regenerate"}
+_STYLES = {STOP: discord.ButtonStyle.danger, REGENERATE: discord.ButtonStyle.secondary}
+
+
+@dataclass(frozen=True)
+class Control:
+    """What one button does: `action` (:data:`STOP` or :data:`REGENERATE`) to the reply to the
+    message `question_id`, asked by `asker_id`."""
+
+    action: str
+    question_id: int
+    asker_id: int
+
+    @property
+    def custom_id(self) -> str:
+        """The button's ``custom_id`` (at most 100 characters, as Discord requires)."""
+        return f"genbot:{self.action}:{self.question_id}:{self.asker_id}"
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self.action]
+
+
+def decode(custom_id: str) -> Control | None:
+    """The :class:`Control` a ``custom_id`` encodes, or ``None`` when it is not one of ours."""
+    match = _CUSTOM_ID.fullmatch(custom_id)
+    if match is None:
+        return None
+    return Control(match["action"], int(match["question"]), int(match["asker"]))
+
+
+def may_press(presser_id: int, control: Control, *, admin: bool) -> bool:
+    """Whether the user `presser_id` may press `control`: the asker or an admin."""
+    return admin or presser_id == control.asker_id
+
+
+#: The note (in italics) a stopped reply ends with.
+STOPPED_TEXT = "Stopped."
+
+
+def stopped_suffix(text: str, note: str = STOPPED_TEXT) -> str:
+    """What to append to a reply's `text` so far when it is stopped: the note in italics,
+    after a closing fence when the text stops inside a code block."""
+    if not is_visible(text):
+        return f"*{note}*"
+    closing = _CLOSE if _unclosed(text) else ""
+    return f"{closing}\n\n*{note}*"
+
+
+def carries_controls(components: Iterable[Any]) -> bool:
+    """Whether a message's components (discord.py's ``Message.components``) include one of
+    our buttons."""
+    for row in components:
+        for child in getattr(row, "children", [row]):
+            custom_id = getattr(child, "custom_id", None)
+            if isinstance(custom_id, str) and decode(custom_id) is not None:
+                return True
+    return False
+
+
+def stale_replies(
+    history: Iterable[discord.Message], me_id: int, keep: Iterable[int] = ()
+) -> list[discord.Message]:
+    """The bot's messages in `history` that still show our buttons, but for those in `keep`:
+    they are no longer the latest answer once a new reply starts, and lose their buttons.
+    Usually one message (the previous reply); after a restart, whatever the context shows."""
+    kept = set(keep)
+    return [
+        message
+        for message in history
+        if message.author.id == me_id
+        and message.id not in kept
+        and carries_controls(message.components)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# The running replies Stop reaches
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+class RunningReply:
+    """The deltas of one reply, stoppable: :meth:`stop` ends them at once (the model's stream
+    is closed, so its slot is free) and the reply ends with :func:`stopped_suffix`.
+
+    Iterate it in place of the deltas; closing it (``aclose``, as :func:`stream_reply` does)
+    closes the deltas and takes it out of the registry (`forget`).
+    """
+
+    def __init__(
+        self,
+        question_id: int,
+        stream: _Closable,
+        deltas: AsyncIterable[Any],
+        forget: Callable[[RunningReply], None],
+    ) -> None:
+        self.question_id = question_id
+        self._stream = stream
+        self._inner = aiter(deltas)
+        self._forget = forget
+        self._halt = asyncio.Event()
+        self._marked = False
+        self._text = ""
+
+    @property
+    def stopped(self) -> bool:
+        return self._halt.is_set()
+
+    def stop(self) -> None:
+        """End the reply now: close the model's stream (its slot frees at once)."""
+        self._halt.set()
+        self._stream.close()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self.stopped:
+            return self._mark()
+        step = asyncio.ensure_future(self._inner.__anext__())
+        halt = asyncio.ensure_future(self._halt.wait())
+        try:
+            await asyncio.wait({step, halt}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (step, halt):
+                if not task.done():
+                    task.cancel()
+                task.add_done_callback(_retrieve)
+        if not step.done() or step.cancelled():
+            return self._mark()
+        try:
+            delta = step.result()
+        except StopAsyncIteration:
+            raise
+        except Exception:
+            if self._halt.is_set():  # closing the stream fails the read: that is the stop
+                return self._mark()
+            raise
+        if isinstance(delta, str):
+            self._text += delta
+        return delta
+
+    def _mark(self) -> str:
+        if self._marked:
+            raise StopAsyncIteration
+        self._marked = True
+        _log.info("a reply was stopped by a button press")
+        return stopped_suffix(self._text)
+
+    async def aclose(self) -> None:
+        self._forget(self)
+        aclose = getattr(self._inner, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a task's outcome as seen (a read failing after a stop is expected)."""
+    if not task.cancelled():
+        task.exception()
+
+
+# --------------------------------------------------------------------------------------------
+# The Discord wiring
+
+
+class _Bot(Protocol):
+    """What :class:`Controls` needs of its bot (a :class:`genbot.chatbot.ChatBot`)."""
+
+    @property
+    def user(self) -> discord.ClientUser | None: ...
+
+    def is_admin(self, user: discord.abc.User) -> bool: ...
+
+    async def regenerate(
+        self,
+        channel: discord.abc.Messageable,
+        question: discord.Message,
+        reply: list[discord.Message],
+    ) -> None: ...
+
+
+class ControlButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=_PATTERN):
+    """A Stop or Regenerate button; persistent (its ``custom_id`` says what it does)."""
+
+    def __init__(self, control: Control) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=control.label, style=_STYLES[control.action], custom_id=control.custom_id
+            )
+        )
+        self.control = control
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+    ) -> ControlButton:
+        return cls(Control(match["action"], int(match["question"]), int(match["asker"])))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        controls = getattr(interaction.client, "controls", None)
+        if isinstance(controls, Controls):
+            await controls.press(interaction, self.control)
+
+
+def view_of(control: Control) -> discord.ui.View:
+    """A view with the one button `control`."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(ControlButton(control))
+    return view
+
+
+class Controls:
+    """The buttons of one bot's replies: the views to attach, the registry of running replies
+    (question id -> :class:`RunningReply`) that Stop reaches, and the press handlers.
+
+    Parameters
+    ----------
+    bot: the bot whose replies carry the buttons.
+    """
+
+    #: What someone other than the asker or an admin is told (ephemerally).
+    refused_text = "Only the person who asked, or an admin, can use these buttons."
+    #: What a Stop press on a reply that is no longer being written is told.
+    done_text = "This reply is already done."
+    #: What a Regenerate press on a reply that is still being written is told.
+    busy_text = "This reply is still being written; stop it first."
+    #: What a press on a reply whose question is gone is told.
+    gone_text = "The question of this reply is gone, so it cannot be answered again."
+
+    def __init__(self, bot: _Bot) -> None:
+        self.bot = bot
+        self.running: dict[int, RunningReply] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers: dict[
+            str, Callable[[discord.Interaction[Any], Control], Awaitable[None]]
+        ] = {STOP: self._stop, REGENERATE: self._regenerate}
+
+    def buttons(self, question: discord.Message) -> ReplyButtons:
+        """The buttons of the reply to `question`: Stop while it streams, then Regenerate."""
+        asker = question.author.id
+        return ReplyButtons(
+            streaming=view_of(Control(STOP, question.id, asker)),
+            done=view_of(Control(REGENERATE, question.id, asker)),
+        )
+
+    def track(
+        self, question: discord.Message, stream: _Closable, deltas: AsyncIterable[Any]
+    ) -> RunningReply:
+        """Register the reply to `question` as running (until its deltas are closed)."""
+        running = RunningReply(question.id, stream, deltas, self._forget)
+        self.running[question.id] = running
+        return running
+
+    def _forget(self, running: RunningReply) -> None:
+        if self.running.get(running.question_id) is running:
+            del self.running[running.question_id]
+
+    def retire(self, history: Iterable[discord.Message], keep: Iterable[int] = ()) -> None:
+        """Remove the buttons of the bot's older replies in `history` (see
+        :func:`stale_replies`), in the background: one edit per such message."""
+        if self.bot.user is None:
+            return
+        for message in stale_replies(history, self.bot.user.id, keep):
+            task = asyncio.create_task(_strip(message), name="genbot: remove old buttons")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def press(self, interaction: discord.Interaction[Any], control: Control) -> None:
+        """Handle a press of `control`: refused ephemerally unless by the asker or an admin."""
+        if not may_press(interaction.user.id, control, admin=self.bot.is_admin(interaction.user)):
+            _log.info("%s pressed %s of someone else's reply: refused", interaction.user, control)
+            await interaction.response.send_message(self.refused_text, ephemeral=True)
+            return
+        await self._handlers[control.action](interaction, control)
+
+    async def _stop(self, interaction: discord.Interaction[Any], control: Control) -> None:
+        running = self.running.get(control.question_id)
+        if running is None or running.stopped:
+            await interaction.response.send_message(self.done_text, ephemeral=True)
+            return
+        running.stop()
+        await interaction.response.defer()  # the reply's own final edit shows the stop
+
+    async def _regenerate(self, interaction: discord.Interaction[Any], control: Control) -> None:
+        if control.question_id in self.running:
+            await interaction.response.send_message(self.busy_text, ephemeral=True)
+            return
+        pressed, channel = interaction.message, interaction.channel
+        if pressed is None or not isinstance(channel, discord.abc.Messageable):
+            return
+        question = await _question_of(pressed, channel, control.question_id)
+        if question is None:
+            await interaction.response.send_message(self.gone_text, ephemeral=True)
+            return
+        await interaction.response.defer()
+        reply = await _reply_of(pressed, channel, control.question_id)
+        await self.bot.regenerate(channel, question, reply)
+
+
+async def _strip(message: discord.Message) -> None:
+    try:
+        await message.edit(view=None)
+    except Exception as exc:  # a leftover button is harmless: a press is checked anyway
+        _log.warning("removing the buttons of an older reply failed: %r", exc)
+
+
+async def _question_of(
+    pressed: discord.Message, channel: discord.abc.Messageable, question_id: int
+) -> discord.Message | None:
+    """The question a reply answers: from the reference when Discord sent it along, else
+    fetched (one request); ``None`` when it was deleted."""
+    reference = pressed.reference
+    if reference is not None and reference.message_id == question_id:
+        if isinstance(reference.resolved, discord.Message):
+            return reference.resolved
+    try:
+        return await channel.fetch_message(question_id)
+    except discord.NotFound:
+        return None
+
+
+#: How many messages back a long reply's first message is looked for.
+_REPLY_LOOKBACK = 20
+
+
+async def _reply_of(
+    pressed: discord.Message, channel: discord.abc.Messageable, question_id: int
+) -> list[discord.Message]:
+    """The messages of the reply whose last message is `pressed`, first first: just
+    `pressed` when it replies to the question itself, else the bot's messages back to the one
+    that does (a reply longer than one message)."""
+    reference = pressed.reference
+    if reference is not None and reference.message_id == question_id:
+        return [pressed]
+    reply = [pressed]
+    async for message in channel.history(limit=_REPLY_LOOKBACK, before=pressed):
+        if message.id <= question_id or message.author.id != pressed.author.id:
+            break
+        reply.insert(0, message)
+        if message.reference is not None and message.reference.message_id == question_id:
+            break
+    return reply

@@ -1,0 +1,306 @@
+"""Stop and Regenerate, end to end: the ready-made bot on the loopback Discord with a real
+Streamer whose scripted worker holds a reply until its stream is closed (so only Stop can free
+the one model slot) and answers with the seed it was given (so a regeneration shows)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import genbot
+from chat_world import Chat
+from genbot.chatbot import ChatBot
+from genbot.controls import REGENERATE, STOP, Control, Controls
+from genbot.settings import Settings
+from genbot.streaming import Stream, Streamer
+from genbot.testing import DiscordServer, FakeUser, run_bot
+
+FAST: dict[str, Any] = {
+    "guild_ready_timeout": 0.05,
+    "shutdown_timeout": 2.0,
+    "close_streamers": False,
+}
+STOPPED = "Let me think\n\n*Stopped.*"
+#: Bound on every wait of the worker, so no worker outlives a failed test for long.
+_WAIT = 30.0
+RELEASE = threading.Event()
+
+
+def _said(stream: Stream) -> str:
+    users = [m["content"] for m in stream.data.messages if m["role"] == "user"]
+    last = users[-1].splitlines()[-1] if users else ""
+    words = last.split(": ", 1)[-1].split(" ")
+    return " ".join(word for word in words if not word.startswith("@"))
+
+
+@genbot.streamer
+def seeded(streams: list[Stream]) -> None:
+    """``hold``: "Let me think", then nothing until the caller closes the stream (or the test
+    releases it: " done."); ``long``: 3000 characters ending with the seed; anything else:
+    ``answer (seed S): <what was said>``."""
+    for stream in streams:
+        if stream.data.settings.max_new_tokens == 1:  # the warm-up
+            stream.write("ok")
+        elif _said(stream) == "hold":
+            stream.write("Let me think")
+            RELEASE.wait(0)
+            while not stream.closed and not RELEASE.wait(0.01):
+                pass
+            stream.write(" done.")
+        elif _said(stream) == "long":  # two messages: 30 lines of 99 characters
+            for _ in range(30):
+                stream.write("x" * 99 + "\n")
+            stream.write(f"(seed {stream.data.settings.seed})")
+        else:
+            stream.write(f"answer (seed {stream.data.settings.seed}): {_said(stream)}")
+        stream.close()
+
+
+@pytest.fixture
+def backend() -> Iterator[Streamer]:
+    RELEASE.clear()
+    seeded.start_thread(maximum=1)
+    try:
+        yield seeded
+    finally:
+        RELEASE.set()
+        seeded.close()
+
+
+@pytest.fixture
+async def chat() -> AsyncIterator[Chat]:
+    async with DiscordServer() as server:
+        yield Chat(server)
+
+
+def make_bot(
+    backend: Streamer, tmp_path: Path, admins: list[int] | None = None, **values: Any
+) -> ChatBot:
+    defaults = {
+        "edit_interval": 0.2,
+        "stall_timeout": 30.0,
+        "queue_timeout": 30.0,
+        "parallel": 1,
+        "data_dir": str(tmp_path),
+        "admins": admins or [],
+    }
+    settings = Settings().updated({**defaults, **values}, "test")
+    bot = ChatBot(settings, backend=backend, **FAST)
+    bot.queued_after = 30.0  # no queued note: the reply is one message
+    return bot
+
+
+def member(chat: Chat, name: str) -> FakeUser:
+    user = chat.server.create_user(name)
+    chat.server.add_member(chat.server.state.guilds[chat.general.guild_id], user)  # type: ignore[index]
+    return user
+
+
+def custom_id(action: str, question: dict[str, Any], asker: FakeUser) -> str:
+    return Control(action, int(question["id"]), asker.id).custom_id
+
+
+async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while running := bot.attending():
+        assert loop.time() < deadline, "the bot is still attending"
+        await asyncio.wait(running, timeout=deadline - loop.time())
+
+
+async def answered(chat: Chat, question: dict[str, Any], buttons: list[str]) -> dict[str, Any]:
+    """The bot's reply to `question`, once it shows `buttons`."""
+
+    def reply() -> dict[str, Any] | None:
+        for message in chat.server.bot_messages(chat.general):
+            reference = message.get("message_reference") or {}
+            if reference.get("message_id") == question["id"]:
+                return message
+        return None
+
+    await chat.server.wait_for(
+        lambda: (
+            (m := reply()) is not None and chat.server.buttons(chat.general, m["id"]) == buttons
+        ),
+        timeout=15,
+    )
+    found = reply()
+    assert found is not None
+    return dict(found)  # a copy: the stored message changes with later edits
+
+
+async def test_stop_frees_the_slot_at_once_and_keeps_the_text_so_far(
+    chat: Chat, backend: Streamer, tmp_path: Path
+) -> None:
+    server = chat.server
+    bot = make_bot(backend, tmp_path)
+    async with run_bot(bot, server):
+        held = await server.send_message(chat.general, chat.alice, "hold", mentions_bot=True)
+        reply = await answered(chat, held, ["Stop"])
+        assert reply["content"] == "Let me think"
+        # the only slot is held: a chat in the DM waits for it
+        await server.send_message(chat.dm, chat.alice, "next")
+        await server.wait_for(lambda: server.typing_events(chat.dm), timeout=15)
+        press = await server.press(
+            chat.general, reply["id"], custom_id(STOP, held, chat.alice), chat.alice
+        )
+        await chat.wait_for_reply(chat.dm, "answer (seed None): next")
+        stopped = await answered(chat, held, ["Regenerate"])
+        await settle(bot)
+    assert (await press.wait_response())["type"] == 6  # acknowledged; the reply shows it
+    assert stopped["id"] == reply["id"] and stopped["content"] == STOPPED
+    assert not bot.controls.running
+
+
+async def test_stop_on_a_reply_that_is_no_longer_running_says_so(
+    chat: Chat, backend: Streamer, tmp_path: Path
+) -> None:
+    """A Stop button left on a reply (e.g. the bot died while writing it) answers that the
+    reply is done, only to the presser."""
+    server = chat.server
+    question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
+    button = {
+        "type": 2,
+        "style": 4,
+        "label": "Stop",
+        "custom_id": custom_id(STOP, question, chat.alice),
+    }
+    left = server.create_message(
+        chat.general,
+        server.bot_user,
+        {"content": "Let me", "components": [{"type": 1, "components": [button]}]},
+        reference={"message_id": question["id"]},
+    )
+    bot = make_bot(backend, tmp_path)
+    async with run_bot(bot, server):
+        press = await server.press(chat.general, left["id"], button["custom_id"], chat.alice)
+        response = await press.wait_response()
+    assert response["ephemeral"] and response["content"] == Controls.done_text
+
+
+async def test_regenerate_writes_a_new_sample_into_the_same_message(
+    chat: Chat, backend: Streamer, tmp_path: Path
+) -> None:
+    server = chat.server
+    bot = make_bot(backend, tmp_path)
+    async with run_bot(bot, server):
+        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
+        first = await answered(chat, question, ["Regenerate"])
+        assert first["content"] == "answer (seed None): hello"
+        await server.press(
+            chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
+        )
+        await server.wait_for(
+            lambda: server.message(chat.general, first["id"])["content"] != first["content"],
+            timeout=15,
+        )
+        again = await answered(chat, question, ["Regenerate"])
+    assert again["id"] == first["id"]
+    assert again["content"].startswith("answer (seed ") and again["content"].endswith("): hello")
+    assert [m["id"] for m in server.bot_messages(chat.general)] == [first["id"]]
+
+
+async def test_a_press_by_someone_else_is_refused_and_an_admin_may(
+    chat: Chat, backend: Streamer, tmp_path: Path
+) -> None:
+    server = chat.server
+    bob, admin = member(chat, "bob"), member(chat, "admin")
+    bot = make_bot(backend, tmp_path, admins=[admin.id])
+    async with run_bot(bot, server):
+        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
+        first = await answered(chat, question, ["Regenerate"])
+        regenerate = custom_id(REGENERATE, question, chat.alice)
+        refused = await (
+            await server.press(chat.general, first["id"], regenerate, bob)
+        ).wait_response()
+        assert refused["ephemeral"] and refused["content"] == Controls.refused_text
+        assert server.message(chat.general, first["id"])["content"] == first["content"]
+        await server.press(chat.general, first["id"], regenerate, admin)
+        await server.wait_for(
+            lambda: server.message(chat.general, first["id"])["content"] != first["content"],
+            timeout=15,
+        )
+        await answered(chat, question, ["Regenerate"])
+
+
+async def test_regenerate_works_after_a_restart_of_the_bot(
+    chat: Chat, backend: Streamer, tmp_path: Path
+) -> None:
+    server = chat.server
+    async with run_bot(make_bot(backend, tmp_path), server):
+        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
+        first = await answered(chat, question, ["Regenerate"])
+    async with run_bot(make_bot(backend, tmp_path), server):
+        await server.press(
+            chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
+        )
+        await server.wait_for(
+            lambda: server.message(chat.general, first["id"])["content"] != first["content"],
+            timeout=15,
+        )
+        again = await answered(chat, question, ["Regenerate"])
+    assert again["content"].endswith("): hello")
+
+
+async def test_an_older_reply_loses_its_buttons_when_a_newer_one_arrives(
+    chat: Chat, backend: Streamer, tmp_path: Path
+) -> None:
+    server = chat.server
+    bot = make_bot(backend, tmp_path)
+    async with run_bot(bot, server):
+        one = await server.send_message(chat.general, chat.alice, "one", mentions_bot=True)
+        first = await answered(chat, one, ["Regenerate"])
+        two = await server.send_message(chat.general, chat.alice, "two", mentions_bot=True)
+        await answered(chat, two, ["Regenerate"])
+        await server.wait_for(lambda: not server.buttons(chat.general, first["id"]), timeout=15)
+        await settle(bot)
+    assert server.message(chat.general, first["id"])["content"] == "answer (seed None): one"
+
+
+async def test_buttons_can_be_turned_off(chat: Chat, backend: Streamer, tmp_path: Path) -> None:
+    server = chat.server
+    bot = make_bot(backend, tmp_path, buttons=False)
+    async with run_bot(bot, server):
+        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
+        reply = await answered(chat, question, [])
+        await settle(bot)
+    assert reply["content"] == "answer (seed None): hello" and reply["components"] == []
+
+
+async def test_a_long_reply_shows_its_buttons_on_its_last_message_and_regenerates_whole(
+    chat: Chat, backend: Streamer, tmp_path: Path
+) -> None:
+    server = chat.server
+    bot = make_bot(backend, tmp_path)
+    async with run_bot(bot, server):
+        question = await server.send_message(chat.general, chat.alice, "long", mentions_bot=True)
+        await server.wait_for(
+            lambda: (
+                [server.buttons(chat.general, m) for m in server.bot_messages(chat.general)]
+                == [[], ["Regenerate"]]
+            ),
+            timeout=15,
+        )
+        first, last = (dict(m) for m in server.bot_messages(chat.general))
+        assert last["content"].endswith("(seed None)")
+        await server.press(
+            chat.general, last["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
+        )
+        await server.wait_for(
+            lambda: (
+                server.bot_messages(chat.general)[-1]["id"] != last["id"]
+                and server.buttons(chat.general, server.bot_messages(chat.general)[-1])
+                == ["Regenerate"]
+            ),
+            timeout=15,
+        )
+        await settle(bot)
+        now = server.bot_messages(chat.general)
+    assert now[0]["id"] == first["id"] and len(now) == 2
+    assert server.buttons(chat.general, now[0]) == []
+    assert now[1]["content"].startswith("x") and not now[1]["content"].endswith("(seed None)")
