@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import discord
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from genbot.output import (
@@ -198,7 +198,10 @@ def test_split_hard_cuts_a_word_longer_than_a_message() -> None:
 
 def apply(shown: list[str], writes: list[Write]) -> None:
     for write in writes:
-        if write.new:
+        if write.delete:
+            assert write.index == len(shown) - 1  # the last message first
+            del shown[write.index]
+        elif write.new:
             assert write.index == len(shown)
             shown.append(write.content)
         else:
@@ -207,6 +210,15 @@ def apply(shown: list[str], writes: list[Write]) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(texts, limits, st.lists(st.integers(min_value=0), max_size=8))
+@example(  # a prefix that splits into three messages where the whole text makes two
+    text="wordwordwordaaaa```py\n    indented\nwordHello"
+    + "`" * 43
+    + "\n<@123>"
+    + "x" * 70
+    + "aaa",
+    limit=86,
+    flushes=[116],
+)
 def test_plan_writes_reaches_the_final_split_from_any_flushes(
     text: str, limit: int, flushes: list[int]
 ) -> None:

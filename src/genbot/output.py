@@ -292,11 +292,13 @@ def view_index(count: int) -> int:
 
 @dataclass(frozen=True)
 class Write:
-    """One request that updates a reply: edit message `index` to `content`, or send a new one."""
+    """One request that updates a reply: edit message `index` to `content`, send a new one
+    (`new`), or delete message `index` (`delete`; `content` is then empty)."""
 
     index: int
     content: str
     new: bool
+    delete: bool = False
 
 
 def plan_writes(
@@ -308,16 +310,23 @@ def plan_writes(
     refuses, or zero-width characters) are skipped. While not `final`,
     a last message that ends inside a code block gets a closing fence (when it fits) so the code
     renders as it streams; the final state is exactly :func:`split_message` of `text`. `text` is
-    expected only to grow between calls, so the messages never need to shrink in number.
+    expected only to grow between calls; the messages still shrink in number when the final
+    text splits into fewer of them than a prefix did (deletes, last message first).
     """
     chunks = [chunk for chunk in split_message(text, limit) if is_visible(chunk)]
     if chunks and not final and _unclosed(chunks[-1]) and len(chunks[-1]) + len(_CLOSE) <= limit:
         chunks[-1] += _CLOSE
-    return [
+    writes = [
         Write(index, chunk, index >= len(shown))
         for index, chunk in enumerate(chunks)
         if index >= len(shown) or shown[index] != chunk
     ]
+    if final:
+        # A prefix of the text can split into more messages than the whole text does (a code
+        # block closed and reopened elsewhere): the extra messages go, the last one first.
+        extra = range(len(shown) - 1, len(chunks) - 1, -1)
+        writes += [Write(index, "", new=False, delete=True) for index in extra]
+    return writes
 
 
 class ChannelPacer:
@@ -818,7 +827,7 @@ class _ReplyWriter:
         writes = plan_writes(self._text, self.shown, final=self._final)
         if self._buttons is None:
             return writes
-        self._count = max([len(self.shown)] + [w.index + 1 for w in writes])
+        self._count = len(self.shown) + sum(w.new for w in writes) - sum(w.delete for w in writes)
         planned = {w.index: w for w in writes}
         for index, view in enumerate(self._views):
             if view is not self._view_for(index) and index not in planned:
@@ -850,8 +859,12 @@ class _ReplyWriter:
         self._nonce, self._tried = secrets.randbits(63), []
 
     async def _apply(self, write: Write) -> None:
-        """Make one request: create message `write.index`, or edit it."""
+        """Make one request: create message `write.index`, edit it, or delete it."""
         self._wrote = True
+        if write.delete:
+            await self.messages[write.index].delete()
+            del self.messages[write.index], self.shown[write.index], self._views[write.index]
+            return
         if write.new:
             view = self._view_for(write.index)
             self._add(await self._send(write.content, view), view)
