@@ -25,7 +25,7 @@ from genbot.fairness import FairScheduler, FairStream
 from genbot.gatekeeping import gatekeep
 from genbot.metrics import model_name
 from genbot.models import ChatRequest, GenerationSettings
-from genbot.modes import find_reanswer, open_thread, opens_thread, waking_question
+from genbot.modes import find_reanswer, open_thread, opens_thread, reply_to_redo, waking_question
 from genbot.output import SAFE_MENTIONS, keep_typing, shared_budget, stream_reply
 from genbot.prompt import context_to_messages
 from genbot.quota import LimitTexts, Rate, Usage, estimate_tokens
@@ -180,8 +180,8 @@ class ChatBot(Genbot):
         self._retired: dict[int, Streamer] = {}
         self._reconfiguring = asyncio.Lock()
         self._closing_retired: set[asyncio.Task[None]] = set()
-        #: Replies to answer again in place (an edited question), by channel id.
-        self._reanswers: dict[int, list[discord.Message]] = {}
+        #: Edited questions to answer again in place, by channel id.
+        self._reanswers: dict[int, int] = {}
 
     def new_backend(self, settings: Settings) -> Streamer:
         """The Streamer for the model ``settings`` name (not started): :func:`make_backend`.
@@ -486,9 +486,11 @@ class ChatBot(Genbot):
         """A first look, without the model: the question to answer here, if any. An edited
         question's old reply is taken up (:meth:`_reuse`); in thread mode the question goes to
         a thread of its own (:meth:`_to_thread`), and ``None`` is returned."""
-        turn.reuse = self._reanswers.pop(_channel_id(channel), [])
+        edited = self._reanswers.pop(_channel_id(channel), None)
         limit = self.settings_for(channel).context_limit
         turn.context = self.context(channel, limit=limit)
+        if edited is not None and self.user is not None:
+            turn.reuse = reply_to_redo(edited, [m async for m in turn.context], self.user.id)
         question, _ = await self._question(turn.context, turn.reused)
         if await self._to_thread(turn.context):
             return None
@@ -552,10 +554,9 @@ class ChatBot(Genbot):
         settings = self.settings_for(message.channel)
         found = await find_reanswer(self, payload, settings.reanswer_window, settings.context_limit)
         if found is not None:
-            channel, parts = found
-            _log.info("answering an edited question again in %s", _where(channel))
-            self._reanswers[_channel_id(channel)] = parts
-            self.attend.force(channel)
+            _log.info("answering an edited question again in %s", _where(message.channel))
+            self._reanswers[_channel_id(message.channel)] = message.id
+            self.attend.force(message.channel)
 
     async def _wait_for_slot(
         self, channel: discord.abc.Messageable, question: discord.Message, backend: Streamer

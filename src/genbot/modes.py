@@ -35,6 +35,7 @@ __all__ = [
     "opens_thread",
     "reanswer_due",
     "reply_parts",
+    "reply_to_redo",
     "thread_name",
     "waking_question",
 ]
@@ -170,14 +171,36 @@ def reply_parts(
     return parts
 
 
+def reply_to_redo(
+    question_id: int, history: Sequence[discord.Message], bot_id: int
+) -> list[discord.Message]:
+    """The parts of the bot's reply (:func:`reply_parts`) to the question ``question_id`` when
+    it is still the latest question in ``history`` (newest first); else none.
+
+    Parameters
+    ----------
+    question_id:
+        The edited question.
+    history:
+        The context read, newest first.
+    bot_id:
+        The bot's user id.
+    """
+    latest = next((m for m in history if m.author.id != bot_id), None)
+    if latest is None or latest.id != question_id:
+        return []
+    return reply_parts(latest, history, bot_id)
+
+
 async def find_reanswer(
     bot: Genbot,
     payload: discord.RawMessageUpdateEvent,
     window: float,
     limit: int,
-) -> tuple[discord.abc.Messageable, list[discord.Message]] | None:
-    """The channel and the bot's reply to re-answer when ``payload`` is an edit, within
-    ``window`` seconds, of the latest question there that the bot answered; else ``None``.
+) -> list[discord.Message] | None:
+    """The bot's reply to re-answer when ``payload`` is an edit, within ``window`` seconds, of
+    the latest question in its channel, which the bot answered; else ``None``. Only channels
+    whose messages the bot holds (where it chats) are looked at: no request for others.
 
     Parameters
     ----------
@@ -196,11 +219,12 @@ async def find_reanswer(
     bot_id = bot.user.id
     if message.author.id == bot_id or message.edited_at is None:
         return None
+    if (message.edited_at - message.created_at).total_seconds() > window:
+        return None
+    if bot.message_cache.get(message.channel.id, message.id) is None:
+        return None  # a channel the bot has not read: it answered nothing there lately
     history = [m async for m in bot.context(message.channel, limit=limit)]
-    latest = next((m for m in history if m.author.id != bot_id), None)
-    if latest is None or latest.id != message.id:
-        return None  # not a question the bot may see, or not the latest one
-    parts = reply_parts(latest, history, bot_id)
+    parts = reply_to_redo(message.id, history, bot_id)  # a question it may see, the latest
     if not parts:
         return None
     old = payload.cached_message
@@ -212,4 +236,4 @@ async def find_reanswer(
         edited=message.edited_at,
         answered=max(p.edited_at or p.created_at for p in parts),
     )
-    return (message.channel, parts) if due else None
+    return parts if due else None
