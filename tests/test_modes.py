@@ -15,6 +15,7 @@ import pytest
 import genbot
 from chat_world import Chat
 from genbot.chatbot import ChatBot
+from genbot.output import split_message
 from genbot.settings import Settings
 from genbot.streaming import Stream, Streamer
 from genbot.testing import DiscordServer, FakeUser, run_bot
@@ -99,6 +100,11 @@ async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
 
 def texts(messages: list[dict[str, Any]]) -> str:
     return "\n".join(str(m["content"]) for m in messages)
+
+
+def split(text: str) -> str:
+    """`text` as the bot's messages show it, joined by newlines by :func:`texts`."""
+    return "\n".join(split_message(text))
 
 
 def requests(server: DiscordServer, *routes: tuple[str, str]) -> int:
@@ -238,8 +244,7 @@ async def test_an_edited_question_is_answered_again_in_place(
     async with run_bot(bot, server):
         question = await server.send_message(world.dm, world.alice, "long")
         await server.wait_for(
-            lambda: texts(server.bot_messages(world.dm)) == LONG[:2000] + "\n" + LONG[2000:],
-            timeout=15,
+            lambda: texts(server.bot_messages(world.dm)) == split(LONG), timeout=15
         )
         first, _ = server.bot_messages(world.dm)
         await server.edit_message(world.dm, question["id"], "short")
@@ -250,6 +255,24 @@ async def test_an_edited_question_is_answered_again_in_place(
     assert reply["id"] == first["id"]  # the same message, its text replaced
     assert reply["message_reference"]["message_id"] == question["id"]
     assert len(SEEN) == 2 and _said(SEEN[-1]) == "short"
+
+
+async def test_a_longer_new_answer_continues_in_new_messages(
+    world: World, backend: Streamer
+) -> None:
+    server = world.server
+    bot = make_bot(backend)
+    async with run_bot(bot, server):
+        question = await ask(world, world.general, world.alice, "short", mentions_bot=True)
+        (old,) = server.bot_messages(world.general)
+        await server.edit_message(world.general, question["id"], f"<@{server.bot_user.id}> long")
+        await server.wait_for(lambda: len(server.bot_messages(world.general)) == 2, timeout=15)
+        await server.wait_for(
+            lambda: texts(server.bot_messages(world.general)) == split(LONG), timeout=15
+        )
+        await settle(bot)
+    first, second = server.bot_messages(world.general)
+    assert first["id"] == old["id"] and second["id"] != old["id"]
 
 
 async def test_updates_that_are_no_edit_of_the_latest_question_are_not_answered_again(
