@@ -214,6 +214,27 @@ async def test_a_cold_reply_chain_is_read_by_fetching(world: World, backend: Str
     assert fetched >= 1
 
 
+async def test_with_reply_chains_chatter_after_a_question_is_not_taken_for_one(
+    world: World, backend: Streamer
+) -> None:
+    """A chain holds only its question: the bot answers the message that woke it, not the
+    newest message (as history mode does when someone wrote while it answered)."""
+    server = world.server
+    bot = make_bot(backend, context_mode="reply_chain")
+    async with run_bot(bot, server):
+        await ask(world, world.general, world.alice, "one", mentions_bot=True)
+        seen = asyncio.ensure_future(
+            bot.wait_for("message", check=lambda m: m.content == "chatter", timeout=5)
+        )
+        await server.send_message(world.general, world.bob, "chatter")
+        await seen
+        bot.attend.force(bot.get_channel(world.general.id))  # as a follow-up attend would
+        await settle(bot)
+        await ask(world, world.general, world.alice, "two", mentions_bot=True)
+        await settle(bot)
+    assert world.replies(world.general) == ["answer: one", "answer: two"]
+
+
 async def test_a_blacklisted_users_message_in_a_chain_never_reaches_the_model(
     world: World, backend: Streamer
 ) -> None:

@@ -469,9 +469,12 @@ class ChatBot(Genbot):
         self, context: Context, placeholder: discord.Message | None = None
     ) -> tuple[discord.Message | None, list[discord.Message]]:
         """The newest message of someone else when no reply of the bot answers it yet (the
-        `placeholder` aside), and the context read."""
+        `placeholder` aside), and the context read. With reply chains: the newest message that
+        woke the bot, since a chain holds only its own question."""
         history = [message async for message in context]
         question = next((m for m in history if m.author != self.user), None)
+        if self.settings_for(context.channel).context_mode == "reply_chain":
+            question = waking_question(history, self)  # its chain: the message that woke us
         if question is None or _answered(
             question, history, self.user, placeholder, _starts(context.channel, question)
         ):
