@@ -254,6 +254,25 @@ async def test_a_blacklisted_users_message_in_a_chain_never_reaches_the_model(
     assert "answer: one" in seen and "what now" in seen  # the chain went on through her message
 
 
+async def test_a_reply_chain_keeps_the_ignore_prefix_and_stops_at_a_reset(
+    world: World, backend: Streamer
+) -> None:
+    server = world.server
+    bot = make_bot(backend, context_mode="reply_chain")
+    async with run_bot(bot, server):
+        await ask(world, world.general, world.alice, "one", mentions_bot=True)
+        answer_one = server.bot_messages(world.general)[-1]
+        aside = await server.send_message(world.general, world.bob, "! aside", reply_to=answer_one)
+        await ask(world, world.general, world.alice, "after", reply_to=aside, mentions_bot=True)
+        before_reset = texts(SEEN[-1])
+        reset = await server.invoke_command(world.general, world.alice, "reset")
+        await reset.wait_response()
+        await ask(world, world.general, world.alice, "fresh", reply_to=answer_one)
+        await settle(bot)
+    assert "answer: one" in before_reset and "aside" not in before_reset
+    assert "one" not in texts(SEEN[-1]) and "fresh" in texts(SEEN[-1])
+
+
 # -- re-answering an edited question -------------------------------------------------------------
 
 

@@ -130,6 +130,8 @@ class ReplyChain(Context):
         limit: int = 16,
     ) -> None:
         super().__init__(bot, channel, limit)
+        # current(): whether nothing new was said in the channel since the question
+        self._started, self._anchor = True, question.id
         self._next: discord.Message | None = question
         self._scanned = 0
         self._scan_cursor: int | None = None  # the oldest channel message read so far
