@@ -118,6 +118,12 @@ async def ask(world: World, channel: Any, author: FakeUser, text: str, **kw: Any
     return message
 
 
+async def opened(server: DiscordServer, question: dict[str, Any]) -> int:
+    """The id of the thread opened from `question` (a thread from a message has its id)."""
+    await server.wait_for(lambda: int(question["id"]) in server.state.channels, timeout=15)
+    return int(question["id"])
+
+
 # -- reply_mode = "thread" -----------------------------------------------------------------------
 
 
@@ -161,6 +167,24 @@ async def test_thread_mode_answers_in_place_when_the_thread_cannot_be_opened(
     assert reply["message_reference"]["message_id"] == question["id"]
     assert server.request_count(*THREAD_FROM_MESSAGE) == 1
     assert "could not open a thread" in caplog.text
+
+
+async def test_a_note_about_the_question_shows_in_its_thread(
+    world: World, backend: Streamer
+) -> None:
+    """A question over the rate limit still goes to a thread, where the notice shows."""
+    server = world.server
+    bot = make_bot(backend, reply_mode="thread", user_rate="1/day")
+    async with run_bot(bot, server):
+        first = await server.send_message(world.general, world.alice, "first", mentions_bot=True)
+        await world.wait_for_reply(server.channel(await opened(server, first)), "answer: first")
+        second = await server.send_message(world.general, world.alice, "again", mentions_bot=True)
+        thread = server.channel(await opened(server, second))
+        await server.wait_for(lambda: len(server.bot_messages(thread)) == 2, timeout=15)
+        await settle(bot)
+    (note,) = [m for m in server.bot_messages(thread) if m["type"] != 21]
+    assert note["content"].startswith("*") and "message_reference" not in note
+    assert len(SEEN) == 1
 
 
 async def test_thread_mode_answers_in_place_in_a_dm(world: World, backend: Streamer) -> None:

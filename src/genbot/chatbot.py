@@ -619,9 +619,12 @@ class ChatBot(Genbot):
         try:
             if placeholder is not None:
                 return await placeholder.edit(content=content, allowed_mentions=SAFE_MENTIONS)
+            target = _replied(channel, question)  # a thread's starter: no reply across channels
+            if target is None:
+                return await channel.send(content, allowed_mentions=SAFE_MENTIONS)
             return await channel.send(
                 content,
-                reference=question.to_reference(fail_if_not_exists=False),
+                reference=target.to_reference(fail_if_not_exists=False),
                 allowed_mentions=SAFE_MENTIONS,
             )
         except Exception as exc:
