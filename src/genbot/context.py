@@ -304,7 +304,8 @@ def thread_starter(message: discord.Message, bot: Genbot) -> discord.Message | N
 
 class Context:
     """The context window of a channel: ``async for msg in ctx`` yields, newest first, at most
-    ``limit`` messages the bot may see, stopping at the latest ``/reset``.
+    ``limit`` messages the bot may see, stopping at the latest ``/reset``. In a thread started
+    from a message, that message (in the parent channel) is the oldest (:func:`thread_starter`).
 
     What was yielded is cached: ``ctx[0]`` is the newest, ``len(ctx)``, ``bool(ctx)``, and
     iterating again serves the cache (and continues where a ``break`` left off).
