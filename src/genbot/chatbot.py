@@ -21,12 +21,14 @@ import discord
 
 from genbot.access import Access, AccessList
 from genbot.bot import Genbot, _bounded_in_thread
+from genbot.chains import ReplyChain
 from genbot.context import Context
 from genbot.controls import ControlButton, Controls
 from genbot.fairness import FairScheduler, FairStream
 from genbot.gatekeeping import gatekeep
 from genbot.metrics import model_name
 from genbot.models import ChatRequest, GenerationSettings
+from genbot.modes import find_reanswer, open_thread, opens_thread, reply_to_redo, waking_question
 from genbot.output import SAFE_MENTIONS, ReplyButtons, keep_typing, shared_budget, stream_reply
 from genbot.prompt import context_to_messages
 from genbot.quota import LimitTexts, Rate, Usage, estimate_tokens
@@ -200,6 +202,9 @@ class ChatBot(Genbot):
         self._closing_retired: set[asyncio.Task[None]] = set()
         #: Stop and Regenerate: the running replies and the button presses (genbot.controls).
         self.controls = Controls(self)
+
+        #: Edited questions to answer again in place, by channel id.
+        self._reanswers: dict[int, int] = {}
 
     def new_backend(self, settings: Settings) -> Streamer:
         """The Streamer for the model ``settings`` name (not started): :func:`make_backend`.
@@ -402,9 +407,7 @@ class ChatBot(Genbot):
 
     async def _answer(self, channel: discord.abc.Messageable, turn: _Turn) -> None:
         settings = self.settings_for(channel)
-        # A first look, without the model: is there a question to answer at all?
-        turn.context = self.context(channel, limit=settings.context_limit)
-        question, _ = await self._question(turn.context)
+        question = await self._first_look(channel, turn)
         if question is None or not await self._admit(channel, question):
             return
         try:
@@ -416,17 +419,19 @@ class ChatBot(Genbot):
             raise
         if stream is None:
             return
+        placeholder = await self._reuse(turn, placeholder)  # an edited question: in place
         answered = question
         try:
             # Our turn at the model: read the context now, so it is as fresh as it can be.
             turn.context = self.context(channel, limit=settings.context_limit)
             fresh, history = await self._question(turn.context, placeholder)
             if fresh is None or fresh.id != question.id:  # a newer question came meanwhile
-                await self._drop(placeholder)
+                await self._drop(placeholder, keep=turn.reused)
                 placeholder = None
             if fresh is None:
                 return
             answered = fresh
+            history = await self._conversation(channel, fresh, history, turn)
             assert self.user is not None  # attend runs only while logged in
             chat = context_to_messages(
                 [m for m in history if placeholder is None or m.id != placeholder.id],
@@ -444,7 +449,7 @@ class ChatBot(Genbot):
             await stream_reply(
                 channel,
                 shown,
-                reference=fresh,
+                reference=_replied(channel, fresh),
                 placeholder=placeholder,
                 interval=settings.edit_interval,
                 timeout=settings.stall_timeout,
@@ -594,12 +599,97 @@ class ChatBot(Genbot):
         self, context: Context, placeholder: discord.Message | None = None
     ) -> tuple[discord.Message | None, list[discord.Message]]:
         """The newest message of someone else when no reply of the bot answers it yet (the
-        `placeholder` aside), and the context read."""
+        `placeholder` aside), and the context read. With reply chains: the newest message that
+        woke the bot, since a chain holds only its own question."""
         history = [message async for message in context]
         question = next((m for m in history if m.author != self.user), None)
-        if question is None or _answered(question, history, self.user, placeholder):
+        if self.settings_for(context.channel).context_mode == "reply_chain":
+            question = waking_question(history, self)  # its chain: the message that woke us
+        if question is None or _answered(
+            question, history, self.user, placeholder, _starts(context.channel, question)
+        ):
             return None, history
         return question, history
+
+    # -- ways to converse (genbot.modes, genbot.chains) -----------------------------------------
+
+    async def _first_look(
+        self, channel: discord.abc.Messageable, turn: _Turn
+    ) -> discord.Message | None:
+        """A first look, without the model: the question to answer here, if any. An edited
+        question's old reply is taken up (:meth:`_reuse`); in thread mode the question goes to
+        a thread of its own (:meth:`_to_thread`), and ``None`` is returned."""
+        edited = self._reanswers.pop(_channel_id(channel), None)
+        limit = self.settings_for(channel).context_limit
+        turn.context = self.context(channel, limit=limit)
+        if edited is not None and self.user is not None:
+            turn.reuse = reply_to_redo(edited, [m async for m in turn.context], self.user.id)
+        question, _ = await self._question(turn.context, turn.reused)
+        if await self._to_thread(turn.context):
+            return None
+        return question
+
+    async def _to_thread(self, context: Context) -> bool:
+        """Thread mode in a text channel: open a thread from the newest question that woke the
+        bot and hand it to the thread's attend. ``False`` elsewhere, or when the thread could
+        not be opened (logged): then the question is answered in place."""
+        if not opens_thread(self.settings_for(context.channel).reply_mode, context.channel):
+            return False
+        history = [message async for message in context]
+        question = waking_question(history, self)
+        if question is None or question.thread is not None:
+            return True
+        if _answered(question, history, self.user):
+            return True  # answered in place before (e.g. when a thread could not be opened)
+        thread = await open_thread(question)
+        if thread is None:
+            return False
+        if isinstance(thread, discord.Thread):
+            _log.info("opened a thread for %s in %s", question.author, _where(context.channel))
+            self._start_attend(thread)
+        return True
+
+    async def _conversation(
+        self,
+        channel: discord.abc.Messageable,
+        question: discord.Message,
+        history: list[discord.Message],
+        turn: _Turn,
+    ) -> list[discord.Message]:
+        """The messages the model sees for ``question``: the channel's history, or its reply
+        chain (``context_mode``); never the parts of a reply being replaced."""
+        settings = self.settings_for(channel)
+        if settings.context_mode == "reply_chain":
+            chain = ReplyChain(self, channel, question, limit=settings.context_limit)
+            history = [message async for message in chain]
+        replaced = {part.id for part in turn.reuse[1:]}
+        return [m for m in history if m.id not in replaced]
+
+    async def _reuse(
+        self, turn: _Turn, placeholder: discord.Message | None
+    ) -> discord.Message | None:
+        """An edited question's answer goes into the bot's old reply: its first message becomes
+        the placeholder (a queued note is dropped), the rest of it is deleted."""
+        if turn.reused is None:
+            return placeholder
+        await self._drop(placeholder)
+        for part in turn.reuse[1:]:
+            await self._drop(part)
+        return turn.reused
+
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        """An edit of the latest question, within ``reanswer_window`` seconds of it, makes the
+        bot answer it again in place (see :func:`genbot.modes.find_reanswer`). A subclass that
+        overrides this calls ``super()``."""
+        message: discord.Message | None = getattr(payload, "message", None)
+        if self.closing or message is None:
+            return
+        settings = self.settings_for(message.channel)
+        found = await find_reanswer(self, payload, settings.reanswer_window, settings.context_limit)
+        if found is not None:
+            _log.info("answering an edited question again in %s", _where(message.channel))
+            self._reanswers[_channel_id(message.channel)] = message.id
+            self.attend.force(message.channel)
 
     async def _wait_for_slot(
         self, channel: discord.abc.Messageable, question: discord.Message, backend: Streamer
@@ -659,18 +749,23 @@ class ChatBot(Genbot):
         try:
             if placeholder is not None:
                 return await placeholder.edit(content=content, allowed_mentions=SAFE_MENTIONS)
+            target = _replied(channel, question)  # a thread's starter: no reply across channels
+            if target is None:
+                return await channel.send(content, allowed_mentions=SAFE_MENTIONS)
             return await channel.send(
                 content,
-                reference=question.to_reference(fail_if_not_exists=False),
+                reference=target.to_reference(fail_if_not_exists=False),
                 allowed_mentions=SAFE_MENTIONS,
             )
         except Exception as exc:
             _log.warning("showing a note in %s failed: %r", _where(channel), exc)
             return None
 
-    async def _drop(self, placeholder: discord.Message | None) -> None:
-        """Delete a queued note that will not become the reply."""
-        if placeholder is None:
+    async def _drop(
+        self, placeholder: discord.Message | None, keep: discord.Message | None = None
+    ) -> None:
+        """Delete a queued note that will not become the reply (not `keep`, an old reply)."""
+        if placeholder is None or placeholder is keep:
             return
         try:
             await placeholder.delete()
@@ -689,6 +784,12 @@ class _Turn:
     def __init__(self, backend: Streamer) -> None:
         self.backend = backend
         self.context: Context | None = None
+        #: The parts of the bot's reply that an edited question's new answer replaces.
+        self.reuse: list[discord.Message] = []
+
+    @property
+    def reused(self) -> discord.Message | None:
+        return self.reuse[0] if self.reuse else None
 
 
 def _answered(
@@ -696,19 +797,31 @@ def _answered(
     history: list[discord.Message],
     bot_user: discord.abc.Snowflake | None,
     placeholder: discord.Message | None = None,
+    starter: bool = False,
 ) -> bool:
     """Whether one of the bot's messages after `question` replies to it. Not just "the bot
     spoke last": messages that arrived while it generated precede its reply, and the follow-up
-    attend must still answer them. `placeholder`, the bot's own queued note, does not count."""
+    attend must still answer them. `placeholder`, the bot's own queued note, does not count.
+    A thread's `starter` (in its parent channel) is answered by any message of the bot's in
+    the thread, since a reply cannot reach across channels."""
     return any(
         bot_user is not None
         and m.author.id == bot_user.id
-        and m.reference is not None
-        and m.reference.message_id == question.id
+        and (starter or (m.reference is not None and m.reference.message_id == question.id))
         and (placeholder is None or m.id != placeholder.id)
         for m in history
         if m.id > question.id
     )
+
+
+def _replied(channel: object, message: discord.Message) -> discord.Message | None:
+    """What a reply to ``message`` in ``channel`` refers to: none for a thread's starter."""
+    return None if _starts(channel, message) else message
+
+
+def _starts(channel: object, message: discord.Message) -> bool:
+    """``message`` is the starter of the thread `channel` (it lives in the parent channel)."""
+    return isinstance(channel, discord.Thread) and message.id == channel.id
 
 
 def _guild_id(channel: discord.abc.Messageable) -> int | None:

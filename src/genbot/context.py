@@ -35,7 +35,7 @@ from genbot.wake import CHAT_TYPES, is_ignored
 if TYPE_CHECKING:
     from genbot.bot import Genbot
 
-__all__ = ["RESET_MARKER", "Context", "MessageCache", "is_reset", "visible"]
+__all__ = ["RESET_MARKER", "Context", "MessageCache", "is_reset", "thread_starter", "visible"]
 
 _log = logging.getLogger(__name__)
 
@@ -276,9 +276,36 @@ def _guild_id(channel: object) -> int | None:
     return guild_id if isinstance(guild_id, int) else None
 
 
+def thread_starter(message: discord.Message, bot: Genbot) -> discord.Message | None:
+    """``message`` as a context shows it: a thread's THREAD_STARTER_MESSAGE (Discord's first
+    message of a thread started from a message) is the message it started from, which lives in
+    the parent channel; ``None`` when that one is gone. Any other message is itself.
+
+    The starter comes from the message cache (kept exact by events), else discord.py's, else
+    the copy Discord sent along (``reference.resolved``): never a request.
+
+    Parameters
+    ----------
+    message:
+        A message read from a channel's history.
+    bot:
+        The bot whose caches are looked at.
+    """
+    if message.type != discord.MessageType.thread_starter_message:
+        return message
+    ref = message.reference
+    if ref is None or ref.message_id is None or ref.channel_id is None:
+        return None
+    starter = bot.message_cache.get(ref.channel_id, ref.message_id) or ref.cached_message
+    if starter is None and isinstance(ref.resolved, discord.Message):
+        starter = ref.resolved
+    return starter
+
+
 class Context:
     """The context window of a channel: ``async for msg in ctx`` yields, newest first, at most
-    ``limit`` messages the bot may see, stopping at the latest ``/reset``.
+    ``limit`` messages the bot may see, stopping at the latest ``/reset``. In a thread started
+    from a message, that message (in the parent channel) is the oldest (:func:`thread_starter`).
 
     What was yielded is cached: ``ctx[0]`` is the newest, ``len(ctx)``, ``bool(ctx)``, and
     iterating again serves the cache (and continues where a ``break`` left off).
@@ -333,8 +360,9 @@ class Context:
                 if raw is None or is_reset(raw, bot_id):
                     break
                 self._cursor = raw.id
-                if await self._visible(raw):
-                    self._items.append(raw)
+                shown = thread_starter(raw, self.bot)
+                if shown is not None and await self._visible(shown):
+                    self._items.append(shown)
                     return True
             self._exhausted = True
             return False

@@ -405,6 +405,26 @@ class Settings:
         "Show a Stop button under a reply while it is written, and Regenerate once it is done "
         "(for the asker and admins).",
     )
+    # -- ways to converse (issue 8, section 3): per-reply settings --
+    reply_mode: str = setting(
+        "reply",
+        "Where an answer goes: reply (in place, replying to the question) or thread (a "
+        "question in a server's text channel opens a thread from its message and the bot "
+        "answers there; in its threads every message wakes it). DMs and threads: in place.",
+        check=_choice(("reply", "thread")),
+    )
+    context_mode: str = setting(
+        "history",
+        "What the model sees: history (the channel's recent messages) or reply_chain (the "
+        "chain of replies the question belongs to, followed back through Discord replies).",
+        check=_choice(("history", "reply_chain")),
+    )
+    reanswer_window: float = setting(
+        600.0,
+        "Seconds after a question was sent during which editing it makes the bot answer it "
+        "again, replacing its reply in place; 0: off. 0 to 86400.",
+        check=_between(0, 86400),
+    )
 
     # -- loading -----------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ _log = logging.getLogger(__name__)
 
 PREFIX = "/api/v10"
 THREAD_CREATED = 18
+THREAD_STARTER_MESSAGE = 21
 
 
 # -- middleware: accounting, rate limits, auth ---------------------------------------------------
@@ -344,6 +345,24 @@ async def thread_from_message(state: ServerState, request: web.Request) -> web.R
     )
     message["thread"] = thread.to_json()
     await state.dispatch_message("MESSAGE_UPDATE", message)
+    # Discord's first message in a thread started from a message: a THREAD_STARTER_MESSAGE
+    # whose reference is the starter message in the parent channel.
+    starter = state.create_message(
+        thread,
+        state.bot_user,
+        {"content": ""},
+        extra={
+            "type": THREAD_STARTER_MESSAGE,
+            "message_reference": {
+                "type": 0,
+                "message_id": message["id"],
+                "channel_id": str(parent.id),
+                "guild_id": str(parent.guild_id),
+            },
+            "referenced_message": {k: v for k, v in message.items() if k != "referenced_message"},
+        },
+    )
+    await state.dispatch_message("MESSAGE_CREATE", starter)
     return _thread_response(state, thread)
 
 

@@ -582,6 +582,17 @@ class DiscordServer:
         await self.state.dispatch_message("MESSAGE_UPDATE", message)
         return message
 
+    async def unfurl(
+        self, channel: ChannelRef, message_id: MessageRef, embeds: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Discord's link preview: the message gains `embeds` and a MESSAGE_UPDATE goes out
+        with its content and ``edited_timestamp`` unchanged (no edit by its author)."""
+        message = self.message(channel, _msg_id(message_id))
+        message["embeds"] = list(embeds)
+        self.state.changed()
+        await self.state.dispatch_message("MESSAGE_UPDATE", message)
+        return message
+
     async def delete_message(self, channel: ChannelRef, message_id: MessageRef) -> None:
         await self.state.delete_messages(self.channel(channel), [_msg_id(message_id)])
 
