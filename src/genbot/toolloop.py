@@ -67,7 +67,8 @@ class ToolLimits:
 def status_line(name: str) -> str:
     """The status line of a call while it runs (its name is a checked tool name, or shown
     escaped when the model made one up)."""
-    return f"*using `{_safe(name, 64).replace('`', '')}` …*"
+    shown = " ".join(name.replace("`", "").split())[:64] or "?"
+    return f"*using `{discord.utils.escape_mentions(shown)}` …*"
 
 
 def outcome_mark(outcome: Outcome) -> str:
