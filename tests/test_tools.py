@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import enum
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Optional
 
@@ -367,3 +368,32 @@ def test_status_lines_cannot_ping_or_format() -> None:
     failed = Outcome(ToolCall("1", "x", "{}"), "error", "", f"ValueError: @everyone *bold* {role}")
     mark = outcome_mark(failed)
     assert "@everyone" not in mark and role not in mark and "\\*bold\\*" in mark
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "says"),
+    [
+        ({"GENBOT_TOOLS": "weather, get time"}, "must be tool names"),
+        ({"GENBOT_ADMIN_TOOLS": '["a.b"]'}, "must be tool names"),
+        ({"GENBOT_MAX_TOOL_STEPS": "0"}, "must be from 1 to 32"),
+        ({"GENBOT_TOOL_TIMEOUT": "0"}, "must be in (0, 3600]"),
+        ({"GENBOT_TOOL_TIMEOUT": "60"}, "must be below stall_timeout (60 s)"),
+        ({"GENBOT_TOOL_OUTPUT_CHARS": "10"}, "must be from 100 to 1e+06"),
+    ],
+)
+def test_tool_settings_are_checked_at_load(environ: dict[str, str], says: str) -> None:
+    from genbot.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match=re.escape(says)):
+        Settings.load(environ=environ)
+
+
+def test_tool_settings_defaults() -> None:
+    from genbot.settings import Settings
+
+    loaded = Settings.load(environ={"GENBOT_TOOLS": "weather,time", "GENBOT_TOOL_TIMEOUT": "5"})
+    assert (loaded.tools, loaded.tool_timeout) == (["weather", "time"], 5.0)
+    assert Settings().tools == ["*"] and Settings().max_tool_steps == 4
