@@ -493,9 +493,9 @@ class ChatBot(Genbot):
         if not offered:
             return deltas
         settings = self.settings_for(channel)
-        limits = ToolLimits(
-            settings.max_tool_steps, settings.tool_timeout, settings.tool_output_chars
-        )
+        # a call ends before the reply's stall watchdog would give up waiting for it
+        timeout = min(settings.tool_timeout, 0.9 * settings.stall_timeout)
+        limits = ToolLimits(settings.max_tool_steps, timeout, settings.tool_output_chars)
         opener = self._step_opener(channel, question, turn.backend, settings)
         return tool_loop(
             deltas,

@@ -432,7 +432,7 @@ class Settings:
     tool_timeout: float = setting(
         30.0,
         "Most seconds one tool call may run; past it the call fails (a line in the reply and "
-        "an error the model reads). (0, 3600], and below stall_timeout.",
+        "an error the model reads). (0, 3600]; at most 90% of stall_timeout applies.",
         check=_between(0, 3600, low_open=True),
     )
     tool_output_chars: int = setting(
@@ -820,19 +820,11 @@ def _sharding(settings: Settings) -> tuple[str, str] | None:
     return None
 
 
-def _tool_timeout(settings: Settings) -> tuple[str, str] | None:
-    """A tool call must end before the reply's stall watchdog gives up on it (tools)."""
-    if settings.tool_timeout >= settings.stall_timeout:
-        return "tool_timeout", f"must be below stall_timeout ({settings.stall_timeout:g} s)"
-    return None
-
-
 _TOGETHER: tuple[Callable[[Settings], tuple[str, str] | None], ...] = (
     _sharding,
     _backend_installed,
     _llamacpp_model,
     _transformers_model,
-    _tool_timeout,
 )
 
 
