@@ -16,6 +16,7 @@ from genbot.chatbot import ChatBot
 from genbot.models.openai import OpenAIStreamer
 from genbot.settings import Settings
 from genbot.testing import DiscordServer, FakeChannel, run_bot
+from genbot.tools import Toolbox, tool
 from openai_stub import OpenAIStub, Reply, openai_stub
 
 FAST: dict[str, Any] = {"guild_ready_timeout": 0.05, "shutdown_timeout": 2.0}
@@ -59,7 +60,9 @@ def _style(body: dict[str, Any]) -> Any:
     return "vllm" if "vllm" in said else "openai"
 
 
-def make_bot(stub: OpenAIStub, parallel: int = 4, **values: Any) -> ChatBot:
+def make_bot(
+    stub: OpenAIStub, parallel: int = 4, toolbox: Toolbox | None = None, **values: Any
+) -> ChatBot:
     settings = Settings().updated(
         {
             "backend": "openai",
@@ -74,7 +77,7 @@ def make_bot(stub: OpenAIStub, parallel: int = 4, **values: Any) -> ChatBot:
         "test",
     )
     backend = OpenAIStreamer(base_url=stub.base_url, model="stub", max_concurrency=parallel)
-    return ChatBot(settings, backend=backend, **FAST)
+    return ChatBot(settings, backend=backend, toolbox=toolbox, **FAST)
 
 
 def tool_calls(bot: ChatBot, tool: str, outcome: str) -> float:
@@ -400,3 +403,37 @@ async def test_two_chats_use_tools_while_a_third_streams_with_one_model_slot(
     ]
     assert stub.most_in_flight == 1
     assert len(stub.requests) == 5
+
+
+async def test_a_toolbox_passed_in_and_the_tools_setting(chat: Chat, stub: OpenAIStub) -> None:
+    @tool
+    def weather(city: str) -> str:
+        """Weather."""
+        return f"rain in {city}"
+
+    @tool
+    def clock() -> str:
+        """The time."""
+        return "noon"
+
+    toolbox = Toolbox([weather, clock])
+    bot = make_bot(stub, toolbox=toolbox, tools=["weather"])
+    assert bot.toolbox is toolbox
+    async with run_bot(bot, chat.server):
+        reply = await reply_to(chat, chat.dm, "use weather(city=Oslo)", "rain in Oslo")
+    assert reply == "Let me check.\n*using `weather` …* ✓\nAnswer: rain in Oslo"
+    assert [t["function"]["name"] for t in stub.requests[0]["tools"]] == ["weather"]
+
+
+async def test_no_tools_setting_sends_no_tools(chat: Chat, stub: OpenAIStub) -> None:
+    bot = make_bot(stub, tools=[])
+
+    @bot.tool
+    def clock() -> str:
+        """The time."""
+        return "noon"
+
+    async with run_bot(bot, chat.server):
+        reply = await reply_to(chat, chat.dm, "hello", "hello")
+    assert reply == "echo: hello"
+    assert "tools" not in stub.requests[0]

@@ -528,10 +528,7 @@ class ChatBot(Genbot):
                 raise NoStep(f"no model slot came free within {wait:g} s")
             try:
                 yield stream(request)
-            except Exception as error:
-                stream.failed(error)
-                raise
-            finally:
+            finally:  # a failure is counted once, by the reply (_answer)
                 stream.close()
                 counted = stream.inner
                 if isinstance(counted, FairStream) and counted.deltas:
