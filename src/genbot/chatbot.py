@@ -653,16 +653,22 @@ async def _enter(slot: Any, timeout: float) -> tuple[FairStream | None, None]:
     """Enter a fair slot within `timeout` seconds: its stream, or ``None`` (tools, issue 11).
     Raises :class:`genbot.StreamError` when the model fails meanwhile."""
     entering = asyncio.ensure_future(slot.__aenter__())
+    handed = False
     try:
         await asyncio.wait({entering}, timeout=timeout)
-    finally:
         if not entering.done():
             entering.cancel()
             await asyncio.gather(entering, return_exceptions=True)
-    if entering.cancelled():
-        return None, None
-    stream: FairStream = entering.result()
-    return stream, None
+        if entering.cancelled():
+            return None, None
+        stream: FairStream = entering.result()  # raises the StreamError
+        handed = True
+        return stream, None
+    finally:
+        if not entering.done():  # cancelled meanwhile: leave the queue
+            entering.cancel()
+        elif not handed and not entering.cancelled() and entering.exception() is None:
+            entering.result().close()  # the slot came, but this reply ends anyway
 
 
 def _answered(
