@@ -1,57 +1,160 @@
 """A tiny OpenAI-compatible model server on loopback, for running the real ``genbot`` command
 with ``backend = "openai"`` without a model: it streams ``echo: <the last user message>``.
 
-It records the last user message of every chat completion it was asked for (``asked``).
+It records the last user message of every chat completion it was asked for (``asked``) and
+every request body (``requests``). Tests of tools script its replies: :attr:`OpenAIStub.respond`
+(a function of the request body) or :attr:`OpenAIStub.script` (a queue) give a :class:`Reply`,
+text and tool calls, streamed as OpenAI or vLLM stream them (see :func:`reply_events`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from aiohttp import web
 
-__all__ = ["OpenAIStub", "openai_stub"]
+__all__ = ["OpenAIStub", "Reply", "openai_stub", "reply_events"]
 
 _log = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Reply:
+    """A scripted reply: its text, then its tool calls, ``(name, arguments)`` (arguments as an
+    object, or as the exact JSON text the model would write), streamed in ``style``."""
+
+    text: str = ""
+    calls: list[tuple[str, dict[str, Any] | str]] = field(default_factory=list)
+    style: Literal["openai", "vllm"] = "openai"
+
+
+def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    event = {
+        "id": "chatcmpl-stub",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def reply_events(reply: Reply, model: str = "stub") -> Iterator[bytes]:
+    """The server-sent events of ``reply``, as the servers send them.
+
+    - ``openai``: a first chunk with the role (and ``content: null`` when the reply calls
+      tools), the text a word at a time, then each call in turn: a fragment with its
+      ``index``, ``id``, ``type`` and ``function.name`` (``arguments: ""``), then its arguments
+      in pieces of 5 characters; then an empty delta with ``finish_reason: "tool_calls"``.
+    - ``vllm``: a first chunk ``{"role": "assistant", "content": ""}``, the text, a first
+      fragment per call with ``id``, ``type``, ``index`` and the name only, then the argument
+      pieces of all calls interleaved (round robin), the last piece sent with ``content: ""``
+      and the ``finish_reason`` in the same event.
+    """
+    calls = [
+        (f"call_{next(_ids)}", name, args if isinstance(args, str) else json.dumps(args))
+        for name, args in reply.calls
+    ]
+    first: dict[str, Any] = {"role": "assistant", "content": ""}
+    if reply.style == "openai" and calls and not reply.text:
+        first["content"] = None
+    yield _chunk(model, first)
+    words = reply.text.split(" ") if reply.text else []
+    for n, word in enumerate(words):
+        yield _chunk(model, {"content": word if n == len(words) - 1 else word + " "})
+    if not calls:
+        yield _chunk(model, {}, "stop")
+        return
+    if reply.style == "openai":
+        for index, (call_id, name, args) in enumerate(calls):
+            function = {"name": name, "arguments": ""}
+            yield _chunk(
+                model,
+                {
+                    "tool_calls": [
+                        {"index": index, "id": call_id, "type": "function", "function": function}
+                    ]
+                },
+            )
+            for piece in _pieces(args, 5):
+                yield _chunk(
+                    model, {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+                )
+        yield _chunk(model, {}, "tool_calls")
+        return
+    for index, (call_id, name, _) in enumerate(calls):
+        first_part = {"id": call_id, "type": "function", "index": index, "function": {"name": name}}
+        yield _chunk(model, {"tool_calls": [first_part]})
+    pieces = [
+        (position, index, piece)
+        for index, (_, _, arguments) in enumerate(calls)
+        for position, piece in enumerate(_pieces(arguments, 4))
+    ]
+    pieces.sort(key=lambda p: p[0])  # round robin across the calls
+    for n, (_, index, piece) in enumerate(pieces):
+        fragment = {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+        if n == len(pieces) - 1:
+            yield _chunk(model, {"content": "", **fragment}, "tool_calls")
+        else:
+            yield _chunk(model, fragment)
 
 
 class OpenAIStub:
     def __init__(self) -> None:
         self.asked: list[str] = []
+        self.requests: list[dict[str, Any]] = []
         self.base_url = ""
+        #: Scripted replies, used first to last (before :attr:`respond`).
+        self.script: list[Reply] = []
+        #: The reply to a request body; ``None``: the echo.
+        self.respond: Callable[[dict[str, Any]], Reply] | None = None
+        #: Chat completions streaming now, and the most at once so far.
+        self.in_flight = 0
+        self.most_in_flight = 0
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "stub", "object": "model"}]})
+
+    def _reply(self, body: dict[str, Any], said: str) -> Reply:
+        if body.get("max_tokens") == 1:
+            return Reply("ok")
+        if self.script:
+            return self.script.pop(0)
+        if self.respond is not None:
+            return self.respond(body)
+        return Reply(f"echo: {said.split(': ', 1)[-1]}")
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body: dict[str, Any] = await request.json()
         users = [m.get("content", "") for m in body.get("messages", []) if m["role"] == "user"]
         said = str(users[-1]).splitlines()[-1] if users else ""
         self.asked.append(said)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        text = "ok" if body.get("max_tokens") == 1 else f"echo: {said.split(': ', 1)[-1]}"
-        for piece in (text, ""):
-            chunk = {
-                "id": "chatcmpl-stub",
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": body.get("model", "stub"),
-                "choices": [
-                    {
-                        "index": 0,
-                        "delta": {"content": piece} if piece else {},
-                        "finish_reason": None if piece else "stop",
-                    }
-                ],
-            }
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+        if body.get("max_tokens") != 1:
+            self.requests.append(body)
+        reply = self._reply(body, said)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for event in reply_events(reply, body.get("model", "stub")):
+                await response.write(event)
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        finally:
+            self.in_flight -= 1
         return response
 
 

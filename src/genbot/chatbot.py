@@ -9,12 +9,13 @@ new messages arrived meanwhile, whatever the outcome of its reply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 import discord
@@ -36,6 +37,8 @@ from genbot.reload import Changes, ReloadError, compare
 from genbot.settings import Settings, SettingsError
 from genbot.store import Store
 from genbot.streaming import Streamer, StreamError
+from genbot.toolloop import NoStep, StepOpener, ToolLimits, tool_loop
+from genbot.tools import Tool, Toolbox
 from genbot.wake import WakeRules
 
 __all__ = ["ChatBot", "make_backend", "shard_options", "warm_up"]
@@ -143,6 +146,9 @@ class ChatBot(Genbot):
         :meth:`new_backend`); started in ``setup_hook`` if it is not running.
     load_settings: reads the settings again for :meth:`reload` (raising
         :class:`genbot.settings.SettingsError`); ``None``: this bot cannot reload.
+    toolbox: the tools the model may call (default: an empty :class:`genbot.tools.Toolbox`;
+        register more with :meth:`tool`); the ``tools`` and ``admin_tools`` settings choose
+        which a reply offers (see :meth:`_tool_reply`).
     client_kwargs: passed on to :class:`genbot.Genbot`.
     """
 
@@ -168,9 +174,14 @@ class ChatBot(Genbot):
         *,
         backend: Streamer | None = None,
         load_settings: Callable[[], Settings] | None = None,
+        toolbox: Toolbox | None = None,
         **client_kwargs: Any,
     ) -> None:
         self.settings = settings or Settings()
+        # -- tools (issue 11) --
+        self.toolbox = toolbox if toolbox is not None else Toolbox()
+        #: Decorator: register a Python function as a tool (:meth:`genbot.tools.Toolbox.tool`).
+        self.tool = self.toolbox.tool
         self.load_settings = load_settings
         super().__init__(
             users=self.settings.users,
@@ -440,11 +451,17 @@ class ChatBot(Genbot):
                 max_chars=settings.context_chars,
             )
             _log.info("replying to %s in %s", fresh.author.display_name, _where(channel))
+            offered = self._offered_tools(settings, fresh)  # tools (issue 11)
+            request = ChatRequest(
+                chat, generation_settings(settings), [t.schema() for t in offered]
+            )
             try:
-                deltas = stream(ChatRequest(chat, generation_settings(settings)))
+                deltas: AsyncIterable[Any] = stream(request)
             except StreamError:  # the turn expired meanwhile, or the worker died: say so
                 await self._note(channel, fresh, placeholder, self.unavailable_text)
                 raise
+            # tools (issue 11): the reply may take several steps
+            deltas = self._tool_reply(channel, fresh, turn, request, offered, deltas, stream)
             shown, buttons = self._controlled(settings, fresh, stream, deltas, history)  # buttons
             await stream_reply(
                 channel,
@@ -579,6 +596,80 @@ class ChatBot(Genbot):
                     _guild_id(channel),
                     estimate_tokens(stream.deltas, stream.chars),
                 )
+
+    # -- tools (issue 11) ----------------------------------------------------------------------
+
+    def _offered_tools(self, settings: Settings, question: discord.Message) -> list[Tool]:
+        """The tools a reply to `question` offers: those the ``tools`` setting turns on, less
+        the admin-only ones (``admin_tools``, or made so in code) unless its author is an
+        admin."""
+        if not settings.tools or not len(self.toolbox):
+            return []
+        return self.toolbox.select(
+            settings.tools, settings.admin_tools, self.is_admin(question.author)
+        )
+
+    def _tool_reply(
+        self,
+        channel: discord.abc.Messageable,
+        question: discord.Message,
+        turn: _Turn,
+        request: ChatRequest,
+        offered: list[Tool],
+        deltas: AsyncIterable[Any],
+        stream: Any,
+    ) -> AsyncIterable[Any]:
+        """The reply as :func:`genbot.toolloop.tool_loop` streams it (`deltas` as they are
+        when no tool is `offered`). Each further step
+        waits for a fair turn at the model again: the model's slot is free while the tools
+        run, so other chats keep generating (a step waits at most ``queue_timeout``, and no
+        longer than half the ``stall_timeout``; then the reply ends with a note)."""
+        if not offered:
+            return deltas
+        settings = self.settings_for(channel)
+        # a call ends before the reply's stall watchdog would give up waiting for it
+        timeout = min(settings.tool_timeout, 0.9 * settings.stall_timeout)
+        limits = ToolLimits(settings.max_tool_steps, timeout, settings.tool_output_chars)
+        opener = self._step_opener(channel, question, turn.backend, settings)
+        return tool_loop(
+            deltas,
+            request,
+            offered,
+            opener,
+            limits,
+            first_done=stream.close,  # its slot is free already; stop counting it as running
+            on_outcome=lambda o: self.metrics.tool_call(o.label, o.kind),
+        )
+
+    def _step_opener(
+        self,
+        channel: discord.abc.Messageable,
+        question: discord.Message,
+        backend: Streamer,
+        settings: Settings,
+    ) -> StepOpener:
+        """Opens one more step of a tool reply in a fair turn of its own (see
+        :meth:`_tool_reply`), counted in the metrics and the usage as a reply's stream is."""
+        wait = min(settings.queue_timeout, settings.stall_timeout / 2)
+
+        @contextlib.asynccontextmanager
+        async def open_step(request: ChatRequest) -> AsyncIterator[AsyncIterable[Any]]:
+            slot = self._turns_of(backend).stream(
+                user=question.author.id, channel=_channel_id(channel)
+            )
+            stream, _ = await self.metrics.wait_for_slot(backend, _enter(slot, wait))
+            if stream is None:
+                raise NoStep(f"no model slot came free within {wait:g} s")
+            try:
+                yield stream(request)
+            finally:  # a failure is counted once, by the reply (_answer)
+                stream.close()
+                counted = stream.inner
+                if isinstance(counted, FairStream) and counted.deltas:
+                    tokens = estimate_tokens(counted.deltas, counted.chars)
+                    await self.usage.record(question.author.id, _guild_id(channel), tokens)
+
+        return open_step
 
     async def _admit(self, channel: discord.abc.Messageable, question: discord.Message) -> bool:
         """Whether the question's author is within the rate limit and quotas (admins are);
@@ -790,6 +881,28 @@ class _Turn:
     @property
     def reused(self) -> discord.Message | None:
         return self.reuse[0] if self.reuse else None
+
+
+async def _enter(slot: Any, timeout: float) -> tuple[FairStream | None, None]:
+    """Enter a fair slot within `timeout` seconds: its stream, or ``None`` (tools, issue 11).
+    Raises :class:`genbot.StreamError` when the model fails meanwhile."""
+    entering = asyncio.ensure_future(slot.__aenter__())
+    handed = False
+    try:
+        await asyncio.wait({entering}, timeout=timeout)
+        if not entering.done():
+            entering.cancel()
+            await asyncio.gather(entering, return_exceptions=True)
+        if entering.cancelled():
+            return None, None
+        stream: FairStream = entering.result()  # raises the StreamError
+        handed = True
+        return stream, None
+    finally:
+        if not entering.done():  # cancelled meanwhile: leave the queue
+            entering.cancel()
+        elif not handed and not entering.cancelled() and entering.exception() is None:
+            entering.result().close()  # the slot came, but this reply ends anyway
 
 
 def _answered(

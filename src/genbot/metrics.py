@@ -243,6 +243,14 @@ class Metrics:
         )
         for kind in ERROR_KINDS:
             self.errors.labels(kind)
+        # -- tools (issue 11) --
+        self.tool_calls = Counter(
+            "genbot_tool_calls",
+            "Tool calls the model made, by tool and outcome (ok, error, timeout, invalid, "
+            "unknown); a tool the chat was not offered counts as '(unknown)'.",
+            ["tool", "outcome"],
+            registry=registry,
+        )
         self._latencies = _Latencies()
         registry.register(self._latencies)
         self._models: dict[int, str] = {}
@@ -305,6 +313,19 @@ class Metrics:
             self.error("queue_timeout")
             return None, other
         return ObservedStream(self, model, stream, asked), other
+
+    def tool_call(self, tool: str, outcome: str) -> None:
+        """Count a tool call of `tool` that came to `outcome` (tools, issue 11).
+
+        Parameters
+        ----------
+        tool:
+            The tool's name: one of the bot's tools, or ``(unknown)``, so the labels stay
+            bounded.
+        outcome:
+            ``ok``, ``error``, ``timeout``, ``invalid`` or ``unknown``.
+        """
+        self.tool_calls.labels(tool, outcome).inc()
 
     def error(self, kind: str) -> None:
         """Count an error of `kind`, one of :data:`ERROR_KINDS` (another counts as ``other``).

@@ -167,6 +167,17 @@ def _max_chars(limit: int) -> Check:
     return lambda value: None if len(value) <= limit else f"must be at most {limit} characters"
 
 
+def _tool_names(value: Any) -> str | None:
+    from genbot.tools import ALL_TOOLS, NAME_PATTERN
+
+    bad = [n for n in value if n != ALL_TOOLS and NAME_PATTERN.fullmatch(n) is None]
+    if bad:
+        return (
+            f"must be tool names (letters, digits, '_', '-'; at most 64) or \"*\", not {bad[0]!r}"
+        )
+    return None
+
+
 def _rate(value: Any) -> str | None:
     from genbot.quota import Rate
 
@@ -424,6 +435,37 @@ class Settings:
         "Seconds after a question was sent during which editing it makes the bot answer it "
         "again, replacing its reply in place; 0: off. 0 to 86400.",
         check=_between(0, 86400),
+    )
+    # -- tools (issue 11, the tool loop): per reply --
+    tools: list[str] = setting(
+        ["*"],
+        "Names of the tools the model may call (Python tools of the bot, MCP tools as "
+        'NAME__tool); "*" (the default): every registered tool; empty: none.',
+        check=_tool_names,
+    )
+    admin_tools: list[str] = setting(
+        [],
+        "Names of tools only the bot's admins may use (besides tools made admin-only in "
+        "code); a non-admin's chat is not offered them.",
+        check=_tool_names,
+    )
+    max_tool_steps: int = setting(
+        4,
+        "Most rounds of tool calls in one reply, 1 to 32; then the model is asked once more "
+        "without tools, to answer with what it has.",
+        check=_between(1, 32),
+    )
+    tool_timeout: float = setting(
+        30.0,
+        "Most seconds one tool call may run; past it the call fails (a line in the reply and "
+        "an error the model reads). (0, 3600]; at most 90% of stall_timeout applies.",
+        check=_between(0, 3600, low_open=True),
+    )
+    tool_output_chars: int = setting(
+        4000,
+        "Most characters of one tool call's result the model gets (the rest is cut, saying "
+        "so); 100 to 1000000.",
+        check=_between(100, 1_000_000),
     )
 
     # -- loading -----------------------------------------------------------------------------

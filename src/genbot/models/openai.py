@@ -57,7 +57,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
-from genbot.models.base import ChatRequest, ChatStreamer, ModelError, prepare_messages
+from genbot.models.base import (
+    ChatMessage,
+    ChatRequest,
+    ChatStreamer,
+    ModelError,
+    ToolCall,
+    prepare_messages,
+)
 
 if TYPE_CHECKING:
     from genbot.streaming.worker import Stream
@@ -76,6 +83,7 @@ __all__ = [
     "OpenAIStreamer",
     "PermissionDeniedError",
     "RateLimitError",
+    "ToolCallParts",
     "UnprocessableEntityError",
     "api_key_from_env",
     "decode_events",
@@ -410,9 +418,12 @@ def _odd_chunk(event: Any, data: bytes) -> tuple[str | None, str | None]:
     return None, finish if isinstance(finish, str) else None
 
 
-def decode_events(reader: EventReader, chunk: bytes) -> tuple[int, str, bool, bool]:
+def decode_events(
+    reader: EventReader, chunk: bytes, tool_calls: ToolCallParts | None = None
+) -> tuple[int, str, bool, bool]:
     """What one chunk of the response says: how many events it completes, their text, and
     whether a ``finish_reason`` came and whether ``[DONE]`` came (then the rest is ignored).
+    The ``tool_calls`` fragments of events without text go to ``tool_calls``, if given.
 
     Raises
     ------
@@ -428,9 +439,101 @@ def decode_events(reader: EventReader, chunk: bytes) -> tuple[int, str, bool, bo
         text, finish = read_chunk(data)
         if text:
             texts.append(text)
+        elif tool_calls is not None and b'"tool_calls"' in data:
+            tool_calls.feed(data)
         if finish is not None:
             finished = True
     return len(events), texts[0] if len(texts) == 1 else "".join(texts), finished, False
+
+
+# -- tool calls (issue 11) ---------------------------------------------------------------------
+
+
+class ToolCallParts:
+    """The tool calls of one reply, put together from its streamed ``tool_calls`` deltas as
+    OpenAI and vLLM send them: fragments keyed by ``index``, the first with the call's ``id``
+    and ``function.name``, the ``function.arguments`` text split across many, the calls
+    possibly interleaved. A fragment without ``index`` is the call at its position (servers
+    that send whole calls at once); a call without ``id`` gets ``call_<index>``."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: dict[int, tuple[list[str], list[str]]] = {}  # index -> [id, name], args
+
+    def feed(self, data: bytes) -> None:
+        """Take the ``tool_calls`` of one event (the JSON ``data`` of a chunk)."""
+        try:
+            self.add(json.loads(data)["choices"][0]["delta"].get("tool_calls"))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return  # read_chunk has judged the event already
+
+    def add(self, deltas: object) -> None:
+        """Take a list of tool-call deltas (or of whole calls)."""
+        if not isinstance(deltas, list):
+            return
+        for position, delta in enumerate(deltas):
+            if not isinstance(delta, dict):
+                continue
+            index = delta.get("index")
+            key = index if isinstance(index, int) else position
+            names, arguments = self._calls.setdefault(key, (["", ""], []))
+            function = delta.get("function")
+            function = function if isinstance(function, dict) else {}
+            for slot, value in enumerate((delta.get("id"), function.get("name"))):
+                if isinstance(value, str) and value and not names[slot]:
+                    names[slot] = value
+            more = function.get("arguments")
+            if isinstance(more, dict):  # a server that sends the arguments as an object
+                more = json.dumps(more)
+            if isinstance(more, str):
+                arguments.append(more)
+
+    def calls(self) -> list[ToolCall]:
+        """The calls so far, by index."""
+        return [
+            ToolCall(names[0] or f"call_{key}", names[1], "".join(arguments))
+            for key, (names, arguments) in sorted(self._calls.items())
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+
+def _write_calls(call: _Call) -> None:
+    """Write the reply's tool calls to the caller (once), before its stream closes."""
+    parts = call.tools
+    if parts:
+        call.tools = None
+        for found in parts.calls():
+            call.stream.write(found)
+        call.wrote = True
+
+
+def _openai_message(message: ChatMessage) -> dict[str, Any]:
+    """A prepared message as the OpenAI API takes it: an assistant message's tool calls as
+    ``{"id", "type": "function", "function": {"name", "arguments"}}``."""
+    out: dict[str, Any] = dict(message)
+    calls = message.get("tool_calls")
+    if calls:
+        out["tool_calls"] = [
+            {
+                "id": c["id"],
+                "type": "function",
+                "function": {"name": c["name"], "arguments": c["arguments"]},
+            }
+            for c in calls
+        ]
+    return out
+
+
+def _add_tools(body: dict[str, Any], request: ChatRequest) -> None:
+    """The tools of ``request`` and its messages' tool calls, in the request ``body``."""
+    if request.tools:
+        body["tools"] = request.tools
+    messages: list[ChatMessage] = body["messages"]
+    if any("tool_calls" in m for m in messages):
+        body["messages"] = [_openai_message(m) for m in messages]
 
 
 # -- the backend -------------------------------------------------------------------------------
@@ -450,6 +553,7 @@ class _Call:
         "stream",
         "streaming",
         "task",
+        "tools",
         "wrote",
     )
 
@@ -465,6 +569,7 @@ class _Call:
         self.finished = False  # the reply is complete and the caller's stream closed
         self.attempts = 0
         self.expired: APIError | None = None  # why the watchdog ended it
+        self.tools: ToolCallParts | None = None  # the tool calls streamed, if tools were sent
 
     def overdue(self, now: float, token_timeout: float) -> str | None:
         """Why this request must end now (a timeout, said as such), or ``None``."""
@@ -658,6 +763,7 @@ class OpenAIStreamer(ChatStreamer):
             body["stop"] = list(s.stop)
         if s.seed is not None:
             body["seed"] = s.seed
+        _add_tools(body, request)
         body.update(self.extra_body)
         return body
 
@@ -698,6 +804,8 @@ class OpenAIStreamer(ChatStreamer):
     ) -> None:
         call.attempts += 1
         call.streaming = False  # a retry waits for its first token again, by the same deadline
+        data = call.stream.data
+        call.tools = ToolCallParts() if isinstance(data, ChatRequest) and data.tools else None
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         try:
             async with session.post(url, data=body, headers=headers) as response:
@@ -723,7 +831,7 @@ class OpenAIStreamer(ChatStreamer):
                 chunk = await content.readany()
                 if not chunk:
                     break
-                events, text, finish, done = decode_events(reader, chunk)
+                events, text, finish, done = decode_events(reader, chunk, call.tools)
                 if not events:
                     continue  # comments (keep-alive pings) only
                 call.streaming = True
@@ -735,6 +843,7 @@ class OpenAIStreamer(ChatStreamer):
                     call.wrote = True
                 if finish:
                     finished = True
+                    _write_calls(call)
                     call.finished = True
                     stream.close()  # the reply is complete: the caller need not wait for more
         finally:
@@ -744,6 +853,7 @@ class OpenAIStreamer(ChatStreamer):
             raise APIConnectionError(
                 f"POST {url}: the stream ended before the reply was complete", url=url
             )
+        _write_calls(call)
         call.finished = True
         stream.close()
         if done:
@@ -751,7 +861,8 @@ class OpenAIStreamer(ChatStreamer):
 
     def _write_whole(self, body: bytes, call: _Call) -> None:
         try:
-            text = json.loads(body)["choices"][0]["message"]["content"]
+            message = json.loads(body)["choices"][0]["message"]
+            text = message["content"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise ModelError(
                 f"the server sent a reply that is not a chat completion: {body[:200]!r}"
@@ -760,6 +871,9 @@ class OpenAIStreamer(ChatStreamer):
         if isinstance(text, str) and text:
             call.stream.write(text)
             call.wrote = True
+        if call.tools is not None:
+            call.tools.add(message.get("tool_calls"))
+            _write_calls(call)
 
     # -- the model's name -----------------------------------------------------------------------
 
