@@ -22,6 +22,7 @@ from genbot.bot import Genbot, _bounded_in_thread
 from genbot.context import Context
 from genbot.fairness import FairScheduler, FairStream
 from genbot.gatekeeping import gatekeep
+from genbot.mcp import McpServers
 from genbot.metrics import model_name
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.output import SAFE_MENTIONS, keep_typing, shared_budget, stream_reply
@@ -178,6 +179,9 @@ class ChatBot(Genbot):
         self._retired: dict[int, Streamer] = {}
         self._reconfiguring = asyncio.Lock()
         self._closing_retired: set[asyncio.Task[None]] = set()
+        # -- MCP servers (issue 11, part 2): started in setup_hook, stopped in _wind_down --
+        #: The MCP servers of ``settings.mcp``; ``self.mcp.tools()`` are their tools.
+        self.mcp = McpServers(self.settings.mcp)
 
     def new_backend(self, settings: Settings) -> Streamer:
         """The Streamer for the model ``settings`` name (not started): :func:`make_backend`.
@@ -331,11 +335,13 @@ class ChatBot(Genbot):
         finally:
             if self._closing_retired:
                 await asyncio.wait(self._closing_retired, timeout=2 * self.shutdown_timeout)
+            await self.mcp.stop()  # MCP servers (issue 11, part 2); bounded
             await self.store.close()
 
     async def setup_hook(self) -> None:
         await super().setup_hook()
         await self.usage.open()
+        await self.mcp.start()  # MCP servers (issue 11, part 2); one that fails is left out
         if not self.backend.running:
             self.backend.start_process()
         _log.info("loading the model (%s)...", self.settings.model or "embedded SmolLM2")

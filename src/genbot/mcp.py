@@ -443,6 +443,8 @@ class _Server:
         self._broken = asyncio.Event()
         self._stopping = asyncio.Event()
         self._settled = asyncio.Event()
+        #: Set when the server is given up or stopped: waiting calls end.
+        self._gone = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._checks: set[asyncio.Task[None]] = set()
 
@@ -492,23 +494,26 @@ class _Server:
                 if self._stopping.is_set():
                     break
                 if not ran:
-                    self._give_up("cannot start (%s); its tools are left out")
+                    self.give_up("cannot start (%s); its tools are left out")
                     break
                 failures = 0 if time.monotonic() - began >= _HEALTHY_SECONDS else failures
                 failures += 1
                 if failures > self.max_restarts:
-                    self._give_up(f"stopped {failures} times in a row (%s); giving up")
+                    self.give_up(f"stopped {failures} times in a row (%s); giving up")
                     break
                 await self._back_off(failures)
         finally:
             self._ready.clear()
             self._session = None
+            self._gone.set()
             self._settled.set()
 
-    def _give_up(self, message: str) -> None:
+    def give_up(self, message: str) -> None:
+        """Mark the server failed (its tools are left out) and log ``message % problem``."""
         self.state = "failed"
         self.tools = []
         _log.error("MCP server %r: " + message, self.name, self.problem or "no reason given")
+        self._gone.set()
         self._settled.set()
 
     async def _back_off(self, failures: int) -> None:
@@ -608,9 +613,12 @@ class _Server:
         session = None
         while session is None:  # (the session may end between ready and here: wait again)
             try:
-                await asyncio.wait_for(self._ready.wait(), max(0.0, deadline - loop.time()))
+                wait = _first_of(self._ready, self._gone)
+                await asyncio.wait_for(wait, max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 return f"error: {where} is restarting; try again later"
+            if self._gone.is_set():
+                return f"error: {where} is not running ({self.problem or self.state})"
             session = self._session
         try:
             result = await asyncio.wait_for(session.call_tool(tool, arguments), timeout)
@@ -717,8 +725,8 @@ class McpServers:
             self._servers[name] = server
             problem = _missing_variable(config, environ)
             if problem:
-                server.state, server.problem = "failed", problem
-                _log.error("MCP server %r: %s; its tools are left out", name, problem)
+                server.problem = problem
+                server.give_up("%s; its tools are left out")
                 continue
             server.start()
         await asyncio.gather(*(s.started() for s in self._servers.values()))

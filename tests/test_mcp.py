@@ -1,0 +1,221 @@
+"""MCP servers end to end: real servers written with the ``mcp`` SDK (tests/mcp_servers),
+started over stdio with this Python or over streamable HTTP on 127.0.0.1, through
+:class:`genbot.mcp.McpServers` to :meth:`genbot.tools.Tool.run`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genbot.mcp import McpServers, parse_servers
+from genbot.tools import Tool
+
+SERVERS = Path(__file__).parent / "mcp_servers"
+TOOLS_SERVER = str(SERVERS / "tools_server.py")
+#: Generous: a Python process importing the SDK starts slowly on a busy machine.
+START = 120
+
+
+def stdio(*args: str, **more: Any) -> dict[str, Any]:
+    return {
+        "command": sys.executable,
+        "args": [TOOLS_SERVER, *args],
+        "start_timeout": START,
+        **more,
+    }
+
+
+def by_name(servers: McpServers) -> dict[str, Tool]:
+    return {tool.name: tool for tool in servers.tools()}
+
+
+def _server_pids() -> set[int]:
+    """Processes whose command line runs one of the test servers (their children)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes()
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == os.getpid() and b"mcp_servers" in command:
+                found.add(int(entry.name))
+    return found
+
+
+async def test_tools_are_listed_and_called_and_a_missing_command_is_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    configs = parse_servers(
+        {
+            "t": stdio(env={"GREETING": "hi ${WHO}"}),
+            "few": stdio(tools=["echo", "nothing"], admin_only=True),
+            "gone": {"command": "/no/such/program-genbot", "start_timeout": START},
+        },
+        "test",
+    )
+    with caplog.at_level(logging.INFO, logger="genbot.mcp"):
+        async with McpServers(configs, environ={"WHO": "there"}) as servers:
+            tools = by_name(servers)
+            assert sorted(tools) == [
+                "few__echo",
+                "t__add",
+                "t__crash",
+                "t__dotted_name",
+                "t__echo",
+                "t__environment",
+                "t__fail",
+                "t__hang",
+                "t__picture",
+                "t__starts",
+            ]
+            add = tools["t__add"]
+            assert add.description == "Add two whole numbers."
+            assert add.parameters["type"] == "object"
+            assert set(add.parameters["properties"]) == {"a", "b"}
+            assert add.schema()["function"]["name"] == "t__add"
+            assert not add.admin_only and tools["few__echo"].admin_only
+
+            assert await add.run({"a": 2, "b": 40}) == "42"
+            assert await tools["few__echo"].run({"text": "yo"}) == "echo: yo"
+            assert await tools["t__dotted_name"].run({}) == "dotted"
+            assert await tools["t__picture"].run({}) == "a red dot\n[image (image/png) not shown]"
+            assert await tools["t__environment"].run({"name": "GREETING"}) == "hi there"
+            failed = await tools["t__fail"].run({})
+            assert failed.startswith("error: ") and "the tool broke on purpose" in failed
+            refused = await add.run({"a": 1, "b": "x"})
+            assert refused.startswith("error: ")
+            status = servers.status()
+            assert status["t"] == "running (stdio), 9 tools"
+            assert status["few"] == "running (stdio), 1 tools"
+            assert status["gone"].startswith("failed (stdio): FileNotFoundError")
+            assert (await servers.call("gone", "echo", {})).startswith(
+                "error: the MCP server 'gone' is not running"
+            )
+        assert _server_pids() == set()
+        assert servers.status()["t"] == "stopped (stdio)"
+    logged = caplog.text
+    assert "MCP server 'gone': cannot start" in logged and "left out" in logged
+    assert "MCP server 'few' has no tools named nothing" in logged
+
+
+async def test_a_server_that_crashes_mid_call_is_restarted(tmp_path: Path) -> None:
+    marker = tmp_path / "starts"
+    configs = parse_servers({"t": stdio(str(marker), timeout=60)}, "test")
+    async with McpServers(configs, restart_delay=0.1) as servers:
+        tools = by_name(servers)
+        assert await tools["t__starts"].run({}) == "1"
+        crashed = await tools["t__crash"].run({})
+        assert crashed == (
+            "error: the MCP server 't' stopped during the call of 'crash' (it is being restarted)"
+        )
+        # the next call waits for the restart and works
+        assert await tools["t__starts"].run({}) == "2"
+        assert await tools["t__echo"].run({"text": "back"}) == "echo: back"
+        assert servers.status()["t"] == "running (stdio), 9 tools, restarted 1 times"
+    assert _server_pids() == set()
+
+
+async def test_a_server_that_keeps_dying_at_start_is_given_up(tmp_path: Path) -> None:
+    marker = tmp_path / "starts"
+    configs = parse_servers({"t": stdio(str(marker), timeout=60)}, "test")
+    async with McpServers(configs, restart_delay=0.01, max_restarts=1) as servers:
+        tools = by_name(servers)
+        marker.write_text("not a number")  # the next start fails: the server cannot count
+        assert (await tools["t__crash"].run({})).startswith("error: the MCP server 't' stopped")
+        assert (await tools["t__echo"].run({"text": "x"})).startswith(
+            "error: the MCP server 't' is not running"
+        )
+        assert servers.status()["t"].startswith("failed (stdio)")
+        assert servers.tools() == []
+    assert _server_pids() == set()
+
+
+async def test_a_call_that_hangs_times_out_and_the_server_still_stops() -> None:
+    configs = parse_servers({"t": stdio(timeout=1)}, "test")
+    async with McpServers(configs, stop_timeout=30) as servers:
+        tools = by_name(servers)
+        hung = await tools["t__hang"].run({})
+        assert hung == "error: the tool 'hang' of the MCP server 't' gave no result within 1 s"
+        # the server itself still answers
+        assert await tools["t__echo"].run({"text": "alive"}) == "echo: alive"
+        assert servers.status()["t"] == "running (stdio), 9 tools"
+    assert _server_pids() == set()
+
+
+async def test_a_missing_variable_leaves_the_server_out(caplog: pytest.LogCaptureFixture) -> None:
+    configs = parse_servers({"t": stdio(env={"K": "${GENBOT_TEST_NOT_SET}"})}, "test")
+    async with McpServers(configs, environ={}) as servers:
+        assert servers.tools() == []
+        assert "GENBOT_TEST_NOT_SET, which is not set" in servers.status()["t"]
+    assert "its tools are left out" in caplog.text
+
+
+@pytest.fixture
+async def http_server() -> AsyncIterator[str]:
+    """A streamable-HTTP MCP server on a free port of 127.0.0.1; its URL."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(SERVERS / "http_server.py"),
+        "s3cret",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        port = int(await asyncio.wait_for(process.stdout.readline(), START))
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+
+
+async def test_a_streamable_http_server_with_headers_from_the_environment(
+    http_server: str,
+) -> None:
+    configs = parse_servers(
+        {
+            "web": {"url": http_server, "headers": {"X-Token": "${TOKEN}"}, "timeout": 60},
+            "nokey": {"url": http_server, "start_timeout": 30},
+        },
+        "test",
+    )
+    async with McpServers(configs, environ={"TOKEN": "s3cret"}) as servers:
+        tools = by_name(servers)
+        assert sorted(tools) == ["web__shout"]
+        assert await tools["web__shout"].run({"text": "hey"}) == "HEY"
+        assert servers.status()["web"] == "running (http), 1 tools"
+        assert servers.status()["nokey"].startswith("failed (http)")
+
+
+async def test_the_chat_bot_starts_its_mcp_servers_and_stops_them_on_close() -> None:
+    from chat_workers import one_slot
+    from genbot.chatbot import ChatBot
+    from genbot.settings import Settings
+    from genbot.testing import DiscordServer, run_bot
+
+    settings = Settings().updated({"mcp": {"t": stdio(timeout=60)}}, "test")
+    backends = one_slot()
+    backend = next(backends)
+    try:
+        async with DiscordServer() as server:
+            bot = ChatBot(
+                settings, backend=backend, guild_ready_timeout=0.05, close_streamers=False
+            )
+            async with run_bot(bot, server, timeout=START):
+                tools = by_name(bot.mcp)
+                assert "t__echo" in tools
+                assert await tools["t__echo"].run({"text": "from the bot"}) == "echo: from the bot"
+                assert _server_pids() != set()
+            assert bot.mcp.status()["t"] == "stopped (stdio)"
+            assert _server_pids() == set()
+    finally:
+        backends.close()
