@@ -5,10 +5,11 @@ started over stdio with this Python or over streamable HTTP on 127.0.0.1, throug
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +37,26 @@ def by_name(servers: McpServers) -> dict[str, Tool]:
     return {tool.name: tool for tool in servers.tools()}
 
 
-def _server_pids() -> set[int]:
-    """Processes whose command line runs one of the test servers (their children)."""
+def _children() -> set[int]:
+    """This process's child processes, zombies included."""
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                command = (entry / "cmdline").read_bytes()
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if parent == os.getpid() and b"mcp_servers" in command:
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
                 found.add(int(entry.name))
     return found
+
+
+@pytest.fixture(autouse=True)
+def no_process_left() -> Iterator[None]:
+    """Every server process a test starts is gone (and reaped: no zombie) when it ends."""
+    before = _children()
+    yield
+    assert _children() - before == set()
 
 
 async def test_tools_are_listed_and_called_and_a_missing_command_is_left_out(
@@ -74,6 +81,7 @@ async def test_tools_are_listed_and_called_and_a_missing_command_is_left_out(
                 "t__echo",
                 "t__environment",
                 "t__fail",
+                "t__freeze",
                 "t__hang",
                 "t__picture",
                 "t__starts",
@@ -95,13 +103,12 @@ async def test_tools_are_listed_and_called_and_a_missing_command_is_left_out(
             refused = await add.run({"a": 1, "b": "x"})
             assert refused.startswith("error: ")
             status = servers.status()
-            assert status["t"] == "running (stdio), 9 tools"
-            assert status["few"] == "running (stdio), 1 tools"
+            assert status["t"] == "running (stdio), 10 tools"
+            assert status["few"] == "running (stdio), 1 tool"
             assert status["gone"].startswith("failed (stdio): FileNotFoundError")
             assert (await servers.call("gone", "echo", {})).startswith(
                 "error: the MCP server 'gone' is not running"
             )
-        assert _server_pids() == set()
         assert servers.status()["t"] == "stopped (stdio)"
     logged = caplog.text
     assert "MCP server 'gone': cannot start" in logged and "left out" in logged
@@ -121,8 +128,7 @@ async def test_a_server_that_crashes_mid_call_is_restarted(tmp_path: Path) -> No
         # the next call waits for the restart and works
         assert await tools["t__starts"].run({}) == "2"
         assert await tools["t__echo"].run({"text": "back"}) == "echo: back"
-        assert servers.status()["t"] == "running (stdio), 9 tools, restarted 1 times"
-    assert _server_pids() == set()
+        assert servers.status()["t"] == "running (stdio), 10 tools, restarts: 1"
 
 
 async def test_a_server_that_keeps_dying_at_start_is_given_up(tmp_path: Path) -> None:
@@ -137,7 +143,6 @@ async def test_a_server_that_keeps_dying_at_start_is_given_up(tmp_path: Path) ->
         )
         assert servers.status()["t"].startswith("failed (stdio)")
         assert servers.tools() == []
-    assert _server_pids() == set()
 
 
 async def test_a_call_that_hangs_times_out_and_the_server_still_stops() -> None:
@@ -148,8 +153,24 @@ async def test_a_call_that_hangs_times_out_and_the_server_still_stops() -> None:
         assert hung == "error: the tool 'hang' of the MCP server 't' gave no result within 1 s"
         # the server itself still answers
         assert await tools["t__echo"].run({"text": "alive"}) == "echo: alive"
-        assert servers.status()["t"] == "running (stdio), 9 tools"
-    assert _server_pids() == set()
+        assert servers.status()["t"] == "running (stdio), 10 tools"
+
+
+async def test_a_frozen_server_is_restarted_after_a_call_times_out(tmp_path: Path) -> None:
+    marker = tmp_path / "starts"
+    configs = parse_servers({"t": stdio(str(marker), timeout=2)}, "test")
+    async with McpServers(configs, restart_delay=0.1, ping_timeout=1) as servers:
+        tools = by_name(servers)
+        frozen = await tools["t__freeze"].run({})
+        assert frozen == "error: the tool 'freeze' of the MCP server 't' gave no result within 2 s"
+        # the ping that follows gets no answer either: the server is killed and started again
+        for _ in range(100):
+            result = await tools["t__starts"].run({})
+            if result == "2":
+                break
+            assert result.startswith("error: ")  # the ping has not timed out yet
+        assert result == "2"
+        assert servers.status()["t"] == "running (stdio), 10 tools, restarts: 1"
 
 
 async def test_a_missing_variable_leaves_the_server_out(caplog: pytest.LogCaptureFixture) -> None:
@@ -192,7 +213,7 @@ async def test_a_streamable_http_server_with_headers_from_the_environment(
         tools = by_name(servers)
         assert sorted(tools) == ["web__shout"]
         assert await tools["web__shout"].run({"text": "hey"}) == "HEY"
-        assert servers.status()["web"] == "running (http), 1 tools"
+        assert servers.status()["web"] == "running (http), 1 tool"
         assert servers.status()["nokey"].startswith("failed (http)")
 
 
@@ -214,8 +235,27 @@ async def test_the_chat_bot_starts_its_mcp_servers_and_stops_them_on_close() -> 
                 tools = by_name(bot.mcp)
                 assert "t__echo" in tools
                 assert await tools["t__echo"].run({"text": "from the bot"}) == "echo: from the bot"
-                assert _server_pids() != set()
+                assert _children() != set()
             assert bot.mcp.status()["t"] == "stopped (stdio)"
-            assert _server_pids() == set()
     finally:
         backends.close()
+
+
+async def test_doctor_starts_each_mcp_server_and_lists_its_tools() -> None:
+    from genbot.doctor import Status, diagnose
+    from genbot.reload import SettingsSource
+    from genbot.testing import DiscordServer
+
+    servers = {
+        "t": stdio(tools=["echo", "add"]),
+        "gone": {"command": "/no/such/program-genbot", "start_timeout": START},
+    }
+    source = SettingsSource(None, {"mcp": json.dumps(servers)}, None)
+    async with DiscordServer() as server:
+        guild = server.create_guild("Guild")
+        server.create_channel(guild, "general")
+        report = await diagnose(source, token=server.token, timeout=START)
+    lines = {finding.check: finding for finding in report.findings}
+    assert lines["mcp t"].line() == "OK   mcp t: running (stdio), 2 tools: t__add, t__echo"
+    assert lines["mcp gone"].status is Status.FAIL
+    assert lines["mcp gone"].text.startswith("failed (stdio): FileNotFoundError")

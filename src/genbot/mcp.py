@@ -378,8 +378,6 @@ _CONNECTION_CLOSED = -32000
 _HEALTHY_SECONDS = 60.0
 #: The longest wait between two restarts.
 _MAX_RESTART_DELAY = 30.0
-#: Most seconds a ping may take when a call timed out (is the server itself still alive?).
-_PING_TIMEOUT = 5.0
 
 
 def _reason(error: BaseException) -> str:
@@ -429,8 +427,10 @@ class _Server:
         environ: Mapping[str, str],
         restart_delay: float,
         max_restarts: int,
+        ping_timeout: float,
     ) -> None:
         self.config = config
+        self.ping_timeout = ping_timeout
         self.environ = environ
         self.restart_delay = restart_delay
         self.max_restarts = max_restarts
@@ -646,7 +646,7 @@ class _Server:
 
         async def ping() -> None:
             try:
-                await asyncio.wait_for(session.send_ping(), _PING_TIMEOUT)
+                await asyncio.wait_for(session.send_ping(), self.ping_timeout)
             except Exception as error:
                 if session is self._session:
                     _log.warning("MCP server %r does not answer (%s)", self.name, _reason(error))
@@ -699,7 +699,9 @@ class McpServers:
     cannot start is logged and left out. :meth:`tools` are the running servers' tools, as
     :class:`~genbot.tools.Tool` objects named ``NAME__tool``. A server that dies is restarted
     (waiting ``restart_delay`` seconds, doubling up to 30 s, and giving up after
-    ``max_restarts`` failures in a row); :meth:`stop` stops them all, bounded.
+    ``max_restarts`` failures in a row); :meth:`stop` stops them all, bounded. After a call
+    times out the server is pinged: one that does not answer within ``ping_timeout`` is
+    restarted too.
 
     Parameters
     ----------
@@ -715,13 +717,16 @@ class McpServers:
     restart_delay: float = 1.0
     max_restarts: int = 5
     stop_timeout: float = 15.0
+    ping_timeout: float = 5.0
     _servers: dict[str, _Server] = field(default_factory=dict, init=False)
 
     async def start(self) -> None:
         """Start every server (at once) and wait until each is running or has failed."""
         environ = os.environ if self.environ is None else self.environ
         for name, config in self.configs.items():
-            server = _Server(config, environ, self.restart_delay, self.max_restarts)
+            server = _Server(
+                config, environ, self.restart_delay, self.max_restarts, self.ping_timeout
+            )
             self._servers[name] = server
             problem = _missing_variable(config, environ)
             if problem:
@@ -741,9 +746,10 @@ class McpServers:
         for name, server in self._servers.items():
             line = f"{server.state} ({server.config.transport})"
             if server.state in ("running", "restarting"):
-                line += f", {len(server.tools)} tools"
+                count = len(server.tools)
+                line += f", {count} tool{'' if count == 1 else 's'}"
             if server.restarts:
-                line += f", restarted {server.restarts} times"
+                line += f", restarts: {server.restarts}"
             lines[name] = f"{line}: {server.problem}" if server.problem else line
         return lines
 

@@ -813,8 +813,15 @@ def _sharding(settings: Settings) -> tuple[str, str] | None:
     return None
 
 
+def _mcp_installed(settings: Settings) -> tuple[str, str] | None:
+    if settings.mcp and importlib.util.find_spec("mcp") is None:
+        return "mcp", "needs the package mcp, which is not installed: pip install 'genbot[mcp]'"
+    return None
+
+
 _TOGETHER: tuple[Callable[[Settings], tuple[str, str] | None], ...] = (
     _sharding,
+    _mcp_installed,
     _backend_installed,
     _llamacpp_model,
     _transformers_model,

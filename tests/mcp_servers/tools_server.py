@@ -1,7 +1,8 @@
 """An MCP server for the tests, spoken to over stdio: ``python tools_server.py [MARKER]``.
 
 Tools: ``echo``, ``add``, ``picture`` (text and an image), ``fail`` (an error result),
-``crash`` (the process exits mid-call), ``hang`` (never answers) and ``dotted.name`` (a name the
+``crash`` (the process exits mid-call), ``hang`` (never answers), ``freeze`` (the process
+stops) and ``dotted.name`` (a name the
 OpenAI API refuses). ``starts`` tells how many times a server with this MARKER file started (the
 file counts the starts), which shows a restart.
 """
@@ -9,6 +10,7 @@ file counts the starts), which shows a restart.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -60,6 +62,13 @@ async def hang() -> str:
     """Never answers."""
     await anyio.sleep_forever()
     return "unreachable"
+
+
+@server.tool()
+def freeze() -> str:
+    """The whole server process stops (SIGSTOP): it answers nothing any more, not even pings."""
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return "thawed"
 
 
 @server.tool(name="dotted.name")
