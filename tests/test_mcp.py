@@ -173,6 +173,16 @@ async def test_a_frozen_server_is_restarted_after_a_call_times_out(tmp_path: Pat
         assert servers.status()["t"] == "running (stdio), 10 tools, restarts: 1"
 
 
+async def test_a_server_that_never_answers_is_left_out_after_its_start_timeout() -> None:
+    silent = {"command": sys.executable, "args": ["-c", "import time; time.sleep(600)"]}
+    configs = parse_servers({"mute": {**silent, "start_timeout": 1}}, "test")
+    async with McpServers(configs) as servers:
+        assert servers.tools() == []
+        assert servers.status()["mute"] == (
+            "failed (stdio): TimeoutError: no answer within start_timeout (1 s)"
+        )
+
+
 async def test_a_missing_variable_leaves_the_server_out(caplog: pytest.LogCaptureFixture) -> None:
     configs = parse_servers({"t": stdio(env={"K": "${GENBOT_TEST_NOT_SET}"})}, "test")
     async with McpServers(configs, environ={}) as servers:

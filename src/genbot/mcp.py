@@ -538,11 +538,18 @@ class _Server:
             read, write = await stack.enter_async_context(self._transport(stack))
             ended = asyncio.Event()
             send, relayed = anyio.create_memory_object_stream[Any](0)
+            stack.push_async_callback(relayed.aclose)
+            stack.push_async_callback(send.aclose)
             group = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(group.cancel_scope.cancel)
             group.start_soon(_relay, read, send, ended)
             session = await stack.enter_async_context(ClientSession(relayed, write))
-            listing = await asyncio.wait_for(_handshake(session), self.config.start_timeout)
+            try:
+                listing = await asyncio.wait_for(_handshake(session), self.config.start_timeout)
+            except asyncio.TimeoutError:
+                raise TimeoutError(
+                    f"no answer within start_timeout ({self.config.start_timeout:g} s)"
+                ) from None
             self.tools = self._make_tools(listing)
             self._session = session
             self._broken.clear()
@@ -635,6 +642,8 @@ class _Server:
         where = f"the MCP server {self.name!r}"
         if isinstance(error, MCPError) and error.code != _CONNECTION_CLOSED:
             return f"error: {where} refused the call of {tool!r}: {error.message}"
+        if self._stopping.is_set():
+            return f"error: {where} is shutting down"
         if session is self._session:
             self._broken.set()
         _log.warning("MCP server %r: the call of %r failed: %s", self.name, tool, _reason(error))
@@ -721,7 +730,15 @@ class McpServers:
     _servers: dict[str, _Server] = field(default_factory=dict, init=False)
 
     async def start(self) -> None:
-        """Start every server (at once) and wait until each is running or has failed."""
+        """Start every server (at once) and wait until each is running or has failed.
+
+        Raises
+        ------
+        RuntimeError
+            When called a second time.
+        """
+        if self._servers:
+            raise RuntimeError("McpServers.start() was called twice")
         environ = os.environ if self.environ is None else self.environ
         for name, config in self.configs.items():
             server = _Server(
