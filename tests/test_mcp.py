@@ -145,13 +145,17 @@ async def test_a_server_that_keeps_dying_at_start_is_given_up(tmp_path: Path) ->
         assert servers.tools() == []
 
 
-async def test_a_call_that_hangs_times_out_and_the_server_still_stops() -> None:
-    configs = parse_servers({"t": stdio(timeout=1)}, "test")
+async def test_a_call_that_hangs_times_out_others_run_and_the_server_still_stops() -> None:
+    configs = parse_servers({"t": stdio(timeout=3)}, "test")
     async with McpServers(configs, stop_timeout=30) as servers:
         tools = by_name(servers)
-        hung = await tools["t__hang"].run({})
-        assert hung == "error: the tool 'hang' of the MCP server 't' gave no result within 1 s"
-        # the server itself still answers
+        hanging = asyncio.create_task(tools["t__hang"].run({}))
+        # calls run concurrently: others are answered while one hangs
+        echoes = [tools["t__echo"].run({"text": str(i)}) for i in range(5)]
+        assert await asyncio.gather(*echoes) == [f"echo: {i}" for i in range(5)]
+        hung = await hanging
+        assert hung == "error: the tool 'hang' of the MCP server 't' gave no result within 3 s"
+        # the server itself still answers (and answered the ping that followed the timeout)
         assert await tools["t__echo"].run({"text": "alive"}) == "echo: alive"
         assert servers.status()["t"] == "running (stdio), 10 tools"
 
