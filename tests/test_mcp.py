@@ -195,31 +195,53 @@ async def test_a_missing_variable_leaves_the_server_out(caplog: pytest.LogCaptur
     assert "its tools are left out" in caplog.text
 
 
+class HttpServer:
+    """A streamable-HTTP MCP server process (tests/mcp_servers/http_server.py) on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    async def start(self) -> None:
+        """Start it (on the port it had before, if any); returns once it listens."""
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(SERVERS / "http_server.py"),
+            "s3cret",
+            str(self.port),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        self.port = int(await asyncio.wait_for(self.process.stdout.readline(), START))
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await asyncio.wait_for(self.process.wait(), 30)
+
+
 @pytest.fixture
-async def http_server() -> AsyncIterator[str]:
-    """A streamable-HTTP MCP server on a free port of 127.0.0.1; its URL."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(SERVERS / "http_server.py"),
-        "s3cret",
-        stdout=asyncio.subprocess.PIPE,
-    )
+async def http_server() -> AsyncIterator[HttpServer]:
+    """A streamable-HTTP MCP server on a free port of 127.0.0.1."""
+    server = HttpServer()
     try:
-        assert process.stdout is not None
-        port = int(await asyncio.wait_for(process.stdout.readline(), START))
-        yield f"http://127.0.0.1:{port}/mcp"
+        await server.start()
+        yield server
     finally:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), 30)
+        await server.kill()
 
 
 async def test_a_streamable_http_server_with_headers_from_the_environment(
-    http_server: str,
+    http_server: HttpServer,
 ) -> None:
     configs = parse_servers(
         {
-            "web": {"url": http_server, "headers": {"X-Token": "${TOKEN}"}, "timeout": 60},
-            "nokey": {"url": http_server, "start_timeout": 30},
+            "web": {"url": http_server.url, "headers": {"X-Token": "${TOKEN}"}, "timeout": 60},
+            "nokey": {"url": http_server.url, "start_timeout": 30},
         },
         "test",
     )
@@ -229,6 +251,27 @@ async def test_a_streamable_http_server_with_headers_from_the_environment(
         assert await tools["web__shout"].run({"text": "hey"}) == "HEY"
         assert servers.status()["web"] == "running (http), 1 tool"
         assert servers.status()["nokey"].startswith("failed (http)")
+
+
+async def test_an_http_server_that_goes_away_is_connected_again(http_server: HttpServer) -> None:
+    configs = parse_servers(
+        {"web": {"url": http_server.url, "headers": {"X-Token": "s3cret"}, "start_timeout": START}},
+        "test",
+    )
+    # back-off 0.05 s doubling: ten tries span about a minute, for the new process to start
+    async with McpServers(configs, restart_delay=0.05, max_restarts=10) as servers:
+        shout = by_name(servers)["web__shout"]
+        assert await shout.run({"text": "one"}) == "ONE"
+        await http_server.kill()
+        await http_server.start()  # the same port
+        result = await shout.run({"text": "two"})
+        if result != "TWO":  # the call reached the old connection before it was seen closed
+            assert result == (
+                "error: the MCP server 'web' stopped during the call of 'shout' (it is being "
+                "restarted)"
+            )
+            assert await shout.run({"text": "two"}) == "TWO"
+        assert servers.status()["web"].startswith("running (http), 1 tool, restarts: ")
 
 
 async def test_the_chat_bot_starts_its_mcp_servers_and_stops_them_on_close() -> None:

@@ -374,6 +374,8 @@ def result_text(result: Any) -> str:
 
 #: The JSON-RPC error code of a connection that closed (mcp_types.CONNECTION_CLOSED).
 _CONNECTION_CLOSED = -32000
+#: The JSON-RPC "invalid request" code, which an unknown HTTP session is answered with.
+_INVALID_REQUEST = -32600
 #: A session that lasted this long was healthy: the restart back-off starts over.
 _HEALTHY_SECONDS = 60.0
 #: The longest wait between two restarts.
@@ -609,15 +611,37 @@ class _Server:
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> str:
         """Call ``tool`` with ``arguments``; always returns text (an ``error: ...`` line when
-        the call failed)."""
+        the call failed). A call an HTTP server refused because it no longer knows the session
+        (it restarted) is sent once more on a new session: the server did not run it."""
+        where = f"the MCP server {self.name!r}"
+        timeout = self.config.timeout
+        for attempt in range(2):
+            session = await self._usable_session()
+            if isinstance(session, str):
+                return session
+            try:
+                result = await asyncio.wait_for(session.call_tool(tool, arguments), timeout)
+            except asyncio.TimeoutError:
+                self._check_alive(session)
+                return f"error: the tool {tool!r} of {where} gave no result within {timeout:g} s"
+            except Exception as error:
+                if attempt == 0 and _session_lost(error) and session is self._session:
+                    _log.info("MCP server %r lost the session; connecting again", self.name)
+                    self._mark_broken(session)
+                    continue
+                return self._failed(session, tool, error)
+            return result_text(result)
+        return f"error: {where} lost the session again"  # pragma: no cover - a second loss
+
+    async def _usable_session(self) -> ClientSession | str:
+        """The running session, waiting for a (re)start bounded by ``start_timeout``; or the
+        error text when there is none."""
         where = f"the MCP server {self.name!r}"
         if self.state in ("failed", "stopped"):
             return f"error: {where} is not running ({self.problem or self.state})"
-        timeout = self.config.timeout
         loop = asyncio.get_running_loop()
-        # a server being (re)started is waited for, bounded by its start timeout
         deadline = loop.time() + self.config.start_timeout
-        session = None
+        session = self._session if self._ready.is_set() else None
         while session is None:  # (the session may end between ready and here: wait again)
             try:
                 wait = _first_of(self._ready, self._gone)
@@ -627,14 +651,7 @@ class _Server:
             if self._gone.is_set():
                 return f"error: {where} is not running ({self.problem or self.state})"
             session = self._session
-        try:
-            result = await asyncio.wait_for(session.call_tool(tool, arguments), timeout)
-        except asyncio.TimeoutError:
-            self._check_alive(session)
-            return f"error: the tool {tool!r} of {where} gave no result within {timeout:g} s"
-        except Exception as error:
-            return self._failed(session, tool, error)
-        return result_text(result)
+        return session
 
     def _failed(self, session: ClientSession, tool: str, error: Exception) -> str:
         from mcp import MCPError
@@ -644,10 +661,16 @@ class _Server:
             return f"error: {where} refused the call of {tool!r}: {error.message}"
         if self._stopping.is_set():
             return f"error: {where} is shutting down"
-        if session is self._session:
-            self._broken.set()
+        self._mark_broken(session)
         _log.warning("MCP server %r: the call of %r failed: %s", self.name, tool, _reason(error))
         return f"error: {where} stopped during the call of {tool!r} (it is being restarted)"
+
+    def _mark_broken(self, session: ClientSession) -> None:
+        """``session`` no longer works: no call may use it, its owner starts a new one."""
+        if session is self._session:
+            self._ready.clear()
+            self._session = None
+            self._broken.set()
 
     def _check_alive(self, session: ClientSession) -> None:
         """After a timeout: ping the server in the background; one that does not answer
@@ -659,11 +682,20 @@ class _Server:
             except Exception as error:
                 if session is self._session:
                     _log.warning("MCP server %r does not answer (%s)", self.name, _reason(error))
-                    self._broken.set()
+                    self._mark_broken(session)
 
         task = asyncio.create_task(ping())
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
+
+
+def _session_lost(error: Exception) -> bool:
+    """Whether a streamable-HTTP server refused a call because it does not know the session
+    (HTTP 404: the server restarted, or expired the session)."""
+    from mcp import MCPError
+
+    lost = ("Session not found", "Session terminated")
+    return isinstance(error, MCPError) and error.code == _INVALID_REQUEST and error.message in lost
 
 
 async def _handshake(session: ClientSession) -> list[Any]:

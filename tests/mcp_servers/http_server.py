@@ -1,7 +1,8 @@
-"""An MCP server for the tests over streamable HTTP: ``python http_server.py TOKEN``.
+"""An MCP server for the tests over streamable HTTP: ``python http_server.py TOKEN [PORT]``.
 
-Listens on a free port of 127.0.0.1, prints the port on the first line of its output once the
-socket listens, and answers only requests with the header ``X-Token: TOKEN`` (else 401).
+Listens on PORT (default: a free port) of 127.0.0.1, prints the port on the first line of its
+output once the socket listens, and answers only requests with the header ``X-Token: TOKEN``
+(else 401).
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ def guarded(app: Any, token: str) -> Any:
     return guard
 
 
-async def main(token: str) -> None:
+async def main(token: str, port: int) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     sock.listen(16)
     print(sock.getsockname()[1], flush=True)
     app = guarded(server.streamable_http_app(), token)
@@ -47,4 +48,4 @@ async def main(token: str) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1])
+    anyio.run(main, sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)
