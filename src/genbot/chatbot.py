@@ -27,6 +27,7 @@ from genbot.context import Context
 from genbot.controls import ControlButton, Controls
 from genbot.fairness import FairScheduler, FairStream
 from genbot.gatekeeping import gatekeep
+from genbot.mcp import McpServers
 from genbot.metrics import model_name
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.modes import find_reanswer, open_thread, opens_thread, reply_to_redo, waking_question
@@ -38,7 +39,7 @@ from genbot.settings import Settings, SettingsError
 from genbot.store import Store
 from genbot.streaming import Streamer, StreamError
 from genbot.toolloop import NoStep, StepOpener, ToolLimits, tool_loop
-from genbot.tools import Tool, Toolbox
+from genbot.tools import Tool, Toolbox, select_tools
 from genbot.wake import WakeRules
 
 __all__ = ["ChatBot", "make_backend", "shard_options", "warm_up"]
@@ -217,6 +218,10 @@ class ChatBot(Genbot):
         #: Edited questions to answer again in place, by channel id.
         self._reanswers: dict[int, int] = {}
 
+        # -- MCP servers (issue 11, part 2): started in setup_hook, stopped in _wind_down --
+        #: The MCP servers of ``settings.mcp``; ``self.mcp.tools()`` are their tools.
+        self.mcp = McpServers(self.settings.mcp)
+
     def new_backend(self, settings: Settings) -> Streamer:
         """The Streamer for the model ``settings`` name (not started): :func:`make_backend`.
         Override it to serve models your own way; a reload with a new model calls it too.
@@ -369,12 +374,14 @@ class ChatBot(Genbot):
         finally:
             if self._closing_retired:
                 await asyncio.wait(self._closing_retired, timeout=2 * self.shutdown_timeout)
+            await self.mcp.stop()  # MCP servers (issue 11, part 2); bounded
             await self.store.close()
 
     async def setup_hook(self) -> None:
         await super().setup_hook()
         self.add_dynamic_items(ControlButton)  # buttons of earlier runs keep working
         await self.usage.open()
+        await self.mcp.start()  # MCP servers (issue 11, part 2); one that fails is left out
         if not self.backend.running:
             self.backend.start_process()
         _log.info("loading the model (%s)...", self.settings.model or "embedded SmolLM2")
@@ -600,13 +607,17 @@ class ChatBot(Genbot):
     # -- tools (issue 11) ----------------------------------------------------------------------
 
     def _offered_tools(self, settings: Settings, question: discord.Message) -> list[Tool]:
-        """The tools a reply to `question` offers: those the ``tools`` setting turns on, less
-        the admin-only ones (``admin_tools``, or made so in code) unless its author is an
-        admin."""
-        if not settings.tools or not len(self.toolbox):
+        """The tools a reply to `question` offers, the bot's own and its MCP servers': those
+        the ``tools`` setting turns on, less the admin-only ones (``admin_tools``, an MCP
+        server's ``admin_only``, or made so in code) unless its author is an admin."""
+        tools = [*self.toolbox]
+        taken = {t.name for t in tools}
+        # MCP servers' tools (issue 11, part 2); a Python tool of the same name wins
+        tools += [t for t in self.mcp.tools() if t.name not in taken]
+        if not settings.tools or not tools:
             return []
-        return self.toolbox.select(
-            settings.tools, settings.admin_tools, self.is_admin(question.author)
+        return select_tools(
+            tools, settings.tools, settings.admin_tools, self.is_admin(question.author)
         )
 
     def _tool_reply(

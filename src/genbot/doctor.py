@@ -280,6 +280,8 @@ async def diagnose(
         add(Finding(Status.INFO, "model", "not checked: the configuration is not valid"))
     else:
         add(await check_model(settings, load_model=load_model, timeout=timeout))
+        for finding in await check_mcp(settings):  # MCP servers (issue 11, part 2)
+            add(finding)
     return report
 
 
@@ -492,3 +494,30 @@ async def _load_model(settings: Settings) -> Finding:
         await asyncio.to_thread(backend.close)
     what = settings.model or "the embedded SmolLM2"
     return Finding(Status.OK, "model", f"{what} loaded and answered in {seconds:.1f} s")
+
+
+async def check_mcp(settings: Settings) -> list[Finding]:
+    """Start each MCP server of ``settings.mcp`` (bounded by its ``start_timeout``), list its
+    tools and stop it: one finding per server, ``mcp NAME``.
+
+    Parameters
+    ----------
+    settings:
+        The settings naming the servers.
+    """
+    from genbot.mcp import McpServers
+
+    async with McpServers(settings.mcp, max_restarts=0) as servers:
+        status = servers.status()
+        names = [tool.name for tool in servers.tools()]
+    findings = []
+    for name in settings.mcp:
+        if not status[name].startswith("running"):
+            findings.append(Finding(Status.FAIL, f"mcp {name}", status[name]))
+            continue
+        tools = [tool for tool in names if tool.startswith(f"{name}__")]
+        shown = ", ".join(tools[:_SHOWN]) + (
+            f" and {len(tools) - _SHOWN} more" if len(tools) > _SHOWN else ""
+        )
+        findings.append(Finding(Status.OK, f"mcp {name}", f"{status[name]}: {shown or 'no tools'}"))
+    return findings

@@ -53,6 +53,7 @@ RESTART_FIELDS = frozenset(
         "cluster_redis",
         "metrics_port",
         "metrics_host",
+        "mcp",  # the MCP servers start with the bot (genbot.mcp)
     }
 )
 #: The environment variables that hold the bot token, the first set one wins.

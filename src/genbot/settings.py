@@ -24,8 +24,11 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from genbot.mcp import McpServerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,7 +81,13 @@ class SettingsError(ValueError):
     """A setting has a bad value; the one-line message names the source and the setting."""
 
 
-def setting(default: Any, help: str, *, check: Check | None = None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    check: Check | None = None,
+    parse: Callable[[Any, str], Any] | None = None,
+) -> Any:
     """A dataclass field that carries its description (and an optional check) as metadata.
 
     Parameters
@@ -89,8 +98,11 @@ def setting(default: Any, help: str, *, check: Check | None = None) -> Any:
         The description shown by ``--help``, ``genbot settings`` and the README table.
     check:
         Returns the reason a (coerced) value is refused, or ``None`` when it is fine.
+    parse:
+        For a structured setting (``mcp``): ``parse(raw, source)`` returns the value or
+        raises :class:`SettingsError` itself (instead of the type's coercion and ``check``).
     """
-    metadata = {"help": help, "check": check}
+    metadata = {"help": help, "check": check, "parse": parse}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -208,6 +220,12 @@ def _data_dir(value: Any) -> str | None:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         return f"cannot be created: {parent} is not a folder the bot can write"
     return None
+
+
+def _parse_mcp(raw: Any, source: str) -> dict[str, McpServerConfig]:
+    from genbot.mcp import parse_servers
+
+    return parse_servers(raw, source)
 
 
 # -- the settings ----------------------------------------------------------------------------
@@ -467,6 +485,15 @@ class Settings:
         "so); 100 to 1000000.",
         check=_between(100, 1_000_000),
     )
+    # -- MCP servers (issue 11, part 2: genbot.mcp) --
+    mcp: dict[str, McpServerConfig] = setting(
+        {},
+        "MCP servers whose tools the model may call: one [mcp.NAME] table each, a stdio server "
+        "(command, args, env, cwd) or a streamable-HTTP one (url, headers), with timeout, "
+        "start_timeout, tools and admin_only; ${VAR} in env and headers reads the environment "
+        "(see the README). Applies at the next start.",
+        parse=_parse_mcp,
+    )
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -622,20 +649,26 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise SettingsError(f"{path}: not valid TOML: {error}") from error
-    if "genbot" not in data:
-        return data
+    return data if "genbot" not in data else _genbot_section(path, data)
+
+
+def _genbot_section(path: str | os.PathLike[str], data: dict[str, Any]) -> dict[str, Any]:
+    """The ``[genbot]`` table, with ``[mcp.NAME]`` tables beside it added."""
     section = data["genbot"]
     if not isinstance(section, dict):
         raise SettingsError(
             f"{path}: 'genbot' must be a [genbot] table of settings, got {section!r}"
         )
+    section = dict(section)
     for key in data:
-        if key != "genbot":
+        if key == "mcp" and "mcp" not in section:  # [mcp.NAME] tables beside [genbot]
+            section["mcp"] = data["mcp"]
+        elif key != "genbot":
             raise SettingsError(
                 f"{path}: top-level key {key!r} beside the [genbot] table: put every setting "
-                "inside [genbot], or drop the [genbot] header"
+                "inside [genbot] (or [mcp.NAME] tables beside it), or drop the [genbot] header"
             )
-    return dict(section)
+    return section
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
@@ -656,6 +689,8 @@ _EXPECTED = {
 def _coerce(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
     """Turn ``raw`` (TOML value or string from the environment) into the field's type."""
     where = f"{source}: setting {f.name!r}"
+    if (parse := f.metadata.get("parse")) is not None:
+        return parse(raw, source)
     kind = type(_default(f))
     try:
         value = _COERCE.get(kind, _as_access)(raw, f.name)
@@ -846,8 +881,15 @@ def _sharding(settings: Settings) -> tuple[str, str] | None:
     return None
 
 
+def _mcp_installed(settings: Settings) -> tuple[str, str] | None:
+    if settings.mcp and importlib.util.find_spec("mcp") is None:
+        return "mcp", "needs the package mcp, which is not installed: pip install 'genbot[mcp]'"
+    return None
+
+
 _TOGETHER: tuple[Callable[[Settings], tuple[str, str] | None], ...] = (
     _sharding,
+    _mcp_installed,
     _backend_installed,
     _llamacpp_model,
     _transformers_model,
