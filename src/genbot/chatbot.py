@@ -27,6 +27,7 @@ from genbot.models import ChatRequest, GenerationSettings
 from genbot.output import SAFE_MENTIONS, keep_typing, shared_budget, stream_reply
 from genbot.prompt import context_to_messages
 from genbot.quota import LimitTexts, Rate, Usage, estimate_tokens
+from genbot.reasoning import ReplyFilter
 from genbot.reload import Changes, ReloadError, compare
 from genbot.settings import Settings, SettingsError
 from genbot.store import Store
@@ -417,15 +418,17 @@ class ChatBot(Genbot):
             except StreamError:  # the turn expired meanwhile, or the worker died: say so
                 await self._note(channel, fresh, placeholder, self.unavailable_text)
                 raise
-            await stream_reply(
+            shown = ReplyFilter(deltas, settings.reasoning)  # media: reasoning never posted
+            sent = await stream_reply(
                 channel,
-                deltas,
+                shown,
                 reference=fresh,
                 placeholder=placeholder,
                 interval=settings.edit_interval,
                 timeout=settings.stall_timeout,
                 budget=shared_budget(settings.discord_requests_per_second),
             )
+            await shown.finish(sent)  # media: reasoning = "file" attaches it
         except asyncio.TimeoutError as error:  # the reply shows its note; no traceback needed
             stream.failed(error)
             _log.warning(

@@ -57,7 +57,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
-from genbot.models.base import ChatRequest, ChatStreamer, ModelError, prepare_messages
+from genbot.models.base import (
+    ChatRequest,
+    ChatStreamer,
+    ModelError,
+    Reasoning,
+    prepare_messages,
+)
 
 if TYPE_CHECKING:
     from genbot.streaming.worker import Stream
@@ -82,6 +88,7 @@ __all__ = [
     "parse_retry_after",
     "quick_text",
     "read_chunk",
+    "reasoning_text",
     "server_message",
 ]
 
@@ -410,9 +417,12 @@ def _odd_chunk(event: Any, data: bytes) -> tuple[str | None, str | None]:
     return None, finish if isinstance(finish, str) else None
 
 
-def decode_events(reader: EventReader, chunk: bytes) -> tuple[int, str, bool, bool]:
+def decode_events(
+    reader: EventReader, chunk: bytes, reasoning: list[str] | None = None
+) -> tuple[int, str, bool, bool]:
     """What one chunk of the response says: how many events it completes, their text, and
     whether a ``finish_reason`` came and whether ``[DONE]`` came (then the rest is ignored).
+    The events' reasoning (:func:`reasoning_text`) is appended to ``reasoning`` if given.
 
     Raises
     ------
@@ -425,12 +435,31 @@ def decode_events(reader: EventReader, chunk: bytes) -> tuple[int, str, bool, bo
     for data in events:
         if data == b"[DONE]":
             return len(events), "".join(texts), finished, True
+        if reasoning is not None and b"reasoning" in data:
+            reasoning.append(reasoning_text(data))
         text, finish = read_chunk(data)
         if text:
             texts.append(text)
         if finish is not None:
             finished = True
     return len(events), texts[0] if len(texts) == 1 else "".join(texts), finished, False
+
+
+def reasoning_text(data: bytes) -> str:
+    """The reasoning in one streamed chunk: ``choices[0].delta.reasoning_content`` (vLLM,
+    llama.cpp's server, DeepSeek) or ``.reasoning`` (Ollama, OpenRouter); ``""`` if none or
+    if the event is not readable (:func:`read_chunk` says why)."""
+    try:
+        delta = json.loads(data)["choices"][0]["delta"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
+    if not isinstance(delta, dict):
+        return ""
+    for key in ("reasoning_content", "reasoning"):
+        text = delta.get(key)
+        if isinstance(text, str) and text:
+            return text
+    return ""
 
 
 # -- the backend -------------------------------------------------------------------------------
@@ -717,16 +746,18 @@ class OpenAIStreamer(ChatStreamer):
         """Write the reply's text to the caller as it streams in."""
         stream, content, reader = call.stream, response.content, EventReader()
         finished = done = False
+        reasoning: list[str] = []  # what the events of a chunk thought
         try:
             while not done:
                 chunk = await content.readany()
                 if not chunk:
                     break
-                events, text, finish, done = decode_events(reader, chunk)
+                events, text, finish, done = decode_events(reader, chunk, reasoning)
                 if not events:
                     continue  # comments (keep-alive pings) only
                 call.streaming = True
                 call.progress += 1
+                _relay_reasoning(reasoning, call)
                 if text:
                     if stream.closed:
                         return  # the caller went away: the finally closes the response
@@ -749,6 +780,7 @@ class OpenAIStreamer(ChatStreamer):
             await _drain(response)
 
     def _write_whole(self, body: bytes, call: _Call) -> None:
+        self._write_whole_reasoning(body, call)
         try:
             text = json.loads(body)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
@@ -758,6 +790,18 @@ class OpenAIStreamer(ChatStreamer):
         call.streaming = True
         if isinstance(text, str) and text:
             call.stream.write(text)
+            call.wrote = True
+
+    @staticmethod
+    def _write_whole_reasoning(body: bytes, call: _Call) -> None:
+        """The reasoning of a reply that did not stream (``message.reasoning_content``)."""
+        try:
+            message = json.loads(body)["choices"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return  # _write_whole says why
+        text = message.get("reasoning_content") if isinstance(message, dict) else None
+        if isinstance(text, str) and text:
+            call.stream.write(Reasoning(text))
             call.wrote = True
 
     # -- the model's name -----------------------------------------------------------------------
@@ -778,6 +822,16 @@ class OpenAIStreamer(ChatStreamer):
             return _first_id(listed, url)
 
         return await self._retrying("GET", url, attempt, None, lambda: False)
+
+
+def _relay_reasoning(reasoning: list[str], call: _Call) -> None:
+    """Write the reasoning a chunk's events carried as one :class:`Reasoning` item (never
+    text); dropped when the caller has gone away (the watchdog then ends the request)."""
+    thought = "".join(reasoning)
+    reasoning.clear()
+    if thought and not call.stream.closed:
+        call.stream.write(Reasoning(thought))
+        call.wrote = True  # a retry would repeat it
 
 
 def _first_id(listed: object, url: str) -> str:
