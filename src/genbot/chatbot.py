@@ -18,6 +18,7 @@ from typing import Any
 import discord
 
 from genbot.access import Access, AccessList
+from genbot.attachments import AttachmentReader, Read
 from genbot.bot import Genbot, _bounded_in_thread
 from genbot.context import Context
 from genbot.fairness import FairScheduler, FairStream
@@ -179,6 +180,8 @@ class ChatBot(Genbot):
         self._retired: dict[int, Streamer] = {}
         self._reconfiguring = asyncio.Lock()
         self._closing_retired: set[asyncio.Task[None]] = set()
+        #: Reads (and caches) the files people attach, for the context.
+        self.attachments = AttachmentReader()
 
     def new_backend(self, settings: Settings) -> Streamer:
         """The Streamer for the model ``settings`` name (not started): :func:`make_backend`.
@@ -333,6 +336,7 @@ class ChatBot(Genbot):
             if self._closing_retired:
                 await asyncio.wait(self._closing_retired, timeout=2 * self.shutdown_timeout)
             await self.store.close()
+            await self.attachments.close()
 
     async def setup_hook(self) -> None:
         await super().setup_hook()
@@ -406,11 +410,13 @@ class ChatBot(Genbot):
                 return
             answered = fresh
             assert self.user is not None  # attend runs only while logged in
+            kept = [m for m in history if placeholder is None or m.id != placeholder.id]
             chat = context_to_messages(
-                [m for m in history if placeholder is None or m.id != placeholder.id],
+                kept,
                 self.user,
                 system_prompt=settings.system_prompt,
                 max_chars=settings.context_chars,
+                attachments=await self._read_attachments(kept, settings),  # media
             )
             _log.info("replying to %s in %s", fresh.author.display_name, _where(channel))
             try:
@@ -448,6 +454,17 @@ class ChatBot(Genbot):
                     _guild_id(channel),
                     estimate_tokens(counted.deltas, counted.chars),
                 )
+
+    async def _read_attachments(
+        self, messages: list[discord.Message], settings: Settings
+    ) -> dict[int, Read]:
+        """What the model sees of the context's attachments (:mod:`genbot.attachments`)."""
+        return await self.attachments.read(
+            messages,
+            max_bytes=settings.attachment_max_bytes,
+            vision=settings.vision,
+            skip=self.user.id if self.user is not None else None,
+        )
 
     async def _admit(self, channel: discord.abc.Messageable, question: discord.Message) -> bool:
         """Whether the question's author is within the rate limit and quotas (admins are);

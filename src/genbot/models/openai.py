@@ -44,6 +44,7 @@ server-specific parameters (e.g. ``{"repeat_penalty": 1.1}`` for llama.cpp,
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import logging
@@ -58,6 +59,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 
 from genbot.models.base import (
+    ChatMessage,
     ChatRequest,
     ChatStreamer,
     ModelError,
@@ -85,6 +87,7 @@ __all__ = [
     "UnprocessableEntityError",
     "api_key_from_env",
     "decode_events",
+    "image_parts",
     "parse_retry_after",
     "quick_text",
     "read_chunk",
@@ -445,6 +448,26 @@ def decode_events(
     return len(events), texts[0] if len(texts) == 1 else "".join(texts), finished, False
 
 
+def image_parts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """The messages as the API takes them: one with ``images`` gets content parts, its text
+    then each image as an ``image_url`` part with a ``data:`` URL (base64)."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        sent: dict[str, Any] = dict(message)
+        images = sent.pop("images", None)
+        if images:
+            sent["content"] = [{"type": "text", "text": message["content"]}] + [
+                {"type": "image_url", "image_url": {"url": _data_url(im["mime"], im["data"])}}
+                for im in images
+            ]
+        out.append(sent)
+    return out
+
+
+def _data_url(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
 def reasoning_text(data: bytes) -> str:
     """The reasoning in one streamed chunk: ``choices[0].delta.reasoning_content`` (vLLM,
     llama.cpp's server, DeepSeek) or ``.reasoning`` (Ollama, OpenRouter); ``""`` if none or
@@ -676,7 +699,9 @@ class OpenAIStreamer(ChatStreamer):
         s = request.settings
         body: dict[str, Any] = {
             "model": model,
-            "messages": prepare_messages(request.messages, self.system_prompt),
+            "messages": image_parts(
+                prepare_messages(request.messages, self.system_prompt, images=True)
+            ),
             "stream": True,
             "max_tokens": s.max_new_tokens,
             "temperature": s.temperature,
