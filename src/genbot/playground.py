@@ -3,7 +3,8 @@
 :func:`run_playground` starts the loopback server (:mod:`genbot.testing`) with a guild, its
 ``#general`` channel and a user, runs the bot against it, and lets you talk to the bot in a DM as
 that user. Typed lines are sent as messages; ``/name [text]`` invokes the bot's slash command
-``name`` (``text`` fills its first option, e.g. ``/thread my topic``).
+``name`` (``text`` fills its first option, e.g. ``/thread my topic``); ``/attach FILE`` attaches a
+file to the next message (``attach=`` to the first one), served by the loopback server's CDN.
 
 - On a terminal it is a live chat: the bot's messages, edits and typing show as they happen.
 - Otherwise (``echo hello | genbot playground``) it sends each input line, waits until the bot
@@ -16,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import mimetypes
+import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any, TextIO
 
 import discord
@@ -25,8 +29,9 @@ import discord
 from genbot.bot import Genbot
 from genbot.gatekeeping import gatekeep
 from genbot.testing import DiscordServer, FakeChannel, FakeUser
+from genbot.testing.models import Upload
 
-__all__ = ["EchoBot", "playground", "run_playground"]
+__all__ = ["EchoBot", "playground", "read_attachments", "run_playground"]
 
 _log = logging.getLogger(__name__)
 
@@ -151,6 +156,7 @@ async def _send_line(
     line: str,
     printer: _Printer,
     timeout: float,
+    files: list[Upload],
 ) -> None:
     name, _, text = line[1:].partition(" ")
     commands = server.commands() if line.startswith("/") else []
@@ -167,8 +173,67 @@ async def _send_line(
     processed = asyncio.ensure_future(
         bot.wait_for("message", check=lambda m: m.author.id == user.id and m.channel.id == dm.id)
     )
-    await server.send_message(dm, user, line)
+    await _post(server, dm, user, line, files)
     await _settle(bot, processed, timeout)
+
+
+# -- attachments (--attach FILE): the media part of issue 8 ------------------------------------
+
+
+def read_attachments(paths: Iterable[str | os.PathLike[str]]) -> list[Upload]:
+    """The files to attach to the next message, read now, with their content types guessed
+    from their names (``application/octet-stream`` when unknown).
+
+    Parameters
+    ----------
+    paths:
+        The files.
+
+    Raises
+    ------
+    ValueError
+        A file that cannot be read (it names the file and why).
+    """
+    uploads = []
+    for number, path in enumerate(paths):
+        try:
+            data = Path(path).read_bytes()
+        except OSError as error:
+            raise ValueError(f"cannot attach {path}: {error.strerror or error}") from error
+        name = Path(path).name
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        uploads.append(Upload(number, name, content_type, data))
+    return uploads
+
+
+async def _post(
+    server: DiscordServer, dm: FakeChannel, user: FakeUser, line: str, files: list[Upload]
+) -> None:
+    """Send `line` as `user`, with `files` attached (served by the loopback CDN); empties
+    `files`, which go with this message only."""
+    if not files:
+        await server.send_message(dm, user, line)
+        return
+    attachments = [server.state.store_file(dm, upload, upload.filename) for upload in files]
+    files.clear()
+    message = server.create_message(dm, user, {"content": line}, attachments=attachments)
+    await server.dispatch_message("MESSAGE_CREATE", message)
+
+
+def _attach_line(line: str, files: list[Upload], printer: _Printer) -> bool:
+    """``/attach FILE`` typed: queue the file for the next message. Whether it was that."""
+    if not line.startswith("/attach "):
+        return False
+    try:
+        files.extend(read_attachments([line[len("/attach ") :].strip()]))
+    except ValueError as error:
+        printer.say(f"({error})")
+    else:
+        printer.say(f"(attached {files[-1].filename} to your next message)")
+    return True
+
+
+# -- end of the attachments part -----------------------------------------------------------------
 
 
 async def playground(
@@ -178,8 +243,10 @@ async def playground(
     stdout: TextIO | None = None,
     user_name: str = "you",
     reply_timeout: float = 120.0,
+    attach: Iterable[str | os.PathLike[str]] = (),
 ) -> int:
     """The coroutine behind :func:`run_playground`."""
+    files = read_attachments(attach)  # media: sent with the first message
     stdin = stdin or sys.stdin
     out = stdout or sys.stdout
     interactive = stdin.isatty()
@@ -217,7 +284,9 @@ async def playground(
                     continue
                 if not interactive:
                     printer.say(f"{user_name}: {line}")
-                await _send_line(server, bot, dm, user, line, printer, reply_timeout)
+                if _attach_line(line, files, printer):  # media: /attach FILE
+                    continue
+                await _send_line(server, bot, dm, user, line, printer, reply_timeout, files)
                 printer.flush(live=interactive)
                 printer.end_line()
         finally:
@@ -236,10 +305,18 @@ def run_playground(
     stdout: TextIO | None = None,
     user_name: str = "you",
     reply_timeout: float = 120.0,
+    attach: Iterable[str | os.PathLike[str]] = (),
 ) -> int:
     """Chat with ``bot_factory()`` (default: :class:`EchoBot`) offline; returns the exit status.
 
     ``bot_factory`` is any zero-argument callable returning a :class:`Genbot`, e.g. the class.
+    ``attach``: files sent with the first message (``/attach FILE`` typed attaches one to the
+    next message).
+
+    Raises
+    ------
+    ValueError
+        A file of ``attach`` cannot be read.
     """
     return asyncio.run(
         playground(
@@ -248,6 +325,7 @@ def run_playground(
             stdout=stdout,
             user_name=user_name,
             reply_timeout=reply_timeout,
+            attach=attach,
         )
     )
 
