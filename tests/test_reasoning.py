@@ -7,8 +7,10 @@ tags split across deltas, and the OpenAI backend against a real local server tha
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -269,3 +271,12 @@ async def test_reasoning_content_of_an_openai_server_is_never_posted_as_the_answ
         await settle(bot)
     (reply,) = chat.replies(chat.dm)
     assert reply == posted if mode == "hide" else reply == posted + "The answer is 4."
+
+
+def test_the_readme_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Attachments, images and reasoning models") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    exec(code.group(1), {"__name__": "readme_example"})
+    assert capsys.readouterr().out == "||2+2 is 4||\n\nIt is 4.\n2+2 is 4\n"
