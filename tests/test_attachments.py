@@ -68,12 +68,12 @@ def test_a_backend_that_cannot_see_gets_the_images_named() -> None:
         prepare_messages([{"role": "user", "content": "x", "images": [{"name": "a"}]}])  # type: ignore[list-item]
 
 
-def test_vision_needs_the_openai_backend(tmp_path: Any) -> None:
+def test_vision_needs_a_backend_that_can_send_images(tmp_path: Any) -> None:
     config = tmp_path / "genbot.toml"
     config.write_text('backend = "openai"\nvision = true\n')
     assert Settings.load(config, environ={}).vision is True
-    config.write_text('backend = "transformers"\nmodel = "a/b"\nvision = true\n')
-    with pytest.raises(SettingsError, match="'vision': images are sent to the openai backend"):
+    config.write_text('backend = "llamacpp"\nvision = true\n')
+    with pytest.raises(SettingsError, match="'vision': images go to the openai backend and"):
         Settings.load(config, environ={})
 
 

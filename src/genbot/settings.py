@@ -419,8 +419,9 @@ class Settings:
     )
     vision: bool = setting(
         False,
-        "The model can see images (openai backend: sent as image_url parts). Off: images "
-        "show as [image: name] in the text. Set by configuration, never guessed from names.",
+        "The model can see images (openai backend: image_url parts; transformers: a "
+        "vision-language model). Off: images show as [image: name] in the text. Set by "
+        "configuration, never guessed from names.",
     )
 
     # -- loading -----------------------------------------------------------------------------
@@ -792,10 +793,10 @@ def _transformers_model(settings: Settings) -> tuple[str, str] | None:
 
 
 def _vision_backend(settings: Settings) -> tuple[str, str] | None:
-    if settings.vision and settings.backend != "openai":
+    if settings.vision and settings.backend == "llamacpp":
         return "vision", (
-            "images are sent to the openai backend only (llama.cpp projectors and "
-            "transformers vision-language models are not supported yet)"
+            "images go to the openai backend and to transformers vision-language models; "
+            "llama.cpp projectors (mmproj) are not supported yet"
         )
     return None
 
