@@ -212,11 +212,15 @@ class ReplyFilter:
         return item
 
     async def aclose(self) -> None:
-        """Close the wrapped stream (the model stops)."""
+        """Close the wrapped stream (the model stops): its ``aclose()``, else its ``close()``."""
         self._ended = True
-        close = getattr(self._inner, "aclose", None)
+        aclose = getattr(self._inner, "aclose", None)
+        if aclose is not None:
+            await aclose()
+            return
+        close = getattr(self._inner, "close", None)
         if close is not None:
-            await close()
+            close()
 
     def _think(self, text: str) -> None:
         if text:
