@@ -280,3 +280,23 @@ def test_the_readme_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert code is not None
     exec(code.group(1), {"__name__": "readme_example"})
     assert capsys.readouterr().out == "||2+2 is 4||\n\nIt is 4.\n2+2 is 4\n"
+
+
+async def test_the_attached_reasoning_is_not_fed_back_to_the_model(
+    chat: Chat, openai: tuple[MediaServer, OpenAIStreamer]
+) -> None:
+    server, backend = openai
+    server.script.append([{"reasoning_content": "secret thoughts"}, {"content": "First."}])
+    bot = make_bot(backend, reasoning="file")
+    async with run_bot(bot, chat.server):
+        await chat.server.send_message(chat.dm, chat.alice, "one")
+        await chat.server.wait_for(
+            lambda: any(m["attachments"] for m in chat.server.bot_messages(chat.dm)), 15
+        )
+        await chat.server.send_message(chat.dm, chat.alice, "two")
+        await chat.server.wait_for(lambda: len(server.requests) == 2, 15)
+        await chat.wait_for_reply(chat.dm, "echo: two")
+        await settle(bot)
+    second = server.requests[1]["messages"]
+    assert [m["content"] for m in second if m["role"] == "assistant"] == ["First."]
+    assert "reasoning" not in str(second) and "secret" not in str(second)

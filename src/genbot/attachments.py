@@ -20,7 +20,8 @@ Decisions:
 - A failed download (an HTTP error, a timeout, more bytes than allowed) is a note in the
   context, ``[file: notes.txt, not read: the download failed (HTTP 404)]``; it is not cached, so
   the next reply tries again.
-- The bot's own attachments (``reasoning.txt``) are not read: they stay ``[attachment: name]``.
+- The bot's own attachments are not read: they stay ``[attachment: name]``, except its
+  ``reasoning.txt`` (``reasoning = "file"``), which the model does not see at all.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import aiohttp
 import discord
 
 from genbot.models.base import ImagePart
+from genbot.reasoning import FILE_NAME as REASONING_FILE
 
 __all__ = [
     "CACHE_BYTES",
@@ -242,6 +244,14 @@ class AttachmentReader:
         skip:
             An author id (the bot's) whose attachments are not read.
         """
+        messages = list(messages)
+        own = {  # the reasoning the bot attached is not fed back to the model: not even named
+            attachment.id: Read("")
+            for message in messages
+            if message.author.id == skip
+            for attachment in message.attachments
+            if attachment.filename == REASONING_FILE
+        }
         wanted = [
             attachment
             for message in messages
@@ -254,7 +264,7 @@ class AttachmentReader:
             async with limit:
                 return attachment.id, await self._read(attachment, max_bytes, vision)
 
-        return dict(await asyncio.gather(*(one(a) for a in wanted)))
+        return own | dict(await asyncio.gather(*(one(a) for a in wanted)))
 
     async def _read(self, attachment: discord.Attachment, max_bytes: int, vision: bool) -> Read:
         what = kind(attachment.filename, attachment.content_type)
