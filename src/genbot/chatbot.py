@@ -21,6 +21,7 @@ from typing import Any
 import discord
 
 from genbot.access import Access, AccessList
+from genbot.attachments import AttachmentReader, Read
 from genbot.bot import Genbot, _bounded_in_thread
 from genbot.chains import ReplyChain
 from genbot.context import Context
@@ -34,6 +35,7 @@ from genbot.modes import find_reanswer, open_thread, opens_thread, reply_to_redo
 from genbot.output import SAFE_MENTIONS, ReplyButtons, keep_typing, shared_budget, stream_reply
 from genbot.prompt import context_to_messages
 from genbot.quota import LimitTexts, Rate, Usage, estimate_tokens
+from genbot.reasoning import ReplyFilter
 from genbot.reload import Changes, ReloadError, compare
 from genbot.settings import Settings, SettingsError
 from genbot.store import Store
@@ -222,6 +224,9 @@ class ChatBot(Genbot):
         #: The MCP servers of ``settings.mcp``; ``self.mcp.tools()`` are their tools.
         self.mcp = McpServers(self.settings.mcp)
 
+        #: Reads (and caches) the files people attach, for the context.
+        self.attachments = AttachmentReader()
+
     def new_backend(self, settings: Settings) -> Streamer:
         """The Streamer for the model ``settings`` name (not started): :func:`make_backend`.
         Override it to serve models your own way; a reload with a new model calls it too.
@@ -376,6 +381,7 @@ class ChatBot(Genbot):
                 await asyncio.wait(self._closing_retired, timeout=2 * self.shutdown_timeout)
             await self.mcp.stop()  # MCP servers (issue 11, part 2); bounded
             await self.store.close()
+            await self.attachments.close()
 
     async def setup_hook(self) -> None:
         await super().setup_hook()
@@ -451,11 +457,13 @@ class ChatBot(Genbot):
             answered = fresh
             history = await self._conversation(channel, fresh, history, turn)
             assert self.user is not None  # attend runs only while logged in
+            kept = [m for m in history if placeholder is None or m.id != placeholder.id]
             chat = context_to_messages(
-                [m for m in history if placeholder is None or m.id != placeholder.id],
+                kept,
                 self.user,
                 system_prompt=settings.system_prompt,
                 max_chars=settings.context_chars,
+                attachments=await self._read_attachments(kept, settings),  # media
             )
             _log.info("replying to %s in %s", fresh.author.display_name, _where(channel))
             offered = self._offered_tools(settings, fresh)  # tools (issue 11)
@@ -469,8 +477,9 @@ class ChatBot(Genbot):
                 raise
             # tools (issue 11): the reply may take several steps
             deltas = self._tool_reply(channel, fresh, turn, request, offered, deltas, stream)
-            shown, buttons = self._controlled(settings, fresh, stream, deltas, history)  # buttons
-            await stream_reply(
+            filtered = ReplyFilter(deltas, settings.reasoning)  # media: reasoning never posted
+            shown, buttons = self._controlled(settings, fresh, stream, filtered, history)  # buttons
+            sent = await stream_reply(
                 channel,
                 shown,
                 reference=_replied(channel, fresh),
@@ -480,6 +489,7 @@ class ChatBot(Genbot):
                 budget=shared_budget(settings.discord_requests_per_second),
                 buttons=buttons,
             )
+            await filtered.finish(sent)  # media: reasoning = "file" attaches it
         except asyncio.TimeoutError as error:  # the reply shows its note; no traceback needed
             stream.failed(error)
             _log.warning(
@@ -681,6 +691,17 @@ class ChatBot(Genbot):
                     await self.usage.record(question.author.id, _guild_id(channel), tokens)
 
         return open_step
+
+    async def _read_attachments(
+        self, messages: list[discord.Message], settings: Settings
+    ) -> dict[int, Read]:
+        """What the model sees of the context's attachments (:mod:`genbot.attachments`)."""
+        return await self.attachments.read(
+            messages,
+            max_bytes=settings.attachment_max_bytes,
+            vision=settings.vision,
+            skip=self.user.id if self.user is not None else None,
+        )
 
     async def _admit(self, channel: discord.abc.Messageable, question: discord.Message) -> bool:
         """Whether the question's author is within the rate limit and quotas (admins are);

@@ -368,6 +368,15 @@ def playground(
     ] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
+    attach: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--attach",
+            metavar="FILE",
+            help="Attach FILE to the first message you send (repeatable); /attach FILE typed "
+            "attaches one to the next message.",
+        ),
+    ] = None,
 ) -> None:
     """Chat with a bot offline, on a local Discord server: type as a user, see its replies.
 
@@ -376,10 +385,18 @@ def playground(
     """
     source = _source(config, overrides)
     settings = _load_from(source)
-    from genbot.playground import run_playground
+    from genbot.playground import read_attachments, run_playground
 
+    try:
+        read_attachments(attach or [])  # a file that cannot be read: one line, before the start
+    except ValueError as error:
+        raise _fail(str(error)) from None
     factory = (lambda: _chat_bot(settings, source)) if bot is None else _import_bot(bot)
-    raise typer.Exit(_explained(settings, lambda: run_playground(factory), discord=False))
+
+    def play() -> int:
+        return run_playground(factory, attach=attach or [])
+
+    raise typer.Exit(_explained(settings, play, discord=False))
 
 
 @app.command(epilog=settings_help())

@@ -5,7 +5,8 @@
 that user. Typed lines are sent as messages; ``/name [text]`` invokes the bot's slash command
 ``name`` (``text`` fills its first option, e.g. ``/thread my topic``). A reply's buttons show
 under it (``[Stop]``, ``[Regenerate]``); ``/stop`` and ``/regenerate`` press them on the latest
-reply (``/stop`` also while the reply is being written).
+reply (``/stop`` also while the reply is being written). ``/attach FILE`` attaches a file to
+the next message (``attach=`` to the first one), served by the loopback server's CDN.
 
 - On a terminal it is a live chat: the bot's messages, edits and typing show as they happen.
 - Otherwise (``echo hello | genbot playground``) it sends each input line, waits until the bot
@@ -18,8 +19,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import mimetypes
+import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import discord
@@ -27,8 +32,9 @@ import discord
 from genbot.bot import Genbot
 from genbot.gatekeeping import gatekeep
 from genbot.testing import DiscordServer, FakeChannel, FakeUser
+from genbot.testing.models import Upload
 
-__all__ = ["EchoBot", "playground", "run_playground"]
+__all__ = ["EchoBot", "playground", "read_attachments", "run_playground"]
 
 _log = logging.getLogger(__name__)
 
@@ -174,6 +180,7 @@ async def _send_line(
     line: str,
     printer: _Printer,
     timeout: float,
+    files: list[Upload],
 ) -> None:
     if line.strip() in PRESSES:
         await _press(server, bot, dm, user, PRESSES[line.strip()], printer, timeout)
@@ -193,7 +200,7 @@ async def _send_line(
     processed = asyncio.ensure_future(
         bot.wait_for("message", check=lambda m: m.author.id == user.id and m.channel.id == dm.id)
     )
-    await server.send_message(dm, user, line)
+    await _post(server, dm, user, line, files)
     await _settle(bot, processed, timeout)
 
 
@@ -332,6 +339,111 @@ async def _while_sending(
     sending.result()
 
 
+# -- attachments (--attach FILE): the media part of issue 8 ------------------------------------
+
+
+def read_attachments(paths: Iterable[str | os.PathLike[str]]) -> list[Upload]:
+    """The files to attach to the next message, read now, with their content types guessed
+    from their names (``application/octet-stream`` when unknown).
+
+    Parameters
+    ----------
+    paths:
+        The files.
+
+    Raises
+    ------
+    ValueError
+        A file that cannot be read (it names the file and why).
+    """
+    uploads = []
+    for number, path in enumerate(paths):
+        try:
+            data = Path(path).read_bytes()
+        except OSError as error:
+            raise ValueError(f"cannot attach {path}: {error.strerror or error}") from error
+        name = Path(path).name
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        uploads.append(Upload(number, name, content_type, data))
+    return uploads
+
+
+async def _post(
+    server: DiscordServer, dm: FakeChannel, user: FakeUser, line: str, files: list[Upload]
+) -> None:
+    """Send `line` as `user`, with `files` attached (served by the loopback CDN); empties
+    `files`, which go with this message only."""
+    if not files:
+        await server.send_message(dm, user, line)
+        return
+    attachments = [server.state.store_file(dm, upload, upload.filename) for upload in files]
+    files.clear()
+    message = server.create_message(dm, user, {"content": line}, attachments=attachments)
+    await server.dispatch_message("MESSAGE_CREATE", message)
+
+
+def _attach_line(line: str, files: list[Upload], printer: _Printer) -> bool:
+    """``/attach FILE`` typed: queue the file for the next message. Whether it was that."""
+    if not line.startswith("/attach "):
+        return False
+    try:
+        files.extend(read_attachments([line[len("/attach ") :].strip()]))
+    except ValueError as error:
+        printer.say(f"({error})")
+    else:
+        printer.say(f"(attached {files[-1].filename} to your next message)")
+    return True
+
+
+# -- end of the attachments part -----------------------------------------------------------------
+
+
+@dataclass
+class _Talk:
+    """Who talks where in the playground, and how long a reply may take."""
+
+    server: DiscordServer
+    bot: Genbot
+    dm: FakeChannel
+    user: FakeUser
+    printer: _Printer
+    interactive: bool
+    reply_timeout: float
+
+
+async def _converse(
+    talk: _Talk, runner: asyncio.Task[None], lines: _Lines, files: list[Upload], out: TextIO
+) -> None:
+    """Send the typed lines one by one, each once the previous one is answered, until the
+    input ends or the bot stops."""
+    server, dm, user, printer = talk.server, talk.dm, talk.user, talk.printer
+    held: list[str] = []  # lines read while the bot answered
+    while not runner.done():
+        if not held:
+            if lines.ended:
+                break
+            if talk.interactive:
+                out.write(f"{user.name}> ")
+                out.flush()
+            held.append(await lines.take())
+        line = held.pop(0).rstrip("\n")
+        if not line.strip():
+            continue
+        if not talk.interactive:
+            printer.say(f"{user.name}: {line}")
+        if _attach_line(line, files, printer):  # media: /attach FILE
+            continue
+        sending = asyncio.ensure_future(
+            _send_line(server, talk.bot, dm, user, line, printer, talk.reply_timeout, files)
+        )
+        stop = functools.partial(
+            _stop_now, server, dm, user, printer, sending, talk.interactive, talk.reply_timeout
+        )
+        await _while_sending(sending, lines, stop, held)
+        printer.flush(live=talk.interactive)
+        printer.end_line()
+
+
 async def playground(
     bot_factory: Callable[[], Genbot] | None = None,
     *,
@@ -339,8 +451,10 @@ async def playground(
     stdout: TextIO | None = None,
     user_name: str = "you",
     reply_timeout: float = 120.0,
+    attach: Iterable[str | os.PathLike[str]] = (),
 ) -> int:
     """The coroutine behind :func:`run_playground`."""
+    files = read_attachments(attach)  # media: sent with the first message
     stdin = stdin or sys.stdin
     out = stdout or sys.stdout
     interactive = stdin.isatty()
@@ -366,29 +480,13 @@ async def playground(
                     f"Chatting with {printer.name} in a DM as {user_name}. "
                     "Ctrl-D quits; /reset, /ping and the bot's other commands work."
                 )
-            lines, held = _Lines(stdin), list[str]()  # held: lines read while the bot answered
-            while not runner.done():
-                if not held:
-                    if lines.ended:
-                        break
-                    if interactive:
-                        out.write(f"{user_name}> ")
-                        out.flush()
-                    held.append(await lines.take())
-                line = held.pop(0).rstrip("\n")
-                if not line.strip():
-                    continue
-                if not interactive:
-                    printer.say(f"{user_name}: {line}")
-                sending = asyncio.ensure_future(
-                    _send_line(server, bot, dm, user, line, printer, reply_timeout)
-                )
-                stop = functools.partial(
-                    _stop_now, server, dm, user, printer, sending, interactive, reply_timeout
-                )
-                await _while_sending(sending, lines, stop, held)
-                printer.flush(live=interactive)
-                printer.end_line()
+            await _converse(
+                _Talk(server, bot, dm, user, printer, interactive, reply_timeout),
+                runner,
+                _Lines(stdin),
+                files,
+                out,
+            )
         finally:
             if follower is not None:
                 follower.cancel()
@@ -405,10 +503,18 @@ def run_playground(
     stdout: TextIO | None = None,
     user_name: str = "you",
     reply_timeout: float = 120.0,
+    attach: Iterable[str | os.PathLike[str]] = (),
 ) -> int:
     """Chat with ``bot_factory()`` (default: :class:`EchoBot`) offline; returns the exit status.
 
     ``bot_factory`` is any zero-argument callable returning a :class:`Genbot`, e.g. the class.
+    ``attach``: files sent with the first message (``/attach FILE`` typed attaches one to the
+    next message).
+
+    Raises
+    ------
+    ValueError
+        A file of ``attach`` cannot be read.
     """
     return asyncio.run(
         playground(
@@ -417,6 +523,7 @@ def run_playground(
             stdout=stdout,
             user_name=user_name,
             reply_timeout=reply_timeout,
+            attach=attach,
         )
     )
 

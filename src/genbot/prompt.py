@@ -26,11 +26,12 @@ Decisions, so that one prompt works with every backend and chat template:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import discord
 
-from genbot.models.base import ChatMessage, Role
+from genbot.attachments import Read, newest_images
+from genbot.models.base import ChatMessage, ImagePart, Role
 
 __all__ = [
     "ChatMessage",
@@ -48,12 +49,19 @@ _ELLIPSIS = "\u2026"
 _LABEL_CHARS = 100
 
 
-def message_text(message: discord.Message) -> str:
+def message_text(message: discord.Message, attachments: Mapping[int, Read] | None = None) -> str:
     """What a model sees of one message: its text with mentions as names, then its
     attachments, stickers and embeds as ``[attachment: name]``, ``[sticker: name]`` and
-    ``[embed: title]`` lines."""
+    ``[embed: title]`` lines. An attachment that `attachments` (by id, from
+    :class:`genbot.attachments.AttachmentReader`) has read shows as it says instead."""
+    reads = attachments or {}
     parts = [message.clean_content.strip()]
-    parts += [f"[attachment: {attachment.filename}]" for attachment in message.attachments]
+    parts += [
+        read.text
+        if reads and (read := reads.get(attachment.id))
+        else f"[attachment: {attachment.filename}]"
+        for attachment in message.attachments
+    ]
     parts += [f"[sticker: {sticker.name}]" for sticker in message.stickers]
     parts += [f"[embed: {embed_label(embed)}]" for embed in message.embeds]
     return "\n".join(part for part in parts if part)
@@ -77,6 +85,7 @@ def context_to_messages(
     max_chars: int | None = 8000,
     max_tokens: int | None = None,
     count_tokens: Callable[[str], int] | None = None,
+    attachments: Mapping[int, Read] | None = None,
 ) -> list[ChatMessage]:
     """Chat messages for a model from Discord `messages`, oldest first, newest within budget.
 
@@ -85,13 +94,15 @@ def context_to_messages(
     which are the assistant's. `max_chars` bounds the characters of the contents, `max_tokens`
     their tokens as `count_tokens` counts them; ``None`` leaves that bound off. The system
     prompt, if given, comes first and is not counted. See the module docstring for the rules.
+    `attachments` (by attachment id) is what :class:`genbot.attachments.AttachmentReader` read:
+    the files' texts or notes in the text, the newest images in the messages' ``images``.
     """
     if max_tokens is not None and count_tokens is None:
         raise ValueError("max_tokens needs count_tokens")
     budget = _Budget(max_chars, max_tokens, count_tokens)
     kept: list[tuple[discord.Message, str]] = []
     for message in reversed(conversation_order(messages, bot_user)):
-        text = message_text(message)
+        text = message_text(message, attachments)
         if not text:
             continue
         if message.author.id != bot_user.id:
@@ -104,13 +115,23 @@ def context_to_messages(
     chat: list[ChatMessage] = []
     if system_prompt:
         chat.append({"role": "system", "content": system_prompt})
+    images = newest_images((m for m, _ in kept), attachments or {})
     for message, text in reversed(kept):
         role: Role = "assistant" if message.author.id == bot_user.id else "user"
-        if len(chat) > (1 if system_prompt else 0) and chat[-1]["role"] == role:
-            chat[-1]["content"] += "\n" + text
-        else:
-            chat.append({"role": role, "content": text})
+        _append(chat, role, text, images.get(message.id, []), 1 if system_prompt else 0)
     return chat
+
+
+def _append(
+    chat: list[ChatMessage], role: Role, text: str, images: list[ImagePart], first: int
+) -> None:
+    """Add a message to `chat`: to the last turn (after `first`) if it has the same role."""
+    if len(chat) > first and chat[-1]["role"] == role:
+        chat[-1]["content"] += "\n" + text
+    else:
+        chat.append({"role": role, "content": text})
+    if images:  # the images a model that can see gets
+        chat[-1]["images"] = chat[-1].get("images", []) + images
 
 
 def conversation_order(

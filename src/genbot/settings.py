@@ -130,6 +130,10 @@ def _choice(choices: tuple[str, ...], *, fold: bool = False) -> Check:
     return check
 
 
+#: The values of the ``reasoning`` setting (see :mod:`genbot.reasoning`).
+REASONING_MODES = ("hide", "spoiler", "file")
+
+
 def _seed(value: Any) -> str | None:
     return None if value == -1 or 0 <= value <= MAX_SEED else f"must be -1 or 0 to {MAX_SEED}"
 
@@ -493,6 +497,26 @@ class Settings:
         "start_timeout, tools and admin_only; ${VAR} in env and headers reads the environment "
         "(see the README). Applies at the next start.",
         parse=_parse_mcp,
+    )
+    # -- attachments, images and reasoning models (issue 8, the media part) --
+    reasoning: str = setting(
+        "hide",
+        "What a reply shows of a reasoning model's thinking (<think> blocks, "
+        "reasoning_content), never posted as the answer: hide, spoiler (a ||spoiler|| of at "
+        "most 1500 characters before the answer) or file (reasoning.txt attached to the reply).",
+        check=_choice(REASONING_MODES),
+    )
+    attachment_max_bytes: int = setting(
+        100_000,
+        "Largest text attachment (txt, md, py, json, csv, log, ...) put into the context with "
+        "its file name, in bytes; larger or binary files get a short note. 0 to 10^7.",
+        check=_between(0, 10_000_000),
+    )
+    vision: bool = setting(
+        False,
+        "The model can see images (openai backend: image_url parts; transformers: a "
+        "vision-language model). Off: images show as [image: name] in the text. Set by "
+        "configuration, never guessed from names.",
     )
 
     # -- loading -----------------------------------------------------------------------------
@@ -871,6 +895,15 @@ def _transformers_model(settings: Settings) -> tuple[str, str] | None:
     return None
 
 
+def _vision_backend(settings: Settings) -> tuple[str, str] | None:
+    if settings.vision and settings.backend == "llamacpp":
+        return "vision", (
+            "images go to the openai backend and to transformers vision-language models; "
+            "llama.cpp projectors (mmproj) are not supported yet"
+        )
+    return None
+
+
 def _sharding(settings: Settings) -> tuple[str, str] | None:
     if settings.shard_ids and not settings.shard_count:
         return "shard_ids", "needs shard_count (the shards of the whole bot)"
@@ -893,6 +926,7 @@ _TOGETHER: tuple[Callable[[Settings], tuple[str, str] | None], ...] = (
     _backend_installed,
     _llamacpp_model,
     _transformers_model,
+    _vision_backend,
 )
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "ChatRequest",
     "ChatStreamer",
     "GenerationSettings",
+    "ImagePart",
     "ModelError",
     "Reasoning",
     "Role",
@@ -76,6 +77,15 @@ class Reasoning:
     text: str
 
 
+class ImagePart(TypedDict):
+    """An image a chat message carries (``ChatMessage["images"]``): its file name, MIME type
+    (``image/png``, ...) and bytes."""
+
+    name: str
+    mime: str
+    data: bytes
+
+
 class _ChatMessageRequired(TypedDict):
     role: Role
     content: str
@@ -91,6 +101,7 @@ class ChatMessage(_ChatMessageRequired, total=False):
     name: str
     tool_calls: list[ToolCallDict]  # an assistant message that called tools
     tool_call_id: str  # a tool message: the call it answers
+    images: list[ImagePart]  # a user message's images, for models that can see
 
 
 class ModelError(RuntimeError):
@@ -140,7 +151,7 @@ class ChatRequest:
 
 
 def prepare_messages(
-    messages: Sequence[ChatMessage], system_prompt: str | None = None
+    messages: Sequence[ChatMessage], system_prompt: str | None = None, *, images: bool = False
 ) -> list[ChatMessage]:
     """Turn request messages into plain ``{role, content}`` messages for a chat template.
 
@@ -156,6 +167,10 @@ def prepare_messages(
         they are checked here.
     system_prompt
         The backend's own system prompt, if it was given one.
+    images
+        The backend can see: a message's ``images`` are kept (checked). Otherwise they are
+        dropped, and each image the content does not name yet is named in it
+        (``[image: name]``).
 
     Raises
     ------
@@ -176,6 +191,7 @@ def prepare_messages(
             content = f"{name}: {content}"
         prepared: ChatMessage = {"role": role, "content": content}
         _copy_tool_fields(i, raw, prepared)
+        _copy_images(i, raw, prepared, images)
         out.append(prepared)
     if system_prompt and not any(m["role"] == "system" for m in out):
         out.insert(0, {"role": "system", "content": system_prompt})
@@ -198,6 +214,33 @@ def _copy_tool_fields(i: int, raw: dict[str, object], out: ChatMessage) -> None:
         if not isinstance(call_id, str) or not call_id:
             raise ModelError(f"message {i}: a tool message needs its tool_call_id")
         out["tool_call_id"] = call_id
+
+
+def _copy_images(i: int, raw: dict[str, object], out: ChatMessage, keep: bool) -> None:
+    """Keep a message's checked ``images`` (``keep``), or name them in its content."""
+    found = raw.get("images")
+    if not found:
+        return
+    if not isinstance(found, list) or not all(_is_image(image) for image in found):
+        raise ModelError(f"message {i}: images must be a list of {{name, mime, data: bytes}}")
+    if keep:
+        out["images"] = [
+            {"name": im["name"], "mime": im["mime"], "data": im["data"]} for im in found
+        ]
+        return
+    labels = [f"[image: {im['name']}]" for im in found]
+    missing = [label for label in labels if label not in out["content"]]
+    out["content"] = "\n".join([out["content"], *missing]) if out["content"] else "\n".join(missing)
+
+
+def _is_image(image: object) -> bool:
+    return (
+        isinstance(image, dict)
+        and isinstance(image.get("name"), str)
+        and isinstance(image.get("mime"), str)
+        and str(image.get("mime")).startswith("image/")
+        and isinstance(image.get("data"), bytes)
+    )
 
 
 def _is_tool_call(call: object) -> bool:

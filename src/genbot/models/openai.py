@@ -44,6 +44,7 @@ server-specific parameters (e.g. ``{"repeat_penalty": 1.1}`` for llama.cpp,
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import logging
@@ -62,6 +63,7 @@ from genbot.models.base import (
     ChatRequest,
     ChatStreamer,
     ModelError,
+    Reasoning,
     ToolCall,
     prepare_messages,
 )
@@ -87,9 +89,11 @@ __all__ = [
     "UnprocessableEntityError",
     "api_key_from_env",
     "decode_events",
+    "image_parts",
     "parse_retry_after",
     "quick_text",
     "read_chunk",
+    "reasoning_text",
     "server_message",
 ]
 
@@ -419,11 +423,15 @@ def _odd_chunk(event: Any, data: bytes) -> tuple[str | None, str | None]:
 
 
 def decode_events(
-    reader: EventReader, chunk: bytes, tool_calls: ToolCallParts | None = None
+    reader: EventReader,
+    chunk: bytes,
+    tool_calls: ToolCallParts | None = None,
+    reasoning: list[str] | None = None,
 ) -> tuple[int, str, bool, bool]:
     """What one chunk of the response says: how many events it completes, their text, and
     whether a ``finish_reason`` came and whether ``[DONE]`` came (then the rest is ignored).
-    The ``tool_calls`` fragments of events without text go to ``tool_calls``, if given.
+    The ``tool_calls`` fragments of events without text go to ``tool_calls``, if given; the
+    events' reasoning (:func:`reasoning_text`) is appended to ``reasoning`` if given.
 
     Raises
     ------
@@ -436,6 +444,8 @@ def decode_events(
     for data in events:
         if data == b"[DONE]":
             return len(events), "".join(texts), finished, True
+        if reasoning is not None and b"reasoning" in data:
+            reasoning.append(reasoning_text(data))
         text, finish = read_chunk(data)
         if text:
             texts.append(text)
@@ -534,6 +544,43 @@ def _add_tools(body: dict[str, Any], request: ChatRequest) -> None:
     messages: list[ChatMessage] = body["messages"]
     if any("tool_calls" in m for m in messages):
         body["messages"] = [_openai_message(m) for m in messages]
+
+
+def image_parts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """The messages as the API takes them: one with ``images`` gets content parts, its text
+    then each image as an ``image_url`` part with a ``data:`` URL (base64)."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        sent: dict[str, Any] = dict(message)
+        images = sent.pop("images", None)
+        if images:
+            sent["content"] = [{"type": "text", "text": message["content"]}] + [
+                {"type": "image_url", "image_url": {"url": _data_url(im["mime"], im["data"])}}
+                for im in images
+            ]
+        out.append(sent)
+    return out
+
+
+def _data_url(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def reasoning_text(data: bytes) -> str:
+    """The reasoning in one streamed chunk: ``choices[0].delta.reasoning_content`` (vLLM,
+    llama.cpp's server, DeepSeek) or ``.reasoning`` (Ollama, OpenRouter); ``""`` if none or
+    if the event is not readable (:func:`read_chunk` says why)."""
+    try:
+        delta = json.loads(data)["choices"][0]["delta"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
+    if not isinstance(delta, dict):
+        return ""
+    for key in ("reasoning_content", "reasoning"):
+        text = delta.get(key)
+        if isinstance(text, str) and text:
+            return text
+    return ""
 
 
 # -- the backend -------------------------------------------------------------------------------
@@ -753,7 +800,9 @@ class OpenAIStreamer(ChatStreamer):
         s = request.settings
         body: dict[str, Any] = {
             "model": model,
-            "messages": prepare_messages(request.messages, self.system_prompt),
+            "messages": image_parts(
+                prepare_messages(request.messages, self.system_prompt, images=True)
+            ),
             "stream": True,
             "max_tokens": s.max_new_tokens,
             "temperature": s.temperature,
@@ -826,16 +875,18 @@ class OpenAIStreamer(ChatStreamer):
         """Write the reply's text to the caller as it streams in."""
         stream, content, reader = call.stream, response.content, EventReader()
         finished = done = False
+        reasoning: list[str] = []  # what the events of a chunk thought
         try:
             while not done:
                 chunk = await content.readany()
                 if not chunk:
                     break
-                events, text, finish, done = decode_events(reader, chunk, call.tools)
+                events, text, finish, done = decode_events(reader, chunk, call.tools, reasoning)
                 if not events:
                     continue  # comments (keep-alive pings) only
                 call.streaming = True
                 call.progress += 1
+                _relay_reasoning(reasoning, call)
                 if text:
                     if stream.closed:
                         return  # the caller went away: the finally closes the response
@@ -860,6 +911,7 @@ class OpenAIStreamer(ChatStreamer):
             await _drain(response)
 
     def _write_whole(self, body: bytes, call: _Call) -> None:
+        self._write_whole_reasoning(body, call)
         try:
             message = json.loads(body)["choices"][0]["message"]
             text = message["content"]
@@ -874,6 +926,18 @@ class OpenAIStreamer(ChatStreamer):
         if call.tools is not None:
             call.tools.add(message.get("tool_calls"))
             _write_calls(call)
+
+    @staticmethod
+    def _write_whole_reasoning(body: bytes, call: _Call) -> None:
+        """The reasoning of a reply that did not stream (``message.reasoning_content``)."""
+        try:
+            message = json.loads(body)["choices"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return  # _write_whole says why
+        text = message.get("reasoning_content") if isinstance(message, dict) else None
+        if isinstance(text, str) and text:
+            call.stream.write(Reasoning(text))
+            call.wrote = True
 
     # -- the model's name -----------------------------------------------------------------------
 
@@ -893,6 +957,16 @@ class OpenAIStreamer(ChatStreamer):
             return _first_id(listed, url)
 
         return await self._retrying("GET", url, attempt, None, lambda: False)
+
+
+def _relay_reasoning(reasoning: list[str], call: _Call) -> None:
+    """Write the reasoning a chunk's events carried as one :class:`Reasoning` item (never
+    text); dropped when the caller has gone away (the watchdog then ends the request)."""
+    thought = "".join(reasoning)
+    reasoning.clear()
+    if thought and not call.stream.closed:
+        call.stream.write(Reasoning(thought))
+        call.wrote = True  # a retry would repeat it
 
 
 def _first_id(listed: object, url: str) -> str:

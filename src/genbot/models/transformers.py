@@ -18,6 +18,7 @@ the loop: their cache rows cannot be left-padded and merged.
 from __future__ import annotations
 
 import inspect
+import io
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -26,12 +27,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from genbot.models.base import ChatRequest, ChatStreamer, ModelError, StopBuffer, prepare_messages
+from genbot.models.base import (
+    ChatMessage,
+    ChatRequest,
+    ChatStreamer,
+    ModelError,
+    StopBuffer,
+    prepare_messages,
+)
 
 if TYPE_CHECKING:
     from genbot.streaming.worker import Stream
 
-__all__ = ["TransformersEngine", "TransformersStreamer", "gguf_to_hf"]
+__all__ = ["TransformersEngine", "TransformersStreamer", "gguf_to_hf", "vision_inputs"]
 
 _log = logging.getLogger(__name__)
 
@@ -104,6 +112,8 @@ class _Sequence:
     detokenizer: IncrementalDetokenizer
     stops: StopBuffer
     generated: list[int] = field(default_factory=list)
+    #: What a vision-language model's prefill takes besides the ids (``pixel_values``, ...).
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     pending: int = -1  # sampled, not yet fed to the model
 
 
@@ -132,6 +142,7 @@ class TransformersEngine:
         device: str | None = None,
         dtype: torch.dtype | str | None = None,
         system_prompt: str | None = None,
+        processor: Any = None,
         **from_pretrained: Any,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -139,14 +150,21 @@ class TransformersEngine:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        #: A vision-language model's processor (``None``: a text-only model).
+        self.processor = processor
         if isinstance(model, str):
             if dtype is None:
                 dtype = torch.float32 if self.device.type == "cpu" else "auto"
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model, **from_pretrained)
-            model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, **from_pretrained)
+            if _is_vision_model(model, from_pretrained):
+                model, tokenizer = self._load_vision(model, dtype, from_pretrained)
+            else:
+                tokenizer = tokenizer or AutoTokenizer.from_pretrained(model, **from_pretrained)
+                model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, **from_pretrained)
+        elif processor is not None and tokenizer is None:
+            tokenizer = processor.tokenizer
         if tokenizer is None:
             raise ValueError("pass the tokenizer with a model object")
-        if not getattr(tokenizer, "chat_template", None):
+        if not getattr(self.processor or tokenizer, "chat_template", None):
             raise ModelError("the tokenizer has no chat template: use a chat (instruct) model")
         loaded: Any = model
         self.model = loaded.to(self.device).eval()
@@ -186,11 +204,20 @@ class TransformersEngine:
             raise ModelError(f"expected a ChatRequest, got {type(request).__name__}")
         if self.size >= self.max_batch:
             raise ModelError(f"the batch is full ({self.max_batch} requests)")
-        messages = prepare_messages(request.messages, self.system_prompt)
+        messages = prepare_messages(
+            request.messages, self.system_prompt, images=self.processor is not None
+        )
+        inputs: dict[str, torch.Tensor] = {}
+        prompt: Any
         try:
-            prompt = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
+            if self.processor is not None:
+                prompt, inputs = vision_inputs(self.processor, messages)
+            else:
+                prompt = self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+        except ModelError:
+            raise
         except Exception as exc:
             raise ModelError(f"the chat template failed: {exc}") from exc
         if not isinstance(prompt, list):
@@ -210,8 +237,20 @@ class TransformersEngine:
                 generator,
                 IncrementalDetokenizer(self.tokenizer),
                 StopBuffer(s.stop),
+                inputs={k: v.to(self.device) for k, v in inputs.items()},
             )
         )
+
+    def _load_vision(
+        self, name: str, dtype: Any, from_pretrained: dict[str, Any]
+    ) -> tuple[Any, Any]:
+        """Load a vision-language model and its processor; returns (model, tokenizer)."""
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.processor = self.processor or AutoProcessor.from_pretrained(name, **from_pretrained)  # type: ignore[no-untyped-call]
+        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, **from_pretrained)
+        _log.info("%s is a vision-language model: images reach it", name)
+        return model, self.processor.tokenizer
 
     def remove(self, key: Any) -> None:
         """Drop a request (its caller went away): its row leaves the batch now."""
@@ -262,15 +301,21 @@ class TransformersEngine:
         cache = DynamicCache(config=self.model.config)
         if any(type(layer) is not DynamicLayer for layer in cache.layers):
             raise ModelError("models with sliding-window attention layers are not supported")
-        logits = self._forward(ids, mask, positions, cache)
+        logits = self._forward(ids, mask, positions, cache, **_joined_inputs(new))
         self._merge(cache, mask)
         self._rows += new
         return self._sample(new, logits)
 
     def _forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        **extra: torch.Tensor,
     ) -> torch.Tensor:
-        """Run the model over ``ids`` (the cache grows in place); the last position's logits."""
+        """Run the model over ``ids`` (the cache grows in place); the last position's logits.
+        ``extra``: a vision-language model's image inputs, at the prefill."""
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -278,6 +323,7 @@ class TransformersEngine:
             use_cache=True,
             logits_to_keep=1,
             **{self._cache_arg: cache},
+            **extra,
         )
         logits: torch.Tensor = out.logits[:, -1, :]
         return logits
@@ -335,6 +381,56 @@ class TransformersEngine:
             if delta or finish:
                 events.append((q.key, delta, finish))
         return events
+
+
+# -- vision-language models (the media part of issue 8) ------------------------------------------
+
+
+def _is_vision_model(name: str, from_pretrained: dict[str, Any]) -> bool:
+    """Whether the model's config has a vision tower (a vision-language model)."""
+    from transformers import AutoConfig
+
+    if from_pretrained.get("gguf_file"):
+        return False
+    config = AutoConfig.from_pretrained(name, **from_pretrained)
+    return getattr(config, "vision_config", None) is not None
+
+
+def vision_inputs(processor: Any, messages: list[ChatMessage]) -> tuple[list[int], dict[str, Any]]:
+    """A vision-language model's prompt ids and image inputs for ``messages``: each message's
+    content as parts (its images first, then its text), rendered by the processor's chat
+    template, then tokenized with the images (the processor expands the image tokens).
+
+    Raises
+    ------
+    ModelError
+        An image that cannot be read.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    parts: list[dict[str, Any]] = []
+    images: list[Any] = []
+    for message in messages:
+        content: list[dict[str, str]] = []
+        for image in message.get("images", []):
+            try:
+                images.append(Image.open(io.BytesIO(image["data"])).convert("RGB"))
+            except (UnidentifiedImageError, OSError) as exc:
+                raise ModelError(f"the image {image['name']!r} cannot be read: {exc}") from exc
+            content.append({"type": "image"})
+        content.append({"type": "text", "text": message["content"]})
+        parts.append({"role": message["role"], "content": content})
+    text = processor.apply_chat_template(parts, add_generation_prompt=True, tokenize=False)
+    encoded = processor(text=[text], images=images or None, return_tensors="pt")
+    ids = [int(i) for i in encoded["input_ids"][0]]
+    extra = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask")}
+    return ids, extra
+
+
+def _joined_inputs(rows: list[_Sequence]) -> dict[str, torch.Tensor]:
+    """The image inputs of the rows prefilled together, in row order (as their image tokens)."""
+    names = {name for q in rows for name in q.inputs}
+    return {name: torch.cat([q.inputs[name] for q in rows if name in q.inputs]) for name in names}
 
 
 def _choose(logits: torch.Tensor, q: _Sequence) -> int:

@@ -1,0 +1,267 @@
+"""What a reasoning model thinks is never posted as its answer.
+
+Reasoning reaches the bot two ways: as :class:`genbot.models.Reasoning` items of a chat stream
+(an OpenAI-compatible server's ``reasoning_content``), and as ``<think>…</think>`` blocks inside
+the streamed text (local models: DeepSeek-R1 distills, Qwen3, QwQ, ...). :class:`ThinkSplitter`
+splits the text incrementally, whatever the deltas' boundaries (a tag may be cut anywhere);
+:class:`ReplyFilter` wraps a chat stream and yields only the answer's text, for
+:func:`genbot.output.stream_reply`.
+
+Decisions:
+
+- While the model thinks, the filter yields empty strings: the reply's stall watchdog sees
+  progress, and the typing indicator stays on (nothing visible was posted yet).
+- What a reply does with the reasoning (the ``reasoning`` setting, :data:`MODES`): ``hide``
+  drops it; ``spoiler`` posts it first, in a Discord ``||spoiler||`` of at most
+  :data:`SPOILER_CHARS` characters, once the answer begins; ``file`` attaches it whole as
+  ``reasoning.txt`` to the reply's last message when the reply is done.
+- A reply that was only reasoning has no answer: it gets the usual empty-output note (spoiler
+  mode shows no spoiler then; file mode still attaches the file).
+- Whitespace between a think block and the answer is dropped.
+- Some chat templates open the think block in the prompt, so the reply starts inside it with
+  no ``<think>`` (only a ``</think>`` comes). The filter cannot know this before the closing
+  tag arrives, and by then the text before it has been streamed; it does not hold every reply
+  back on the chance. Such a stray ``</think>`` is dropped, never posted. For those models,
+  run the server with its reasoning parser (vLLM ``--reasoning-parser``, llama.cpp's
+  ``--reasoning-format deepseek``), which sends the reasoning as ``reasoning_content``; or
+  build :class:`ThinkSplitter` with ``thinking=True`` in your own bot.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import discord
+
+from genbot.models.base import Reasoning
+
+__all__ = [
+    "CLOSE_TAG",
+    "MODES",
+    "OPEN_TAG",
+    "SPOILER_CHARS",
+    "ReplyFilter",
+    "ThinkSplitter",
+    "spoiler",
+]
+
+_log = logging.getLogger(__name__)
+
+OPEN_TAG = "<think>"
+CLOSE_TAG = "</think>"
+#: The values of the ``reasoning`` setting.
+MODES = ("hide", "spoiler", "file")
+#: The most characters of reasoning a spoiler shows (its beginning, then an ellipsis).
+SPOILER_CHARS = 1500
+#: The name of the file ``reasoning = "file"`` attaches.
+FILE_NAME = "reasoning.txt"
+
+Piece = tuple[bool, str]  # (is reasoning, text)
+
+
+class ThinkSplitter:
+    """Splits streamed text into answer and ``<think>`` reasoning, delta by delta.
+
+    :meth:`feed` returns ``(is_reasoning, text)`` pieces for what is known; text that may be
+    the start of a tag is held back until the next delta tells. :meth:`flush` returns what is
+    held at the end. The tags themselves are never returned.
+
+    Parameters
+    ----------
+    thinking:
+        Start inside a think block (for templates that open it in the prompt).
+    """
+
+    def __init__(self, *, thinking: bool = False) -> None:
+        self.thinking = thinking
+        self._pending = ""
+
+    def feed(self, text: str) -> list[Piece]:
+        """The pieces that ``text`` (the next delta) completes."""
+        self._pending += text
+        pieces: list[Piece] = []
+        while True:
+            cut, tag = self._next_tag()
+            if cut < 0:
+                break
+            _add(pieces, self.thinking, self._pending[:cut])
+            self._pending = self._pending[cut + len(tag) :]
+            # a stray closing tag outside a block is dropped (see the module docstring)
+            self.thinking = tag == OPEN_TAG or (self.thinking and tag != CLOSE_TAG)
+        safe = len(self._pending) - _held(self._pending)
+        _add(pieces, self.thinking, self._pending[:safe])
+        self._pending = self._pending[safe:]
+        return pieces
+
+    def flush(self) -> list[Piece]:
+        """What is held back, at the end of the stream (an unfinished tag is kept as text)."""
+        pieces: list[Piece] = []
+        _add(pieces, self.thinking, self._pending)
+        self._pending = ""
+        return pieces
+
+    def _next_tag(self) -> tuple[int, str]:
+        """Where the first tag in the pending text starts, and which; ``(-1, "")`` if none."""
+        found = [(self._pending.find(tag), tag) for tag in (OPEN_TAG, CLOSE_TAG)]
+        return min(((i, t) for i, t in found if i >= 0), default=(-1, ""))
+
+
+def _add(pieces: list[Piece], thinking: bool, text: str) -> None:
+    if text:
+        pieces.append((thinking, text))
+
+
+def _held(text: str) -> int:
+    """Length of the longest end of ``text`` that begins a tag."""
+    for n in range(min(len(CLOSE_TAG) - 1, len(text)), 0, -1):
+        end = text[-n:]
+        if OPEN_TAG.startswith(end) or CLOSE_TAG.startswith(end):
+            return n
+    return 0
+
+
+def spoiler(reasoning: str, limit: int = SPOILER_CHARS) -> str:
+    """``reasoning`` as a Discord spoiler (``||…||``) of at most ``limit`` characters of it:
+    its beginning, then an ellipsis. ``||`` inside is broken up so it cannot end the spoiler
+    early; an empty reasoning gives ``""``.
+
+    Parameters
+    ----------
+    reasoning:
+        What the model thought.
+    limit:
+        The most characters of it to show (at least 1).
+
+    Raises
+    ------
+    ValueError
+        ``limit`` is less than 1.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    text = reasoning.strip()
+    if not text:
+        return ""
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "\u2026"
+    return "||" + text.replace("||", "|\u200b|") + "||"
+
+
+class ReplyFilter:
+    """Wraps a chat stream: yields the answer's text only (``""`` while the model thinks), and
+    collects the reasoning in :attr:`reasoning`. Items that are neither text nor
+    :class:`~genbot.models.Reasoning` (tool calls) pass through unchanged.
+
+    Parameters
+    ----------
+    deltas:
+        The chat stream (text deltas, ``Reasoning`` items, ...).
+    mode:
+        One of :data:`MODES`: what the reply shows of the reasoning (module docstring).
+    spoiler_chars:
+        The most characters a spoiler shows.
+
+    Raises
+    ------
+    ValueError
+        ``mode`` is not one of :data:`MODES`.
+    """
+
+    def __init__(
+        self, deltas: Any, mode: str = "hide", *, spoiler_chars: int = SPOILER_CHARS
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"reasoning mode must be one of {', '.join(MODES)}, not {mode!r}")
+        self._inner: AsyncIterator[Any] = aiter(deltas)
+        self.mode = mode
+        self.spoiler_chars = spoiler_chars
+        self.splitter = ThinkSplitter()
+        self._parts: list[str] = []
+        self._answered = False  # visible answer text was yielded
+        self._after_reasoning = False  # the last thing seen was reasoning: trim what follows
+        self._spoiled = False  # the spoiler was shown
+        self._ended = False
+
+    @property
+    def reasoning(self) -> str:
+        """All the reasoning seen so far."""
+        return "".join(self._parts)
+
+    def __aiter__(self) -> ReplyFilter:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            item = await anext(self._inner)
+        except StopAsyncIteration:
+            self._ended = True
+            text = self._answer(self.splitter.flush())
+            if text:
+                return text
+            raise
+        if isinstance(item, Reasoning):
+            self._think(item.text)
+            return ""
+        if isinstance(item, str):
+            return self._answer(self.splitter.feed(item))
+        return item
+
+    async def aclose(self) -> None:
+        """Close the wrapped stream (the model stops): its ``aclose()``, else its ``close()``."""
+        self._ended = True
+        aclose = getattr(self._inner, "aclose", None)
+        if aclose is not None:
+            await aclose()
+            return
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+    def _think(self, text: str) -> None:
+        if text:
+            self._parts.append(text)
+            self._after_reasoning = True
+
+    def _answer(self, pieces: list[Piece]) -> str:
+        out: list[str] = []
+        for thinking, text in pieces:
+            if thinking:
+                self._think(text)
+                continue
+            if self._after_reasoning or not self._answered:
+                text = text.lstrip()
+            if not text:
+                continue
+            self._after_reasoning = False
+            if not self._answered and self.mode == "spoiler" and not self._spoiled:
+                self._spoiled = True
+                shown = spoiler(self.reasoning, self.spoiler_chars)
+                out.append(shown + "\n\n" if shown else "")
+            self._answered = True
+            out.append(text)
+        return "".join(out)
+
+    async def finish(self, messages: list[discord.Message]) -> None:
+        """After the reply: in ``file`` mode, attach the reasoning (if any) as
+        ``reasoning.txt`` to the reply's last message. A failure is logged, not raised: the
+        answer is out already.
+
+        Parameters
+        ----------
+        messages:
+            The reply's messages (what :func:`genbot.output.stream_reply` returned).
+        """
+        reasoning = self.reasoning.strip()
+        if self.mode != "file" or not reasoning or not messages:
+            return
+        last = messages[-1]
+        upload = discord.File(io.BytesIO(reasoning.encode()), filename=FILE_NAME)
+        try:
+            await last.edit(attachments=[*last.attachments, upload])
+        except Exception as exc:
+            _log.warning("attaching the reasoning to the reply failed: %r", exc)
