@@ -110,7 +110,7 @@ def test_the_openai_events_carry_reasoning_apart_from_the_text() -> None:
         b'"finish_reason":null}]}\n\n'
         b'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
     )
-    events, text, finished, done = decode_events(EventReader(), chunk, reasoning)
+    events, text, finished, done = decode_events(EventReader(), chunk, reasoning=reasoning)
     assert (events, text, finished, done) == (3, "Hi", False, False)
     assert reasoning == ["hmm", " ok"]
 
