@@ -9,6 +9,8 @@ new messages arrived meanwhile, whatever the outcome of its reply.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
 import functools
 import logging
 import time
@@ -25,6 +27,16 @@ from genbot.gatekeeping import gatekeep
 from genbot.metrics import model_name
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.output import SAFE_MENTIONS, keep_typing, shared_budget, stream_reply
+from genbot.profiles import (
+    DEFAULT,
+    Choice,
+    ChoiceStore,
+    Resolved,
+    format_prompt,
+    model_settings,
+    profile_settings,
+    resolve,
+)
 from genbot.prompt import context_to_messages
 from genbot.quota import LimitTexts, Rate, Usage, estimate_tokens
 from genbot.reload import Changes, ReloadError, compare
@@ -173,6 +185,16 @@ class ChatBot(Genbot):
             server_tokens_per_day=self.settings.server_tokens_per_day,
         )
         self.metrics.serving(self.backend, _model_name(self.settings), self.settings.parallel)
+        #: The named models' Streamers in use (see :meth:`backend_of`), and their turns.
+        self.model_backends: dict[str, Streamer] = {}
+        self._model_turns: dict[int, FairScheduler] = {}
+        #: Named models created but not started yet, by id, and their starts under way.
+        self._cold: dict[int, Streamer] = {}
+        self._starting: dict[int, asyncio.Task[None]] = {}
+        #: The /persona and /model choices by channel or thread id (read in setup_hook).
+        self.choices: dict[int, Choice] = {}
+        self.choice_store = ChoiceStore(self.store)
+        self._defined = dict(self.settings.models)
         #: Chats (attends) in progress on each backend, by id, and the replaced backends.
         self._chats: dict[int, int] = {}
         self._retired: dict[int, Streamer] = {}
@@ -252,12 +274,15 @@ class ChatBot(Genbot):
                 self._retired_turns[id(old)] = self.turns
                 self.turns = FairScheduler(self.backend, default_slots=settings.parallel)
                 self._close_if_idle(old)
+            self._retire_named_models(settings)
             return changes
 
     def _turns_of(self, backend: Streamer) -> FairScheduler:
         """The fair turns at ``backend``: the current model's, or a replaced one's."""
         if backend is self.turns.backend:
             return self.turns
+        if id(backend) in self._model_turns:
+            return self._model_turns[id(backend)]
         return self._retired_turns.setdefault(
             id(backend), FairScheduler(backend, default_slots=self.settings.parallel)
         )
@@ -287,9 +312,9 @@ class ChatBot(Genbot):
         _log.info("new model ready in %.1f s", seconds)
         return fresh
 
-    def _borrow(self) -> Streamer:
-        """The backend a new chat uses, counted until :meth:`_give_back`."""
-        backend = self.backend
+    def _borrow(self, channel: discord.abc.Messageable) -> Streamer:
+        """The backend a new chat in ``channel`` uses, counted until :meth:`_give_back`."""
+        backend = self.backend_of(self.place_of(channel).model)
         self._chats[id(backend)] = self._chats.get(id(backend), 0) + 1
         return backend
 
@@ -336,15 +361,17 @@ class ChatBot(Genbot):
     async def setup_hook(self) -> None:
         await super().setup_hook()
         await self.usage.open()
+        self.choices = await self.choice_store.load()
         if not self.backend.running:
             self.backend.start_process()
         _log.info("loading the model (%s)...", self.settings.model or "embedded SmolLM2")
         seconds = await warm_up(self.backend)
         _log.info("model ready in %.1f s", seconds)
+        await self._start_used_models()
 
     @gatekeep
     async def attend(self, channel: discord.abc.Messageable) -> None:
-        turn = _Turn(self._borrow())
+        turn = _Turn(self._borrow(channel))
         try:
             try:
                 await self._answer(channel, turn)
@@ -368,14 +395,144 @@ class ChatBot(Genbot):
             _log.exception("checking %s for new messages failed", _where(channel))
 
     def settings_for(self, channel: discord.abc.Messageable) -> Settings:
-        """The settings that apply to a reply in ``channel``: the bot's :attr:`settings`.
+        """The settings that apply to a reply in ``channel``: the bot's :attr:`settings` with
+        the values of the place's profile, the definition of its model and the system prompt's
+        placeholders filled in (see :mod:`genbot.profiles`).
 
         Parameters
         ----------
         channel:
             Where the reply goes (a channel, thread or DM).
         """
-        return self.settings
+        place = self.place_of(channel)
+        settings = model_settings(profile_settings(self.settings, place.profile), place.model)
+        prompt = format_prompt(settings.system_prompt, self.placeholders(channel))
+        return settings if prompt == settings.system_prompt else _with_prompt(settings, prompt)
+
+    def place_of(self, channel: discord.abc.Messageable) -> Resolved:
+        """The profile and model of ``channel``: :func:`genbot.profiles.resolve` over its
+        thread, channel, category and server, the config's places and the choices made.
+
+        Parameters
+        ----------
+        channel:
+            A channel, thread or DM.
+        """
+        places = {p.id: Choice(p.profile, p.model) for p in self.settings.places}
+        return resolve(
+            place_chain(channel), places, self.choices, self.settings.profiles, self.settings.models
+        )
+
+    def placeholders(self, channel: discord.abc.Messageable) -> dict[str, str]:
+        """What each system prompt placeholder says in ``channel`` now."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        guild = getattr(channel, "guild", None)
+        return {
+            "date": now.strftime("%Y-%m-%d"),
+            "time": now.strftime("%H:%M UTC"),
+            "server": guild.name if guild is not None else "Direct Messages",
+            "channel": str(getattr(channel, "name", None) or "DM"),
+            "bot": self.user.display_name if self.user is not None else "genbot",
+        }
+
+    async def choose(self, channel: discord.abc.Messageable, choice: Choice, user: int) -> None:
+        """Keep ``choice`` (merged with the place's earlier one) for the channel or thread,
+        in memory and in the store; a model not running yet starts at its first chat.
+
+        Parameters
+        ----------
+        channel:
+            Where ``/persona`` or ``/model`` was run.
+        choice:
+            The new profile and/or model (``None``: unchanged).
+        user:
+            Who chose.
+        """
+        place = _channel_id(channel)
+        old = self.choices.get(place, Choice())
+        merged = Choice(choice.profile or old.profile, choice.model or old.model)
+        await self.choice_store.save(place, merged, user, time.time())
+        self.choices[place] = merged
+        _log.info("%s picked %s in %s", user, merged, _where(channel))
+
+    # -- the named models --------------------------------------------------------------------
+
+    def backend_of(self, model: str) -> Streamer:
+        """The Streamer of the model named ``model`` (``default``: :attr:`backend`); a named
+        one is made (:meth:`new_backend`) at its first use and started by its first chat.
+
+        Parameters
+        ----------
+        model:
+            ``default`` or a name of the ``models`` tables.
+        """
+        if model == DEFAULT:
+            return self.backend
+        backend = self.model_backends.get(model)
+        if backend is None:
+            settings = model_settings(self.settings, model)
+            backend = self.model_backends[model] = self.own(self.new_backend(settings))
+            self._model_turns[id(backend)] = FairScheduler(backend, default_slots=settings.parallel)
+            self._cold[id(backend)] = backend
+            self.metrics.serving(backend, _model_name(settings), settings.parallel, only=False)
+        return backend
+
+    async def _model_ready(self, backend: Streamer) -> None:
+        """Start and warm up a named model made by :meth:`backend_of`, once (chats waiting for
+        it share the start; a failed start is retried by the next chat).
+
+        Raises :class:`genbot.StreamError` when it does not start."""
+        if id(backend) not in self._cold:
+            return
+        task = self._starting.get(id(backend))
+        if task is None:
+            task = asyncio.create_task(self._warm(backend), name="genbot: model start")
+            self._starting[id(backend)] = task
+            task.add_done_callback(lambda _: self._starting.pop(id(backend), None))
+        await asyncio.shield(task)
+
+    async def _warm(self, backend: Streamer) -> None:
+        try:
+            if not backend.running:
+                backend.start_process()
+            _log.info("loading the model %r...", self.metrics.model_of(backend))
+            seconds = await warm_up(backend)
+        except Exception as error:
+            _log.error("the model %r did not start: %s", self.metrics.model_of(backend), error)
+            raise StreamError(f"the model did not start: {error}") from error
+        self._cold.pop(id(backend), None)
+        _log.info("model %r ready in %.1f s", self.metrics.model_of(backend), seconds)
+
+    async def _enter_when_ready(self, slot: Any, backend: Streamer) -> FairStream:
+        await self._model_ready(backend)
+        entered: FairStream = await slot.__aenter__()
+        return entered
+
+    async def _start_used_models(self) -> None:
+        """Start the named models the config's places (and their profiles) and the choices
+        made use, so their first chats need not wait; others start at their first chat."""
+        used = {p.model for p in self.settings.places} | {c.model for c in self.choices.values()}
+        profiles = {p.profile for p in self.settings.places}
+        profiles |= {c.profile for c in self.choices.values()}
+        used |= {self.settings.profiles.get(p or "", {}).get("model") for p in profiles}
+        for name in sorted(n for n in used if n in self.settings.models):
+            try:
+                await self._model_ready(self.backend_of(name))
+            except StreamError:  # logged; its chats get the unavailable note and retry
+                pass
+
+    def _retire_named_models(self, settings: Settings) -> None:
+        """After a reload: a named model whose definition changed or is gone stops once its
+        chats finish; the new definition starts at its next chat."""
+        for name, backend in list(self.model_backends.items()):
+            if settings.models.get(name) == self._defined.get(name):
+                continue
+            del self.model_backends[name]
+            self._cold.pop(id(backend), None)
+            self._retired[id(backend)] = backend
+            self._retired_turns[id(backend)] = self._model_turns.pop(id(backend))
+            self._close_if_idle(backend)
+        self._defined = dict(settings.models)
 
     async def _answer(self, channel: discord.abc.Messageable, turn: _Turn) -> None:
         settings = self.settings_for(channel)
@@ -485,7 +642,7 @@ class ChatBot(Genbot):
         slot = self._turns_of(backend).stream(user=question.author.id, channel=_channel_id(channel))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.queue_timeout
-        entering = asyncio.ensure_future(slot.__aenter__())
+        entering = asyncio.ensure_future(self._enter_when_ready(slot, backend))
         typing = asyncio.create_task(keep_typing(channel))
         placeholder = None
         handed = False
@@ -576,6 +733,30 @@ def _answered(
         for m in history
         if m.id > question.id
     )
+
+
+def place_chain(channel: discord.abc.Messageable) -> tuple[int, ...]:
+    """The places ``channel`` is in, most specific first: a thread, its channel, the channel's
+    category, the server; a DM is its own."""
+    chain: list[int] = []
+    if isinstance(channel, discord.Thread):
+        chain.append(channel.id)
+        parent = channel.parent
+        chain.append(channel.parent_id)
+        category = getattr(parent, "category_id", None)
+    else:
+        chain.append(_channel_id(channel))
+        category = getattr(channel, "category_id", None)
+    if category is not None:
+        chain.append(category)
+    guild_id = _guild_id(channel)
+    if guild_id is not None:
+        chain.append(guild_id)
+    return tuple(chain)
+
+
+def _with_prompt(settings: Settings, prompt: str) -> Settings:
+    return dataclasses.replace(settings, system_prompt=prompt)
 
 
 def _guild_id(channel: discord.abc.Messageable) -> int | None:
