@@ -21,6 +21,7 @@ import discord
 
 from genbot.access import Access, AccessList
 from genbot.bot import Genbot, _bounded_in_thread
+from genbot.commands import CHATBOT, install_commands
 from genbot.context import Context
 from genbot.fairness import FairScheduler, FairStream
 from genbot.gatekeeping import gatekeep
@@ -174,6 +175,7 @@ class ChatBot(Genbot):
             metrics_host=self.settings.metrics_host,
             **client_kwargs,
         )
+        install_commands(self, CHATBOT)  # /model, /persona, /settings
         self.backend = self.own(backend if backend is not None else self.new_backend(self.settings))
         self.turns = FairScheduler(self.backend, default_slots=self.settings.parallel)
         self._retired_turns: dict[int, FairScheduler] = {}
@@ -409,7 +411,7 @@ class ChatBot(Genbot):
         prompt = format_prompt(settings.system_prompt, self.placeholders(channel))
         return settings if prompt == settings.system_prompt else _with_prompt(settings, prompt)
 
-    def place_of(self, channel: discord.abc.Messageable) -> Resolved:
+    def place_of(self, channel: object) -> Resolved:
         """The profile and model of ``channel``: :func:`genbot.profiles.resolve` over its
         thread, channel, category and server, the config's places and the choices made.
 
@@ -423,7 +425,7 @@ class ChatBot(Genbot):
             place_chain(channel), places, self.choices, self.settings.profiles, self.settings.models
         )
 
-    def placeholders(self, channel: discord.abc.Messageable) -> dict[str, str]:
+    def placeholders(self, channel: object) -> dict[str, str]:
         """What each system prompt placeholder says in ``channel`` now."""
         now = datetime.datetime.now(datetime.timezone.utc)
         guild = getattr(channel, "guild", None)
@@ -435,7 +437,7 @@ class ChatBot(Genbot):
             "bot": self.user.display_name if self.user is not None else "genbot",
         }
 
-    async def choose(self, channel: discord.abc.Messageable, choice: Choice, user: int) -> None:
+    async def choose(self, channel: object, choice: Choice, user: int) -> None:
         """Keep ``choice`` (merged with the place's earlier one) for the channel or thread,
         in memory and in the store; a model not running yet starts at its first chat.
 
@@ -509,13 +511,15 @@ class ChatBot(Genbot):
         return entered
 
     async def _start_used_models(self) -> None:
-        """Start the named models the config's places (and their profiles) and the choices
-        made use, so their first chats need not wait; others start at their first chat."""
-        used = {p.model for p in self.settings.places} | {c.model for c in self.choices.values()}
-        profiles = {p.profile for p in self.settings.places}
-        profiles |= {c.profile for c in self.choices.values()}
-        used |= {self.settings.profiles.get(p or "", {}).get("model") for p in profiles}
-        for name in sorted(n for n in used if n in self.settings.models):
+        """Start the named models that the config's places and the choices made use (each
+        place on its own), so their first chats need not wait; others start at their first."""
+        settings = self.settings
+        places = {p.id: Choice(p.profile, p.model) for p in settings.places}
+        used = {
+            resolve((place,), places, self.choices, settings.profiles, settings.models).model
+            for place in {*places, *self.choices}
+        }
+        for name in sorted(used - {DEFAULT}):
             try:
                 await self._model_ready(self.backend_of(name))
             except StreamError:  # logged; its chats get the unavailable note and retry
@@ -735,7 +739,7 @@ def _answered(
     )
 
 
-def place_chain(channel: discord.abc.Messageable) -> tuple[int, ...]:
+def place_chain(channel: object) -> tuple[int, ...]:
     """The places ``channel`` is in, most specific first: a thread, its channel, the channel's
     category, the server; a DM is its own."""
     chain: list[int] = []
@@ -759,12 +763,12 @@ def _with_prompt(settings: Settings, prompt: str) -> Settings:
     return dataclasses.replace(settings, system_prompt=prompt)
 
 
-def _guild_id(channel: discord.abc.Messageable) -> int | None:
+def _guild_id(channel: object) -> int | None:
     guild = getattr(channel, "guild", None)
     return guild.id if guild is not None else None
 
 
-def _channel_id(channel: discord.abc.Messageable) -> int:
+def _channel_id(channel: object) -> int:
     return int(getattr(channel, "id", 0))
 
 
@@ -772,7 +776,7 @@ def _model_name(settings: Settings) -> str:
     return model_name(settings.backend, settings.model)
 
 
-def _where(channel: discord.abc.Messageable) -> str:
+def _where(channel: object) -> str:
     if isinstance(channel, discord.DMChannel):
         return "a DM"
     return f"#{getattr(channel, 'name', channel)}"

@@ -23,6 +23,7 @@ from .payloads import (
     unknown_message,
     validate_message,
 )
+from .permissions import channel_permissions
 from .routes import Route
 from .state import ServerState
 
@@ -153,12 +154,15 @@ def interaction_payload(
         "attachment_size_limit": 10 * 2**20,
     }
     if channel.guild_id is not None:
-        member = state.guilds[channel.guild_id].members[user.id]
+        guild = state.guilds[channel.guild_id]
+        member = guild.members[user.id]
+        # what the member may do in this channel, as Discord computes it (roles, overwrites)
+        allowed = channel_permissions(guild, channel, user.id)
         payload.update(
             guild_id=str(channel.guild_id),
             guild_locale="en-US",
             guild={"id": str(channel.guild_id), "locale": "en-US", "features": []},
-            member=member.to_json() | {"permissions": str(ALL_PERMISSIONS)},
+            member=member.to_json() | {"permissions": str(allowed)},
             authorizing_integration_owners={"0": str(channel.guild_id)},
             context=0,
         )

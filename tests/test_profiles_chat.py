@@ -1,0 +1,221 @@
+"""Profiles and places end to end on the loopback Discord: channels answered by different models
+with different profiles at the same time, a thread following its channel, /model, /persona and
+/settings with Discord's permission rules, and choices surviving a restart of the bot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot_world import FAST, World, world
+from genbot.chatbot import ChatBot
+from genbot.commands import Texts
+from genbot.settings import Settings
+from genbot.streaming import Streamer
+from genbot.testing import FakeChannel, FakeUser, run_bot
+from profile_workers import MODELS, running
+
+MANAGE_CHANNELS = 1 << 4
+BOT_FAST = {**FAST, "close_streamers": False}
+
+models = pytest.fixture(running, name="models")
+
+
+class Bot(ChatBot):
+    """The ready-made bot, its named models served by the scripted ones (by ``model``)."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.made: list[str] = []
+        super().__init__(settings, backend=MODELS["default"], **kwargs)
+
+    def new_backend(self, settings: Settings) -> Streamer:
+        self.made.append(settings.model)
+        return MODELS[settings.model]
+
+
+def settings_for(tmp_path: Path, w: World, *channels: FakeChannel, places: str) -> Settings:
+    """Settings from a config file: two named models, two profiles and ``places``; every
+    message wakes the bot in #general and ``channels``."""
+    ids = ", ".join(str(c.id) for c in (w.general, *channels))
+    text = f"""
+data_dir = "{tmp_path / "data"}"
+edit_interval = 0.2
+admins = [{w.admin.id}]
+channels = [{ids}]
+system_prompt = "You are {{bot}}."
+
+[models.small]
+backend = "openai"
+model = "small"
+
+[models.big]
+backend = "openai"
+model = "big"
+parallel = 2
+
+[profiles.pirate]
+model = "small"
+system_prompt = "Arr, pirate in #{{channel}} on {{server}}, {{{{literally}}}}."
+temperature = 0.8
+
+[profiles.scholar]
+system_prompt = "Scholar."
+max_new_tokens = 99
+
+"""
+    path = tmp_path / "genbot.toml"
+    path.write_text(text + places, encoding="utf-8")
+    return Settings.load(path, environ={})
+
+
+def place(channel: FakeChannel, **values: str) -> str:
+    lines = [f"[[places]]\nid = {channel.id}"] + [f'{k} = "{v}"' for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def replies(w: World, channel: FakeChannel) -> list[str]:
+    return [m["content"] for m in w.server.bot_messages(channel)]
+
+
+async def answer(w: World, channel: FakeChannel, user: FakeUser, text: str) -> str:
+    """``user`` says ``text`` in ``channel``; the bot's reply to it (bounded wait)."""
+    before = len(replies(w, channel))
+    await w.server.send_message(channel, user, text)
+    await w.server.wait_for(
+        lambda: any(r.endswith(f"| {text}") for r in replies(w, channel)[before:]), timeout=15
+    )
+    return next(r for r in replies(w, channel)[before:] if r.endswith(f"| {text}"))
+
+
+async def command(
+    w: World, channel: FakeChannel, user: FakeUser, command_name: str, **options: str
+) -> dict[str, Any]:
+    interaction = await w.server.invoke_command(channel, user, command_name, options)
+    return await interaction.wait_response()
+
+
+async def test_two_channels_with_their_profiles_are_answered_by_two_models_at_once(
+    tmp_path: Path, models: dict[str, Streamer]
+) -> None:
+    async with world() as w:
+        pirates = w.server.create_channel(w.guild, "pirates")
+        books = w.server.create_channel(w.guild, "books")
+        places = place(pirates, profile="pirate") + place(books, profile="scholar", model="big")
+        bot = Bot(settings_for(tmp_path, w, pirates, books, places=places), **BOT_FAST)
+        async with run_bot(bot, w.server):
+            # each model holds its reply until the other one streams too
+            await w.server.send_message(pirates, w.alice, "together")
+            await w.server.send_message(books, w.bob, "together")
+            await w.server.wait_for(
+                lambda: (
+                    any(r.endswith("| together") for r in replies(w, pirates))
+                    and any(r.endswith("| together") for r in replies(w, books))
+                ),
+                timeout=20,
+            )
+            assert replies(w, pirates)[-1] == (
+                "small | Arr, pirate in #pirates on Guild, {literally}. | together"
+            )
+            assert replies(w, books)[-1] == "big | Scholar. | together"
+            # an unplaced channel: the top-level settings and model
+            assert await answer(w, w.general, w.alice, "hi") == "default | You are genbot. | hi"
+            assert sorted(bot.made) == ["big", "small"]  # one Streamer per model, no more
+            assert bot.settings_for(bot.get_channel(books.id)).max_new_tokens == 99  # type: ignore[arg-type]
+
+
+async def test_a_model_no_place_uses_is_not_loaded(
+    tmp_path: Path, models: dict[str, Streamer]
+) -> None:
+    async with world() as w:
+        pirates = w.server.create_channel(w.guild, "pirates")
+        bot = Bot(
+            settings_for(tmp_path, w, pirates, places=place(pirates, profile="pirate")), **BOT_FAST
+        )
+        async with run_bot(bot, w.server):
+            assert (await answer(w, pirates, w.alice, "ahoy")).startswith("small | Arr")
+            assert bot.made == ["small"]  # "big" is defined, but nothing uses it
+
+
+async def test_a_thread_follows_its_channels_profile_unless_it_has_its_own(
+    tmp_path: Path, models: dict[str, Streamer]
+) -> None:
+    async with world() as w:
+        pirates = w.server.create_channel(w.guild, "pirates")
+        thread = w.server.create_thread(pirates, "the-deck", members=[w.alice])
+        own = w.server.create_thread(pirates, "quiet", members=[w.alice])
+        places = place(pirates, profile="pirate") + place(own, profile="scholar")
+        bot = Bot(settings_for(tmp_path, w, pirates, places=places), **BOT_FAST)
+        async with run_bot(bot, w.server):
+            said = await answer(w, thread, w.alice, "yo")
+            assert said == "small | Arr, pirate in #the-deck on Guild, {literally}. | yo"
+            assert await answer(w, own, w.alice, "yo") == "default | Scholar. | yo"
+
+
+async def test_model_is_set_by_an_allowed_member_refused_to_others_and_kept_across_restarts(
+    tmp_path: Path, models: dict[str, Streamer]
+) -> None:
+    async with world() as w:
+        pirates = w.server.create_channel(w.guild, "pirates")
+        w.guild.roles[w.mods.id].permissions = MANAGE_CHANNELS  # mods may manage channels
+        settings = settings_for(tmp_path, w, pirates, places=place(pirates, profile="pirate"))
+        bot = Bot(settings, **BOT_FAST)
+        async with run_bot(bot, w.server):
+            assert (await answer(w, pirates, w.alice, "one")).startswith("small | Arr")
+            shown = await command(w, pirates, w.bob, "model")
+            assert shown["ephemeral"] and "**small**" in shown["content"]
+            refused = await command(w, pirates, w.bob, "model", name="big")
+            assert refused["ephemeral"]
+            assert refused["content"] == Texts.choose_refused.format(permission="Manage Channels")
+            assert (await answer(w, pirates, w.alice, "two")).startswith("small | Arr")
+            picked = await command(w, pirates, w.mod, "model", name="big")
+            assert picked["ephemeral"] and picked["content"] == Texts.model_set.format(model="big")
+            # the model changes, the persona (the channel's profile) stays
+            assert (await answer(w, pirates, w.alice, "three")).startswith("big | Arr")
+            unknown = await command(w, pirates, w.mod, "model", name="huge")
+            assert "no model named 'huge'" in unknown["content"]
+        restarted = Bot(settings, **BOT_FAST)  # a new bot on the same data_dir
+        async with run_bot(restarted, w.server):
+            assert (await answer(w, pirates, w.alice, "four")).startswith("big | Arr")
+            shown = await command(w, pirates, w.alice, "model")
+            assert "**big**" in shown["content"]
+            assert restarted.made == ["big"]  # the model in use starts with the bot
+
+
+async def test_a_channel_overwrite_takes_manage_channels_away_and_admins_may_always(
+    tmp_path: Path, models: dict[str, Streamer]
+) -> None:
+    async with world() as w:
+        pirates = w.server.create_channel(w.guild, "pirates")
+        w.guild.roles[w.mods.id].permissions = MANAGE_CHANNELS
+        w.server.set_overwrite(pirates, w.mods, deny=MANAGE_CHANNELS)
+        settings = settings_for(tmp_path, w, pirates, places="")
+        async with run_bot(Bot(settings, **BOT_FAST), w.server):
+            refused = await command(w, pirates, w.mod, "persona", name="pirate")
+            assert refused["content"] == Texts.choose_refused.format(permission="Manage Channels")
+            assert (await command(w, w.general, w.mod, "persona", name="scholar"))["ephemeral"]
+            assert await answer(w, w.general, w.alice, "hm") == "default | Scholar. | hm"
+            picked = await command(w, pirates, w.admin, "persona", name="pirate")
+            assert picked["content"] == Texts.persona_set.format(persona="pirate")
+            assert (await answer(w, pirates, w.alice, "ho")).startswith("small | Arr")
+            shown = await command(w, pirates, w.bob, "persona")
+            assert "**pirate**" in shown["content"] and "scholar" in shown["content"]
+
+
+async def test_settings_shows_the_effective_profile_ephemerally(
+    tmp_path: Path, models: dict[str, Streamer]
+) -> None:
+    async with world() as w:
+        books = w.server.create_channel(w.guild, "books")
+        places = place(books, profile="scholar", model="big")
+        async with run_bot(
+            Bot(settings_for(tmp_path, w, books, places=places), **BOT_FAST), w.server
+        ):
+            shown = await command(w, books, w.bob, "settings")
+            assert shown["ephemeral"]
+            text = shown["content"]
+            assert f"**Persona**: scholar (the config's place {books.id})" in text
+            assert "**Model**: big" in text and "max_new_tokens 99" in text
+            assert "temperature 0.2" in text and "**Context**: up to 16 messages" in text
+            assert "**Wakes on**: every message" in text and "**System prompt**: Scholar." in text
