@@ -70,5 +70,5 @@ def running() -> Iterator[dict[str, Streamer]]:
         yield MODELS
     finally:
         TOGETHER.abort()
-        for model in MODELS.values():
-            model.close()
+        for each in MODELS.values():
+            each.close()
