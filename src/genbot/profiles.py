@@ -263,6 +263,11 @@ def _optional(
 
 
 def _place_id(value: Any, source: str, key: str) -> int:
+    if value is None:
+        raise SettingsError(
+            f"{source}: setting {key!r}: missing: a place needs the id of a server, category, "
+            "channel or thread"
+        )
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
