@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,10 @@ from genbot.settings import PROFILE_FIELDS, Settings, SettingsError
 
 THREAD, CHANNEL, CATEGORY, SERVER = 4, 3, 2, 1
 CHAIN = (THREAD, CHANNEL, CATEGORY, SERVER)
-PROFILES = {"pirate": {"model": "small", "temperature": 0.8}, "scholar": {"max_new_tokens": 9}}
+PROFILES: dict[str, dict[str, Any]] = {
+    "pirate": {"model": "small", "temperature": 0.8},
+    "scholar": {"max_new_tokens": 9},
+}
 MODELS = {"small": {"backend": "openai"}, "big": {"backend": "openai"}}
 
 
