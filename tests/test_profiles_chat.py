@@ -219,3 +219,47 @@ async def test_settings_shows_the_effective_profile_ephemerally(
             assert "**Model**: big" in text and "max_new_tokens 99" in text
             assert "temperature 0.2" in text and "**Context**: up to 16 messages" in text
             assert "**Wakes on**: every message" in text and "**System prompt**: Scholar." in text
+
+
+async def test_a_reload_applies_new_places_at_the_next_reply_and_restarts_a_changed_model(
+    tmp_path: Path, models: dict[str, Streamer]
+) -> None:
+    async with world() as w:
+        pirates = w.server.create_channel(w.guild, "pirates")
+        books = w.server.create_channel(w.guild, "books")
+        before = settings_for(tmp_path, w, pirates, books, places=place(pirates, profile="pirate"))
+        bot = Bot(before, **BOT_FAST)
+        async with run_bot(bot, w.server):
+            assert (await answer(w, pirates, w.alice, "a")).startswith("small | Arr")
+            assert await answer(w, books, w.alice, "b") == "default | You are genbot. | b"
+            places = place(pirates, profile="pirate") + place(books, profile="pirate")
+            settings_for(tmp_path, w, pirates, books, places=places)  # writes the file
+            path = tmp_path / "genbot.toml"
+            text = path.read_text(encoding="utf-8")
+            path.write_text(text.replace('model = "small"\n', 'model = "small"\nparallel = 3\n', 1))
+            after = Settings.load(path, environ={})
+            assert after.models["small"]["parallel"] == 3
+            changes = await bot.reconfigure(after)
+            assert "a changed named model starts anew" in changes.describe()
+            assert (await answer(w, books, w.alice, "c")).startswith(
+                "small | Arr, pirate in #books"
+            )
+            assert (await answer(w, pirates, w.alice, "d")).startswith("small | Arr")
+            assert bot.made == ["small", "small"]  # the changed definition made a new Streamer
+            assert bot.settings_for(bot.get_channel(books.id)).parallel == 3  # type: ignore[arg-type]
+
+
+async def test_model_and_persona_names_autocomplete_from_the_config(
+    tmp_path: Path, models: dict[str, Streamer]
+) -> None:
+    async with world() as w:
+        settings = settings_for(tmp_path, w, places="")
+        async with run_bot(Bot(settings, **BOT_FAST), w.server):
+            offered = await w.server.invoke_autocomplete(w.general, w.bob, "model", "name", "")
+            assert [c["value"] for c in offered] == ["default", "small", "big"]
+            offered = await w.server.invoke_autocomplete(w.general, w.bob, "model", "name", "BI")
+            assert [c["name"] for c in offered] == ["big"]
+            offered = await w.server.invoke_autocomplete(w.general, w.bob, "persona", "name", "")
+            assert [c["value"] for c in offered] == ["default", "pirate", "scholar"]
+            offered = await w.server.invoke_autocomplete(w.general, w.bob, "persona", "name", "r")
+            assert [c["value"] for c in offered] == ["pirate", "scholar"]

@@ -537,6 +537,9 @@ class ChatBot(Genbot):
             self._retired_turns[id(backend)] = self._model_turns.pop(id(backend))
             self._close_if_idle(backend)
         self._defined = dict(settings.models)
+        for name, backend in self.model_backends.items():  # a new default model dropped them
+            defined = model_settings(settings, name)
+            self.metrics.serving(backend, _model_name(defined), defined.parallel, only=False)
 
     async def _answer(self, channel: discord.abc.Messageable, turn: _Turn) -> None:
         settings = self.settings_for(channel)

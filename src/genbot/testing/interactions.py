@@ -46,6 +46,7 @@ LOADING = 1 << 7  # message flag of a deferred "thinking..." response
 CHAT_INPUT_COMMAND = 20
 # Interaction callback types.
 CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, DEFERRED_UPDATE, UPDATE_MESSAGE, MODAL = 4, 5, 6, 7, 9
+AUTOCOMPLETE_RESULT = 8
 ALL_PERMISSIONS = (1 << 53) - 1
 
 
@@ -291,7 +292,7 @@ async def _update(
 async def _acknowledge(
     state: ServerState, interaction: FakeInteraction, data: dict[str, Any], files: list[Upload]
 ) -> dict[str, Any] | None:
-    """DEFERRED_UPDATE_MESSAGE, MODAL: acknowledged, no message."""
+    """DEFERRED_UPDATE_MESSAGE, MODAL, AUTOCOMPLETE_RESULT: acknowledged, no message."""
     return None
 
 
@@ -316,6 +317,7 @@ CALLBACKS: dict[int, Callback] = {
     DEFERRED_UPDATE: _acknowledge,
     UPDATE_MESSAGE: _update,
     MODAL: _acknowledge,
+    AUTOCOMPLETE_RESULT: _acknowledge,  # the choices are in the recorded payload's data
 }
 
 
