@@ -256,3 +256,13 @@ def test_name_choices_offer_prefixes_first_then_the_rest_that_match() -> None:
     assert name_choices(names, "BI") == ["big", "bigger", "tiny-big"]
     assert name_choices(names, "zzz") == []
     assert len(name_choices([f"m{i}" for i in range(40)], "m")) == 25
+
+
+def test_the_readme_example_config_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Profiles, places and personas") :]
+    block = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert block is not None
+    settings = load(tmp_path, block.group(1))
+    assert settings.profiles["pirate"]["model"] == "small"
+    assert [p.model for p in settings.places] == [None, "big"]
