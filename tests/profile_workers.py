@@ -12,10 +12,15 @@ import threading
 from collections.abc import Iterator
 
 import genbot
+from genbot.models import GenerationSettings
 from genbot.streaming import Stream, Streamer
 
-__all__ = ["MODELS", "TOGETHER", "arm", "running"]
+__all__ = ["BROKEN", "MODELS", "SEEN", "TOGETHER", "arm", "running"]
 
+#: The generation settings of every chat (not warm-ups) each model got, by model.
+SEEN: dict[str, list[GenerationSettings]] = {}
+#: While set, the model ``flaky`` fails every request, its warm-up included.
+BROKEN = threading.Event()
 #: Two chats meet here (bounded): each model holds its reply until the other streams.
 TOGETHER = threading.Barrier(2, timeout=30)
 
@@ -27,11 +32,14 @@ def arm() -> None:
 
 def _answer(name: str, streams: list[Stream]) -> None:
     for stream in streams:
+        if name == "flaky" and BROKEN.is_set():
+            raise RuntimeError("the model file is missing")
         messages = stream.data.messages
         if stream.data.settings.max_new_tokens == 1:  # the warm-up
             stream.write("ok")
             stream.close()
             continue
+        SEEN.setdefault(name, []).append(stream.data.settings)
         system = next((m["content"] for m in messages if m["role"] == "system"), "")
         users = [m["content"] for m in messages if m["role"] == "user"]
         said = users[-1].splitlines()[-1].split(": ", 1)[-1] if users else ""
@@ -57,14 +65,26 @@ def big(streams: list[Stream]) -> None:
     _answer("big", streams)
 
 
+@genbot.streamer
+def flaky(streams: list[Stream]) -> None:
+    _answer("flaky", streams)
+
+
 #: The scripted model of each ``model`` value of a ``[models.NAME]`` table.
-MODELS: dict[str, Streamer] = {"default": default_model, "small": small, "big": big}
+MODELS: dict[str, Streamer] = {
+    "default": default_model,
+    "small": small,
+    "big": big,
+    "flaky": flaky,
+}
 
 
 def running() -> Iterator[dict[str, Streamer]]:
     """For a pytest fixture: the three models on threads; closed afterwards."""
     arm()
-    for model in (default_model, small, big):
+    SEEN.clear()
+    BROKEN.clear()
+    for model in (default_model, small, big, flaky):
         model.start_thread(maximum=2)
     try:
         yield MODELS

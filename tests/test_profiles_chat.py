@@ -15,7 +15,7 @@ from genbot.commands import Texts
 from genbot.settings import Settings
 from genbot.streaming import Streamer
 from genbot.testing import FakeChannel, FakeUser, run_bot
-from profile_workers import MODELS, running
+from profile_workers import BROKEN, MODELS, SEEN, running
 
 MANAGE_CHANNELS = 1 << 4
 BOT_FAST = {**FAST, "close_streamers": False}
@@ -59,6 +59,10 @@ parallel = 2
 model = "small"
 system_prompt = "Arr, pirate in #{{channel}} on {{server}}, {{{{literally}}}}."
 temperature = 0.8
+
+[models.flaky]
+backend = "openai"
+model = "flaky"
 
 [profiles.scholar]
 system_prompt = "Scholar."
@@ -119,6 +123,9 @@ async def test_two_channels_with_their_profiles_are_answered_by_two_models_at_on
                 "small | Arr, pirate in #pirates on Guild, {literally}. | together"
             )
             assert replies(w, books)[-1] == "big | Scholar. | together"
+            # the profiles' sampling reached the models
+            assert [(g.temperature, g.max_new_tokens) for g in SEEN["small"]] == [(0.8, 256)]
+            assert [(g.temperature, g.max_new_tokens) for g in SEEN["big"]] == [(0.2, 99)]
             # an unplaced channel: the top-level settings and model
             assert await answer(w, w.general, w.alice, "hi") == "default | You are genbot. | hi"
             assert sorted(bot.made) == ["big", "small"]  # one Streamer per model, no more
@@ -256,10 +263,29 @@ async def test_model_and_persona_names_autocomplete_from_the_config(
         settings = settings_for(tmp_path, w, places="")
         async with run_bot(Bot(settings, **BOT_FAST), w.server):
             offered = await w.server.invoke_autocomplete(w.general, w.bob, "model", "name", "")
-            assert [c["value"] for c in offered] == ["default", "small", "big"]
+            assert [c["value"] for c in offered] == ["default", "small", "big", "flaky"]
             offered = await w.server.invoke_autocomplete(w.general, w.bob, "model", "name", "BI")
             assert [c["name"] for c in offered] == ["big"]
             offered = await w.server.invoke_autocomplete(w.general, w.bob, "persona", "name", "")
             assert [c["value"] for c in offered] == ["default", "pirate", "scholar"]
             offered = await w.server.invoke_autocomplete(w.general, w.bob, "persona", "name", "r")
             assert [c["value"] for c in offered] == ["pirate", "scholar"]
+
+
+async def test_a_named_model_that_does_not_start_gets_a_note_and_the_next_chat_tries_again(
+    tmp_path: Path, models: dict[str, Streamer]
+) -> None:
+    async with world() as w:
+        lab = w.server.create_channel(w.guild, "lab")
+        BROKEN.set()
+        bot = Bot(settings_for(tmp_path, w, lab, places=place(lab, model="flaky")), **BOT_FAST)
+        async with run_bot(bot, w.server):  # the start-up's attempt fails, and is logged
+            await w.server.send_message(lab, w.alice, "first")
+            note = f"*{ChatBot.unavailable_text}*"
+            await w.server.wait_for(lambda: note in replies(w, lab), timeout=15)
+            assert await answer(w, w.general, w.alice, "meanwhile") == (
+                "default | You are genbot. | meanwhile"
+            )
+            BROKEN.clear()
+            assert await answer(w, lab, w.alice, "second") == "flaky | You are genbot. | second"
+            assert bot.made == ["flaky"]
