@@ -126,6 +126,13 @@ class ChatBot(Genbot):
     new model and stops the old one once its chats finish), and :meth:`reload` reads them again
     from ``load_settings`` (``/reload``, and ``SIGHUP`` under ``genbot run``).
 
+    Several models and profiles (``[models.NAME]``, ``[profiles.NAME]``, ``[[places]]``, see
+    :mod:`genbot.profiles`): :meth:`settings_for` gives a reply's settings for its place, and
+    each named model has one Streamer (:meth:`backend_of`, made by :meth:`new_backend` at its
+    first use, started and warmed up before its first chat, or at the start when the config's
+    places or the choices made with ``/model`` and ``/persona`` use it), with its own turns.
+    ``backend`` is the ``default`` model's.
+
     Turns at the model go round-robin across users, then channels (:attr:`turns`, a
     :class:`genbot.fairness.FairScheduler`). Each reply's tokens are counted in :attr:`usage`
     (in the SQLite store in ``settings.data_dir``, opened in ``setup_hook``); a chat over the
