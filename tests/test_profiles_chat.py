@@ -289,3 +289,25 @@ async def test_a_named_model_that_does_not_start_gets_a_note_and_the_next_chat_t
             BROKEN.clear()
             assert await answer(w, lab, w.alice, "second") == "flaky | You are genbot. | second"
             assert bot.made == ["flaky"]
+
+
+async def test_a_choice_in_a_thread_stays_in_the_thread_and_dms_are_for_admins(
+    tmp_path: Path, models: dict[str, Streamer]
+) -> None:
+    async with world() as w:
+        pirates = w.server.create_channel(w.guild, "pirates")
+        deck = w.server.create_thread(pirates, "deck", members=[w.alice, w.mod])
+        w.guild.roles[w.mods.id].permissions = MANAGE_CHANNELS
+        settings = settings_for(tmp_path, w, pirates, places=place(pirates, profile="pirate"))
+        async with run_bot(Bot(settings, **BOT_FAST), w.server):
+            picked = await command(w, deck, w.mod, "persona", name="scholar")
+            assert picked["content"] == Texts.persona_set.format(persona="scholar")
+            # scholar sets no model, and the channel's model came with its profile: the default
+            assert await answer(w, deck, w.alice, "in") == "default | Scholar. | in"
+            assert (await answer(w, pirates, w.alice, "out")).startswith("small | Arr")
+            alice_dm, admin_dm = w.server.create_dm(w.alice), w.server.create_dm(w.admin)
+            refused = await command(w, alice_dm, w.alice, "model", name="big")
+            assert refused["content"] == Texts.choose_refused.format(permission="Manage Channels")
+            await command(w, admin_dm, w.admin, "model", name="big")
+            assert await answer(w, admin_dm, w.admin, "dm") == "big | You are genbot. | dm"
+            assert await answer(w, alice_dm, w.alice, "dm") == "default | You are genbot. | dm"
