@@ -352,7 +352,7 @@ def _first(
         if name is not None and name in names:
             return name, origin
         if name is not None:
-            _log.warning("the %s %r of place %s is not defined any more", what, name, place)
+            _log.debug("the %s %r of place %s is not defined any more", what, name, place)
     return None
 
 
