@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import functools
 import logging
 import secrets
@@ -24,6 +25,7 @@ from genbot.access import Access, AccessList
 from genbot.attachments import AttachmentReader, Read
 from genbot.bot import Genbot, _bounded_in_thread
 from genbot.chains import ReplyChain
+from genbot.commands import CHATBOT, install_commands
 from genbot.context import Context
 from genbot.controls import ControlButton, Controls
 from genbot.fairness import FairScheduler, FairStream
@@ -33,6 +35,16 @@ from genbot.metrics import model_name
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.modes import find_reanswer, open_thread, opens_thread, reply_to_redo, waking_question
 from genbot.output import SAFE_MENTIONS, ReplyButtons, keep_typing, shared_budget, stream_reply
+from genbot.profiles import (
+    DEFAULT,
+    Choice,
+    ChoiceStore,
+    Resolved,
+    format_prompt,
+    model_settings,
+    profile_settings,
+    resolve,
+)
 from genbot.prompt import context_to_messages
 from genbot.quota import LimitTexts, Rate, Usage, estimate_tokens
 from genbot.reasoning import ReplyFilter
@@ -136,6 +148,13 @@ class ChatBot(Genbot):
     new model and stops the old one once its chats finish), and :meth:`reload` reads them again
     from ``load_settings`` (``/reload``, and ``SIGHUP`` under ``genbot run``).
 
+    Several models and profiles (``[models.NAME]``, ``[profiles.NAME]``, ``[[places]]``, see
+    :mod:`genbot.profiles`): :meth:`settings_for` gives a reply's settings for its place, and
+    each named model has one Streamer (:meth:`backend_of`, made by :meth:`new_backend` at its
+    first use, started and warmed up before its first chat, or at the start when the config's
+    places or the choices made with ``/model`` and ``/persona`` use it), with its own turns.
+    ``backend`` is the ``default`` model's.
+
     Turns at the model go round-robin across users, then channels (:attr:`turns`, a
     :class:`genbot.fairness.FairScheduler`). Each reply's tokens are counted in :attr:`usage`
     (in the SQLite store in ``settings.data_dir``, opened in ``setup_hook``); a chat over the
@@ -198,6 +217,7 @@ class ChatBot(Genbot):
             metrics_host=self.settings.metrics_host,
             **{**shard_options(self.settings), **client_kwargs},
         )
+        install_commands(self, CHATBOT)  # /model, /persona, /settings
         self.backend = self.own(backend if backend is not None else self.new_backend(self.settings))
         self.turns = FairScheduler(self.backend, default_slots=self.settings.parallel)
         self._retired_turns: dict[int, FairScheduler] = {}
@@ -209,6 +229,16 @@ class ChatBot(Genbot):
             server_tokens_per_day=self.settings.server_tokens_per_day,
         )
         self.metrics.serving(self.backend, _model_name(self.settings), self.settings.parallel)
+        #: The named models' Streamers in use (see :meth:`backend_of`), and their turns.
+        self.model_backends: dict[str, Streamer] = {}
+        self._model_turns: dict[int, FairScheduler] = {}
+        #: Named models created but not started yet, by id, and their starts under way.
+        self._cold: dict[int, Streamer] = {}
+        self._starting: dict[int, asyncio.Task[None]] = {}
+        #: The /persona and /model choices by channel or thread id (read in setup_hook).
+        self.choices: dict[int, Choice] = {}
+        self.choice_store = ChoiceStore(self.store)
+        self._defined = dict(self.settings.models)
         #: Chats (attends) in progress on each backend, by id, and the replaced backends.
         self._chats: dict[int, int] = {}
         self._retired: dict[int, Streamer] = {}
@@ -300,12 +330,15 @@ class ChatBot(Genbot):
                 self._retired_turns[id(old)] = self.turns
                 self.turns = FairScheduler(self.backend, default_slots=settings.parallel)
                 self._close_if_idle(old)
+            self._retire_named_models(settings)
             return changes
 
     def _turns_of(self, backend: Streamer) -> FairScheduler:
         """The fair turns at ``backend``: the current model's, or a replaced one's."""
         if backend is self.turns.backend:
             return self.turns
+        if id(backend) in self._model_turns:
+            return self._model_turns[id(backend)]
         return self._retired_turns.setdefault(
             id(backend), FairScheduler(backend, default_slots=self.settings.parallel)
         )
@@ -335,9 +368,9 @@ class ChatBot(Genbot):
         _log.info("new model ready in %.1f s", seconds)
         return fresh
 
-    def _borrow(self) -> Streamer:
-        """The backend a new chat uses, counted until :meth:`_give_back`."""
-        backend = self.backend
+    def _borrow(self, channel: discord.abc.Messageable) -> Streamer:
+        """The backend a new chat in ``channel`` uses, counted until :meth:`_give_back`."""
+        backend = self.backend_of(self.place_of(channel).model)
         self._chats[id(backend)] = self._chats.get(id(backend), 0) + 1
         return backend
 
@@ -388,15 +421,17 @@ class ChatBot(Genbot):
         self.add_dynamic_items(ControlButton)  # buttons of earlier runs keep working
         await self.usage.open()
         await self.mcp.start()  # MCP servers (issue 11, part 2); one that fails is left out
+        self.choices = await self.choice_store.load()
         if not self.backend.running:
             self.backend.start_process()
         _log.info("loading the model (%s)...", self.settings.model or "embedded SmolLM2")
         seconds = await warm_up(self.backend)
         _log.info("model ready in %.1f s", seconds)
+        await self._start_used_models()
 
     @gatekeep
     async def attend(self, channel: discord.abc.Messageable) -> None:
-        turn = _Turn(self._borrow())
+        turn = _Turn(self._borrow(channel))
         try:
             try:
                 await self._answer(channel, turn)
@@ -420,14 +455,149 @@ class ChatBot(Genbot):
             _log.exception("checking %s for new messages failed", _where(channel))
 
     def settings_for(self, channel: discord.abc.Messageable) -> Settings:
-        """The settings that apply to a reply in ``channel``: the bot's :attr:`settings`.
+        """The settings that apply to a reply in ``channel``: the bot's :attr:`settings` with
+        the values of the place's profile, the definition of its model and the system prompt's
+        placeholders filled in (see :mod:`genbot.profiles`).
 
         Parameters
         ----------
         channel:
             Where the reply goes (a channel, thread or DM).
         """
-        return self.settings
+        place = self.place_of(channel)
+        settings = model_settings(profile_settings(self.settings, place.profile), place.model)
+        prompt = format_prompt(settings.system_prompt, self.placeholders(channel))
+        return settings if prompt == settings.system_prompt else _with_prompt(settings, prompt)
+
+    def place_of(self, channel: object) -> Resolved:
+        """The profile and model of ``channel``: :func:`genbot.profiles.resolve` over its
+        thread, channel, category and server, the config's places and the choices made.
+
+        Parameters
+        ----------
+        channel:
+            A channel, thread or DM.
+        """
+        places = {p.id: Choice(p.profile, p.model) for p in self.settings.places}
+        return resolve(
+            place_chain(channel), places, self.choices, self.settings.profiles, self.settings.models
+        )
+
+    def placeholders(self, channel: object) -> dict[str, str]:
+        """What each system prompt placeholder says in ``channel`` now."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        guild = getattr(channel, "guild", None)
+        return {
+            "date": now.strftime("%Y-%m-%d"),
+            "time": now.strftime("%H:%M UTC"),
+            "server": guild.name if guild is not None else "Direct Messages",
+            "channel": str(getattr(channel, "name", None) or "DM"),
+            "bot": self.user.display_name if self.user is not None else "genbot",
+        }
+
+    async def choose(self, channel: object, choice: Choice, user: int) -> None:
+        """Keep ``choice`` (merged with the place's earlier one) for the channel or thread,
+        in memory and in the store; a model not running yet starts at its first chat.
+
+        Parameters
+        ----------
+        channel:
+            Where ``/persona`` or ``/model`` was run.
+        choice:
+            The new profile and/or model (``None``: unchanged).
+        user:
+            Who chose.
+        """
+        place = _channel_id(channel)
+        old = self.choices.get(place, Choice())
+        merged = Choice(choice.profile or old.profile, choice.model or old.model)
+        await self.choice_store.save(place, merged, user, time.time())
+        self.choices[place] = merged
+        _log.info("%s picked %s in %s", user, merged, _where(channel))
+
+    # -- the named models --------------------------------------------------------------------
+
+    def backend_of(self, model: str) -> Streamer:
+        """The Streamer of the model named ``model`` (``default``: :attr:`backend`); a named
+        one is made (:meth:`new_backend`) at its first use and started by its first chat.
+
+        Parameters
+        ----------
+        model:
+            ``default`` or a name of the ``models`` tables.
+        """
+        if model == DEFAULT:
+            return self.backend
+        backend = self.model_backends.get(model)
+        if backend is None:
+            settings = model_settings(self.settings, model)
+            backend = self.model_backends[model] = self.own(self.new_backend(settings))
+            self._model_turns[id(backend)] = FairScheduler(backend, default_slots=settings.parallel)
+            self._cold[id(backend)] = backend
+            self.metrics.serving(backend, _model_name(settings), settings.parallel, only=False)
+        return backend
+
+    async def _model_ready(self, backend: Streamer) -> None:
+        """Start and warm up a named model made by :meth:`backend_of`, once (chats waiting for
+        it share the start; a failed start is retried by the next chat).
+
+        Raises :class:`genbot.StreamError` when it does not start."""
+        if id(backend) not in self._cold:
+            return
+        task = self._starting.get(id(backend))
+        if task is None:
+            task = asyncio.create_task(self._warm(backend), name="genbot: model start")
+            self._starting[id(backend)] = task
+            task.add_done_callback(lambda _: self._starting.pop(id(backend), None))
+        await asyncio.shield(task)
+
+    async def _warm(self, backend: Streamer) -> None:
+        try:
+            if not backend.running:
+                backend.start_process()
+            _log.info("loading the model %r...", self.metrics.model_of(backend))
+            seconds = await warm_up(backend)
+        except Exception as error:
+            _log.error("the model %r did not start: %s", self.metrics.model_of(backend), error)
+            raise StreamError(f"the model did not start: {error}") from error
+        self._cold.pop(id(backend), None)
+        _log.info("model %r ready in %.1f s", self.metrics.model_of(backend), seconds)
+
+    async def _enter_when_ready(self, slot: Any, backend: Streamer) -> FairStream:
+        await self._model_ready(backend)
+        entered: FairStream = await slot.__aenter__()
+        return entered
+
+    async def _start_used_models(self) -> None:
+        """Start the named models that the config's places and the choices made use (each
+        place on its own), so their first chats need not wait; others start at their first."""
+        settings = self.settings
+        places = {p.id: Choice(p.profile, p.model) for p in settings.places}
+        used = {
+            resolve((place,), places, self.choices, settings.profiles, settings.models).model
+            for place in {*places, *self.choices}
+        }
+        for name in sorted(used - {DEFAULT}):
+            try:
+                await self._model_ready(self.backend_of(name))
+            except StreamError:  # logged; its chats get the unavailable note and retry
+                pass
+
+    def _retire_named_models(self, settings: Settings) -> None:
+        """After a reload: a named model whose definition changed or is gone stops once its
+        chats finish; the new definition starts at its next chat."""
+        for name, backend in list(self.model_backends.items()):
+            if settings.models.get(name) == self._defined.get(name):
+                continue
+            del self.model_backends[name]
+            self._cold.pop(id(backend), None)
+            self._retired[id(backend)] = backend
+            self._retired_turns[id(backend)] = self._model_turns.pop(id(backend))
+            self._close_if_idle(backend)
+        self._defined = dict(settings.models)
+        for name, backend in self.model_backends.items():  # a new default model dropped them
+            defined = model_settings(settings, name)
+            self.metrics.serving(backend, _model_name(defined), defined.parallel, only=False)
 
     async def _answer(self, channel: discord.abc.Messageable, turn: _Turn) -> None:
         settings = self.settings_for(channel)
@@ -554,13 +724,15 @@ class ChatBot(Genbot):
         settings = self.settings_for(channel)
         for extra in reply[1:]:
             await self._drop(extra)
-        backend = self._borrow()
+        backend = self._borrow(channel)
         try:
             slot = self._turns_of(backend).stream(
                 user=question.author.id, channel=_channel_id(channel)
             )
             try:
-                stream = await asyncio.wait_for(slot.__aenter__(), settings.queue_timeout)
+                stream = await asyncio.wait_for(
+                    self._enter_when_ready(slot, backend), settings.queue_timeout
+                )
             except asyncio.TimeoutError:
                 await self._note(channel, question, reply[0], self.busy_text)
                 return
@@ -827,7 +999,7 @@ class ChatBot(Genbot):
         slot = self._turns_of(backend).stream(user=question.author.id, channel=_channel_id(channel))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.queue_timeout
-        entering = asyncio.ensure_future(slot.__aenter__())
+        entering = asyncio.ensure_future(self._enter_when_ready(slot, backend))
         typing = asyncio.create_task(keep_typing(channel))
         placeholder = None
         handed = False
@@ -969,12 +1141,36 @@ def _starts(channel: object, message: discord.Message) -> bool:
     return isinstance(channel, discord.Thread) and message.id == channel.id
 
 
-def _guild_id(channel: discord.abc.Messageable) -> int | None:
+def place_chain(channel: object) -> tuple[int, ...]:
+    """The places ``channel`` is in, most specific first: a thread, its channel, the channel's
+    category, the server; a DM is its own."""
+    chain: list[int] = []
+    if isinstance(channel, discord.Thread):
+        chain.append(channel.id)
+        parent = channel.parent
+        chain.append(channel.parent_id)
+        category = getattr(parent, "category_id", None)
+    else:
+        chain.append(_channel_id(channel))
+        category = getattr(channel, "category_id", None)
+    if category is not None:
+        chain.append(category)
+    guild_id = _guild_id(channel)
+    if guild_id is not None:
+        chain.append(guild_id)
+    return tuple(chain)
+
+
+def _with_prompt(settings: Settings, prompt: str) -> Settings:
+    return dataclasses.replace(settings, system_prompt=prompt)
+
+
+def _guild_id(channel: object) -> int | None:
     guild = getattr(channel, "guild", None)
     return guild.id if guild is not None else None
 
 
-def _channel_id(channel: discord.abc.Messageable) -> int:
+def _channel_id(channel: object) -> int:
     return int(getattr(channel, "id", 0))
 
 
@@ -982,7 +1178,7 @@ def _model_name(settings: Settings) -> str:
     return model_name(settings.backend, settings.model)
 
 
-def _where(channel: discord.abc.Messageable) -> str:
+def _where(channel: object) -> str:
     if isinstance(channel, discord.DMChannel):
         return "a DM"
     return f"#{getattr(channel, 'name', channel)}"

@@ -26,7 +26,7 @@ import asyncio
 import inspect
 import logging
 import math
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -79,8 +79,26 @@ class Texts:
     usage_not_admin: str = "Only the bot's admins can see a server's use."
     usage_needs_server: str = "Ask for a server's use in that server."
     usage_off: str = "This bot does not count usage."
+    # -- /model, /persona, /settings (profiles and places) --
+    #: ``{model}``, ``{persona}``: a name; ``{names}``: the names to pick from.
+    model_current: str = "This channel's model is **{model}** (pick one of: {names})."
+    model_set: str = "This channel now uses the model **{model}**."
+    model_unknown: str = "There is no model named {model!r}; pick one of: {names}."
+    persona_current: str = "This channel's persona is **{persona}** (pick one of: {names})."
+    persona_set: str = "This channel now uses the persona **{persona}**."
+    persona_unknown: str = "There is no persona named {persona!r}; pick one of: {names}."
+    #: ``{permission}``: the permission that allows it (setting ``choose_permission``).
+    choose_refused: str = (
+        "Only the bot's admins and members with the {permission} permission here can change "
+        "this channel's model or persona."
+    )
+    choose_refused_admins: str = "Only the bot's admins can change this channel's model or persona."
+    choose_off: str = "This bot has no models or personas to pick."
     descriptions: Mapping[str, str] = field(default_factory=dict)
 
+
+if TYPE_CHECKING:
+    from genbot.chatbot import ChatBot
 
 # Kept for callers of the first release; the texts live in Texts now.
 NOT_ALLOWED = Texts.not_allowed
@@ -91,15 +109,21 @@ Callback: TypeAlias = Callable[..., Coroutine[Any, Any, None]]
 
 #: The built-in commands by name, in the order they are registered.
 BUILTIN: dict[str, Callback] = {}
+#: The commands the ready-made chat bot (:class:`genbot.chatbot.ChatBot`) adds to them.
+CHATBOT: dict[str, Callback] = {}
 
 
-def builtin(name: str) -> Callable[[Callback], Callback]:
+def builtin(
+    name: str, registry: dict[str, Callback] | None = None
+) -> Callable[[Callback], Callback]:
     """Register the decorated coroutine function as the built-in command ``/name``.
 
     Parameters
     ----------
     name:
         The command's name (Discord's rules: 1-32 lowercase letters, digits, ``-`` or ``_``).
+    registry:
+        Where: :data:`BUILTIN` (every bot, the default) or :data:`CHATBOT`.
 
     Raises
     ------
@@ -107,10 +131,12 @@ def builtin(name: str) -> Callable[[Callback], Callback]:
         When a command of that name is registered already.
     """
 
+    commands = BUILTIN if registry is None else registry
+
     def register(callback: Callback) -> Callback:
-        if name in BUILTIN:
+        if name in commands:
             raise ValueError(f"a built-in command /{name} is registered already")
-        BUILTIN[name] = callback
+        commands[name] = callback
         return callback
 
     return register
@@ -234,6 +260,184 @@ async def usage(interaction: Interaction, server: bool = False) -> None:
         if counts.server_tokens_per_day:
             text += texts.usage_server_quota.format(quota=counts.server_tokens_per_day)
     await interaction.response.send_message(text, ephemeral=True)
+
+
+# -- /model, /persona, /settings: the ready-made chat bot's profiles and places -----------------
+
+
+def name_choices(names: Iterable[str], typed: str, most: int = 25) -> list[str]:
+    """The names to offer for what was ``typed`` so far: those that start with it, then those
+    that hold it (case-insensitive), at most ``most`` (Discord shows 25).
+
+    Parameters
+    ----------
+    names:
+        The names to pick from, in their order.
+    typed:
+        What the user typed in the option so far.
+    most:
+        How many to offer.
+    """
+    typed = typed.casefold()
+    starting = [n for n in names if n.casefold().startswith(typed)]
+    holding = [n for n in names if typed in n.casefold() and n not in starting]
+    return (starting + holding)[:most]
+
+
+def _chatbot(interaction: Interaction) -> ChatBot:
+    from genbot.chatbot import ChatBot
+
+    bot = interaction.client
+    if not isinstance(bot, ChatBot):  # pragma: no cover - only a ChatBot installs CHATBOT
+        raise TypeError("/model, /persona and /settings need a genbot.chatbot.ChatBot")
+    return bot
+
+
+def _model_names(bot: ChatBot) -> list[str]:
+    from genbot.profiles import DEFAULT
+
+    return [DEFAULT, *bot.settings.models]
+
+
+def _persona_names(bot: ChatBot) -> list[str]:
+    from genbot.profiles import DEFAULT
+
+    return [DEFAULT, *bot.settings.profiles]
+
+
+async def _complete_models(interaction: Interaction, typed: str) -> list[app_commands.Choice[str]]:
+    names = name_choices(_model_names(_chatbot(interaction)), typed)
+    return [app_commands.Choice(name=n, value=n) for n in names]
+
+
+async def _complete_personas(
+    interaction: Interaction, typed: str
+) -> list[app_commands.Choice[str]]:
+    names = name_choices(_persona_names(_chatbot(interaction)), typed)
+    return [app_commands.Choice(name=n, value=n) for n in names]
+
+
+def may_choose(bot: ChatBot, interaction: Interaction) -> bool:
+    """Whether the user may set the model or persona where ``interaction`` was run: an admin,
+    or in a server a member with the ``choose_permission`` permission in that channel."""
+    if bot.is_admin(interaction.user):
+        return True
+    flag = bot.settings.choose_permission
+    return (
+        bool(flag)
+        and interaction.guild_id is not None
+        and getattr(interaction.permissions, flag, False)
+    )
+
+
+async def _pick(interaction: Interaction, what: str, name: str | None) -> None:
+    """``/model`` or ``/persona`` (``what``): show the current one, or set ``name``."""
+    from genbot.profiles import Choice
+
+    bot, texts, channel = _chatbot(interaction), interaction.client.texts, interaction.channel
+    names = _model_names(bot) if what == "model" else _persona_names(bot)
+    shown = ", ".join(names)
+    key = "model" if what == "model" else "persona"
+    if channel is None or not bot.may_chat(interaction.user, channel):
+        return await _refuse(interaction, texts.not_allowed)
+    if len(names) == 1 and name is None:
+        return await _refuse(interaction, texts.choose_off)
+    place = bot.place_of(channel)
+    if name is None:
+        current = place.model if what == "model" else place.profile
+        text = getattr(texts, f"{key}_current").format(**{key: current}, names=shown)
+        return await _refuse(interaction, text)
+    if not may_choose(bot, interaction):
+        flag = bot.settings.choose_permission
+        refusal = texts.choose_refused if flag else texts.choose_refused_admins
+        return await _refuse(interaction, refusal.format(permission=_permission_name(flag)))
+    if name not in names:
+        text = getattr(texts, f"{key}_unknown").format(**{key: name}, names=shown)
+        return await _refuse(interaction, text)
+    choice = Choice(model=name) if what == "model" else Choice(profile=name)
+    await bot.choose(channel, choice, interaction.user.id)
+    await _refuse(interaction, getattr(texts, f"{key}_set").format(**{key: name}))
+
+
+def _permission_name(flag: str) -> str:
+    return " ".join(word.capitalize() for word in flag.split("_"))
+
+
+@builtin("model", CHATBOT)
+@app_commands.describe(name="The model to use here (empty: show the current one)")
+@app_commands.autocomplete(name=_complete_models)
+async def model(interaction: Interaction, name: str | None = None) -> None:
+    """Show or set the model that answers in this channel"""
+    await _pick(interaction, "model", name)
+
+
+@builtin("persona", CHATBOT)
+@app_commands.describe(name="The persona (profile) to use here (empty: show the current one)")
+@app_commands.autocomplete(name=_complete_personas)
+async def persona(interaction: Interaction, name: str | None = None) -> None:
+    """Show or set the persona (profile) that answers in this channel"""
+    await _pick(interaction, "persona", name)
+
+
+@builtin("settings", CHATBOT)
+async def settings(interaction: Interaction) -> None:
+    """Show the model, persona and settings that answer in this channel"""
+    bot, channel = _chatbot(interaction), interaction.channel
+    if channel is None or not bot.may_chat(interaction.user, channel):
+        return await _refuse(interaction, bot.texts.not_allowed)
+    await _refuse(interaction, settings_text(bot, channel)[:2000])
+
+
+def settings_text(bot: ChatBot, channel: Any) -> str:
+    """What ``/settings`` shows for ``channel``: the effective profile, model, sampling,
+    context and wake rule."""
+    place = bot.place_of(channel)
+    used = bot.settings_for(channel)
+    seed = "random" if used.seed < 0 else str(used.seed)
+    prompt = used.system_prompt or "(none)"
+    if len(prompt) > 300:
+        prompt = prompt[:299] + "…"
+    return "\n".join(
+        [
+            f"**Persona**: {place.profile} ({_origin(place.profile_from)})",
+            f"**Model**: {place.model} ({_origin(place.model_from)}): {used.backend}, "
+            f"{used.model or 'default model'}",
+            f"**Sampling**: temperature {used.temperature:g}, top_p {used.top_p:g}, "
+            f"repeat_penalty {used.repeat_penalty:g}, max_new_tokens {used.max_new_tokens}, "
+            f"seed {seed}",
+            f"**Context**: up to {used.context_limit} messages, {used.context_chars} characters",
+            f"**Wakes on**: {wake_text(bot, channel)}",
+            f"**System prompt**: {prompt}",
+        ]
+    )
+
+
+_ORIGINS = {
+    "chosen": "picked here with a command",
+    "config": "the config's place {id}",
+    "profile": "the persona's model",
+    "default": "the default",
+}
+
+
+def _origin(origin: tuple[str, int]) -> str:
+    kind, place = origin
+    return _ORIGINS[kind].format(id=place)
+
+
+def wake_text(bot: Genbot, channel: Any) -> str:
+    """Which messages wake the bot in ``channel``, in words (see :mod:`genbot.wake`)."""
+    rules = bot.wake_rules
+    ids = {getattr(channel, "id", None), getattr(channel, "parent_id", None)}
+    ignored = f"; messages starting with {rules.ignore_prefix!r} are ignored"
+    ignored = ignored if rules.ignore_prefix else ""
+    if ids & (rules.channels.blacklist or frozenset()):
+        return "nothing (this channel is in the channels blacklist)"
+    if isinstance(channel, discord.DMChannel) or ids & (rules.channels.whitelist or frozenset()):
+        return "every message" + ignored
+    if isinstance(channel, discord.Thread):
+        return "every message in a thread the bot is in, else mentions and replies" + ignored
+    return "mentions of the bot and replies to it" + ignored
 
 
 async def on_command_error(interaction: Interaction, error: app_commands.AppCommandError) -> None:

@@ -258,7 +258,7 @@ class Metrics:
 
     # -- the model's chats -------------------------------------------------------------------
 
-    def serving(self, backend: object, model: str, slots: int) -> None:
+    def serving(self, backend: object, model: str, slots: int, *, only: bool = True) -> None:
         """New chats go to `backend`, the model labelled `model`, with `slots` slots.
 
         Parameters
@@ -269,9 +269,11 @@ class Metrics:
             Its label (:func:`model_name`).
         slots:
             How many chats it generates for at once; other models' slots are dropped.
+        only:
+            ``False``: one more model beside the others (named models), whose slots stay.
         """
         self._models[id(backend)] = model
-        for other in _models(self.slots) - {model}:
+        for other in _models(self.slots) - {model} if only else ():
             self.slots.remove(other)
         self.slots.labels(model).set(slots)
 

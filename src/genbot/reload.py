@@ -5,7 +5,9 @@ the working directory, see :class:`DotEnv`) and ``--set`` overrides; a :class:`S
 remembers those sources, so that a reload (``SIGHUP`` or ``/reload``) reads the same ones again.
 :func:`compare` decides, without touching the bot, what the new settings change: most apply to
 the next reply; a new model definition (:data:`MODEL_FIELDS`) needs a new model Streamer; a few
-(:data:`RESTART_FIELDS`) only apply at the next start.
+(:data:`RESTART_FIELDS`) only apply at the next start. Named models (``[models.NAME]``) whose
+definition changed or is gone stop once their chats finish, and start anew at their next chat;
+profiles and places apply at the next reply.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ MODEL_FIELDS = (
     "connect_timeout",
     "first_token_timeout",
     "token_timeout",
+    "vision",  # whether the bot sends the model images
 )
 #: Settings a running bot cannot change: they apply at the next start.
 RESTART_FIELDS = frozenset(
@@ -181,6 +184,8 @@ class Changes:
         line = f"changed {names}"
         if self.model:
             line += "; the new model is ready, the old one stops once its chats finish"
+        if "models" in self.changed:
+            line += "; a changed named model starts anew at its next chat"
         if self.at_restart:
             line += f"; {', '.join(self.at_restart)} applies at the next start"
         return line

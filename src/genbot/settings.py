@@ -72,6 +72,8 @@ MAX_ID = 2**64 - 1
 MAX_SEED = 2**32 - 2
 #: The largest daily token quota.
 MAX_TOKENS = 10**12
+#: The config file's tables (not settings with a value): see genbot.profiles.
+TABLES = ("models", "profiles", "places")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 Check = Callable[[Any], "str | None"]
@@ -87,6 +89,7 @@ def setting(
     *,
     check: Check | None = None,
     parse: Callable[[Any, str], Any] | None = None,
+    table: bool = False,
 ) -> Any:
     """A dataclass field that carries its description (and an optional check) as metadata.
 
@@ -101,8 +104,12 @@ def setting(
     parse:
         For a structured setting (``mcp``): ``parse(raw, source)`` returns the value or
         raises :class:`SettingsError` itself (instead of the type's coercion and ``check``).
+    table:
+        Read only from tables of the config file (``[profiles.NAME]``...), not an environment
+        variable, ``--set`` value or row of the settings table; checked by
+        :func:`genbot.profiles.read_tables`.
     """
-    metadata = {"help": help, "check": check, "parse": parse}
+    metadata = {"help": help, "check": check, "parse": parse, "table": table}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -232,6 +239,49 @@ def _parse_mcp(raw: Any, source: str) -> dict[str, McpServerConfig]:
     return parse_servers(raw, source)
 
 
+def _prompt(value: Any) -> str | None:
+    """At most 100000 characters, and only the known placeholders (genbot.profiles)."""
+    from genbot.profiles import prompt_problem
+
+    return _max_chars(100_000)(value) or prompt_problem(value)
+
+
+def _permission(value: Any) -> str | None:
+    import discord
+
+    if not value or value in discord.Permissions.VALID_FLAGS:
+        return None
+    return "must be a Discord permission such as manage_channels, or empty (admins only)"
+
+
+#: The per-reply settings: the keys a ``[profiles.NAME]`` table may set (with ``model``, which
+#: names a ``[models.NAME]`` table there). A new per-reply setting is one more name here.
+PROFILE_FIELDS = (
+    "system_prompt",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "repeat_penalty",
+    "stop",
+    "seed",
+    "context_limit",
+    "context_chars",
+    "stall_timeout",
+    "edit_interval",
+    "buttons",
+    "reply_mode",
+    "context_mode",
+    "reanswer_window",
+    "tools",
+    "admin_tools",
+    "max_tool_steps",
+    "tool_timeout",
+    "tool_output_chars",
+    "reasoning",
+    "attachment_max_bytes",
+)
+
+
 # -- the settings ----------------------------------------------------------------------------
 
 
@@ -269,8 +319,9 @@ class Settings:
     system_prompt: str = setting(
         DEFAULT_SYSTEM_PROMPT,
         "The system prompt put before the chat (the default is the one that kept the embedded "
-        "model most on topic in bench/reply_quality.py); empty: none.",
-        check=_max_chars(100_000),
+        "model most on topic in bench/reply_quality.py); empty: none. Placeholders: {date}, "
+        "{time}, {server}, {channel}, {bot}; write {{ and }} for literal braces.",
+        check=_prompt,
     )
     max_new_tokens: int = setting(
         256, "Most tokens generated for one reply; 1 to 8192.", check=_between(1, 8192)
@@ -518,12 +569,35 @@ class Settings:
         "vision-language model). Off: images show as [image: name] in the text. Set by "
         "configuration, never guessed from names.",
     )
+    # -- profiles and places (issue 8: profiles, places, /model, /persona; genbot.profiles) --
+    choose_permission: str = setting(
+        "manage_channels",
+        "The Discord permission (in the channel) that lets a member pick the channel's model "
+        "and persona with /model and /persona, besides the admins; empty: admins only.",
+        check=_permission,
+    )
+    models: dict[str, dict[str, Any]] = setting(
+        {},
+        "Named models: [models.NAME] tables of backend, model, base_url, parallel, timeouts.",
+        table=True,
+    )
+    profiles: dict[str, dict[str, Any]] = setting(
+        {},
+        "Named profiles: [profiles.NAME] tables of per-reply settings and a model name.",
+        table=True,
+    )
+    places: tuple[Any, ...] = setting(
+        (),
+        "[[places]]: a server, category, channel or thread id with its profile and/or model.",
+        table=True,
+    )
 
     # -- loading -----------------------------------------------------------------------------
 
     @classmethod
     def names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        """The settings a value can be given for (not the config file's tables)."""
+        return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("table")]
 
     def updated(self, values: Mapping[str, Any], source: str) -> Settings:
         """A copy with ``values`` applied, each coerced to its field's type and checked.
@@ -549,6 +623,11 @@ class Settings:
                 close = difflib.get_close_matches(key, fields, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise SettingsError(f"{source}: unknown setting {name!r}{hint}")
+            if fields[key].metadata.get("table"):
+                raise SettingsError(
+                    f"{source}: {name!r} is a table of the config file ([{key}...]), "
+                    "not a setting with a value"
+                )
             if key in spelled:
                 raise SettingsError(
                     f"{source}: setting {key!r} is given twice ({spelled[key]!r} and {name!r})"
@@ -587,8 +666,10 @@ class Settings:
         """
         settings = cls()
         sources: dict[str, str] = {}
+        tables: dict[str, Any] = {}
         if path is not None:
             data = read_config(path)
+            tables = {key: data.pop(key) for key in TABLES if key in data}
             settings = settings.updated(data, str(path))
             sources.update({str(k).replace("-", "_"): str(path) for k in data})
         environ = os.environ if environ is None else environ
@@ -609,6 +690,10 @@ class Settings:
             settings = settings.updated({name: raw}, source)
             sources[str(name).replace("-", "_")] = source
         settings.check_together(sources)
+        if tables:
+            from genbot.profiles import read_tables
+
+            settings = read_tables(settings, tables, str(path))
         return settings
 
     def check_together(self, sources: Mapping[str, str] | None = None) -> None:
@@ -710,9 +795,10 @@ _EXPECTED = {
 }
 
 
-def _coerce(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
-    """Turn ``raw`` (TOML value or string from the environment) into the field's type."""
-    where = f"{source}: setting {f.name!r}"
+def _coerce(f: dataclasses.Field[Any], raw: Any, source: str, name: str = "") -> Any:
+    """Turn ``raw`` (TOML value or string from the environment) into the field's type;
+    ``name`` is the key shown in errors (default: the field's name)."""
+    where = f"{source}: setting {name or f.name!r}"
     if (parse := f.metadata.get("parse")) is not None:
         return parse(raw, source)
     kind = type(_default(f))
@@ -940,6 +1026,8 @@ def settings_table() -> str:
         "| --- | --- | --- | --- |",
     ]
     for f in dataclasses.fields(Settings):
+        if f.metadata.get("table"):
+            continue
         default = _default(f)
         shown = json.dumps(default) if not isinstance(default, str) else repr(default)
         rows.append(
@@ -952,6 +1040,8 @@ def settings_help() -> str:
     """The settings as plain text for ``--help``: name, default and description."""
     lines = ["Settings (config file key, GENBOT_<NAME> variable or --set NAME=VALUE):"]
     for f in dataclasses.fields(Settings):
+        if f.metadata.get("table"):
+            continue
         shown = json.dumps(_default(f))
         lines.append(f"{f.name} = {shown}: {f.metadata['help']}")
     return "\n\n".join(lines)

@@ -24,6 +24,7 @@ from .payloads import (
     unknown_message,
     validate_message,
 )
+from .permissions import channel_permissions
 from .routes import Route
 from .state import ServerState
 
@@ -47,6 +48,7 @@ LOADING = 1 << 7  # message flag of a deferred "thinking..." response
 CHAT_INPUT_COMMAND = 20
 # Interaction callback types.
 CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, DEFERRED_UPDATE, UPDATE_MESSAGE, MODAL = 4, 5, 6, 7, 9
+AUTOCOMPLETE_RESULT = 8
 ALL_PERMISSIONS = (1 << 53) - 1
 
 
@@ -173,12 +175,15 @@ def _payload(
         "attachment_size_limit": 10 * 2**20,
     }
     if channel.guild_id is not None:
-        member = state.guilds[channel.guild_id].members[user.id]
+        guild = state.guilds[channel.guild_id]
+        member = guild.members[user.id]
+        # what the member may do in this channel, as Discord computes it (roles, overwrites)
+        allowed = channel_permissions(guild, channel, user.id)
         payload.update(
             guild_id=str(channel.guild_id),
             guild_locale="en-US",
             guild={"id": str(channel.guild_id), "locale": "en-US", "features": []},
-            member=member.to_json() | {"permissions": str(ALL_PERMISSIONS)},
+            member=member.to_json() | {"permissions": str(allowed)},
             authorizing_integration_owners={"0": str(channel.guild_id)},
             context=0,
         )
@@ -315,8 +320,8 @@ async def _update(
 async def _acknowledge(
     state: ServerState, interaction: FakeInteraction, data: dict[str, Any], files: list[Upload]
 ) -> dict[str, Any] | None:
-    """DEFERRED_UPDATE_MESSAGE, MODAL: acknowledged, no message. After a button press, the
-    message the button is on is the original response, for later edits."""
+    """DEFERRED_UPDATE_MESSAGE, MODAL, AUTOCOMPLETE_RESULT: acknowledged, no message. After a
+    button press, the message the button is on is the original response, for later edits."""
     _adopt_pressed(interaction)
     return None
 
@@ -348,6 +353,7 @@ CALLBACKS: dict[int, Callback] = {
     DEFERRED_UPDATE: _acknowledge,
     UPDATE_MESSAGE: _update,
     MODAL: _acknowledge,
+    AUTOCOMPLETE_RESULT: _acknowledge,  # the choices are in the recorded payload's data
 }
 
 

@@ -677,6 +677,41 @@ class DiscordServer:
         ValueError
             `user` cannot post there, or the command has no such option.
         """
+        return await self._interaction(channel, user, name, options or {})
+
+    async def invoke_autocomplete(
+        self,
+        channel: ChannelRef,
+        user: FakeUser,
+        name: str,
+        option: str,
+        typed: str,
+    ) -> list[dict[str, Any]]:
+        """Type ``typed`` into the option ``option`` of the bot's slash command ``name`` as
+        ``user`` (an APPLICATION_COMMAND_AUTOCOMPLETE interaction); returns the choices the bot
+        offered (``{"name", "value"}`` each), waiting for them up to 5 s.
+
+        Raises
+        ------
+        LookupError
+            The bot registered no such command there.
+        ValueError
+            `user` cannot post there, or the command has no such option.
+        """
+        interaction = await self._interaction(channel, user, name, {option: typed}, focused=option)
+        response = await interaction.wait_response()
+        choices: list[dict[str, Any]] = response["payload"]["data"]["choices"]
+        return choices
+
+    async def _interaction(
+        self,
+        channel: ChannelRef,
+        user: FakeUser,
+        name: str,
+        options: dict[str, Any],
+        *,
+        focused: str | None = None,
+    ) -> FakeInteraction:
         fake = self.channel(channel)
         self._check_can_post(fake, user)
         command = self.state.find_command(self.state.guild_of(fake), name.split()[0])
@@ -691,9 +726,12 @@ class DiscordServer:
             {},
             self.state.changes,
         )
-        interaction.payload = interactions.interaction_payload(
-            self.state, interaction, command, options or {}
-        )
+        payload = interactions.interaction_payload(self.state, interaction, command, options)
+        if focused is not None:  # an autocomplete: the option being typed is focused
+            payload["type"] = 4
+            for given in payload["data"]["options"]:
+                given["focused"] = given["name"] == focused
+        interaction.payload = payload
         self.state.interactions[interaction.token] = interaction
         await self.state.dispatch("INTERACTION_CREATE", interaction.payload)
         return interaction
