@@ -14,7 +14,7 @@ from genbot.context import RESET_MARKER
 from genbot.streaming import active_streamers
 from genbot.testing import run_bot
 
-NAMES = {"reset", "ping", "thread", "shutdown", "reload", "usage"}
+NAMES = {"reset", "ping", "thread", "shutdown", "reload", "usage", "memory"}
 
 
 class Replier(genbot.Genbot):

@@ -22,6 +22,7 @@ from genbot.bot import Genbot, _bounded_in_thread
 from genbot.context import Context
 from genbot.fairness import FairScheduler, FairStream
 from genbot.gatekeeping import gatekeep
+from genbot.memory import Memory, Recall
 from genbot.metrics import model_name
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.output import SAFE_MENTIONS, keep_typing, shared_budget, stream_reply
@@ -172,6 +173,8 @@ class ChatBot(Genbot):
             user_tokens_per_day=self.settings.user_tokens_per_day,
             server_tokens_per_day=self.settings.server_tokens_per_day,
         )
+        #: What the bot remembers across restarts, when ``settings.memory`` (:mod:`genbot.memory`).
+        self.memory = Memory(self.store)
         self.metrics.serving(self.backend, _model_name(self.settings), self.settings.parallel)
         #: Chats (attends) in progress on each backend, by id, and the replaced backends.
         self._chats: dict[int, int] = {}
@@ -331,6 +334,7 @@ class ChatBot(Genbot):
         finally:
             if self._closing_retired:
                 await asyncio.wait(self._closing_retired, timeout=2 * self.shutdown_timeout)
+            await self.memory.close()
             await self.store.close()
 
     async def setup_hook(self) -> None:
@@ -405,11 +409,15 @@ class ChatBot(Genbot):
                 return
             answered = fresh
             assert self.user is not None  # attend runs only while logged in
+            # memory and the token budget (genbot.memory): one call
+            recall = await self._recall(settings, channel, fresh, history, placeholder, turn)
             chat = context_to_messages(
-                [m for m in history if placeholder is None or m.id != placeholder.id],
+                recall.history,
                 self.user,
-                system_prompt=settings.system_prompt,
-                max_chars=settings.context_chars,
+                system_prompt=recall.system_prompt,
+                max_chars=recall.max_chars,
+                max_tokens=recall.max_tokens,
+                count_tokens=recall.count_tokens,
             )
             _log.info("replying to %s in %s", fresh.author.display_name, _where(channel))
             try:
@@ -445,6 +453,40 @@ class ChatBot(Genbot):
                     _guild_id(channel),
                     estimate_tokens(counted.deltas, counted.chars),
                 )
+
+    # -- memory (genbot.memory) ---------------------------------------------------------------
+
+    async def _recall(
+        self,
+        settings: Settings,
+        channel: discord.abc.Messageable,
+        question: discord.Message,
+        history: list[discord.Message],
+        placeholder: discord.Message | None,
+        turn: _Turn,
+    ) -> Recall:
+        """The memory's part of a reply's prompt: the history (less what a summary covers), the
+        system prompt with the summary and the user's facts, and the (token) budget."""
+        assert self.user is not None
+        where, turns = _channel_id(channel), self._turns_of(turn.backend)
+        return await self.memory.recall(
+            settings,
+            channel,
+            question,
+            [m for m in history if placeholder is None or m.id != placeholder.id],
+            self.user,
+            cached=self.message_cache.cached(where),
+            count_texts=getattr(turn.backend, "count_texts", None),
+            open_turn=lambda: turns.stream(user=question.author.id, channel=where),
+        )
+
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        if self.store.is_open:
+            await self.memory.deleted(payload.channel_id, [payload.message_id])
+
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        if self.store.is_open:
+            await self.memory.deleted(payload.channel_id, payload.message_ids)
 
     async def _admit(self, channel: discord.abc.Messageable, question: discord.Message) -> bool:
         """Whether the question's author is within the rate limit and quotas (admins are);

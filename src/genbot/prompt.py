@@ -34,9 +34,11 @@ from genbot.models.base import ChatMessage, Role
 
 __all__ = [
     "ChatMessage",
+    "budget_texts",
     "context_to_messages",
     "conversation_order",
     "embed_label",
+    "fitting",
     "message_text",
 ]
 
@@ -86,21 +88,7 @@ def context_to_messages(
     their tokens as `count_tokens` counts them; ``None`` leaves that bound off. The system
     prompt, if given, comes first and is not counted. See the module docstring for the rules.
     """
-    if max_tokens is not None and count_tokens is None:
-        raise ValueError("max_tokens needs count_tokens")
-    budget = _Budget(max_chars, max_tokens, count_tokens)
-    kept: list[tuple[discord.Message, str]] = []
-    for message in reversed(conversation_order(messages, bot_user)):
-        text = message_text(message)
-        if not text:
-            continue
-        if message.author.id != bot_user.id:
-            text = f"{message.author.display_name}: {text}"
-        if not budget.take(text):
-            if not kept and (tail := budget.tail(text)):
-                kept.append((message, tail))
-            break
-        kept.append((message, text))
+    kept = _keep(messages, bot_user, max_chars, max_tokens, count_tokens)
     chat: list[ChatMessage] = []
     if system_prompt:
         chat.append({"role": "system", "content": system_prompt})
@@ -111,6 +99,67 @@ def context_to_messages(
         else:
             chat.append({"role": role, "content": text})
     return chat
+
+
+def budget_texts(messages: Iterable[discord.Message], bot_user: discord.abc.Snowflake) -> list[str]:
+    """The texts a budget weighs, newest first: each message's :func:`message_text`, a user's
+    behind ``"name: "``; messages without text left out. (A token budget counts these.)"""
+    return [text for _, text in _texts(messages, bot_user)]
+
+
+def fitting(
+    messages: Iterable[discord.Message],
+    bot_user: discord.abc.Snowflake,
+    max_chars: int | None = 8000,
+    max_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> list[discord.Message]:
+    """The messages :func:`context_to_messages` keeps within the budget, newest first; the
+    others (older, or without text) would be left out.
+
+    Raises
+    ------
+    ValueError
+        ``max_tokens`` without ``count_tokens``.
+    """
+    return [
+        message for message, _ in _keep(messages, bot_user, max_chars, max_tokens, count_tokens)
+    ]
+
+
+def _texts(
+    messages: Iterable[discord.Message], bot_user: discord.abc.Snowflake
+) -> list[tuple[discord.Message, str]]:
+    out = []
+    for message in reversed(conversation_order(messages, bot_user)):
+        text = message_text(message)
+        if not text:
+            continue
+        if message.author.id != bot_user.id:
+            text = f"{message.author.display_name}: {text}"
+        out.append((message, text))
+    return out
+
+
+def _keep(
+    messages: Iterable[discord.Message],
+    bot_user: discord.abc.Snowflake,
+    max_chars: int | None,
+    max_tokens: int | None,
+    count_tokens: Callable[[str], int] | None,
+) -> list[tuple[discord.Message, str]]:
+    """The newest messages and their texts within the budget, newest first."""
+    if max_tokens is not None and count_tokens is None:
+        raise ValueError("max_tokens needs count_tokens")
+    budget = _Budget(max_chars, max_tokens, count_tokens)
+    kept: list[tuple[discord.Message, str]] = []
+    for message, text in _texts(messages, bot_user):
+        if not budget.take(text):
+            if not kept and (tail := budget.tail(text)):
+                kept.append((message, tail))
+            break
+        kept.append((message, text))
+    return kept
 
 
 def conversation_order(
