@@ -402,6 +402,8 @@ class Memory:
         self.clock = clock
         self._summarising: dict[int, asyncio.Task[None]] = {}
         self._epoch: dict[int, int] = {}  # bumped when a channel's summary is dropped
+        #: Set each time a deletion was applied (:meth:`deleted`), for whoever waits on it.
+        self.forgot = asyncio.Event()
 
     async def recall(
         self,
@@ -547,6 +549,7 @@ class Memory:
             await self.rows.deleted(channel, ids)
         except Exception:
             _log.exception("memory: forgetting deleted messages in %d failed", channel)
+        self.forgot.set()
 
     async def idle(self, timeout: float = SUMMARY_TIMEOUT) -> None:
         """Wait (bounded) until no summary is being made."""
