@@ -50,7 +50,7 @@ def _said(request: ChatRequest) -> str:
     users = [m["content"] for m in request.messages if m["role"] == "user"]
     last = users[-1].splitlines()[-1] if users else ""
     words = last.split(": ", 1)[-1].split(" ")
-    return " ".join(word for word in words if not word.startswith("<@"))
+    return " ".join(word for word in words if not word.startswith("@"))
 
 
 @genbot.streamer
