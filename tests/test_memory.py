@@ -429,3 +429,26 @@ async def _blacklisted(turns: list[tuple[str, str]], data_dir: Path) -> None:
     seen = [m["content"] for r in REQUESTS for m in r.messages]
     assert not any("EVE-WORDS" in text for text in stored + seen)
     assert any("ALICE-WORDS" in text for text in stored)  # something was stored at all
+
+
+# -- the token budget ------------------------------------------------------------------------------
+
+
+async def test_context_tokens_trims_by_the_backends_count(
+    chat: Chat, backend: Streamer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``context_tokens`` the backend's counts decide what fits (here: ten tokens a word),
+    and ``context_chars`` (one character: it would leave a stub) does not apply."""
+    counted: list[list[str]] = []
+
+    async def ten_a_word(texts: list[str]) -> list[int]:
+        counted.append(texts)
+        return [10 * len(text.split()) for text in texts]
+
+    monkeypatch.setattr(backend, "count_texts", ten_a_word, raising=False)
+    bot = make_bot(backend, tmp_path, memory=False, context_tokens=30, context_chars=1)
+    async with run_bot(bot, chat.server):
+        await ask(chat, bot, chat.dm, chat.alice, "one")
+        await ask(chat, bot, chat.dm, chat.alice, "two")
+    assert replies()[-1].messages[1:] == [{"role": "user", "content": "alice: two"}]
+    assert counted[-1] == ["alice: two", "answer: one", "alice: one"]  # newest first
