@@ -504,6 +504,11 @@ class Memory:
         job = self._summarise(channel, recall.dropped, bot_user, open_turn)
         task = asyncio.create_task(job, name=f"genbot: summary of {channel}")
         self._summarising[channel] = task
+        task.add_done_callback(lambda done: self._finished(channel, done))
+
+    def _finished(self, channel: int, task: asyncio.Task[None]) -> None:
+        if self._summarising.get(channel) is task:
+            del self._summarising[channel]
 
     async def _summarise(
         self,

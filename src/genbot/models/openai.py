@@ -838,15 +838,19 @@ async def _server_counts(streamer: OpenAIStreamer, texts: list[str]) -> list[int
     key = streamer.api_key or api_key_from_env()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     timeout = aiohttp.ClientTimeout(total=10.0, connect=streamer.connect_timeout)
-    counts = []
-    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
-        for text in texts:
+    connector = aiohttp.TCPConnector(limit=8)  # a few requests at a time
+    async with aiohttp.ClientSession(
+        headers=headers, timeout=timeout, connector=connector
+    ) as session:
+
+        async def count(text: str) -> int:
             # vLLM reads "prompt" (and "model"), llama.cpp's server "content"
             body: dict[str, Any] = {"model": streamer.model, "prompt": text, "content": text}
             body["add_special_tokens"] = body["add_special"] = False
             async with session.post(url, json=body) as response:
                 response.raise_for_status()
                 answer = await response.json()
-            count = answer.get("count")
-            counts.append(int(count) if count is not None else len(answer["tokens"]))
-    return counts
+            number = answer.get("count")
+            return int(number) if number is not None else len(answer["tokens"])
+
+        return list(await asyncio.gather(*(count(text) for text in texts)))
