@@ -189,10 +189,13 @@ async def test_summaries_and_facts_older_than_memory_days_are_deleted(tmp_path: 
     async with Store(tmp_path) as store:
         rows = MemoryStore(store)
         await rows.put_summary(5, "old talk", [100, 101], now=0.0)
+        await rows.put_summary(5, "old talk, extended", [102], now=20 * DAY)
         await rows.add_fact(1, 0, "old fact", 0.0, source=None)
         await rows.add_fact(1, 0, "new fact", 20 * DAY, source=None)
         await rows.prune(30 * DAY, 30)
-        assert await rows.summary(5) is not None
+        summary = await rows.summary(5)
+        assert summary is not None and (summary.created, summary.covered) == (0.0, 102)
+        # extended since, but what it holds is from day 0: it goes with day 0's rows
         await rows.prune(31 * DAY, 30)
         assert await rows.summary(5) is None
         assert await store.fetchall("SELECT * FROM memory_covered") == []
@@ -297,7 +300,7 @@ async def test_memory_expires_after_memory_days(
         assert await bot.memory.rows.facts(chat.alice.id, 0) == []
         # a summary made since is new (the messages are still in the channel to be read)
         summary = await bot.memory.rows.summary(chat.dm.id)
-        assert summary is None or summary.updated == now[0]
+        assert summary is None or summary.created == now[0]
 
 
 # -- /memory --------------------------------------------------------------------------------------

@@ -22,7 +22,9 @@ tables ``memory_*``):
   most :data:`FACT_CHARS` characters each. Deleting the message a fact came from deletes the
   fact.
 
-Facts and summaries older than ``memory_days`` are deleted (checked at every use and command).
+Facts older than ``memory_days`` are deleted, and summaries first written longer ago than that
+(however often extended since); checked by replies (every :data:`PRUNE_EVERY` seconds) and by
+every ``/memory``.
 ``/memory`` shows a user their facts and the channel's summary, ``/memory forget:all`` (or a
 number) deletes their facts; admins clear a channel's summary with ``/memory channel:true``.
 
@@ -84,6 +86,8 @@ SUMMARY_TOKENS = 200
 SUMMARY_TIMEOUT = 120.0
 #: Characters of transcript one summarisation reads at most (the newest dropped ones).
 TRANSCRIPT_CHARS = 12000
+#: Seconds between two deletions of expired rows by replies (``/memory`` always deletes them).
+PRUNE_EVERY = 600.0
 #: The system message of a summarisation request.
 SUMMARY_INSTRUCTION = (
     "You keep a short running summary of a chat. Given the summary so far and the messages "
@@ -107,6 +111,7 @@ _SCHEMA = [
         channel INTEGER PRIMARY KEY,
         text TEXT NOT NULL,
         covered INTEGER NOT NULL,
+        created REAL NOT NULL,
         updated REAL NOT NULL
     );
     CREATE TABLE memory_covered (
@@ -216,6 +221,7 @@ class Summary:
     channel: int
     text: str
     covered: int  # the newest message id it covers
+    created: float  # when it was first written: it expires memory_days later
     updated: float
 
 
@@ -289,10 +295,13 @@ class MemoryStore:
     async def summary(self, channel: int) -> Summary | None:
         await self.ready()
         row = await self.store.fetchone(
-            "SELECT channel, text, covered, updated FROM memory_summaries WHERE channel = ?",
+            "SELECT channel, text, covered, created, updated FROM memory_summaries "
+            "WHERE channel = ?",
             (channel,),
         )
-        return None if row is None else Summary(int(row[0]), str(row[1]), int(row[2]), row[3])
+        if row is None:
+            return None
+        return Summary(int(row[0]), str(row[1]), int(row[2]), float(row[3]), float(row[4]))
 
     async def put_summary(
         self, channel: int, text: str, covered: Iterable[int], now: float
@@ -306,9 +315,10 @@ class MemoryStore:
             )
             newest = max([*ids, int(row[0]) if row and row[0] is not None else 0])
             await db.execute(
-                "INSERT OR REPLACE INTO memory_summaries (channel, text, covered, updated) "
-                "VALUES (?, ?, ?, ?)",
-                (channel, text[:SUMMARY_CHARS], newest, now),
+                "INSERT INTO memory_summaries (channel, text, covered, created, updated) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (channel) DO UPDATE SET "
+                "text = excluded.text, covered = excluded.covered, updated = excluded.updated",
+                (channel, text[:SUMMARY_CHARS], newest, now, now),
             )
             await db.executemany(
                 "INSERT OR IGNORE INTO memory_covered (channel, message) VALUES (?, ?)",
@@ -339,17 +349,18 @@ class MemoryStore:
         await self.store.execute(f"DELETE FROM memory_facts WHERE source IN ({marks})", ids)
 
     async def prune(self, now: float, days: int) -> None:
-        """Delete facts and summaries older than ``days``."""
+        """Delete facts and summaries older than ``days`` (a summary by when it was first
+        written: what it holds may be that old, however often it was extended since)."""
         await self.ready()
         oldest = now - days * _DAY
         async with self.store.transaction() as db:
             await db.execute("DELETE FROM memory_facts WHERE created < ?", (oldest,))
             await db.execute(
                 "DELETE FROM memory_covered WHERE channel IN "
-                "(SELECT channel FROM memory_summaries WHERE updated < ?)",
+                "(SELECT channel FROM memory_summaries WHERE created < ?)",
                 (oldest,),
             )
-            await db.execute("DELETE FROM memory_summaries WHERE updated < ?", (oldest,))
+            await db.execute("DELETE FROM memory_summaries WHERE created < ?", (oldest,))
 
     async def rows(self) -> list[str]:
         """Every stored text (facts and summaries), for checks and tests."""
@@ -402,6 +413,7 @@ class Memory:
         self.clock = clock
         self._summarising: dict[int, asyncio.Task[None]] = {}
         self._epoch: dict[int, int] = {}  # bumped when a channel's summary is dropped
+        self._pruned = -math.inf  # when expired rows were last deleted
         #: Set each time a deletion was applied (:meth:`deleted`), for whoever waits on it.
         self.forgot = asyncio.Event()
 
@@ -461,7 +473,9 @@ class Memory:
         cached: Sequence[discord.Message],
     ) -> None:
         now, scope = self.clock(), scope_of(channel)
-        await self.rows.prune(now, settings.memory_days)
+        if now - self._pruned >= PRUNE_EVERY or now < self._pruned:
+            await self.rows.prune(now, settings.memory_days)
+            self._pruned = now
         fact = remembered_fact(question.content)
         if fact is not None:
             await self.rows.add_fact(question.author.id, scope, fact, now, question.id)
