@@ -211,6 +211,8 @@ class TokenCounter:
 
 @dataclass(frozen=True)
 class Fact:
+    """One stored fact: its row id, text, and when it was stored."""
+
     id: int
     text: str
     created: float
@@ -218,6 +220,8 @@ class Fact:
 
 @dataclass(frozen=True)
 class Summary:
+    """A channel's stored summary."""
+
     channel: int
     text: str
     covered: int  # the newest message id it covers
