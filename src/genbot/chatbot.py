@@ -31,6 +31,7 @@ from genbot.controls import ControlButton, Controls
 from genbot.fairness import FairScheduler, FairStream
 from genbot.gatekeeping import gatekeep
 from genbot.mcp import McpServers
+from genbot.memory import Memory, Recall
 from genbot.metrics import model_name
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.modes import find_reanswer, open_thread, opens_thread, reply_to_redo, waking_question
@@ -228,6 +229,8 @@ class ChatBot(Genbot):
             user_tokens_per_day=self.settings.user_tokens_per_day,
             server_tokens_per_day=self.settings.server_tokens_per_day,
         )
+        #: What the bot remembers across restarts, when ``settings.memory`` (:mod:`genbot.memory`).
+        self.memory = Memory(self.store)
         self.metrics.serving(self.backend, _model_name(self.settings), self.settings.parallel)
         #: The named models' Streamers in use (see :meth:`backend_of`), and their turns.
         self.model_backends: dict[str, Streamer] = {}
@@ -413,6 +416,8 @@ class ChatBot(Genbot):
             if self._closing_retired:
                 await asyncio.wait(self._closing_retired, timeout=2 * self.shutdown_timeout)
             await self.mcp.stop()  # MCP servers (issue 11, part 2); bounded
+
+            await self.memory.close()
             await self.store.close()
             await self.attachments.close()
 
@@ -627,13 +632,16 @@ class ChatBot(Genbot):
             answered = fresh
             history = await self._conversation(channel, fresh, history, turn)
             assert self.user is not None  # attend runs only while logged in
-            kept = [m for m in history if placeholder is None or m.id != placeholder.id]
+            # memory and the token budget (genbot.memory): one call
+            recall = await self._recall(settings, channel, fresh, history, placeholder, turn)
             chat = context_to_messages(
-                kept,
+                recall.history,
                 self.user,
-                system_prompt=settings.system_prompt,
-                max_chars=settings.context_chars,
-                attachments=await self._read_attachments(kept, settings),  # media
+                system_prompt=recall.system_prompt,
+                max_chars=recall.max_chars,
+                max_tokens=recall.max_tokens,
+                count_tokens=recall.count_tokens,
+                attachments=await self._read_attachments(recall.history, settings),  # media
             )
             _log.info("replying to %s in %s", fresh.author.display_name, _where(channel))
             offered = self._offered_tools(settings, fresh)  # tools (issue 11)
@@ -874,6 +882,40 @@ class ChatBot(Genbot):
             vision=settings.vision,
             skip=self.user.id if self.user is not None else None,
         )
+
+    # -- memory (genbot.memory) ---------------------------------------------------------------
+
+    async def _recall(
+        self,
+        settings: Settings,
+        channel: discord.abc.Messageable,
+        question: discord.Message,
+        history: list[discord.Message],
+        placeholder: discord.Message | None,
+        turn: _Turn,
+    ) -> Recall:
+        """The memory's part of a reply's prompt: the history (less what a summary covers), the
+        system prompt with the summary and the user's facts, and the (token) budget."""
+        assert self.user is not None
+        where, turns = _channel_id(channel), self._turns_of(turn.backend)
+        return await self.memory.recall(
+            settings,
+            channel,
+            question,
+            [m for m in history if placeholder is None or m.id != placeholder.id],
+            self.user,
+            cached=self.message_cache.cached(where),
+            count_texts=getattr(turn.backend, "count_texts", None),
+            open_turn=lambda: turns.stream(user=question.author.id, channel=where),
+        )
+
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        if self.store.is_open:
+            await self.memory.deleted(payload.channel_id, [payload.message_id])
+
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        if self.store.is_open:
+            await self.memory.deleted(payload.channel_id, payload.message_ids)
 
     async def _admit(self, channel: discord.abc.Messageable, question: discord.Message) -> bool:
         """Whether the question's author is within the rate limit and quotas (admins are);

@@ -34,6 +34,7 @@ import discord
 from discord import app_commands
 
 from genbot.context import RESET_MARKER
+from genbot.memory import Memory, remembered_fact, scope_of
 from genbot.quota import Usage
 from genbot.reload import ReloadError
 
@@ -94,6 +95,22 @@ class Texts:
     )
     choose_refused_admins: str = "Only the bot's admins can change this channel's model or persona."
     choose_off: str = "This bot has no models or personas to pick."
+
+    #: ``/memory`` (see :mod:`genbot.memory`).
+    memory_off: str = "This bot keeps no memory."
+    #: ``{facts}``: numbered lines.
+    memory_facts: str = "What you asked me to remember here:\n{facts}"
+    memory_no_facts: str = "You asked me to remember nothing here."
+    #: ``{summary}``: the channel's summary.
+    memory_summary: str = "\n\nMy summary of this channel's earlier conversation:\n{summary}"
+    #: ``{fact}``: what was stored.
+    memory_remembered: str = "I will remember: {fact}"
+    #: ``{count}``: how many facts were deleted.
+    memory_forgot: str = "Forgot {count} of your facts here."
+    memory_bad_forget: str = "Say `all`, or the number of a fact `/memory` shows."
+    memory_channel_forgot: str = "Forgot this channel's summary."
+    memory_channel_nothing: str = "This channel has no summary to forget."
+    memory_not_admin: str = "Only the bot's admins can clear a channel's memory."
     descriptions: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -438,6 +455,73 @@ def wake_text(bot: Genbot, channel: Any) -> str:
     if isinstance(channel, discord.Thread):
         return "every message in a thread the bot is in, else mentions and replies" + ignored
     return "mentions of the bot and replies to it" + ignored
+
+
+@builtin("memory", CHATBOT)
+@app_commands.describe(
+    remember="A fact for the bot to remember about you here",
+    forget="Forget your facts here: all, or the number /memory shows",
+    channel="With forget: clear this channel's summary instead (admins only)",
+)
+async def memory(
+    interaction: Interaction,
+    remember: app_commands.Range[str, 1, 300] | None = None,
+    forget: str | None = None,
+    channel: bool = False,
+) -> None:
+    """What the bot remembers about you (only you see it)"""
+    bot, texts = interaction.client, interaction.client.texts
+    kept = getattr(bot, "memory", None)
+    settings_for = getattr(bot, "settings_for", None)
+    if not isinstance(kept, Memory) or settings_for is None:
+        return await _refuse(interaction, texts.memory_off)
+    if not bot.may_chat(interaction.user, interaction.channel):
+        return await _refuse(interaction, texts.not_allowed)
+    if channel:
+        if not bot.is_admin(interaction.user):
+            return await _refuse(interaction, texts.memory_not_admin)
+        cleared = await kept.drop_channel(interaction.channel_id or 0)
+        text = texts.memory_channel_forgot if cleared else texts.memory_channel_nothing
+    elif not settings_for(interaction.channel).memory:
+        return await _refuse(interaction, texts.memory_off)
+    else:
+        handler = _memory_forget if forget is not None else _memory_remember if remember else None
+        text = await (handler or _memory_show)(interaction, kept, forget or remember or "")
+    await interaction.response.send_message(text[:2000], ephemeral=True)
+
+
+async def _memory_show(interaction: Interaction, kept: Memory, _: str) -> str:
+    texts, scope = interaction.client.texts, scope_of(interaction.channel)
+    days = interaction.client.settings_for(interaction.channel).memory_days  # type: ignore[attr-defined]
+    await kept.rows.prune(kept.clock(), days)
+    facts = await kept.rows.facts(interaction.user.id, scope)
+    lines = "\n".join(f"{i}. {fact.text}" for i, fact in enumerate(facts, 1))
+    text = texts.memory_facts.format(facts=lines) if facts else texts.memory_no_facts
+    summary = await kept.rows.summary(interaction.channel_id or 0)
+    if summary is not None:
+        text += texts.memory_summary.format(summary=summary.text)
+    return text
+
+
+async def _memory_remember(interaction: Interaction, kept: Memory, what: str) -> str:
+    fact = remembered_fact(f"remember: {what}") or what
+    await kept.rows.add_fact(
+        interaction.user.id, scope_of(interaction.channel), fact, kept.clock(), None
+    )
+    return interaction.client.texts.memory_remembered.format(fact=fact)
+
+
+async def _memory_forget(interaction: Interaction, kept: Memory, which: str) -> str:
+    texts, scope = interaction.client.texts, scope_of(interaction.channel)
+    which = which.strip().lower()
+    ids: list[int] | None = None
+    if which != "all":
+        facts = await kept.rows.facts(interaction.user.id, scope)
+        if not which.isdigit() or not 1 <= int(which) <= len(facts):
+            return texts.memory_bad_forget
+        ids = [facts[int(which) - 1].id]
+    count = await kept.rows.forget_facts(interaction.user.id, scope, ids)
+    return texts.memory_forgot.format(count=count)
 
 
 async def on_command_error(interaction: Interaction, error: app_commands.AppCommandError) -> None:

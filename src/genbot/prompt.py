@@ -35,9 +35,11 @@ from genbot.models.base import ChatMessage, ImagePart, Role
 
 __all__ = [
     "ChatMessage",
+    "budget_texts",
     "context_to_messages",
     "conversation_order",
     "embed_label",
+    "fitting",
     "message_text",
 ]
 
@@ -97,21 +99,7 @@ def context_to_messages(
     `attachments` (by attachment id) is what :class:`genbot.attachments.AttachmentReader` read:
     the files' texts or notes in the text, the newest images in the messages' ``images``.
     """
-    if max_tokens is not None and count_tokens is None:
-        raise ValueError("max_tokens needs count_tokens")
-    budget = _Budget(max_chars, max_tokens, count_tokens)
-    kept: list[tuple[discord.Message, str]] = []
-    for message in reversed(conversation_order(messages, bot_user)):
-        text = message_text(message, attachments)
-        if not text:
-            continue
-        if message.author.id != bot_user.id:
-            text = f"{message.author.display_name}: {text}"
-        if not budget.take(text):
-            if not kept and (tail := budget.tail(text)):
-                kept.append((message, tail))
-            break
-        kept.append((message, text))
+    kept = _keep(messages, bot_user, max_chars, max_tokens, count_tokens, attachments)
     chat: list[ChatMessage] = []
     if system_prompt:
         chat.append({"role": "system", "content": system_prompt})
@@ -132,6 +120,78 @@ def _append(
         chat.append({"role": role, "content": text})
     if images:  # the images a model that can see gets
         chat[-1]["images"] = chat[-1].get("images", []) + images
+
+
+def budget_texts(
+    messages: Iterable[discord.Message],
+    bot_user: discord.abc.Snowflake,
+    attachments: Mapping[int, Read] | None = None,
+) -> list[str]:
+    """The texts a budget weighs, newest first: each message's :func:`message_text`, a user's
+    behind ``"name: "``; messages without text left out. (A token budget counts these.)"""
+    return [text for _, text in _texts(messages, bot_user, attachments)]
+
+
+def fitting(
+    messages: Iterable[discord.Message],
+    bot_user: discord.abc.Snowflake,
+    max_chars: int | None = 8000,
+    max_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+    attachments: Mapping[int, Read] | None = None,
+) -> list[discord.Message]:
+    """The messages :func:`context_to_messages` keeps within the budget, newest first; the
+    others (older, or without text) would be left out.
+
+    Raises
+    ------
+    ValueError
+        ``max_tokens`` without ``count_tokens``.
+    """
+    return [
+        message
+        for message, _ in _keep(
+            messages, bot_user, max_chars, max_tokens, count_tokens, attachments
+        )
+    ]
+
+
+def _texts(
+    messages: Iterable[discord.Message],
+    bot_user: discord.abc.Snowflake,
+    attachments: Mapping[int, Read] | None = None,
+) -> list[tuple[discord.Message, str]]:
+    out = []
+    for message in reversed(conversation_order(messages, bot_user)):
+        text = message_text(message, attachments)
+        if not text:
+            continue
+        if message.author.id != bot_user.id:
+            text = f"{message.author.display_name}: {text}"
+        out.append((message, text))
+    return out
+
+
+def _keep(
+    messages: Iterable[discord.Message],
+    bot_user: discord.abc.Snowflake,
+    max_chars: int | None,
+    max_tokens: int | None,
+    count_tokens: Callable[[str], int] | None,
+    attachments: Mapping[int, Read] | None = None,
+) -> list[tuple[discord.Message, str]]:
+    """The newest messages and their texts within the budget, newest first."""
+    if max_tokens is not None and count_tokens is None:
+        raise ValueError("max_tokens needs count_tokens")
+    budget = _Budget(max_chars, max_tokens, count_tokens)
+    kept: list[tuple[discord.Message, str]] = []
+    for message, text in _texts(messages, bot_user, attachments):
+        if not budget.take(text):
+            if not kept and (tail := budget.tail(text)):
+                kept.append((message, tail))
+            break
+        kept.append((message, text))
+    return kept
 
 
 def conversation_order(

@@ -279,6 +279,8 @@ PROFILE_FIELDS = (
     "tool_output_chars",
     "reasoning",
     "attachment_max_bytes",
+    "memory",
+    "context_tokens",
 )
 
 
@@ -590,6 +592,25 @@ class Settings:
         (),
         "[[places]]: a server, category, channel or thread id with its profile and/or model.",
         table=True,
+    )
+    # -- memory and token budgets (issue 11, part 3) --
+    memory: bool = setting(
+        False,
+        "Remember across restarts (per reply): a rolling summary of each channel's older "
+        "messages and the facts users ask the bot to remember, in the database in data_dir "
+        "(see the README's Memory section).",
+    )
+    memory_days: int = setting(
+        30,
+        "Days memory is kept: facts and summaries older than this are deleted; 1 to 3650.",
+        check=_between(1, 3650),
+    )
+    context_tokens: int = setting(
+        0,
+        "Token budget of the context sent to the model, counted with the backend's tokenizer "
+        "(an estimate for OpenAI-compatible servers without one); 0: off, context_chars "
+        "applies; up to 10000000.",
+        check=_between(0, 10_000_000),
     )
 
     # -- loading -----------------------------------------------------------------------------

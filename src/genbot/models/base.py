@@ -341,3 +341,34 @@ class ChatStreamer(Streamer):
             stream.fail(exc)
         else:
             stream.close()
+
+    # -- token counting (context budgets in tokens) -----------------------------------------
+
+    async def count_texts(self, texts: list[str]) -> list[int]:
+        """The number of tokens of each of ``texts``, with this backend's tokenizer.
+
+        This default is the documented estimate, one token per four characters (rounded up);
+        the backends override it with their tokenizer where they can reach one.
+
+        Parameters
+        ----------
+        texts:
+            Plain texts (no chat template is applied).
+        """
+        return [estimate_tokens(text) for text in texts]
+
+    async def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """The tokens of the messages' contents (the chat template's own tokens not counted),
+        as :meth:`count_texts` counts them.
+
+        Parameters
+        ----------
+        messages:
+            Chat messages; only their ``content`` is counted.
+        """
+        return sum(await self.count_texts([m["content"] for m in messages]))
+
+
+def estimate_tokens(text: str) -> int:
+    """The token estimate where no tokenizer is at hand: ``ceil(len(text) / 4)``."""
+    return -(-len(text) // 4)

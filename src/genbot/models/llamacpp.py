@@ -16,6 +16,7 @@ API, e.g. for :class:`genbot.models.openai.OpenAIStreamer`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -24,10 +25,17 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genbot.models import default_model_path
-from genbot.models.base import ChatRequest, ChatStreamer, ModelError, prepare_messages
+from genbot.models.base import (
+    ChatRequest,
+    ChatStreamer,
+    ModelError,
+    estimate_tokens,
+    prepare_messages,
+)
 
 if TYPE_CHECKING:
     from genbot.streaming.worker import Stream
@@ -265,6 +273,66 @@ class LlamaCppStreamer(ChatStreamer):
                         pool.submit(serve, stream)
             finally:
                 self.engine = None
+
+    # -- token counting (context budgets in tokens) -----------------------------------------
+
+    async def count_texts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text with the model's tokenizer: llama.cpp's own (the server's
+        ``/tokenize``, on loopback) when the worker runs in this process; else the GGUF's
+        tokenizer loaded here through ``transformers`` (the same vocabulary), when installed;
+        else the documented estimate (:func:`genbot.models.base.estimate_tokens`).
+
+        Parameters
+        ----------
+        texts:
+            Plain texts (no chat template, no special tokens).
+        """
+        engine = self.engine
+        if engine is not None:
+            return await _server_counts(engine.address, texts)
+        return await asyncio.to_thread(_gguf_counts, self.model_path, texts)
+
+
+async def _server_counts(address: str, texts: list[str]) -> list[int]:
+    """Token counts from a llama.cpp server's ``/tokenize`` (bounded: 10 s in all)."""
+    import aiohttp
+
+    counts = []
+    timeout = aiohttp.ClientTimeout(total=10.0)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for text in texts:
+            body = {"content": text, "add_special": False}
+            async with session.post(f"{address}/tokenize", json=body) as response:
+                response.raise_for_status()
+                counts.append(len((await response.json())["tokens"]))
+    return counts
+
+
+def _gguf_counts(model_path: str, texts: list[str]) -> list[int]:
+    with _tokenizers_lock:
+        if model_path not in _tokenizers:
+            _tokenizers[model_path] = _gguf_tokenizer(model_path)
+        tokenizer = _tokenizers[model_path]
+    if tokenizer is None:
+        return [estimate_tokens(text) for text in texts]
+    return [len(row) for row in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _gguf_tokenizer(model_path: str) -> Any:
+    """The GGUF's tokenizer through ``transformers`` (``None``, logged, when it cannot)."""
+    try:
+        from transformers import AutoTokenizer
+
+        path = Path(model_path)
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as error:  # not installed, or an architecture it does not convert
+        _log.warning("counting tokens by estimate: no tokenizer for %s: %r", model_path, error)
+        return None
+
+
+#: GGUF tokenizers loaded for counting in the caller's process (``None``: not loadable).
+_tokenizers: dict[str, Any] = {}
+_tokenizers_lock = threading.Lock()
 
 
 def main(argv: list[str] | None = None) -> None:

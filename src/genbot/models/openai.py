@@ -65,6 +65,7 @@ from genbot.models.base import (
     ModelError,
     Reasoning,
     ToolCall,
+    estimate_tokens,
     prepare_messages,
 )
 
@@ -958,6 +959,30 @@ class OpenAIStreamer(ChatStreamer):
 
         return await self._retrying("GET", url, attempt, None, lambda: False)
 
+    # -- token counting (context budgets in tokens) -----------------------------------------
+
+    async def count_texts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text: the server's own tokenizer where it has a ``/tokenize``
+        endpoint (vLLM's and llama.cpp's servers do), else the documented estimate, one token
+        per four characters (:func:`genbot.models.base.estimate_tokens`; OpenAI's API has no
+        tokenizer endpoint). A server without one is not asked again.
+
+        Parameters
+        ----------
+        texts:
+            Plain texts (no chat template, no special tokens).
+        """
+        if not self.__dict__.get("_no_tokenize"):
+            try:
+                return await _server_counts(self, texts)
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, LookupError) as error:
+                _log.info("%s has no usable /tokenize (%r); estimating", self._root(), error)
+                self.__dict__["_no_tokenize"] = True
+            except (TypeError, ValueError) as error:
+                _log.info("%s: an odd /tokenize answer (%r); estimating", self._root(), error)
+                self.__dict__["_no_tokenize"] = True
+        return [estimate_tokens(text) for text in texts]
+
 
 def _relay_reasoning(reasoning: list[str], call: _Call) -> None:
     """Write the reasoning a chunk's events carried as one :class:`Reasoning` item (never
@@ -988,3 +1013,28 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
         await asyncio.wait_for(response.content.read(), DRAIN_TIMEOUT)
     except (asyncio.TimeoutError, aiohttp.ClientError):
         response.close()
+
+
+async def _server_counts(streamer: OpenAIStreamer, texts: list[str]) -> list[int]:
+    """Token counts from the server's ``/tokenize`` (at its root, beside ``/v1``)."""
+    root = streamer._root()
+    url = root.removesuffix("/v1") + "/tokenize"
+    key = streamer.api_key or api_key_from_env()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    timeout = aiohttp.ClientTimeout(total=10.0, connect=streamer.connect_timeout)
+    connector = aiohttp.TCPConnector(limit=8)  # a few requests at a time
+    async with aiohttp.ClientSession(
+        headers=headers, timeout=timeout, connector=connector
+    ) as session:
+
+        async def count(text: str) -> int:
+            # vLLM reads "prompt" (and "model"), llama.cpp's server "content"
+            body: dict[str, Any] = {"model": streamer.model, "prompt": text, "content": text}
+            body["add_special_tokens"] = body["add_special"] = False
+            async with session.post(url, json=body) as response:
+                response.raise_for_status()
+                answer = await response.json()
+            number = answer.get("count")
+            return int(number) if number is not None else len(answer["tokens"])
+
+        return list(await asyncio.gather(*(count(text) for text in texts)))

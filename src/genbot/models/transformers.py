@@ -17,10 +17,12 @@ the loop: their cache rows cannot be left-padded and merged.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import io
 import logging
 import secrets
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -554,3 +556,38 @@ class TransformersStreamer(ChatStreamer):
             if finish:
                 stream.close()
                 del streams[key]
+
+    # -- token counting (context budgets in tokens) -----------------------------------------
+
+    async def count_texts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text with the model's Hugging Face tokenizer: the worker's when it runs
+        in this process, else the same tokenizer loaded here once (in a thread).
+
+        Parameters
+        ----------
+        texts:
+            Plain texts (no chat template, no special tokens).
+        """
+        return await asyncio.to_thread(self._count_texts, texts)
+
+    def _count_texts(self, texts: list[str]) -> list[int]:
+        engine = self.engine
+        tokenizer = engine.tokenizer if engine is not None else self._own_tokenizer()
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(row) for row in ids]
+
+    def _own_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        skip = {"device", "dtype", "system_prompt"}
+        extra = {k: v for k, v in self.engine_kwargs.items() if k not in skip}
+        key = (self.model, repr(sorted(extra.items())))
+        with _tokenizers_lock:
+            if key not in _tokenizers:
+                _tokenizers[key] = AutoTokenizer.from_pretrained(self.model, **extra)
+            return _tokenizers[key]
+
+
+#: Tokenizers loaded for counting in the caller's process, by model and loading arguments.
+_tokenizers: dict[tuple[str, str], Any] = {}
+_tokenizers_lock = threading.Lock()
