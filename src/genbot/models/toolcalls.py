@@ -259,10 +259,10 @@ def _calls_in(text: str) -> list[dict[str, Any]] | None:
 
 def _call(item: object) -> dict[str, Any] | None:
     """``{"name", "arguments" | "parameters"}`` as ``{"name", "args": JSON text}``, or None."""
+    if isinstance(item, dict) and isinstance(item.get("function"), dict):  # OpenAI nesting
+        return _call(item["function"])
     if not isinstance(item, dict) or not isinstance(item.get("name"), str):
         return None
-    if isinstance(item.get("function"), dict):  # OpenAI-style nesting
-        return _call(item["function"])
     args = item.get("arguments", item.get("parameters", {}))
     if isinstance(args, str):  # some models write the arguments as JSON text
         try:
