@@ -51,6 +51,13 @@ async def test_tool_round_trip_reaches_the_template_and_generates(smol: LlamaCpp
         '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>' in prompt
     )
     assert "<tool_response>\nsunny, 21 C\n</tool_response>" in prompt
+    # Without tools offered now, the earlier call and its result still show as text.
+    no_tools = with_tools(ROUND_TRIP)
+    no_tools.tools = []
+    prompt = engine.prompt(no_tools)
+    assert '<tool_call>{"name": "get_weather"' in prompt
+    assert "<tool_response>\nsunny, 21 C\n</tool_response>" in prompt
+    assert "You can call these tools" not in prompt
     out = await collect(smol, with_tools(ROUND_TRIP))
     assert out
     assert all(isinstance(item, str | ToolCall) for item in out)

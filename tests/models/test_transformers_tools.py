@@ -71,11 +71,19 @@ def test_smollm2_template_ignores_tools_so_they_go_in_the_system_message(
 
 
 def test_round_trip_in_the_fallback_form(model: Any, tokenizer: Any) -> None:
-    prompt = prompt_text(engine_with(model, tokenizer), ROUND_TRIP)
+    engine = engine_with(model, tokenizer)
+    prompt = prompt_text(engine, ROUND_TRIP)
     assert (
         '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>' in prompt
     )
     assert "<tool_response>\nsunny, 21 C\n</tool_response>" in prompt
+    # Without tools offered now, the earlier call and its result still show as text.
+    request = with_tools(ROUND_TRIP)
+    request.tools = []
+    prompt = str(engine.tokenizer.decode(engine.prompt_ids(request)))
+    assert '<tool_call>{"name": "get_weather"' in prompt
+    assert "<tool_response>\nsunny, 21 C\n</tool_response>" in prompt
+    assert "You can call these tools" not in prompt
 
 
 def test_a_template_that_renders_tools_gets_them(model: Any, tokenizer: Any) -> None:

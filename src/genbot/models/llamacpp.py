@@ -182,9 +182,9 @@ class LlamaEngine:
     def _messages(self, request: ChatRequest) -> list[Any]:
         """The request's messages, in the form the template takes (see the class docstring)."""
         messages = prepare_messages(request.messages, self.system_prompt)
-        if request.tools and not self.template_tools:
-            return fallback_messages(messages, request.tools)
-        return openai_messages(messages)
+        if self.template_tools:
+            return openai_messages(messages)
+        return fallback_messages(messages, request.tools)
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         """The server's chat-completion request for ``request``, streamed."""
