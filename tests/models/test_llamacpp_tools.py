@@ -3,8 +3,9 @@
 SmolLM2-135M's chat template ignores tools (llama.cpp's ``chat_template_caps`` say so), so
 genbot describes them in the system message and parses the reply itself; with a template that
 renders tools, the server renders and parses them. SmolLM2 does not call a tool with greedy
-decoding for any prompt we tried (it answers in prose or writes Python), so the parsing of a
-call goes through the backend's own chunk reader fed with recorded server chunks.
+decoding for any prompt we tried (it answers in prose or writes Python) unless its output is
+held to a JSON schema of the call (then it does, end to end); the ``<tool_call>`` path goes
+through the backend's own chunk reader fed with recorded server chunks.
 """
 
 from __future__ import annotations
@@ -186,3 +187,34 @@ def test_an_error_chunk_is_a_model_error() -> None:
     assert reader.chunk({"error": {"message": "boom"}}) is True
     with pytest.raises(ModelError, match="boom"):
         reader.end()
+
+
+# With its output held to a JSON schema (llama.cpp's ``json_schema``, a grammar), greedy
+# SmolLM2 writes a bare JSON call, and the stream brings it back as a ToolCall, no text.
+CALL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"const": "get_weather"},
+        "arguments": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+        },
+    },
+    "required": ["name", "arguments"],
+}
+
+
+async def test_smollm2_held_to_a_call_schema_calls_the_tool() -> None:
+    streamer = LlamaCppStreamer(n_parallel=1, n_threads=2, extra_body={"json_schema": CALL_SCHEMA})
+    streamer.start_process()  # a process of its own: this module's server is open here
+    try:
+        question = [{"role": "user", "content": "What is the weather in Paris?"}]
+        out = await collect(streamer, with_tools(question, 40))
+    finally:
+        streamer.close()
+    assert len(out) == 1
+    call = out[0]
+    assert isinstance(call, ToolCall)
+    assert (call.name, call.arguments) == ("get_weather", '{"city": "Paris"}')
+    assert call.id.startswith("call_")
