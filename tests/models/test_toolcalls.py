@@ -203,6 +203,7 @@ HISTORY = [
     },
     {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
     {"role": "tool", "tool_call_id": "c2", "content": "noon"},
+    {"role": "tool", "tool_call_id": "c3", "content": "dry"},
 ]
 SCHEMA = {
     "type": "function",
@@ -219,7 +220,8 @@ def test_fallback_messages_describe_the_tools_and_show_calls_and_results_as_text
         '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
     )
     assert out[3]["content"] == (
-        "<tool_response>\nsunny\n</tool_response>\n<tool_response>\nnoon\n</tool_response>"
+        "<tool_response>\nsunny\n</tool_response>\n<tool_response>\nnoon\n</tool_response>\n"
+        "<tool_response>\ndry\n</tool_response>"
     )
     assert all(set(m) == {"role", "content"} for m in out)
     # What the model writes back in that format is what the parser reads.

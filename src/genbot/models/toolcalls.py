@@ -309,13 +309,15 @@ def fallback_messages(
         else:
             out.append({"role": "system", "content": intro})
     for message in messages:
-        out.append(_fallback_message(message, out))
-    return [{k: v for k, v in m.items() if k != "_tool"} for m in out if m]
+        converted = _fallback_message(message, out)
+        if converted:
+            out.append(converted)
+    return [{k: v for k, v in m.items() if k != "_tool"} for m in out]
 
 
 def _fallback_message(message: ChatMessage, out: list[dict[str, Any]]) -> dict[str, Any]:
     """One message in the fallback form; a tool result may join the user message before it
-    (then an empty dict is returned, which :func:`fallback_messages` drops)."""
+    (then an empty dict is returned)."""
     role, content = message["role"], message["content"]
     if role == "tool":
         text = f"<tool_response>\n{content}\n</tool_response>"
