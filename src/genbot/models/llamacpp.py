@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,8 +35,15 @@ from genbot.models.base import (
     ChatRequest,
     ChatStreamer,
     ModelError,
+    ToolCall,
     estimate_tokens,
     prepare_messages,
+)
+from genbot.models.toolcalls import (
+    ToolCallParser,
+    fallback_messages,
+    openai_messages,
+    tool_names,
 )
 
 if TYPE_CHECKING:
@@ -57,7 +66,15 @@ class LlamaEngine:
     listens; :attr:`address` says where); with ``api_key``, HTTP requests must bring it.
     ``system_prompt`` (default none) is put first in a :meth:`chat` whose messages have no
     system message. ``extra_body`` is merged into every request: any llama.cpp server
-    parameter, e.g. ``{"min_p": 0.05}`` or ``{"ignore_eos": True}``.
+    parameter, e.g. ``{"min_p": 0.05}`` or ``{"ignore_eos": True}``. ``chat_template``: a
+    Jinja chat template used instead of the model's own.
+
+    Tools (``ChatRequest.tools``): when the chat template renders tools (the server's
+    ``chat_template_caps``, :attr:`template_tools`), the server gets them, renders them with the
+    template and parses the model's calls itself (streamed ``tool_calls`` deltas). Otherwise
+    (SmolLM2's template, for one) the tools are described in the system message and the reply
+    is parsed by :class:`genbot.models.toolcalls.ToolCallParser` (see
+    :func:`genbot.models.toolcalls.fallback_messages`).
 
     Raises
     ------
@@ -81,6 +98,7 @@ class LlamaEngine:
         port: int = 0,
         api_key: str | None = None,
         verbosity: int = 0,
+        chat_template: str | None = None,
     ) -> None:
         import xllamacpp
 
@@ -98,6 +116,7 @@ class LlamaEngine:
         self.n_parallel = n_parallel
         self.system_prompt = system_prompt
         self.extra_body = dict(extra_body or {})
+        self.api_key = api_key
         self.active = 0
         self.cancelled = 0
         self._lock = threading.Lock()
@@ -111,6 +130,8 @@ class LlamaEngine:
         if api_key:
             params.api_keys = [api_key]
         params.verbosity = verbosity
+        if chat_template:
+            params.chat_template = chat_template
         if n_threads:
             params.cpuparams.n_threads = n_threads
             params.cpuparams_batch.n_threads = n_threads
@@ -124,17 +145,61 @@ class LlamaEngine:
             self.__dict__.pop("_server", None)
             _one_server.release()
             raise ModelError(f"llama.cpp could not load {path!r}: {exc}") from exc
+        #: Whether the chat template renders tools (then the server parses the calls too).
+        self.template_tools = self._template_tools()
 
     @property
     def address(self) -> str:
         """The server's HTTP address, e.g. ``http://127.0.0.1:40123``."""
         return str(self._server.listening_address)
 
+    def _http(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """A JSON request to this server's own HTTP API (on loopback), bounded in time."""
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = json.dumps(body).encode() if body is not None else None
+        address = self.address.replace("0.0.0.0", "127.0.0.1")
+        request = urllib.request.Request(address + path, data=data, headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def _template_tools(self) -> bool:
+        """Whether the server's chat template renders tools and their calls (``/props``)."""
+        try:
+            caps = self._http("/props").get("chat_template_caps") or {}
+        except Exception as exc:
+            _log.warning(
+                "llama.cpp: no chat template capabilities (%s): tools get the fallback", exc
+            )
+            return False
+        return bool(caps.get("supports_tools") and caps.get("supports_tool_calls"))
+
+    def prompt(self, request: ChatRequest) -> str:
+        """The prompt text the chat template makes of ``request`` (tools included), as the
+        server renders it for :meth:`chat` (its ``/apply-template``).
+
+        Raises
+        ------
+        ModelError
+            The messages are not valid (see :func:`genbot.models.base.prepare_messages`).
+        """
+        body = self._body(request)
+        keep: dict[str, Any] = {k: body[k] for k in ("messages", "tools") if k in body}
+        return str(self._http("/apply-template", keep)["prompt"])
+
+    def _messages(self, request: ChatRequest) -> list[Any]:
+        """The request's messages, in the form the template takes (see the class docstring)."""
+        messages = prepare_messages(request.messages, self.system_prompt)
+        if self.template_tools:
+            return openai_messages(messages)
+        return fallback_messages(messages, request.tools)
+
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         """The server's chat-completion request for ``request``, streamed."""
         s = request.settings
         body: dict[str, Any] = {
-            "messages": prepare_messages(request.messages, self.system_prompt),
+            "messages": self._messages(request),
             "stream": True,
             "max_tokens": s.max_new_tokens,
             "temperature": s.temperature,
@@ -147,38 +212,31 @@ class LlamaEngine:
             body["stop"] = list(s.stop)
         if s.seed is not None:
             body["seed"] = s.seed
+        if request.tools and self.template_tools:
+            body["tools"] = request.tools
         return body
 
-    def chat(self, request: ChatRequest, emit: Callable[[str], bool]) -> str:
-        """Generate a reply, calling ``emit(delta)`` per text delta; blocks until done.
+    def chat(self, request: ChatRequest, emit: Callable[[Any], bool]) -> str:
+        """Generate a reply, calling ``emit(delta)`` per text delta and then ``emit(call)``
+        per :class:`~genbot.models.base.ToolCall`; blocks until done.
 
         ``emit`` returns ``False`` to cancel (the caller went away): the request stops and
-        its slot is free. Returns the finish reason (``"stop"``, ``"length"`` or
-        ``"cancelled"``); raises :class:`ModelError` on failure.
+        its slot is free. Returns the finish reason (``"stop"``, ``"length"``,
+        ``"tool_calls"`` or ``"cancelled"``); raises :class:`ModelError` on failure.
         """
         body = self._body(request)
-        finish = "cancelled"
-        failure: list[BaseException | str] = []
+        parser = None
+        if request.tools and not self.template_tools:
+            parser = ToolCallParser(tool_names(request.tools))
+        reply = ChunkReader(emit, parser)
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
             # Runs on this thread inside the C++ call; exceptions would be swallowed there.
-            nonlocal finish
-            try:
-                if "error" in chunk:
-                    failure.append(_error_text(chunk["error"]))
-                    return True
-                for choice in chunk.get("choices", ()):
-                    text = (choice.get("delta") or {}).get("content")
-                    if text and not emit(text):
-                        with self._lock:
-                            self.cancelled += 1
-                        return True
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
-                return False
-            except BaseException as exc:
-                failure.append(exc)
-                return True
+            stop = reply.chunk(chunk)
+            if reply.cancelled and stop:
+                with self._lock:
+                    self.cancelled += 1
+            return stop
 
         with self._lock:
             self.active += 1
@@ -187,11 +245,7 @@ class LlamaEngine:
         finally:
             with self._lock:
                 self.active -= 1
-        if failure:
-            if isinstance(failure[0], BaseException):
-                raise failure[0]
-            raise ModelError(f"llama.cpp: {failure[0]}")
-        return finish
+        return reply.end()
 
     def close(self) -> None:
         """Stop the server (waits for its loop to exit); idempotent. Call it once no
@@ -216,7 +270,9 @@ class LlamaCppStreamer(ChatStreamer):
     (default: llama.cpp's choice, the physical cores; on a machine shared with other busy
     processes, fewer threads can be much faster); ``system_prompt``: put first when a
     request has no system message (default: none, as every backend: the model gets the
-    request's messages); ``extra_body``: llama.cpp request parameters added to every request.
+    request's messages); ``extra_body``: llama.cpp request parameters added to every request;
+    ``chat_template``: a Jinja chat template to use instead of the model's. Tool calls: see
+    :class:`LlamaEngine`.
     The model is loaded in the worker (thread or process), not here, so the streamer stays
     picklable.
     """
@@ -230,6 +286,7 @@ class LlamaCppStreamer(ChatStreamer):
         n_threads: int | None = None,
         system_prompt: str | None = None,
         extra_body: dict[str, Any] | None = None,
+        chat_template: str | None = None,
     ) -> None:
         self.model_path = model_path or default_model_path()
         self.n_parallel = n_parallel
@@ -237,6 +294,7 @@ class LlamaCppStreamer(ChatStreamer):
         self.n_threads = n_threads
         self.system_prompt = system_prompt
         self.extra_body = extra_body
+        self.chat_template = chat_template
         self.engine: LlamaEngine | None = None
 
     def worker(self) -> None:
@@ -249,6 +307,7 @@ class LlamaCppStreamer(ChatStreamer):
                 n_threads=self.n_threads,
                 system_prompt=self.system_prompt,
                 extra_body=self.extra_body,
+                chat_template=self.chat_template,
             ) as engine,
             ThreadPoolExecutor(self.n_parallel, thread_name_prefix="genbot-llama") as pool,
         ):
@@ -366,6 +425,76 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class ChunkReader:
+    """Reads the server's streamed chat-completion chunks of one reply and emits its text
+    deltas and, at the end, its tool calls: the ones the server parsed (``tool_calls``
+    deltas, put together by their ``index``) or, with a ``parser``, the ones in the text."""
+
+    def __init__(self, emit: Callable[[Any], bool], parser: ToolCallParser | None) -> None:
+        self.emit = emit
+        self.parser = parser
+        self.finish = "cancelled"
+        self.cancelled = False
+        self.failure: BaseException | str | None = None
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def chunk(self, chunk: dict[str, Any]) -> bool:
+        """Take one chunk; ``True``: stop generating (the caller went away, or an error)."""
+        try:
+            if "error" in chunk:
+                self.failure = _error_text(chunk["error"])
+                return True
+            for choice in chunk.get("choices", ()):
+                delta = choice.get("delta") or {}
+                for call in delta.get("tool_calls") or ():
+                    self._add_call(call)
+                text = delta.get("content")
+                if text and self.parser is not None:
+                    text = self.parser.feed(text)
+                if text and not self.emit(text):
+                    self.cancelled = True
+                    return True
+                if choice.get("finish_reason"):
+                    self.finish = choice["finish_reason"]
+            return False
+        except BaseException as exc:
+            self.failure = exc
+            return True
+
+    def _add_call(self, delta: dict[str, Any]) -> None:
+        """Add a streamed ``tool_calls`` delta: the first of an index brings its id and name,
+        the later ones pieces of the arguments."""
+        call = self._calls.setdefault(
+            int(delta.get("index", 0)), {"id": "", "name": "", "args": ""}
+        )
+        function = delta.get("function") or {}
+        call["id"] = delta.get("id") or call["id"]
+        call["name"] += function.get("name") or ""
+        call["args"] += function.get("arguments") or ""
+
+    def end(self) -> str:
+        """The reply ended: emit what the parser held back and the calls; returns the finish
+        reason. Raises the failure, if there was one (:class:`ModelError` for the server's)."""
+        if isinstance(self.failure, BaseException):
+            raise self.failure
+        if self.failure is not None:
+            raise ModelError(f"llama.cpp: {self.failure}")
+        calls = [
+            ToolCall(c["id"] or f"call_{i}", c["name"], c["args"] or "{}")
+            for i, c in sorted(self._calls.items())
+        ]
+        if self.parser is not None:
+            text, parsed = self.parser.finish()
+            calls += parsed
+            if text and not self.cancelled and not self.emit(text):
+                self.cancelled = True
+        for call in calls:
+            if self.cancelled or not self.emit(call):
+                self.cancelled = True
+                return "cancelled"
+        return "tool_calls" if calls and self.finish == "stop" else self.finish
 
 
 def _error_text(error: Any) -> str:

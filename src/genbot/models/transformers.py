@@ -35,7 +35,14 @@ from genbot.models.base import (
     ChatStreamer,
     ModelError,
     StopBuffer,
+    ToolCall,
     prepare_messages,
+)
+from genbot.models.toolcalls import (
+    ToolCallParser,
+    fallback_messages,
+    openai_messages,
+    tool_names,
 )
 
 if TYPE_CHECKING:
@@ -44,6 +51,19 @@ if TYPE_CHECKING:
 __all__ = ["TransformersEngine", "TransformersStreamer", "gguf_to_hf", "vision_inputs"]
 
 _log = logging.getLogger(__name__)
+
+#: What a decoding step reports per stream: ``(key, text delta or tool call, finish reason)``.
+_Event = tuple[Any, "str | ToolCall", str | None]
+
+#: A tool that only :meth:`TransformersEngine.template_renders_tools` shows the template.
+_PROBE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "genbot_probe_tool",
+        "description": "Probe.",
+        "parameters": {"type": "object", "properties": {}},
+    },
+}
 
 #: Like llama.cpp's ``repeat_last_n``: the repeat penalty looks at this many latest tokens.
 REPEAT_LAST_N = 64
@@ -117,6 +137,7 @@ class _Sequence:
     #: What a vision-language model's prefill takes besides the ids (``pixel_values``, ...).
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     pending: int = -1  # sampled, not yet fed to the model
+    tools: ToolCallParser | None = None  # the request offered tools: parse the reply
 
 
 class TransformersEngine:
@@ -126,6 +147,13 @@ class TransformersEngine:
     ``(key, delta, finish_reason | None)`` events, ``remove`` drops a request at once.
     ``system_prompt`` (default none, as every backend) is put first when a request has no
     system message.
+
+    Tools (``ChatRequest.tools``) go to the chat template's ``tools`` argument when it renders
+    them (:meth:`template_renders_tools`); otherwise they are described in the system message
+    (:func:`genbot.models.toolcalls.fallback_messages`). The reply is parsed by
+    :class:`genbot.models.toolcalls.ToolCallParser`: tool-call text is never a text delta,
+    and ``step`` reports the calls as :class:`~genbot.models.base.ToolCall` events before the
+    finish.
 
     Raises
     ------
@@ -189,6 +217,7 @@ class TransformersEngine:
         self._rows: list[_Sequence] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
+        self._renders_tools: bool | None = None
 
     @property
     def size(self) -> int:
@@ -206,24 +235,11 @@ class TransformersEngine:
             raise ModelError(f"expected a ChatRequest, got {type(request).__name__}")
         if self.size >= self.max_batch:
             raise ModelError(f"the batch is full ({self.max_batch} requests)")
-        messages = prepare_messages(
-            request.messages, self.system_prompt, images=self.processor is not None
-        )
         inputs: dict[str, torch.Tensor] = {}
-        prompt: Any
-        try:
-            if self.processor is not None:
-                prompt, inputs = vision_inputs(self.processor, messages)
-            else:
-                prompt = self.tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=True, return_dict=False
-                )
-        except ModelError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"the chat template failed: {exc}") from exc
-        if not isinstance(prompt, list):
-            prompt = list(prompt["input_ids"])
+        if self.processor is not None:  # a vision-language model (no tools)
+            prompt, inputs = self._vision_prompt(request)
+        else:
+            prompt = self.prompt_ids(request)
         if len(prompt) >= self.max_length:
             raise ModelError(
                 f"the prompt has {len(prompt)} tokens; the model takes {self.max_length}"
@@ -240,8 +256,25 @@ class TransformersEngine:
                 IncrementalDetokenizer(self.tokenizer),
                 StopBuffer(s.stop),
                 inputs={k: v.to(self.device) for k, v in inputs.items()},
+                tools=ToolCallParser(tool_names(request.tools)) if request.tools else None,
             )
         )
+
+    def _vision_prompt(self, request: ChatRequest) -> tuple[list[int], dict[str, torch.Tensor]]:
+        """A vision-language model's prompt ids and image inputs (:func:`vision_inputs`).
+
+        Raises
+        ------
+        ModelError
+            The messages are not valid, an image cannot be read, or the template failed.
+        """
+        messages = prepare_messages(request.messages, self.system_prompt, images=True)
+        try:
+            return vision_inputs(self.processor, messages)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"the chat template failed: {exc}") from exc
 
     def _load_vision(
         self, name: str, dtype: Any, from_pretrained: dict[str, Any]
@@ -253,6 +286,51 @@ class TransformersEngine:
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, **from_pretrained)
         _log.info("%s is a vision-language model: images reach it", name)
         return model, self.processor.tokenizer
+
+    def prompt_ids(self, request: ChatRequest) -> list[int]:
+        """The prompt tokens of ``request``: its messages (and tools) through the chat template.
+
+        Raises
+        ------
+        ModelError
+            The messages are not valid, or the chat template failed on them.
+        """
+        messages, kwargs = self._template_input(request)
+        try:
+            prompt = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False, **kwargs
+            )
+        except Exception as exc:
+            raise ModelError(f"the chat template failed: {exc}") from exc
+        if not isinstance(prompt, list):
+            prompt = list(prompt["input_ids"])
+        return [int(t) for t in prompt]
+
+    def _template_input(self, request: ChatRequest) -> tuple[list[Any], dict[str, Any]]:
+        """The messages and keyword arguments for the chat template: the OpenAI form with
+        ``tools=`` when it renders tools, else the fallback form (tools in the system message,
+        calls and results as text); plain messages when there are no tools or tool messages."""
+        messages = prepare_messages(request.messages, self.system_prompt)
+        if not request.tools and not _has_tool_messages(messages):
+            return list(messages), {}
+        if self.template_renders_tools():
+            kwargs = {"tools": request.tools} if request.tools else {}
+            return openai_messages(messages, object_arguments=True), kwargs
+        return fallback_messages(messages, request.tools), {}
+
+    def template_renders_tools(self) -> bool:
+        """Whether the chat template shows the tools it is given (tried once, with a probe)."""
+        if self._renders_tools is None:
+            probe = [{"role": "user", "content": "Hi"}]
+            try:
+                text = self.tokenizer.apply_chat_template(
+                    probe, tools=[_PROBE_TOOL], add_generation_prompt=True, tokenize=False
+                )
+            except Exception as exc:
+                _log.info("the chat template fails with tools (%s): tools get the fallback", exc)
+                text = ""
+            self._renders_tools = "genbot_probe_tool" in str(text)
+        return self._renders_tools
 
     def remove(self, key: Any) -> None:
         """Drop a request (its caller went away): its row leaves the batch now."""
@@ -269,9 +347,9 @@ class TransformersEngine:
         self._waiting, self._rows, self._cache, self._mask = [], [], None, None
 
     @torch.inference_mode()
-    def step(self) -> list[tuple[Any, str, str | None]]:
+    def step(self) -> list[_Event]:
         """Decode one token for every running row, then prefill the waiting requests."""
-        events: list[tuple[Any, str, str | None]] = []
+        events: list[_Event] = []
         if self._rows:
             assert self._mask is not None
             ids = torch.tensor([[q.pending] for q in self._rows], device=self.device)
@@ -286,7 +364,7 @@ class TransformersEngine:
             self._select([i for i, q in enumerate(self._rows) if q.key not in finished])
         return events
 
-    def _prefill(self) -> list[tuple[Any, str, str | None]]:
+    def _prefill(self) -> list[_Event]:
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
@@ -357,10 +435,8 @@ class TransformersEngine:
             layer.values = layer.values[index, :, start:]
         self._mask = mask[:, start:]
 
-    def _sample(
-        self, rows: list[_Sequence], logits: torch.Tensor
-    ) -> list[tuple[Any, str, str | None]]:
-        events: list[tuple[Any, str, str | None]] = []
+    def _sample(self, rows: list[_Sequence], logits: torch.Tensor) -> list[_Event]:
+        events: list[_Event] = []
         for q, row in zip(rows, logits.float(), strict=True):
             token = _choose(row, q)
             finish: str | None = None
@@ -380,8 +456,7 @@ class TransformersEngine:
                     finish = "length"
             if finish and not q.stops.stopped:
                 delta += q.stops.feed(q.detokenizer.flush()) + q.stops.flush()
-            if delta or finish:
-                events.append((q.key, delta, finish))
+            events += _reply_events(q, delta, finish)
         return events
 
 
@@ -433,6 +508,27 @@ def _joined_inputs(rows: list[_Sequence]) -> dict[str, torch.Tensor]:
     """The image inputs of the rows prefilled together, in row order (as their image tokens)."""
     names = {name for q in rows for name in q.inputs}
     return {name: torch.cat([q.inputs[name] for q in rows if name in q.inputs]) for name in names}
+
+
+def _reply_events(q: _Sequence, delta: str, finish: str | None) -> list[_Event]:
+    """A step's events for one sequence: its text delta, less any tool-call text when the
+    request has tools, and at the finish the tool calls, before the finish event."""
+    if q.tools is None:
+        return [(q.key, delta, finish)] if delta or finish else []
+    shown = q.tools.feed(delta)
+    calls: list[ToolCall] = []
+    if finish:
+        rest, calls = q.tools.finish()
+        shown += rest
+    events: list[_Event] = [(q.key, shown, None)] if shown else []
+    events += [(q.key, call, None) for call in calls]
+    if finish:
+        events.append((q.key, "", "tool_calls" if calls and finish == "stop" else finish))
+    return events
+
+
+def _has_tool_messages(messages: list[ChatMessage]) -> bool:
+    return any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
 
 
 def _choose(logits: torch.Tensor, q: _Sequence) -> int:
