@@ -437,3 +437,31 @@ async def test_no_tools_setting_sends_no_tools(chat: Chat, stub: OpenAIStub) -> 
         reply = await reply_to(chat, chat.dm, "hello", "hello")
     assert reply == "echo: hello"
     assert "tools" not in stub.requests[0]
+
+
+# -- a Python tool and an MCP tool in one reply ---------------------------------------------------
+
+
+async def test_a_python_tool_and_an_mcp_tool_in_one_reply(chat: Chat, stub: OpenAIStub) -> None:
+    import sys
+    from pathlib import Path
+
+    server_script = Path(__file__).parent / "mcp_servers" / "tools_server.py"
+    mcp = {"t": {"command": sys.executable, "args": [str(server_script)], "start_timeout": 120}}
+    bot = make_bot(stub, mcp=mcp)
+
+    @bot.tool
+    def weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    async with run_bot(bot, chat.server, timeout=120):
+        reply = await reply_to(
+            chat, chat.dm, "use weather(city=Oslo) and use t__echo(text=hi)", "echo: hi"
+        )
+        offered = {t["function"]["name"] for t in stub.requests[0]["tools"]}
+    assert {"weather", "t__echo", "t__add"} <= offered  # the bot's own tools and the server's
+    assert "Answer: sunny in Oslo | echo: hi" in reply
+    assert reply.count("using") == 2  # one status line per call
+    assert tool_calls(bot, "weather", "ok") == 1
+    assert tool_calls(bot, "t__echo", "ok") == 1
