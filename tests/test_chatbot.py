@@ -163,3 +163,50 @@ async def test_messages_that_arrive_while_replying_get_one_more_reply(chat: Chat
     assert second_answer["message_reference"]["message_id"] == last["id"]  # replies to "third"
     assert len(prompts) == 2 and prompts[0] == ["alice: first"]
     assert "alice: second\nalice: third" in "\n".join(prompts[1])  # the follow-up saw both
+
+
+# -- a tool round trip on the real SmolLM2 (issue 11) ----------------------------------------------
+
+#: SmolLM2-135M does not call tools by itself with greedy decoding; held to the JSON schema of a
+#: call (llama.cpp's ``json_schema``), it writes one, which the backend's parser makes a ToolCall.
+CALL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"const": "get_weather"},
+        "arguments": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+        },
+    },
+    "required": ["name", "arguments"],
+}
+
+
+async def test_a_tool_round_trip_on_the_real_model(chat: Chat) -> None:
+    server = chat.server
+    backend = LlamaCppStreamer(n_parallel=1, extra_body={"json_schema": CALL_SCHEMA})
+    backend.start_process()
+    asked: list[str] = []
+    bot = ChatBot(settings(max_new_tokens=40, max_tool_steps=1), backend=backend, **FAST)
+
+    @bot.tool
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city."""
+        asked.append(city)
+        return f"sunny in {city}, 21 C"
+
+    try:
+        async with run_bot(bot, server, timeout=120):
+            await server.send_message(
+                chat.general, chat.alice, "What is the weather in Paris?", mentions_bot=True
+            )
+            await server.wait_for(lambda: asked, timeout=60)
+            await settle(bot)
+    finally:
+        backend.close()
+    assert asked == ["Paris"]  # the model's call, checked and run
+    (reply,) = server.bot_messages(chat.general)
+    # its status line with the outcome; the last step (without tools) is held to the schema
+    # too, so its text is one more JSON object rather than prose
+    assert "using `get_weather`" in reply["content"]
