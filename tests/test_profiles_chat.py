@@ -291,7 +291,7 @@ async def test_a_named_model_that_does_not_start_gets_a_note_and_the_next_chat_t
             assert bot.made == ["flaky"]
 
 
-async def test_a_choice_in_a_thread_stays_in_the_thread_and_dms_are_for_admins(
+async def test_a_choice_in_a_thread_stays_in_the_thread_and_a_dm_is_its_users(
     tmp_path: Path, models: dict[str, Streamer]
 ) -> None:
     async with world() as w:
@@ -305,9 +305,24 @@ async def test_a_choice_in_a_thread_stays_in_the_thread_and_dms_are_for_admins(
             # scholar sets no model, and the channel's model came with its profile: the default
             assert await answer(w, deck, w.alice, "in") == "default | Scholar. | in"
             assert (await answer(w, pirates, w.alice, "out")).startswith("small | Arr")
+            # a DM is the user's own conversation: they pick there, for that DM only
             alice_dm, admin_dm = w.server.create_dm(w.alice), w.server.create_dm(w.admin)
+            picked = await command(w, alice_dm, w.alice, "model", name="big")
+            assert picked["content"] == Texts.model_set.format(model="big")
+            assert await answer(w, alice_dm, w.alice, "dm") == "big | You are genbot. | dm"
+            assert await answer(w, admin_dm, w.admin, "dm") == "default | You are genbot. | dm"
+
+
+async def test_with_choose_permission_empty_only_admins_choose_even_in_dms(
+    tmp_path: Path, models: dict[str, Streamer]
+) -> None:
+    async with world() as w:
+        pirates = w.server.create_channel(w.guild, "pirates")
+        settings = settings_for(tmp_path, w, pirates, places="").updated(
+            {"choose_permission": ""}, "test"
+        )
+        async with run_bot(Bot(settings, **BOT_FAST), w.server):
+            alice_dm = w.server.create_dm(w.alice)
             refused = await command(w, alice_dm, w.alice, "model", name="big")
-            assert refused["content"] == Texts.choose_refused.format(permission="Manage Channels")
-            await command(w, admin_dm, w.admin, "model", name="big")
-            assert await answer(w, admin_dm, w.admin, "dm") == "big | You are genbot. | dm"
+            assert refused["content"] == Texts.choose_refused_admins
             assert await answer(w, alice_dm, w.alice, "dm") == "default | You are genbot. | dm"

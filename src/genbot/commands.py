@@ -335,16 +335,18 @@ async def _complete_personas(
 
 
 def may_choose(bot: ChatBot, interaction: Interaction) -> bool:
-    """Whether the user may set the model or persona where ``interaction`` was run: an admin,
-    or in a server a member with the ``choose_permission`` permission in that channel."""
+    """Whether the user may set the model or persona where ``interaction`` was run: an admin;
+    in a server a member with the ``choose_permission`` permission in that channel; in a DM
+    the person the bot talks to there (their own conversation), unless ``choose_permission``
+    is empty (admins only)."""
     if bot.is_admin(interaction.user):
         return True
     flag = bot.settings.choose_permission
-    return (
-        bool(flag)
-        and interaction.guild_id is not None
-        and getattr(interaction.permissions, flag, False)
-    )
+    if not flag:
+        return False
+    if interaction.guild_id is None:  # a DM: the user's own conversation with the bot
+        return True
+    return bool(getattr(interaction.permissions, flag, False))
 
 
 async def _pick(interaction: Interaction, what: str, name: str | None) -> None:
