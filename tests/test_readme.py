@@ -91,3 +91,22 @@ def test_the_full_example_config_is_examples_server_toml_and_answers_as_describe
     assert model_settings(settings, "big").vision and model_settings(settings, "big").parallel == 16
     assert settings.admin_tools == ["files__write_file"]
     assert sorted(settings.mcp) == ["files", "search"]
+
+
+TOML_BLOCKS = re.findall(r"```toml\n(.*?)```", README, re.S)
+
+
+@pytest.mark.parametrize("block", TOML_BLOCKS, ids=[f"toml{i}" for i in range(len(TOML_BLOCKS))])
+def test_every_toml_block_of_the_readme_is_a_config_that_loads(block: str, tmp_path: Path) -> None:
+    config = tmp_path / "genbot.toml"
+    config.write_text(block, encoding="utf-8")
+    Settings.load(config, environ={})
+
+
+def test_the_mcp_server_takes_five_lines_of_toml() -> None:
+    section = README[README.index("### MCP servers") :]
+    block = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert block is not None
+    lines = block.group(1).splitlines()
+    assert len(lines) == 5 and lines[0] == "[mcp.files]"
+    assert len(TOML_BLOCKS) >= 6  # configuration, profiles, modes, media, MCP, the full example
