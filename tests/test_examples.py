@@ -20,8 +20,11 @@ from typing import Any
 import pytest
 
 from bot_world import FAST, send, world
+from chat_world import Chat
 from genbot.gatekeeping import running
-from genbot.testing import run_bot
+from genbot.testing import DiscordServer, run_bot
+from openai_stub import openai_stub
+from test_tools_bot import reply_to, weather_model
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 SCRIPTS = sorted(p.stem for p in EXAMPLES.glob("*.py"))
@@ -277,6 +280,30 @@ async def test_everything_together() -> None:
             assert w.contents(general) == [f"Echo {len(mention)}"] * 2
     finally:
         everything.echo.close()
+
+
+# -- the ready-made bot with tools, against a local OpenAI-compatible server ---------------------
+
+
+async def test_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the bot's data folder
+    for name in [n for n in os.environ if n.startswith("GENBOT_")]:
+        monkeypatch.delenv(name)
+    async with DiscordServer() as server, openai_stub() as stub:
+        monkeypatch.setenv("GENBOT_BASE_URL", stub.base_url)
+        sys.modules.pop("tools", None)  # the example makes its bot when imported
+        tools = load("tools")
+        stub.respond = weather_model
+        chat = Chat(server)
+        async with run_bot(tools.bot, server, timeout=30):
+            ask = 'use weather(city=Paris,unit=F) use roll_dice({"count": 2, "sides": 1})'
+            reply = await reply_to(chat, chat.dm, ask, "[1, 1]")
+    assert reply == (
+        "Let me check.\n*using `weather` …* ✓\n*using `roll_dice` …* ✓\n"
+        "Answer: Sunny in Paris, 70 °F | [1, 1]"
+    )
+    offered = [tool["function"]["name"] for tool in stub.requests[0]["tools"]]
+    assert sorted(offered) == ["roll_dice", "weather"]  # server_load: admins' chats only
 
 
 # -- a model from a script -------------------------------------------------------------------------

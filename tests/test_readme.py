@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from genbot.profiles import Choice, model_settings, profile_settings, resolve
+from genbot.settings import Settings
+
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -58,3 +61,52 @@ def test_the_readme_examples_are_the_scripts_in_examples(heading: str, script: s
     assert readme
     scripted = definitions((ROOT / "examples" / script).read_text(encoding="utf-8"))
     assert {name: scripted.get(name) for name in readme} == readme
+
+
+def test_the_full_example_config_is_examples_server_toml_and_answers_as_described() -> None:
+    """The README's full example is examples/server.toml; it loads, and the profile and model
+    that answer in the server, its channels and a DM are the ones the README describes."""
+    section = README[README.index("## A full example config") :]
+    block = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert block is not None
+    example = ROOT / "examples" / "server.toml"
+    assert block.group(1) == example.read_text(encoding="utf-8")
+    settings = Settings.load(example, environ={})
+    places = {p.id: Choice(p.profile, p.model) for p in settings.places}
+    server, off_topic, ideas, other = 222222222222222222, 333333333333333333, 444444444444444444, 5
+
+    def answers(*chain: int) -> tuple[str, str]:
+        found = resolve(chain, places, {}, settings.profiles, settings.models)
+        return found.profile, found.model
+
+    assert answers(other, server) == ("helpdesk", "big")  # a channel of the server
+    assert answers(off_topic, server) == ("pirate", "small")
+    assert answers(7, off_topic, server) == ("pirate", "small")  # a thread in #off-topic
+    assert answers(ideas, server) == ("brainstorm", "small")
+    assert answers(other) == ("default", "default")  # a DM
+    helpdesk = profile_settings(settings, "helpdesk")
+    assert (helpdesk.reply_mode, helpdesk.memory, helpdesk.reasoning) == ("thread", True, "spoiler")
+    assert profile_settings(settings, "pirate").reply_mode == "reply"
+    assert profile_settings(settings, "pirate").tools == []
+    assert model_settings(settings, "big").vision and model_settings(settings, "big").parallel == 16
+    assert settings.admin_tools == ["files__write_file"]
+    assert sorted(settings.mcp) == ["files", "search"]
+
+
+TOML_BLOCKS = re.findall(r"```toml\n(.*?)```", README, re.S)
+
+
+@pytest.mark.parametrize("block", TOML_BLOCKS, ids=[f"toml{i}" for i in range(len(TOML_BLOCKS))])
+def test_every_toml_block_of_the_readme_is_a_config_that_loads(block: str, tmp_path: Path) -> None:
+    config = tmp_path / "genbot.toml"
+    config.write_text(block, encoding="utf-8")
+    Settings.load(config, environ={})
+
+
+def test_the_mcp_server_takes_five_lines_of_toml() -> None:
+    section = README[README.index("### MCP servers") :]
+    block = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert block is not None
+    lines = block.group(1).splitlines()
+    assert len(lines) == 5 and lines[0] == "[mcp.files]"
+    assert len(TOML_BLOCKS) >= 6  # configuration, profiles, modes, media, MCP, the full example
