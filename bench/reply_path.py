@@ -128,7 +128,7 @@ async def main() -> None:
         r = ratios[chain]
         print(
             f"{chain:<12} {statistics.median(per[chain]) * 1e6:>14.2f} µs"
-            f" {statistics.median(r):>15.2f}x  {min(r):.2f}–{max(r):.2f}x"
+            f" {statistics.median(r):>15.2f}x  {min(r):.2f}-{max(r):.2f}x"
         )
 
 
