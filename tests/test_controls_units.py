@@ -96,3 +96,50 @@ async def test_a_failure_that_is_not_a_stop_is_raised() -> None:
     assert await anext(running) == "a"
     with pytest.raises(RuntimeError):
         await anext(running)
+
+
+async def test_a_stop_under_wait_for_leaves_the_reader_running() -> None:
+    # stream_reply reads each delta under asyncio.wait_for: the stop interrupts that read,
+    # and the reading task goes on as if it had not been cancelled.
+    forever = asyncio.Event()
+
+    async def deltas() -> AsyncIterator[Any]:
+        yield "Hi"
+        await forever.wait()  # a tool call that takes its time
+        yield "never"
+
+    running = RunningReply(1, _Stream(), deltas(), lambda r: None)
+    started = asyncio.Event()
+
+    async def reader() -> list[str]:
+        got = [await asyncio.wait_for(anext(running), 5)]
+        started.set()
+        got.append(await asyncio.wait_for(anext(running), 5))
+        await asyncio.sleep(0)  # not cancelled any more
+        task = asyncio.current_task()
+        assert task is not None
+        if hasattr(task, "cancelling"):  # Python 3.11+ counts the cancels
+            assert task.cancelling() == 0
+        return got
+
+    task = asyncio.ensure_future(reader())
+    await started.wait()
+    await asyncio.sleep(0)
+    running.stop()
+    assert await asyncio.wait_for(task, 5) == ["Hi", "\n\n*Stopped.*"]
+
+
+async def test_a_cancel_that_is_not_a_stop_cancels_the_reader() -> None:
+    forever = asyncio.Event()
+
+    async def deltas() -> AsyncIterator[Any]:
+        await forever.wait()
+        yield "never"
+
+    running = RunningReply(1, _Stream(), deltas(), lambda r: None)
+    waiting = asyncio.ensure_future(anext(running))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not running.stopped

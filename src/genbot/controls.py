@@ -147,46 +147,52 @@ class RunningReply:
         self._stream = stream
         self._inner = aiter(deltas)
         self._forget = forget
-        self._halt = asyncio.Event()
+        self._stopped = False
         self._marked = False
-        self._text = ""
+        self._parts: list[str] = []
+        # The task reading a delta now (inside __anext__), which stop() interrupts. The read
+        # runs in the reader's own task: no task per delta to race a stop against.
+        self._reader: asyncio.Task[Any] | None = None
+        self._interrupted = False
 
     @property
     def stopped(self) -> bool:
-        return self._halt.is_set()
+        return self._stopped
 
     def stop(self) -> None:
-        """End the reply now: close the model's stream (its slot frees at once)."""
-        self._halt.set()
+        """End the reply now: close the model's stream (its slot frees at once), and interrupt
+        a read under way (a tool call, a wait for the model)."""
+        self._stopped = True
         self._stream.close()
+        reader = self._reader
+        if reader is not None and reader is not _current_task() and not self._interrupted:
+            self._interrupted = True
+            reader.cancel()
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
 
     async def __anext__(self) -> Any:
-        if self.stopped:
+        if self._stopped:
             return self._mark()
-        step = asyncio.ensure_future(self._inner.__anext__())
-        halt = asyncio.ensure_future(self._halt.wait())
+        self._reader = asyncio.current_task()
         try:
-            await asyncio.wait({step, halt}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (step, halt):
-                if not task.done():
-                    task.cancel()
-                task.add_done_callback(_retrieve)
-        if not step.done() or step.cancelled():
+            delta = await self._inner.__anext__()
+        except asyncio.CancelledError:
+            if not self._interrupted:  # a cancel from elsewhere
+                raise
+            _uncancel(self._reader)
             return self._mark()
-        try:
-            delta = step.result()
         except StopAsyncIteration:
             raise
         except Exception:
-            if self._halt.is_set():  # closing the stream fails the read: that is the stop
+            if self.stopped:  # closing the stream fails the read: that is the stop
                 return self._mark()
             raise
+        finally:
+            self._reader = None
         if isinstance(delta, str):
-            self._text += delta
+            self._parts.append(delta)
         return delta
 
     def _mark(self) -> str:
@@ -194,7 +200,7 @@ class RunningReply:
             raise StopAsyncIteration
         self._marked = True
         _log.info("a reply was stopped by a button press")
-        return stopped_suffix(self._text)
+        return stopped_suffix("".join(self._parts))
 
     async def aclose(self) -> None:
         self._forget(self)
@@ -203,10 +209,18 @@ class RunningReply:
             await aclose()
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Mark a task's outcome as seen (a read failing after a stop is expected)."""
-    if not task.cancelled():
-        task.exception()
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
+
+
+def _uncancel(task: asyncio.Task[Any] | None) -> None:
+    """Undo the cancel that :meth:`RunningReply.stop` made (Python 3.11+ counts them)."""
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()
 
 
 # --------------------------------------------------------------------------------------------

@@ -81,6 +81,8 @@ class ThinkSplitter:
 
     def feed(self, text: str) -> list[Piece]:
         """The pieces that ``text`` (the next delta) completes."""
+        if not self._pending and "<" not in text:  # the usual delta: no tag, none begun
+            return [(self.thinking, text)] if text else []
         self._pending += text
         pieces: list[Piece] = []
         while True:

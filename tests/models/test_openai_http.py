@@ -384,6 +384,21 @@ def test_the_quick_path_reads_what_a_full_decoding_reads(spec: dict[str, object]
     assert read_chunk(data) == expected(event)
 
 
+@given(chunks)
+def test_decode_events_finds_the_reasoning_nulls_or_not(spec: dict[str, object]) -> None:
+    # Some servers send "reasoning_content": null (and "role": null) in every event: the
+    # check that skips those must never skip a reasoning text.
+    values = {"role": spec["role"], "content": spec["content"]}
+    values["reasoning_content"] = spec["reasoning"]
+    delta = {k: values[k] for k in spec["key_order"]}  # type: ignore[attr-defined]
+    event = {"choices": [{"index": 0, "delta": delta, "finish_reason": spec["finish"]}]}
+    separators = (",", ":") if spec["compact"] else (", ", ": ")
+    data = json.dumps(event, separators=separators, ensure_ascii=bool(spec["ascii"])).encode()
+    reasoning: list[str] = []
+    decode_events(EventReader(), b"data: " + data + b"\n\n", None, reasoning)
+    assert "".join(reasoning) == (spec["reasoning"] or "")
+
+
 def test_the_quick_path_takes_the_usual_token_events_only() -> None:
     usual = b'{"choices":[{"index":0,"delta":{"content":" the"},"finish_reason":null}]}'
     assert quick_text(usual) == " the"
