@@ -266,3 +266,20 @@ def test_the_readme_example_config_loads(tmp_path: Path) -> None:
     settings = load(tmp_path, block.group(1))
     assert settings.profiles["pirate"]["model"] == "small"
     assert [p.model for p in settings.places] == [None, "big"]
+
+
+def test_the_tables_may_sit_beside_or_inside_a_genbot_table(tmp_path: Path) -> None:
+    tables = (
+        '[models.small]\nbackend = "openai"\n'
+        '[profiles.pirate]\nmodel = "small"\n'
+        '[[places]]\nid = 42\nprofile = "pirate"\n'
+    )
+    beside = load(tmp_path, "[genbot]\ntemperature = 0.5\n" + tables)
+    nested = re.sub(r"^(\[+)", r"\1genbot.", tables, flags=re.M)
+    inside = load(tmp_path, "[genbot]\ntemperature = 0.5\n" + nested)
+    for settings in (beside, inside):
+        assert settings.temperature == 0.5
+        assert settings.models == {"small": {"backend": "openai"}}
+        assert set(settings.profiles) == {"pirate"} and len(settings.places) == 1
+    with pytest.raises(SettingsError, match="top-level key 'seed' beside the \\[genbot\\]"):
+        load(tmp_path, "seed = 1\n[genbot]\n" + tables)

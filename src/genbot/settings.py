@@ -450,8 +450,8 @@ class Settings:
     )
     data_dir: str = setting(
         "./genbot-data",
-        "Folder of the bot's SQLite database (usage counts; created at start if missing); "
-        "a relative path is from the working directory.",
+        "Folder of the bot's SQLite database (usage counts, /model and /persona choices, "
+        "memory; created at start if missing); a relative path is from the working directory.",
         check=_data_dir,
     )
     user_rate: str = setting(
@@ -783,7 +783,8 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _genbot_section(path: str | os.PathLike[str], data: dict[str, Any]) -> dict[str, Any]:
-    """The ``[genbot]`` table, with ``[mcp.NAME]`` tables beside it added."""
+    """The ``[genbot]`` table, with the config's tables beside it (``[mcp.NAME]``,
+    ``[models.NAME]``, ``[profiles.NAME]``, ``[[places]]``) added."""
     section = data["genbot"]
     if not isinstance(section, dict):
         raise SettingsError(
@@ -791,14 +792,19 @@ def _genbot_section(path: str | os.PathLike[str], data: dict[str, Any]) -> dict[
         )
     section = dict(section)
     for key in data:
-        if key == "mcp" and "mcp" not in section:  # [mcp.NAME] tables beside [genbot]
-            section["mcp"] = data["mcp"]
+        if key in _TABLES_BESIDE and key not in section:
+            section[key] = data[key]
         elif key != "genbot":
             raise SettingsError(
                 f"{path}: top-level key {key!r} beside the [genbot] table: put every setting "
-                "inside [genbot] (or [mcp.NAME] tables beside it), or drop the [genbot] header"
+                "inside [genbot] (or [mcp.NAME], [models.NAME], [profiles.NAME] and [[places]] "
+                "tables beside it), or drop the [genbot] header"
             )
     return section
+
+
+#: The tables a config file may have beside its ``[genbot]`` table.
+_TABLES_BESIDE = frozenset({"mcp", "models", "profiles", "places"})
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
