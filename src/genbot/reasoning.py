@@ -45,6 +45,7 @@ __all__ = [
     "SPOILER_CHARS",
     "ReplyFilter",
     "ThinkSplitter",
+    "answer_text",
     "spoiler",
 ]
 
@@ -121,6 +122,21 @@ def _held(text: str) -> int:
         if OPEN_TAG.startswith(end) or CLOSE_TAG.startswith(end):
             return n
     return 0
+
+
+def answer_text(text: str) -> str:
+    """The answer in a whole generated ``text``: its ``<think>`` blocks (and a stray
+    ``</think>``) left out, the whitespace around it stripped. For generations that are not
+    streamed to a user (a memory summary).
+
+    Parameters
+    ----------
+    text:
+        What the model wrote.
+    """
+    splitter = ThinkSplitter()
+    pieces = splitter.feed(text) + splitter.flush()
+    return "".join(piece for thinking, piece in pieces if not thinking).strip()
 
 
 def spoiler(reasoning: str, limit: int = SPOILER_CHARS) -> str:

@@ -1,0 +1,159 @@
+"""Where the tool loop meets the other parts of a reply: Stop, reasoning, memory, MCP servers
+and admin-only tools, end to end on the loopback Discord with the OpenAI backend against
+tests/openai_stub.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chat_world import Chat
+from genbot.chatbot import ChatBot
+from genbot.controls import STOP, Control
+from genbot.models.openai import OpenAIStreamer
+from genbot.settings import Settings
+from genbot.testing import DiscordServer, run_bot
+from openai_stub import OpenAIStub, Reply, openai_stub
+
+FAST: dict[str, Any] = {"guild_ready_timeout": 0.05, "shutdown_timeout": 2.0}
+
+
+@pytest.fixture
+async def chat() -> AsyncIterator[Chat]:
+    async with DiscordServer() as server:
+        yield Chat(server)
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[OpenAIStub]:
+    async with openai_stub() as stub:
+        yield stub
+
+
+def make_bot(stub: OpenAIStub, tmp_path: Path, parallel: int = 1, **values: Any) -> ChatBot:
+    settings = Settings().updated(
+        {
+            "backend": "openai",
+            "base_url": stub.base_url,
+            "model": "stub",
+            "parallel": parallel,
+            "edit_interval": 0.2,
+            "stall_timeout": 30.0,
+            "queue_timeout": 30.0,
+            "data_dir": str(tmp_path),
+            **values,
+        },
+        "test",
+    )
+    backend = OpenAIStreamer(base_url=stub.base_url, model="stub", max_concurrency=parallel)
+    bot = ChatBot(settings, backend=backend, **FAST)
+    bot.queued_after = 30.0  # no queued note: the reply is one message
+    return bot
+
+
+async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while running := bot.attending():
+        assert loop.time() < deadline, "the bot is still attending"
+        await asyncio.wait(running, timeout=deadline - loop.time())
+
+
+# -- Stop while a tool runs -----------------------------------------------------------------------
+
+
+async def test_stop_while_a_tool_runs_ends_the_reply_and_cancels_the_tool(
+    chat: Chat, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    stub.script = [Reply("Let me check.", [("hold", {})])]
+    bot = make_bot(stub, tmp_path)
+    running, cancelled = asyncio.Event(), asyncio.Event()
+
+    @bot.tool
+    async def hold() -> str:
+        """Waits until cancelled."""
+        running.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    server = chat.server
+    async with run_bot(bot, server):
+        question = await server.send_message(chat.dm, chat.alice, "hold on")
+        await asyncio.wait_for(running.wait(), 15)
+        await server.wait_for(lambda: any("using" in r for r in chat.replies(chat.dm)), timeout=15)
+        [reply] = server.bot_messages(chat.dm)
+        stop = Control(STOP, int(question["id"]), chat.alice.id).custom_id
+        await server.press(chat.dm, reply["id"], stop, chat.alice)
+        await asyncio.wait_for(cancelled.wait(), 15)
+        await server.wait_for(
+            lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"], timeout=15
+        )
+        await settle(bot)
+        # the one model slot is free: the next question is answered
+        await server.send_message(chat.dm, chat.alice, "next")
+        await chat.wait_for_reply(chat.dm, "echo: next")
+    [stopped, _] = chat.replies(chat.dm)
+    assert stopped.startswith("Let me check.\n*using `hold` …*")
+    assert stopped.endswith("*Stopped.*")
+    assert not bot.controls.running
+    assert len(stub.requests) == 2  # no step after the stop
+
+
+# -- reasoning models -----------------------------------------------------------------------------
+
+
+async def test_thinking_in_tool_steps_is_never_posted(
+    chat: Chat, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    stub.script = [
+        Reply("<think>The user wants weather.</think>Let me check.", [("weather", {})]),
+        Reply("<think>It is sunny.</think>Sunny."),
+    ]
+    bot = make_bot(stub, tmp_path)
+
+    @bot.tool
+    def weather() -> str:
+        """The weather."""
+        return "sunny"
+
+    async with run_bot(bot, chat.server):
+        await chat.server.send_message(chat.dm, chat.alice, "weather?")
+        await chat.server.wait_for(lambda: any(r.endswith("Sunny.") for r in chat.replies(chat.dm)))
+        await settle(bot)
+    [reply] = chat.replies(chat.dm)
+    assert reply == "Let me check.\n*using `weather` …* ✓\nSunny."
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+
+async def test_a_reasoning_models_thinking_is_not_stored_in_the_summary(
+    chat: Chat, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    from genbot.memory import SUMMARY_INSTRUCTION
+
+    def model(body: dict[str, Any]) -> Reply:
+        if body["messages"][0]["content"] == SUMMARY_INSTRUCTION:
+            return Reply("<think>private musing</think>alice talks about snakes.")
+        said = body["messages"][-1]["content"].splitlines()[-1]
+        return Reply(f"echo: {said.split(': ', 1)[-1]}")
+
+    stub.respond = model
+    bot = make_bot(stub, tmp_path, memory=True, context_chars=60)
+    async with run_bot(bot, chat.server):
+        for n in range(4):
+            await chat.server.send_message(chat.dm, chat.alice, f"snakes number {n}")
+            await chat.wait_for_reply(chat.dm, f"echo: snakes number {n}")
+            await settle(bot)
+            await bot.memory.idle(timeout=30)
+        stored = await bot.memory.rows.summary(chat.dm.id)
+    assert stored is not None
+    assert stored.text == "alice talks about snakes."
