@@ -13,7 +13,7 @@ import pytest
 
 from chat_world import Chat
 from genbot.chatbot import ChatBot
-from genbot.controls import STOP, Control
+from genbot.controls import REGENERATE, STOP, Control
 from genbot.models.openai import OpenAIStreamer
 from genbot.settings import Settings
 from genbot.testing import DiscordServer, run_bot
@@ -130,6 +130,34 @@ async def test_thinking_in_tool_steps_is_never_posted(
         await settle(bot)
     [reply] = chat.replies(chat.dm)
     assert reply == "Let me check.\n*using `weather` …* ✓\nSunny."
+
+
+async def test_a_regenerated_reply_of_a_reasoning_model_shows_only_its_answer(
+    chat: Chat, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    stub.script = [
+        Reply("<think>first thoughts</think>First."),
+        Reply("<think>more</think>Second."),
+    ]
+    bot = make_bot(stub, tmp_path)
+    server = chat.server
+    async with run_bot(bot, server):
+        question = await server.send_message(chat.dm, chat.alice, "hello")
+        await chat.wait_for_reply(chat.dm, "First.")
+        [reply] = server.bot_messages(chat.dm)
+        await server.wait_for(lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"])
+        again = Control(REGENERATE, int(question["id"]), chat.alice.id).custom_id
+        await server.press(chat.dm, reply["id"], again, chat.alice)
+        await server.wait_for(lambda: len(stub.requests) == 2, timeout=15)
+        await server.wait_for(
+            lambda: (
+                server.buttons(chat.dm, reply["id"]) == ["Regenerate"]
+                and server.message(chat.dm, reply["id"])["content"] != "First."
+            ),
+            timeout=15,
+        )
+        await settle(bot)
+    assert chat.replies(chat.dm) == ["Second."]
 
 
 # -- memory ---------------------------------------------------------------------------------------

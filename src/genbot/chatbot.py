@@ -773,9 +773,11 @@ class ChatBot(Genbot):
                 generation_settings(settings), seed=secrets.randbelow(2**31)
             )
             _log.info("regenerating a reply to %s in %s", question.author, _where(channel))
-            await stream_reply(
+            # reasoning is never posted, as in a first reply (genbot.reasoning)
+            filtered = ReplyFilter(stream(ChatRequest(chat, sampling)), settings.reasoning)
+            sent = await stream_reply(
                 channel,
-                self.controls.track(question, stream, stream(ChatRequest(chat, sampling))),
+                self.controls.track(question, stream, filtered),
                 reference=question,
                 placeholder=placeholder,
                 interval=settings.edit_interval,
@@ -783,6 +785,7 @@ class ChatBot(Genbot):
                 budget=shared_budget(settings.discord_requests_per_second),
                 buttons=self.controls.buttons(question),
             )
+            await filtered.finish(sent)  # reasoning = "file" attaches it
         except asyncio.TimeoutError:  # the reply shows its note
             _log.warning("the model stalled while regenerating a reply in %s", _where(channel))
         finally:
