@@ -63,11 +63,17 @@ async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
         await asyncio.wait(running, timeout=deadline - loop.time())
 
 
+def quiet(caplog: pytest.LogCaptureFixture) -> bool:
+    """Nothing of genbot's was logged as failing (the reply's deltas closed cleanly)."""
+    failed = [r for r in caplog.records if r.name.startswith("genbot") and r.levelno >= 30]
+    return not failed
+
+
 # -- Stop while a tool runs -----------------------------------------------------------------------
 
 
 async def test_stop_while_a_tool_runs_ends_the_reply_and_cancels_the_tool(
-    chat: Chat, stub: OpenAIStub, tmp_path: Path
+    chat: Chat, stub: OpenAIStub, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     stub.script = [Reply("Let me check.", [("hold", {})])]
     bot = make_bot(stub, tmp_path)
@@ -104,7 +110,9 @@ async def test_stop_while_a_tool_runs_ends_the_reply_and_cancels_the_tool(
     assert stopped.startswith("Let me check.\n*using `hold` …*")
     assert stopped.endswith("*Stopped.*")
     assert not bot.controls.running
+    assert quiet(caplog)
     assert len(stub.requests) == 2  # no step after the stop
+    assert quiet(caplog)
 
 
 # -- reasoning models -----------------------------------------------------------------------------
@@ -185,3 +193,37 @@ async def test_a_reasoning_models_thinking_is_not_stored_in_the_summary(
         stored = await bot.memory.rows.summary(chat.dm.id)
     assert stored is not None
     assert stored.text == "alice talks about snakes."
+
+
+async def test_stop_during_a_later_step_ends_the_reply_and_frees_the_slot(
+    chat: Chat, stub: OpenAIStub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    never = asyncio.Event()  # the second step streams one word, then nothing
+    stub.script = [Reply("Let me check.", [("weather", {})]), Reply("It is sunny.", hold=never)]
+    bot = make_bot(stub, tmp_path)
+
+    @bot.tool
+    def weather() -> str:
+        """The weather."""
+        return "sunny"
+
+    server = chat.server
+    async with run_bot(bot, server):
+        question = await server.send_message(chat.dm, chat.alice, "weather?")
+        await server.wait_for(lambda: any("✓\nIt" in r for r in chat.replies(chat.dm)), timeout=15)
+        [reply] = server.bot_messages(chat.dm)
+        stop = Control(STOP, int(question["id"]), chat.alice.id).custom_id
+        await server.press(chat.dm, reply["id"], stop, chat.alice)
+        await server.wait_for(
+            lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"], timeout=15
+        )
+        await settle(bot)
+        await server.send_message(chat.dm, chat.alice, "next")
+        await chat.wait_for_reply(chat.dm, "echo: next")
+        await server.wait_for(lambda: stub.in_flight == 0, timeout=15)  # the held one ended
+    stopped = chat.replies(chat.dm)[0]
+    assert stopped.startswith("Let me check.\n*using `weather` …* ✓\nIt")
+    assert "sunny" not in stopped
+    assert stopped.endswith("*Stopped.*")
+    assert not bot.controls.running
+    assert quiet(caplog)

@@ -175,6 +175,8 @@ class RunningReply:
                 if not task.done():
                     task.cancel()
                 task.add_done_callback(_retrieve)
+            if not step.done():  # let the cancelled read unwind (a tool reply's step, its calls)
+                await asyncio.wait({step}, timeout=_UNWIND)
         if not step.done() or step.cancelled():
             return self._mark()
         try:
@@ -201,6 +203,11 @@ class RunningReply:
         aclose = getattr(self._inner, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+#: Most seconds a stopped reply waits for its cancelled read to unwind (so that closing the
+#: deltas afterwards finds them idle).
+_UNWIND = 1.0
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
