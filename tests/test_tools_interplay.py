@@ -227,3 +227,39 @@ async def test_stop_during_a_later_step_ends_the_reply_and_frees_the_slot(
     assert stopped.endswith("*Stopped.*")
     assert not bot.controls.running
     assert quiet(caplog)
+
+
+# -- MCP tools in a reply -------------------------------------------------------------------------
+
+
+async def test_an_mcp_call_that_fails_is_a_failed_line_and_an_error_the_model_reads(
+    chat: Chat, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    import sys
+
+    server_script = Path(__file__).parent / "mcp_servers" / "tools_server.py"
+    marker = tmp_path / "starts"
+    command = {"command": sys.executable, "args": [str(server_script), str(marker)]}
+    mcp = {"t": {**command, "start_timeout": 120, "timeout": 60}}
+    stub.script = [Reply("", [("t__fail", {})]), Reply("", [("t__crash", {})]), Reply("Sorry.")]
+    bot = make_bot(stub, tmp_path, parallel=2, mcp=mcp)
+    async with run_bot(bot, chat.server, timeout=120):
+        await chat.server.send_message(chat.dm, chat.alice, "break things")
+        await chat.server.wait_for(
+            lambda: any(r.endswith("Sorry.") for r in chat.replies(chat.dm)), timeout=60
+        )
+        await settle(bot)
+    [reply] = chat.replies(chat.dm)
+    lines = reply.splitlines()
+    assert lines[0].startswith("*using `t__fail` …* *failed: ")
+    assert "the tool broke on purpose" in lines[0]
+    assert lines[1].startswith("*using `t__crash` …* *failed: ")
+    assert "stopped during the call" in lines[1]
+    results = [m["content"] for m in stub.requests[2]["messages"] if m["role"] == "tool"]
+    assert results[0].startswith("error: ") and "the tool broke on purpose" in results[0]
+    assert results[1].startswith("error: the MCP server 't' stopped during the call of 'crash'")
+    for name in ("t__fail", "t__crash"):
+        sample = bot.metrics.registry.get_sample_value(
+            "genbot_tool_calls_total", {"tool": name, "outcome": "error"}
+        )
+        assert sample == 1
