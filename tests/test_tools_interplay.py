@@ -263,3 +263,35 @@ async def test_an_mcp_call_that_fails_is_a_failed_line_and_an_error_the_model_re
             "genbot_tool_calls_total", {"tool": name, "outcome": "error"}
         )
         assert sample == 1
+
+
+async def test_an_admin_only_mcp_server_is_neither_offered_to_nor_run_for_others(
+    chat: Chat, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    import sys
+
+    server_script = Path(__file__).parent / "mcp_servers" / "tools_server.py"
+    command = {"command": sys.executable, "args": [str(server_script)]}
+    mcp = {"t": {**command, "start_timeout": 120, "admin_only": True}}
+    admin = chat.server.create_user("admin")
+    admin_dm = chat.server.create_dm(admin)
+    # the model calls the server's tool whether or not it was offered
+    stub.script = [
+        Reply("", [("t__echo", {"text": "alice"})]),
+        Reply("", [("t__echo", {"text": "admin"})]),
+        Reply("Done for admin."),
+    ]
+    bot = make_bot(stub, tmp_path, mcp=mcp, admins=[admin.id])
+    async with run_bot(bot, chat.server, timeout=120):
+        await chat.server.send_message(chat.dm, chat.alice, "echo")
+        await chat.server.wait_for(lambda: chat.replies(chat.dm), timeout=30)
+        await settle(bot)
+        await chat.server.send_message(admin_dm, admin, "echo")
+        await chat.wait_for_reply(admin_dm, "*using `t__echo` …* ✓\nDone for admin.", timeout=30)
+        await settle(bot)
+    for_alice, for_admin, answered = stub.requests
+    assert "tools" not in for_alice
+    # a call of a tool not offered is never run (the backend drops it: the reply is empty)
+    assert chat.replies(chat.dm) == ["*The model gave an empty reply. Try asking in other words.*"]
+    assert "t__echo" in {t["function"]["name"] for t in for_admin["tools"]}
+    assert answered["messages"][-1]["content"] == "echo: admin"
