@@ -295,3 +295,44 @@ async def test_an_admin_only_mcp_server_is_neither_offered_to_nor_run_for_others
     assert chat.replies(chat.dm) == ["*The model gave an empty reply. Try asking in other words.*"]
     assert "t__echo" in {t["function"]["name"] for t in for_admin["tools"]}
     assert answered["messages"][-1]["content"] == "echo: admin"
+
+
+async def test_regenerate_offers_the_tools_again(
+    chat: Chat, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    def model(body: dict[str, Any]) -> Reply:
+        """Calls ``weather`` when it may, answers with its result; without tools, guesses."""
+        last = body["messages"][-1]
+        if last["role"] == "tool":
+            return Reply(f"It is {last['content']}.")
+        if body.get("tools"):
+            return Reply("", [("weather", {})])
+        return Reply("I cannot look it up.")
+
+    stub.respond = model
+    bot = make_bot(stub, tmp_path)
+    results = iter(["sunny", "rainy"])
+
+    @bot.tool
+    def weather() -> str:
+        """The weather."""
+        return next(results)
+
+    server = chat.server
+    async with run_bot(bot, server):
+        question = await server.send_message(chat.dm, chat.alice, "weather?")
+        await chat.wait_for_reply(chat.dm, "*using `weather` …* ✓\nIt is sunny.")
+        [reply] = server.bot_messages(chat.dm)
+        await server.wait_for(lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"])
+        again = Control(REGENERATE, int(question["id"]), chat.alice.id).custom_id
+        await server.press(chat.dm, reply["id"], again, chat.alice)
+        await server.wait_for(lambda: len(stub.requests) >= 3, timeout=15)
+        await server.wait_for(
+            lambda: (
+                server.buttons(chat.dm, reply["id"]) == ["Regenerate"]
+                and "sunny" not in server.message(chat.dm, reply["id"])["content"]
+            ),
+            timeout=15,
+        )
+        await settle(bot)
+    assert chat.replies(chat.dm) == ["*using `weather` …* ✓\nIt is rainy."]

@@ -747,7 +747,7 @@ class ChatBot(Genbot):
             except StreamError:
                 await self._note(channel, question, reply[0], self.unavailable_text)
                 raise
-            await self._sample_again(channel, settings, question, reply[0], stream)
+            await self._sample_again(channel, settings, question, reply[0], stream, backend)
         finally:
             self._give_back(backend)
 
@@ -758,6 +758,7 @@ class ChatBot(Genbot):
         question: discord.Message,
         placeholder: discord.Message,
         stream: FairStream,
+        backend: Streamer,
     ) -> None:
         assert self.user is not None
         try:
@@ -773,8 +774,13 @@ class ChatBot(Genbot):
                 generation_settings(settings), seed=secrets.randbelow(2**31)
             )
             _log.info("regenerating a reply to %s in %s", question.author, _where(channel))
-            # reasoning is never posted, as in a first reply (genbot.reasoning)
-            filtered = ReplyFilter(stream(ChatRequest(chat, sampling)), settings.reasoning)
+            # the tools, as in a first reply (issue 11); reasoning is never posted
+            offered = self._offered_tools(settings, question)
+            request = ChatRequest(chat, sampling, [t.schema() for t in offered])
+            deltas = self._tool_reply(
+                channel, question, _Turn(backend), request, offered, stream(request), stream
+            )
+            filtered = ReplyFilter(deltas, settings.reasoning)
             sent = await stream_reply(
                 channel,
                 self.controls.track(question, stream, filtered),
