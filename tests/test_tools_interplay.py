@@ -336,3 +336,25 @@ async def test_regenerate_offers_the_tools_again(
         )
         await settle(bot)
     assert chat.replies(chat.dm) == ["*using `weather` …* ✓\nIt is rainy."]
+
+
+async def test_regenerate_sees_the_memory_as_the_first_reply_did(
+    chat: Chat, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    bot = make_bot(stub, tmp_path, memory=True)
+    server = chat.server
+    async with run_bot(bot, server):
+        question = await server.send_message(chat.dm, chat.alice, "remember that I like tea")
+        await chat.wait_for_reply(chat.dm, "echo: remember that I like tea")
+        [reply] = server.bot_messages(chat.dm)
+        await server.wait_for(lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"])
+        again = Control(REGENERATE, int(question["id"]), chat.alice.id).custom_id
+        await server.press(chat.dm, reply["id"], again, chat.alice)
+        await server.wait_for(lambda: len(stub.requests) == 2, timeout=15)
+        await server.wait_for(
+            lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"], timeout=15
+        )
+        await settle(bot)
+    first, regenerated = (r["messages"][0]["content"] for r in stub.requests)
+    assert "Facts alice asked you to remember:\n- I like tea" in first
+    assert regenerated == first

@@ -764,11 +764,18 @@ class ChatBot(Genbot):
         try:
             context = self.context(channel, limit=settings.context_limit + _REGENERATE_SLACK)
             history = [m async for m in context if m.id <= question.id]
+            # memory, the token budget and attachments, as in a first reply (issue 11, 8)
+            recall = await self._recall(
+                settings, channel, question, history[: settings.context_limit], None, _Turn(backend)
+            )
             chat = context_to_messages(
-                history[: settings.context_limit],
+                recall.history,
                 self.user,
-                system_prompt=settings.system_prompt,
-                max_chars=settings.context_chars,
+                system_prompt=recall.system_prompt,
+                max_chars=recall.max_chars,
+                max_tokens=recall.max_tokens,
+                count_tokens=recall.count_tokens,
+                attachments=await self._read_attachments(recall.history, settings),
             )
             sampling = dataclasses.replace(
                 generation_settings(settings), seed=secrets.randbelow(2**31)
