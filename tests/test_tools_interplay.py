@@ -358,3 +358,19 @@ async def test_regenerate_sees_the_memory_as_the_first_reply_did(
     first, regenerated = (r["messages"][0]["content"] for r in stub.requests)
     assert "Facts alice asked you to remember:\n- I like tea" in first
     assert regenerated == first
+
+
+async def test_a_reasoning_spoiler_is_not_fed_back_to_the_model(
+    chat: Chat, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    stub.script = [Reply("<think>secret plan</think>First.")]
+    bot = make_bot(stub, tmp_path, reasoning="spoiler")
+    async with run_bot(bot, chat.server):
+        await chat.server.send_message(chat.dm, chat.alice, "one")
+        await chat.wait_for_reply(chat.dm, "||secret plan||\n\nFirst.")
+        await settle(bot)
+        await chat.server.send_message(chat.dm, chat.alice, "two")
+        await chat.wait_for_reply(chat.dm, "echo: two")
+        await settle(bot)
+    second = stub.requests[1]["messages"]
+    assert [m["content"] for m in second if m["role"] == "assistant"] == ["First."]
