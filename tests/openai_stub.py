@@ -9,6 +9,7 @@ text and tool calls, streamed as OpenAI or vLLM stream them (see :func:`reply_ev
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -34,6 +35,9 @@ class Reply:
     text: str = ""
     calls: list[tuple[str, dict[str, Any] | str]] = field(default_factory=list)
     style: Literal["openai", "vllm"] = "openai"
+    #: When given, the stream waits for it after its first text event (a slow model); a client
+    #: that goes away meanwhile ends it.
+    hold: asyncio.Event | None = None
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -149,8 +153,10 @@ class OpenAIStub:
         try:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
-            for event in reply_events(reply, body.get("model", "stub")):
+            for n, event in enumerate(reply_events(reply, body.get("model", "stub"))):
                 await response.write(event)
+                if n == 1 and reply.hold is not None:
+                    await reply.hold.wait()
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
         finally:
@@ -165,7 +171,7 @@ async def openai_stub() -> AsyncIterator[OpenAIStub]:
     app = web.Application()
     app.router.add_get("/v1/models", stub.models)
     app.router.add_post("/v1/chat/completions", stub.completions)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, handler_cancellation=True)  # a client gone ends its stream
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

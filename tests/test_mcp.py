@@ -9,14 +9,15 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from genbot.mcp import McpServers, parse_servers
-from genbot.tools import Tool
+from genbot.tools import Tool, ToolFailed
 
 SERVERS = Path(__file__).parent / "mcp_servers"
 TOOLS_SERVER = str(SERVERS / "tools_server.py")
@@ -34,7 +35,18 @@ def stdio(*args: str, **more: Any) -> dict[str, Any]:
 
 
 def by_name(servers: McpServers) -> dict[str, Tool]:
-    return {tool.name: tool for tool in servers.tools()}
+    """The servers' tools by name, each run giving its text, ``error: ...`` when it failed."""
+    return {tool.name: replace(tool, run=_text_of(tool)) for tool in servers.tools()}
+
+
+def _text_of(tool: Tool) -> Callable[[dict[str, Any]], Awaitable[str]]:
+    async def run(arguments: dict[str, Any]) -> str:
+        try:
+            return await tool.run(arguments)
+        except ToolFailed as failed:
+            return f"error: {failed}"
+
+    return run
 
 
 def _children() -> set[int]:

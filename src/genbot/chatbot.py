@@ -747,7 +747,7 @@ class ChatBot(Genbot):
             except StreamError:
                 await self._note(channel, question, reply[0], self.unavailable_text)
                 raise
-            await self._sample_again(channel, settings, question, reply[0], stream)
+            await self._sample_again(channel, settings, question, reply[0], stream, backend)
         finally:
             self._give_back(backend)
 
@@ -758,24 +758,39 @@ class ChatBot(Genbot):
         question: discord.Message,
         placeholder: discord.Message,
         stream: FairStream,
+        backend: Streamer,
     ) -> None:
         assert self.user is not None
         try:
             context = self.context(channel, limit=settings.context_limit + _REGENERATE_SLACK)
             history = [m async for m in context if m.id <= question.id]
+            # memory, the token budget and attachments, as in a first reply (issue 11, 8)
+            recall = await self._recall(
+                settings, channel, question, history[: settings.context_limit], None, _Turn(backend)
+            )
             chat = context_to_messages(
-                history[: settings.context_limit],
+                recall.history,
                 self.user,
-                system_prompt=settings.system_prompt,
-                max_chars=settings.context_chars,
+                system_prompt=recall.system_prompt,
+                max_chars=recall.max_chars,
+                max_tokens=recall.max_tokens,
+                count_tokens=recall.count_tokens,
+                attachments=await self._read_attachments(recall.history, settings),
             )
             sampling = dataclasses.replace(
                 generation_settings(settings), seed=secrets.randbelow(2**31)
             )
             _log.info("regenerating a reply to %s in %s", question.author, _where(channel))
-            await stream_reply(
+            # the tools, as in a first reply (issue 11); reasoning is never posted
+            offered = self._offered_tools(settings, question)
+            request = ChatRequest(chat, sampling, [t.schema() for t in offered])
+            deltas = self._tool_reply(
+                channel, question, _Turn(backend), request, offered, stream(request), stream
+            )
+            filtered = ReplyFilter(deltas, settings.reasoning)
+            sent = await stream_reply(
                 channel,
-                self.controls.track(question, stream, stream(ChatRequest(chat, sampling))),
+                self.controls.track(question, stream, filtered),
                 reference=question,
                 placeholder=placeholder,
                 interval=settings.edit_interval,
@@ -783,6 +798,7 @@ class ChatBot(Genbot):
                 budget=shared_budget(settings.discord_requests_per_second),
                 buttons=self.controls.buttons(question),
             )
+            await filtered.finish(sent)  # reasoning = "file" attaches it
         except asyncio.TimeoutError:  # the reply shows its note
             _log.warning("the model stalled while regenerating a reply in %s", _where(channel))
         finally:

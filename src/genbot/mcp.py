@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from genbot.settings import SettingsError
-from genbot.tools import Tool
+from genbot.tools import Tool, ToolFailed
 
 if TYPE_CHECKING:
     from mcp import ClientSession
@@ -372,6 +372,8 @@ def result_text(result: Any) -> str:
 
 # -- the servers -------------------------------------------------------------------------------
 
+#: What the text of a failed call starts with (:meth:`McpServers.call`).
+_ERROR = "error: "
 #: The JSON-RPC error code of a connection that closed (mcp_types.CONNECTION_CLOSED).
 _CONNECTION_CLOSED = -32000
 #: The JSON-RPC "invalid request" code, which an unknown HTTP session is answered with.
@@ -603,7 +605,10 @@ class _Server:
         description = tool.description or tool.title or f"The tool {tool.name} of {self.name}."
 
         async def run(arguments: dict[str, Any]) -> str:
-            return await self.call(tool.name, arguments)
+            text = await self.call(tool.name, arguments)
+            if text.startswith(_ERROR):  # a failed call: shown as one (genbot.tools.run_call)
+                raise ToolFailed(text[len(_ERROR) :])
+            return text
 
         return Tool(name, description, schema, run, admin_only=self.config.admin_only)
 

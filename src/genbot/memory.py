@@ -49,6 +49,7 @@ import discord
 from genbot.context import is_reset
 from genbot.models.base import ChatMessage, ChatRequest, GenerationSettings, estimate_tokens
 from genbot.prompt import budget_texts, fitting, message_text
+from genbot.reasoning import answer_text
 
 if TYPE_CHECKING:
     from genbot.settings import Settings
@@ -591,12 +592,14 @@ class Memory:
 
 
 async def _generate(open_turn: OpenTurn, request: ChatRequest) -> str:
+    """The model's answer to ``request``: its text, less any reasoning (``Reasoning`` items
+    and ``<think>`` blocks), which a summary never keeps."""
     parts: list[str] = []
     async with open_turn() as stream:
         async for delta in stream(request):
             if isinstance(delta, str):
                 parts.append(delta)
-    return "".join(parts)
+    return answer_text("".join(parts))
 
 
 async def _counter(

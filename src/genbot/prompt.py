@@ -32,6 +32,7 @@ import discord
 
 from genbot.attachments import Read, newest_images
 from genbot.models.base import ChatMessage, ImagePart, Role
+from genbot.reasoning import without_spoiler
 
 __all__ = [
     "ChatMessage",
@@ -164,6 +165,8 @@ def _texts(
     out = []
     for message in reversed(conversation_order(messages, bot_user)):
         text = message_text(message, attachments)
+        if message.author.id == bot_user.id:
+            text = without_spoiler(text)  # its reasoning is not fed back (genbot.reasoning)
         if not text:
             continue
         if message.author.id != bot_user.id:

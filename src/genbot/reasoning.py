@@ -45,7 +45,9 @@ __all__ = [
     "SPOILER_CHARS",
     "ReplyFilter",
     "ThinkSplitter",
+    "answer_text",
     "spoiler",
+    "without_spoiler",
 ]
 
 _log = logging.getLogger(__name__)
@@ -123,6 +125,37 @@ def _held(text: str) -> int:
         if OPEN_TAG.startswith(end) or CLOSE_TAG.startswith(end):
             return n
     return 0
+
+
+def answer_text(text: str) -> str:
+    """The answer in a whole generated ``text``: its ``<think>`` blocks (and a stray
+    ``</think>``) left out, the whitespace around it stripped. For generations that are not
+    streamed to a user (a memory summary).
+
+    Parameters
+    ----------
+    text:
+        What the model wrote.
+    """
+    splitter = ThinkSplitter()
+    pieces = splitter.feed(text) + splitter.flush()
+    return "".join(piece for thinking, piece in pieces if not thinking).strip()
+
+
+def without_spoiler(text: str) -> str:
+    """A reply's ``text`` without the reasoning spoiler ``spoiler`` mode put first (``||…||``
+    and a blank line; the spoiler holds no ``||``): the bot's earlier replies are fed back to
+    the model without their reasoning, as a reasoning file is.
+
+    Parameters
+    ----------
+    text:
+        The text of one of the bot's messages.
+    """
+    if not text.startswith("||"):
+        return text
+    end = text.find("||\n\n", 2)
+    return text if end < 0 else text[end + 4 :].lstrip()
 
 
 def spoiler(reasoning: str, limit: int = SPOILER_CHARS) -> str:

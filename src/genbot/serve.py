@@ -19,7 +19,9 @@ server shuts down. A failure after text was sent ends the stream with an ``error
 no ``[DONE]``.
 
 **Request fields.** ``messages`` (text content: a string or a list of ``text`` parts; roles
-system, developer (read as system), user, assistant; ``name`` kept), ``max_tokens`` /
+system, developer (read as system), user, assistant (with its ``tool_calls``), tool (with its
+``tool_call_id``); ``name`` kept), ``tools`` (function schemas, given to the backend as
+:attr:`genbot.models.ChatRequest.tools`), ``max_tokens`` /
 ``max_completion_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``, ``n`` (1 only),
 ``stream``, and ``repetition_penalty`` / ``repeat_penalty`` (vLLM's and llama.cpp's spelling).
 Others (``frequency_penalty``, ``logprobs``, ``user``, ...) are ignored. Fields left out take
@@ -27,6 +29,12 @@ the server's configured generation settings. ``model`` is not checked: a server 
 model. No system prompt is added. ``finish_reason`` is ``"length"`` when the backend wrote
 ``max_tokens`` deltas (every genbot backend writes one per token), else ``"stop"``; no token
 usage is reported.
+
+**Reasoning and tool calls.** A backend's :class:`~genbot.models.Reasoning` items are sent as
+``reasoning_content`` (as vLLM and llama.cpp's server do), and its
+:class:`~genbot.models.ToolCall` s as ``tool_calls`` (each whole in one delta), with
+``finish_reason`` ``"tool_calls"``; a completion that is not streamed carries them in its
+message.
 """
 
 from __future__ import annotations
@@ -50,7 +58,15 @@ from typing import Any
 
 from aiohttp import web
 
-from genbot.models.base import ChatMessage, ChatRequest, GenerationSettings, Role
+from genbot.models.base import (
+    ChatMessage,
+    ChatRequest,
+    GenerationSettings,
+    Reasoning,
+    Role,
+    ToolCall,
+    ToolCallDict,
+)
 from genbot.streaming import Streamer, StreamError, WorkerDied
 
 __all__ = [
@@ -77,6 +93,7 @@ ROLES: dict[str, Role] = {
     "developer": "system",
     "user": "user",
     "assistant": "assistant",
+    "tool": "tool",
 }
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -267,7 +284,51 @@ def _message(raw: object, index: int) -> ChatMessage:
         if not isinstance(name, str):
             raise RequestError(f"{where}.name must be a string", where)
         message["name"] = name
+    if role == "tool":
+        call_id = raw.get("tool_call_id")
+        if not isinstance(call_id, str):
+            raise RequestError(f"{where}: a tool message needs a string tool_call_id", where)
+        message["tool_call_id"] = call_id
+    if role == "assistant" and raw.get("tool_calls"):
+        message["tool_calls"] = _tool_calls(raw["tool_calls"], where)
     return message
+
+
+def _tool_calls(value: object, where: str) -> list[ToolCallDict]:
+    """An assistant message's ``tool_calls``: ``[{"id", "type": "function", "function":
+    {"name", "arguments"}}]``."""
+    if not isinstance(value, list):
+        raise RequestError(f"{where}.tool_calls must be a list", where)
+    return [_tool_call(call, where) for call in value]
+
+
+def _tool_call(call: object, where: str) -> ToolCallDict:
+    function = call.get("function") if isinstance(call, dict) else None
+    if isinstance(call, dict) and isinstance(function, dict):
+        call_id, name, arguments = call.get("id"), function.get("name"), function.get("arguments")
+        if isinstance(call_id, str) and isinstance(name, str) and isinstance(arguments, str):
+            return {"id": call_id, "name": name, "arguments": arguments}
+    raise RequestError(
+        f"{where}.tool_calls: each needs a string id, function.name and function.arguments",
+        where,
+    )
+
+
+def _tools(value: object) -> list[dict[str, Any]]:
+    """The request's ``tools``: OpenAI function schemas, passed on to the backend."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+        isinstance(t, dict)
+        and t.get("type") == "function"
+        and isinstance(t.get("function"), dict)
+        and isinstance(t["function"].get("name"), str)
+        for t in value
+    ):
+        raise RequestError(
+            'tools must be a list of {"type": "function", "function": {"name": ...}}', "tools"
+        )
+    return value
 
 
 def parse_messages(value: object) -> list[ChatMessage]:
@@ -317,7 +378,8 @@ def parse_chat(body: object, defaults: GenerationSettings) -> ChatCall:
         settings = replace(defaults, **{"stop": list(defaults.stop), **values})
     except ValueError as error:
         raise RequestError(str(error)) from None
-    return ChatCall(ChatRequest(messages=messages, settings=settings), stream=stream)
+    request = ChatRequest(messages=messages, settings=settings, tools=_tools(body.get("tools")))
+    return ChatCall(request, stream=stream)
 
 
 def finish_reason(deltas: int, max_new_tokens: int) -> str:
@@ -346,7 +408,7 @@ class Completion:
         self._text_head = (self._head + '"delta": {"content": ').encode()
         self._text_tail = b'}, "logprobs": null, "finish_reason": null}]}\n\n'
 
-    def _chunk(self, delta: dict[str, str], finish: str | None) -> bytes:
+    def _chunk(self, delta: dict[str, Any], finish: str | None) -> bytes:
         choice = {"delta": delta, "logprobs": None, "finish_reason": finish}
         return f"{self._head}{json.dumps(choice)[1:]}]}}\n\n".encode()
 
@@ -358,20 +420,68 @@ class Completion:
         """The event for one text delta."""
         return self._text_head + json.dumps(delta).encode() + self._text_tail
 
+    def reasoning(self, text: str) -> bytes:
+        """The event for one delta of reasoning (``reasoning_content``)."""
+        return self._chunk({"reasoning_content": text}, None)
+
+    def tool_call(self, index: int, call: ToolCall) -> bytes:
+        """The event for one whole tool call, the ``index``-th of the reply."""
+        return self._chunk({"tool_calls": [{"index": index, **_call_json(call)}]}, None)
+
     def last(self, finish: str) -> bytes:
         """The last events: the finish reason, then ``[DONE]``."""
         return self._chunk({}, finish) + b"data: [DONE]\n\n"
 
-    def message(self, text: str, finish: str) -> dict[str, Any]:
+    def message(self, reply: Reply, finish: str) -> dict[str, Any]:
         """The whole (not streamed) completion."""
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(reply.text)}
+        if reply.reasoning:
+            message["reasoning_content"] = "".join(reply.reasoning)
+        if reply.calls:
+            message["tool_calls"] = [_call_json(call) for call in reply.calls]
         choice = {
             "index": 0,
-            "message": {"role": "assistant", "content": text},
+            "message": message,
             "logprobs": None,
             "finish_reason": finish,
         }
         head = {"id": self.id, "object": "chat.completion", "created": self.created}
         return {**head, "model": self.model, "choices": [choice]}
+
+
+def _call_json(call: ToolCall) -> dict[str, Any]:
+    function = {"name": call.name, "arguments": call.arguments}
+    return {"id": call.id, "type": "function", "function": function}
+
+
+class Reply:
+    """What a backend's chat stream said so far: text deltas, reasoning, tool calls."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.calls: list[ToolCall] = []
+
+    def take(self, item: object, completion: Completion) -> bytes:
+        """Keep one item of the stream; the event that streams it.
+
+        Raises :class:`genbot.StreamError` for an item that is none of the three."""
+        if isinstance(item, str):
+            self.text.append(item)
+            return completion.text(item)
+        if isinstance(item, Reasoning):
+            self.reasoning.append(item.text)
+            return completion.reasoning(item.text)
+        if isinstance(item, ToolCall):
+            self.calls.append(item)
+            return completion.tool_call(len(self.calls) - 1, item)
+        raise StreamError(f"the backend wrote a {type(item).__name__}, not text")
+
+    def finish(self, max_new_tokens: int) -> str:
+        """``"tool_calls"`` when the model called tools, else :func:`finish_reason`."""
+        if self.calls:
+            return "tool_calls"
+        return finish_reason(len(self.text) + len(self.reasoning), max_new_tokens)
 
 
 def stream_error_event(error: BaseException) -> bytes:
@@ -549,28 +659,26 @@ class ChatServer:
         return None
 
     async def _complete(self, call: ChatCall) -> web.Response:
-        completion = Completion(self.model)
-        parts: list[str] = []
+        completion, reply = Completion(self.model), Reply()
         async with self.backend.stream() as stream:
-            async for delta in stream(call.request):
-                parts.append(_as_text(delta))
+            async for item in stream(call.request):
+                reply.take(item, completion)
         self.served += 1
-        finish = finish_reason(len(parts), call.request.settings.max_new_tokens)
-        return web.json_response(completion.message("".join(parts), finish))
+        finish = reply.finish(call.request.settings.max_new_tokens)
+        return web.json_response(completion.message(reply, finish))
 
     async def _stream(self, request: web.Request, call: ChatCall) -> web.StreamResponse:
         """Stream the reply; the response starts with the first text (or the end), so that a
         failure before it gets a proper status."""
-        completion = Completion(self.model)
+        completion, reply = Completion(self.model), Reply()
         response: web.StreamResponse | None = None
-        deltas = 0
         async with self.backend.stream() as stream:
             try:
-                async for delta in stream(call.request):
+                async for item in stream(call.request):
+                    event = reply.take(item, completion)
                     if response is None:
                         response = await self._start_events(request, completion)
-                    await response.write(completion.text(_as_text(delta)))
-                    deltas += 1
+                    await response.write(event)
             except StreamError as error:
                 if response is None:
                     raise
@@ -580,7 +688,7 @@ class ChatServer:
                 return response
         if response is None:
             response = await self._start_events(request, completion)
-        finish = finish_reason(deltas, call.request.settings.max_new_tokens)
+        finish = reply.finish(call.request.settings.max_new_tokens)
         await response.write(completion.last(finish))
         await response.write_eof()
         self.served += 1
@@ -598,12 +706,6 @@ class ChatServer:
         await response.prepare(request)
         await response.write(completion.first())
         return response
-
-
-def _as_text(delta: object) -> str:
-    if isinstance(delta, str):
-        return delta
-    raise StreamError(f"the backend wrote a {type(delta).__name__}, not text")
 
 
 # -- loading and running -------------------------------------------------------------------------

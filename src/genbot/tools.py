@@ -33,6 +33,7 @@ __all__ = [
     "NAME_PATTERN",
     "Outcome",
     "Tool",
+    "ToolFailed",
     "Toolbox",
     "check_name",
     "function_schema",
@@ -52,6 +53,12 @@ ALL_TOOLS = "*"
 SYNC_TOOL_THREADS = 8
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ToolFailed(Exception):
+    """A tool's ``run`` raises this when the call failed and its message says why in words
+    meant for the model and the user (an MCP server that stopped, a result flagged as an
+    error): the call's result is ``error: <message>``, and its status line shows the failure."""
 
 
 @dataclass(frozen=True)
@@ -630,6 +637,9 @@ async def run_call(
     except asyncio.TimeoutError:
         reason = f"timed out after {timeout:g} s"
         return Outcome(call, "timeout", cap(f"error: the tool {reason}", output_chars), reason)
+    except ToolFailed as error:
+        reason = str(error) or "failed"
+        return Outcome(call, "error", cap(f"error: {reason}", output_chars), reason)
     except Exception as error:
         _log.info("tool %r failed: %r", call.name, error, exc_info=error)
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -309,8 +309,10 @@ class StopBuffer:
 class ChatStreamer(Streamer):
     """What every backend adds to :class:`genbot.Streamer`: ``chat()`` and serving one stream."""
 
-    async def chat(self, request: ChatRequest) -> AsyncIterator[str]:
-        """Open a stream, send ``request`` and yield the reply's text deltas.
+    async def chat(self, request: ChatRequest) -> AsyncIterator[str | Reasoning | ToolCall]:
+        """Open a stream, send ``request`` and yield the reply's text deltas, and the
+        :class:`Reasoning` items and :class:`ToolCall` s the backend writes (a reasoning model's
+        thinking; calls, after the text, when ``request.tools`` offers tools).
 
         Waits for a free slot first; failures raise :class:`genbot.StreamError`. Leaving the
         loop early (or cancelling the task) closes the stream, which stops its generation.
