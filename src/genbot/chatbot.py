@@ -631,43 +631,7 @@ class ChatBot(Genbot):
                 return
             answered = fresh
             history = await self._conversation(channel, fresh, history, turn)
-            assert self.user is not None  # attend runs only while logged in
-            # memory and the token budget (genbot.memory): one call
-            recall = await self._recall(settings, channel, fresh, history, placeholder, turn)
-            chat = context_to_messages(
-                recall.history,
-                self.user,
-                system_prompt=recall.system_prompt,
-                max_chars=recall.max_chars,
-                max_tokens=recall.max_tokens,
-                count_tokens=recall.count_tokens,
-                attachments=await self._read_attachments(recall.history, settings),  # media
-            )
-            _log.info("replying to %s in %s", fresh.author.display_name, _where(channel))
-            offered = self._offered_tools(settings, fresh)  # tools (issue 11)
-            request = ChatRequest(
-                chat, generation_settings(settings), [t.schema() for t in offered]
-            )
-            try:
-                deltas: AsyncIterable[Any] = stream(request)
-            except StreamError:  # the turn expired meanwhile, or the worker died: say so
-                await self._note(channel, fresh, placeholder, self.unavailable_text)
-                raise
-            # tools (issue 11): the reply may take several steps
-            deltas = self._tool_reply(channel, fresh, turn, request, offered, deltas, stream)
-            filtered = ReplyFilter(deltas, settings.reasoning)  # media: reasoning never posted
-            shown, buttons = self._controlled(settings, fresh, stream, filtered, history)  # buttons
-            sent = await stream_reply(
-                channel,
-                shown,
-                reference=_replied(channel, fresh),
-                placeholder=placeholder,
-                interval=settings.edit_interval,
-                timeout=settings.stall_timeout,
-                budget=shared_budget(settings.discord_requests_per_second),
-                buttons=buttons,
-            )
-            await filtered.finish(sent)  # media: reasoning = "file" attaches it
+            await self._reply(settings, channel, fresh, history, placeholder, turn, stream)
         except asyncio.TimeoutError as error:  # the reply shows its note; no traceback needed
             stream.failed(error)
             _log.warning(
@@ -687,6 +651,59 @@ class ChatBot(Genbot):
                     _guild_id(channel),
                     estimate_tokens(counted.deltas, counted.chars),
                 )
+
+    async def _reply(
+        self,
+        settings: Settings,
+        channel: discord.abc.Messageable,
+        question: discord.Message,
+        history: list[discord.Message],
+        placeholder: discord.Message | None,
+        turn: _Turn,
+        stream: Any,
+        seed: int | None = None,
+    ) -> None:
+        """Generate the reply to `question` on `stream` from `history` (with memory, the
+        attachments, the tools, the reasoning filter and the buttons) and post it (into
+        `placeholder` if given): a reply's and a regeneration's (a new `seed`) shared path."""
+        assert self.user is not None  # replies happen only while logged in
+        # memory and the token budget (genbot.memory): one call
+        recall = await self._recall(settings, channel, question, history, placeholder, turn)
+        chat = context_to_messages(
+            recall.history,
+            self.user,
+            system_prompt=recall.system_prompt,
+            max_chars=recall.max_chars,
+            max_tokens=recall.max_tokens,
+            count_tokens=recall.count_tokens,
+            attachments=await self._read_attachments(recall.history, settings),  # media
+        )
+        _log.info("replying to %s in %s", question.author.display_name, _where(channel))
+        offered = self._offered_tools(settings, question)  # tools (issue 11)
+        sampling = generation_settings(settings)
+        if seed is not None:
+            sampling = dataclasses.replace(sampling, seed=seed)
+        request = ChatRequest(chat, sampling, [t.schema() for t in offered])
+        try:
+            deltas: AsyncIterable[Any] = stream(request)
+        except StreamError:  # the turn expired meanwhile, or the worker died: say so
+            await self._note(channel, question, placeholder, self.unavailable_text)
+            raise
+        # tools (issue 11): the reply may take several steps
+        deltas = self._tool_reply(channel, question, turn, request, offered, deltas, stream)
+        filtered = ReplyFilter(deltas, settings.reasoning)  # media: reasoning never posted
+        shown, buttons = self._controlled(settings, question, stream, filtered, history)  # buttons
+        sent = await stream_reply(
+            channel,
+            shown,
+            reference=_replied(channel, question),
+            placeholder=placeholder,
+            interval=settings.edit_interval,
+            timeout=settings.stall_timeout,
+            budget=shared_budget(settings.discord_requests_per_second),
+            buttons=buttons,
+        )
+        await filtered.finish(sent)  # media: reasoning = "file" attaches it
 
     # -- Stop and Regenerate (the buttons: genbot.controls) -----------------------------------
 
@@ -732,14 +749,14 @@ class ChatBot(Genbot):
         settings = self.settings_for(channel)
         for extra in reply[1:]:
             await self._drop(extra)
-        backend = self._borrow(channel)
+        turn = _Turn(self._borrow(channel))
         try:
-            slot = self._turns_of(backend).stream(
+            slot = self._turns_of(turn.backend).stream(
                 user=question.author.id, channel=_channel_id(channel)
             )
             try:
                 stream = await asyncio.wait_for(
-                    self._enter_when_ready(slot, backend), settings.queue_timeout
+                    self._enter_when_ready(slot, turn.backend), settings.queue_timeout
                 )
             except asyncio.TimeoutError:
                 await self._note(channel, question, reply[0], self.busy_text)
@@ -747,9 +764,9 @@ class ChatBot(Genbot):
             except StreamError:
                 await self._note(channel, question, reply[0], self.unavailable_text)
                 raise
-            await self._sample_again(channel, settings, question, reply[0], stream)
+            await self._sample_again(channel, settings, question, reply[0], stream, turn)
         finally:
-            self._give_back(backend)
+            self._give_back(turn.backend)
 
     async def _sample_again(
         self,
@@ -758,31 +775,19 @@ class ChatBot(Genbot):
         question: discord.Message,
         placeholder: discord.Message,
         stream: FairStream,
+        turn: _Turn,
     ) -> None:
-        assert self.user is not None
+        """Regenerate: the context up to `question` as a reply sees it (its channel's history
+        or its reply chain), answered on the reply's path (:meth:`_reply`) with a new seed."""
         try:
             context = self.context(channel, limit=settings.context_limit + _REGENERATE_SLACK)
             history = [m async for m in context if m.id <= question.id]
-            chat = context_to_messages(
-                history[: settings.context_limit],
-                self.user,
-                system_prompt=settings.system_prompt,
-                max_chars=settings.context_chars,
-            )
-            sampling = dataclasses.replace(
-                generation_settings(settings), seed=secrets.randbelow(2**31)
+            history = await self._conversation(
+                channel, question, history[: settings.context_limit], turn
             )
             _log.info("regenerating a reply to %s in %s", question.author, _where(channel))
-            await stream_reply(
-                channel,
-                self.controls.track(question, stream, stream(ChatRequest(chat, sampling))),
-                reference=question,
-                placeholder=placeholder,
-                interval=settings.edit_interval,
-                timeout=settings.stall_timeout,
-                budget=shared_budget(settings.discord_requests_per_second),
-                buttons=self.controls.buttons(question),
-            )
+            seed = secrets.randbelow(2**31)
+            await self._reply(settings, channel, question, history, placeholder, turn, stream, seed)
         except asyncio.TimeoutError:  # the reply shows its note
             _log.warning("the model stalled while regenerating a reply in %s", _where(channel))
         finally:

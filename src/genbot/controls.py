@@ -369,6 +369,16 @@ async def _question_of(
     try:
         return await channel.fetch_message(question_id)
     except discord.NotFound:
+        pass
+    # a thread opened from a message (thread mode) has its id; the message is in the parent
+    if not isinstance(channel, discord.Thread) or channel.id != question_id:
+        return None
+    parent = channel.parent
+    if not isinstance(parent, discord.abc.Messageable):
+        return None
+    try:
+        return await parent.fetch_message(question_id)
+    except discord.NotFound:
         return None
 
 
@@ -387,9 +397,18 @@ async def _reply_of(
         return [pressed]
     reply = [pressed]
     async for message in channel.history(limit=_REPLY_LOOKBACK, before=pressed):
-        if message.id <= question_id or message.author.id != pressed.author.id:
+        if message.id <= question_id or not _part_of(message, pressed):
             break
         reply.insert(0, message)
         if message.reference is not None and message.reference.message_id == question_id:
             break
     return reply
+
+
+def _part_of(message: discord.Message, pressed: discord.Message) -> bool:
+    """Whether `message` may be an earlier part of the reply ending with `pressed`: the bot's,
+    and not a system message (e.g. the THREAD_STARTER_MESSAGE of a thread the bot opened)."""
+    return message.author.id == pressed.author.id and message.type in _REPLY_TYPES
+
+
+_REPLY_TYPES = (discord.MessageType.default, discord.MessageType.reply)
