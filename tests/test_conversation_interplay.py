@@ -5,6 +5,7 @@ buttons with re-answered edits and settings reloads."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 import genbot
 from chat_world import Chat
 from genbot.chatbot import ChatBot
-from genbot.controls import REGENERATE, Control
+from genbot.controls import REGENERATE, STOP, Control
 from genbot.settings import Settings
 from genbot.streaming import Stream, Streamer
 from genbot.testing import DiscordServer, FakeChannel, FakeUser, run_bot
@@ -25,6 +26,9 @@ FAST: dict[str, Any] = {"guild_ready_timeout": 0.05, "shutdown_timeout": 2.0}
 #: What the model was asked, one list of chat messages per reply (not the warm-up).
 SEEN: list[list[dict[str, Any]]] = []
 _SEEN_LOCK = threading.Lock()
+#: Ends a held reply (``hold``) from the test; each wait of the worker is bounded anyway.
+RELEASE = threading.Event()
+_WAIT = 30.0
 
 
 def _said(messages: list[dict[str, Any]]) -> str:
@@ -50,6 +54,12 @@ def recorder(streams: list[Stream]) -> None:
         said = _said(stream.data.messages)
         if said == "think":
             stream.write("<think>a secret plan</think>The answer.")
+        elif said == "hold":  # until the caller closes the stream (Stop)
+            stream.write("Let me think")
+            RELEASE.wait(0)
+            while not stream.closed and not RELEASE.wait(0.01):
+                pass
+            stream.write(" done.")
         else:
             stream.write(f"answer (seed {stream.data.settings.seed}): {said}")
         stream.close()
@@ -58,10 +68,12 @@ def recorder(streams: list[Stream]) -> None:
 @pytest.fixture
 def backend() -> Iterator[Streamer]:
     SEEN.clear()
+    RELEASE.clear()
     recorder.start_thread(maximum=4)
     try:
         yield recorder
     finally:
+        RELEASE.set()
         recorder.close()
 
 
@@ -229,3 +241,57 @@ async def test_regenerate_in_a_thread_mode_thread(world: World, backend: Streame
     assert again["content"].endswith("): a thread please")
     assert "a thread please" in texts(SEEN[-1])
     assert [m["id"] for m in server.bot_messages(thread) if m["type"] != 21] == [reply["id"]]
+
+
+async def test_stop_in_a_thread_mode_thread(world: World, backend: Streamer) -> None:
+    server = world.server
+    bot = make_bot(backend, reply_mode="thread")
+    async with run_bot(bot, server):
+        question = await server.send_message(world.general, world.alice, "hold", mentions_bot=True)
+        await server.wait_for(lambda: int(question["id"]) in server.state.channels, timeout=15)
+        thread = server.channel(int(question["id"]))
+        reply = await reply_to(server, thread, question, ["Stop"])
+        stop = Control(STOP, int(question["id"]), world.alice.id).custom_id
+        await server.press(thread, reply["id"], stop, world.alice)
+        stopped = await reply_to(server, thread, question, ["Regenerate"])
+        await settle(bot)
+    assert stopped["content"] == "Let me think\n\n*Stopped.*"
+
+
+# -- the buttons of a re-answered edit, and after a reload ----------------------------------------
+
+
+async def test_an_edited_questions_new_answer_keeps_working_buttons(
+    world: World, backend: Streamer
+) -> None:
+    server = world.server
+    bot = make_bot(backend)
+    async with run_bot(bot, server):
+        question = await server.send_message(world.dm, world.alice, "one")
+        first = await reply_to(server, world.dm, question, ["Regenerate"])
+        await server.edit_message(world.dm, question["id"], "two")
+        await server.wait_for(
+            lambda: server.message(world.dm, first["id"])["content"].endswith(": two"), timeout=15
+        )
+        await settle(bot)
+        await asyncio.gather(*bot.controls._tasks)  # the older replies' buttons are removed
+        reply = await reply_to(server, world.dm, question, ["Regenerate"])
+        again = await regenerate(server, world.dm, reply, question, world.alice)
+        await settle(bot)
+    assert again["id"] == first["id"] and again["content"].endswith(": two")
+    assert [m["id"] for m in server.bot_messages(world.dm)] == [first["id"]]
+
+
+async def test_turning_buttons_off_removes_them_from_the_last_reply_at_the_next(
+    world: World, backend: Streamer
+) -> None:
+    server = world.server
+    bot = make_bot(backend)
+    async with run_bot(bot, server):
+        one = await server.send_message(world.dm, world.alice, "one")
+        first = await reply_to(server, world.dm, one, ["Regenerate"])
+        await bot.reconfigure(dataclasses.replace(bot.settings, buttons=False))
+        two = await server.send_message(world.dm, world.alice, "two")
+        await reply_to(server, world.dm, two, [])
+        await server.wait_for(lambda: server.buttons(world.dm, first["id"]) == [], timeout=15)
+        await settle(bot)

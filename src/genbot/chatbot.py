@@ -715,11 +715,12 @@ class ChatBot(Genbot):
         deltas: AsyncIterable[Any],
         history: list[discord.Message],
     ) -> tuple[AsyncIterable[Any], ReplyButtons | None]:
-        """With ``settings.buttons``: the reply's deltas made stoppable (registered for Stop),
-        its buttons, and the older replies in `history` losing theirs."""
+        """With ``settings.buttons``: the reply's deltas made stoppable (registered for Stop)
+        and its buttons. The older replies in `history` lose theirs in any case (buttons
+        turned off by a reload leave none behind)."""
+        self.controls.retire(history)
         if not settings.buttons:
             return deltas, None
-        self.controls.retire(history)
         return self.controls.track(question, stream, deltas), self.controls.buttons(question)
 
     async def regenerate(
