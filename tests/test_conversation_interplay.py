@@ -295,3 +295,25 @@ async def test_turning_buttons_off_removes_them_from_the_last_reply_at_the_next(
         await reply_to(server, world.dm, two, [])
         await server.wait_for(lambda: server.buttons(world.dm, first["id"]) == [], timeout=15)
         await settle(bot)
+
+
+async def test_an_edited_question_in_thread_mode_is_answered_again_in_its_thread(
+    world: World, backend: Streamer
+) -> None:
+    server = world.server
+    bot = make_bot(backend, reply_mode="thread")
+    async with run_bot(bot, server):
+        question = await server.send_message(
+            world.general, world.alice, "first try", mentions_bot=True
+        )
+        await server.wait_for(lambda: int(question["id"]) in server.state.channels, timeout=15)
+        thread = server.channel(int(question["id"]))
+        first = await reply_to(server, thread, question, ["Regenerate"])
+        await server.edit_message(world.general, question["id"], "second try")
+        await server.wait_for(
+            lambda: server.message(thread, first["id"])["content"].endswith(": second try"),
+            timeout=15,
+        )
+        await settle(bot)
+    assert [m["id"] for m in server.bot_messages(thread) if m["type"] != 21] == [first["id"]]
+    assert world.replies(world.general) == []

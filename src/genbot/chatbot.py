@@ -966,7 +966,9 @@ class ChatBot(Genbot):
         limit = self.settings_for(channel).context_limit
         turn.context = self.context(channel, limit=limit)
         if edited is not None and self.user is not None:
-            turn.reuse = reply_to_redo(edited, [m async for m in turn.context], self.user.id)
+            history = [m async for m in turn.context]
+            starter = _channel_id(channel) == edited  # thread mode: its thread's starter
+            turn.reuse = reply_to_redo(edited, history, self.user.id, starter)
         question, _ = await self._question(turn.context, turn.reused)
         if await self._to_thread(turn.context):
             return None
@@ -1027,12 +1029,22 @@ class ChatBot(Genbot):
         message: discord.Message | None = getattr(payload, "message", None)
         if self.closing or message is None:
             return
-        settings = self.settings_for(message.channel)
-        found = await find_reanswer(self, payload, settings.reanswer_window, settings.context_limit)
+        where = self._thread_of(message) or message.channel  # thread mode: the answer's there
+        settings = self.settings_for(where)
+        window, limit = settings.reanswer_window, settings.context_limit
+        found = await find_reanswer(self, payload, window, limit, where)
         if found is not None:
-            _log.info("answering an edited question again in %s", _where(message.channel))
-            self._reanswers[_channel_id(message.channel)] = message.id
-            self.attend.force(message.channel)
+            _log.info("answering an edited question again in %s", _where(where))
+            self._reanswers[_channel_id(where)] = message.id
+            self.attend.force(where)
+
+    def _thread_of(self, message: discord.Message) -> discord.Thread | None:
+        """The thread the bot opened from ``message`` (thread mode), if it knows one."""
+        thread = message.thread
+        me = self.user
+        return (
+            thread if thread is not None and me is not None and thread.owner_id == me.id else None
+        )
 
     async def _wait_for_slot(
         self, channel: discord.abc.Messageable, question: discord.Message, backend: Streamer
