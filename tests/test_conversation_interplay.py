@@ -317,3 +317,27 @@ async def test_an_edited_question_in_thread_mode_is_answered_again_in_its_thread
         await settle(bot)
     assert [m["id"] for m in server.bot_messages(thread) if m["type"] != 21] == [first["id"]]
     assert world.replies(world.general) == []
+
+
+async def test_a_regeneration_counts_as_attending_so_shutdown_waits_for_it(
+    world: World, backend: Streamer
+) -> None:
+    """A regeneration runs in the press's task: the bot waits for it (bounded) when it shuts
+    down, as for a reply, so the reply is finished and its tokens are counted."""
+    server = world.server
+    bot = make_bot(backend)
+    async with run_bot(bot, server):
+        question = await server.send_message(world.dm, world.alice, "hold")
+        reply = await reply_to(server, world.dm, question, ["Stop"])
+        stop = Control(STOP, int(question["id"]), world.alice.id).custom_id
+        await server.press(world.dm, reply["id"], stop, world.alice)
+        await reply_to(server, world.dm, question, ["Regenerate"])
+        regenerate = Control(REGENERATE, int(question["id"]), world.alice.id).custom_id
+        await server.press(world.dm, reply["id"], regenerate, world.alice)
+        await server.wait_for(lambda: server.buttons(world.dm, reply["id"]) == ["Stop"], timeout=15)
+        assert bot.attending()
+        RELEASE.set()
+        await settle(bot)
+        final = server.message(world.dm, reply["id"])
+        assert final["content"] == "Let me think done."
+        assert server.buttons(world.dm, reply["id"]) == ["Regenerate"]

@@ -745,6 +745,7 @@ class ChatBot(Genbot):
         StreamError
             The model cannot take the chat (the reply shows :attr:`unavailable_text`).
         """
+        self._attending_now()  # shutdown waits for it (bounded) as for a reply
         if not reply or not await self._admit(channel, question):  # rate limits and quotas
             return
         settings = self.settings_for(channel)
@@ -768,6 +769,14 @@ class ChatBot(Genbot):
             await self._sample_again(channel, settings, question, reply[0], stream, turn)
         finally:
             self._give_back(turn.backend)
+
+    def _attending_now(self) -> None:
+        """Count the running task (a button press's) as an attend until it ends: in
+        :meth:`attending`, waited for and then cancelled by a shutdown."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._attends.add(task)
+            task.add_done_callback(self._attends.discard)
 
     async def _sample_again(
         self,
