@@ -341,3 +341,23 @@ async def test_a_regeneration_counts_as_attending_so_shutdown_waits_for_it(
         final = server.message(world.dm, reply["id"])
         assert final["content"] == "Let me think done."
         assert server.buttons(world.dm, reply["id"]) == ["Regenerate"]
+
+
+async def test_an_edited_questions_reply_is_not_stripped_of_its_new_buttons(
+    world: World, backend: Streamer
+) -> None:
+    """The re-answer goes into the old reply, which showed buttons: removing an older reply's
+    buttons must leave that one alone, even when the removal is slow (a retried request)."""
+    server = world.server
+    bot = make_bot(backend)
+    async with run_bot(bot, server):
+        question = await server.send_message(world.dm, world.alice, "one")
+        first = await reply_to(server, world.dm, question, ["Regenerate"])
+        server.fail_requests("PATCH", "/channels/{channel_id}/messages/{message_id}", times=1)
+        await server.edit_message(world.dm, question["id"], "two")
+        await server.wait_for(
+            lambda: server.message(world.dm, first["id"])["content"].endswith(": two"), timeout=15
+        )
+        await settle(bot)
+        await asyncio.wait_for(asyncio.gather(*bot.controls._tasks), 15)
+        assert server.buttons(world.dm, first["id"]) == ["Regenerate"]

@@ -692,7 +692,8 @@ class ChatBot(Genbot):
         # tools (issue 11): the reply may take several steps
         deltas = self._tool_reply(channel, question, turn, request, offered, deltas, stream)
         filtered = ReplyFilter(deltas, settings.reasoning)  # media: reasoning never posted
-        shown, buttons = self._controlled(settings, question, stream, filtered, history)  # buttons
+        older = [m for m in history if placeholder is None or m.id != placeholder.id]
+        shown, buttons = self._controlled(settings, question, stream, filtered, older)  # buttons
         sent = await stream_reply(
             channel,
             shown,
