@@ -26,9 +26,9 @@ FAST: dict[str, Any] = {"guild_ready_timeout": 0.05, "shutdown_timeout": 2.0}
 #: What the model was asked, one list of chat messages per reply (not the warm-up).
 SEEN: list[list[dict[str, Any]]] = []
 _SEEN_LOCK = threading.Lock()
-#: Ends a held reply (``hold``) from the test; each wait of the worker is bounded anyway.
+#: Ends a held reply (``hold``) from the test.
 RELEASE = threading.Event()
-_WAIT = 30.0
+CREATE_PUBLIC_THREADS = 1 << 35
 
 
 def _said(messages: list[dict[str, Any]]) -> str:
@@ -361,3 +361,21 @@ async def test_an_edited_questions_reply_is_not_stripped_of_its_new_buttons(
         await settle(bot)
         await asyncio.wait_for(asyncio.gather(*bot.controls._tasks), 15)
         assert server.buttons(world.dm, first["id"]) == ["Regenerate"]
+
+
+async def test_in_thread_mode_an_edit_is_answered_again_in_place_where_no_thread_opened(
+    world: World, backend: Streamer
+) -> None:
+    server = world.server
+    server.set_overwrite(world.general, server.bot_user, deny=CREATE_PUBLIC_THREADS)
+    bot = make_bot(backend, reply_mode="thread")
+    async with run_bot(bot, server):
+        question = await server.send_message(world.general, world.alice, "one", mentions_bot=True)
+        first = await reply_to(server, world.general, question, ["Regenerate"])
+        await server.edit_message(world.general, question["id"], f"<@{server.bot_user.id}> two")
+        await server.wait_for(
+            lambda: server.message(world.general, first["id"])["content"].endswith(": two"),
+            timeout=15,
+        )
+        await settle(bot)
+    assert [m["id"] for m in server.bot_messages(world.general)] == [first["id"]]

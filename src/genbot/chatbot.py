@@ -970,8 +970,9 @@ class ChatBot(Genbot):
         self, channel: discord.abc.Messageable, turn: _Turn
     ) -> discord.Message | None:
         """A first look, without the model: the question to answer here, if any. An edited
-        question's old reply is taken up (:meth:`_reuse`); in thread mode the question goes to
-        a thread of its own (:meth:`_to_thread`), and ``None`` is returned."""
+        question's old reply is taken up (:meth:`_reuse`) and answered where it is; in thread
+        mode a new question goes to a thread of its own (:meth:`_to_thread`), and ``None`` is
+        returned."""
         edited = self._reanswers.pop(_channel_id(channel), None)
         limit = self.settings_for(channel).context_limit
         turn.context = self.context(channel, limit=limit)
@@ -980,7 +981,7 @@ class ChatBot(Genbot):
             starter = _channel_id(channel) == edited  # thread mode: its thread's starter
             turn.reuse = reply_to_redo(edited, history, self.user.id, starter)
         question, _ = await self._question(turn.context, turn.reused)
-        if await self._to_thread(turn.context):
+        if not turn.reuse and await self._to_thread(turn.context):  # an edit: where it was
             return None
         return question
 
