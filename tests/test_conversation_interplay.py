@@ -15,7 +15,7 @@ import pytest
 import genbot
 from chat_world import Chat
 from genbot.chatbot import ChatBot
-from genbot.controls import REGENERATE, STOP, Control
+from genbot.controls import REGENERATE, STOP, Control, Controls
 from genbot.settings import Settings
 from genbot.streaming import Stream, Streamer
 from genbot.testing import DiscordServer, FakeChannel, FakeUser, run_bot
@@ -379,3 +379,22 @@ async def test_in_thread_mode_an_edit_is_answered_again_in_place_where_no_thread
         )
         await settle(bot)
     assert [m["id"] for m in server.bot_messages(world.general)] == [first["id"]]
+
+
+async def test_a_double_press_of_regenerate_regenerates_once(
+    world: World, backend: Streamer
+) -> None:
+    server = world.server
+    bot = make_bot(backend, parallel=2)
+    async with run_bot(bot, server):
+        question = await server.send_message(world.dm, world.alice, "one")
+        reply = await reply_to(server, world.dm, question, ["Regenerate"])
+        custom_id = Control(REGENERATE, int(question["id"]), world.alice.id).custom_id
+        first = await server.press(world.dm, reply["id"], custom_id, world.alice)
+        second = await server.press(world.dm, reply["id"], custom_id, world.alice)
+        refused = await second.wait_response()
+        await first.wait_response()
+        await server.wait_for(lambda: len(SEEN) >= 2, timeout=15)
+        await settle(bot)
+    assert refused["ephemeral"] and refused["content"] == Controls.busy_text
+    assert len(SEEN) == 2

@@ -283,6 +283,8 @@ class Controls:
     def __init__(self, bot: _Bot) -> None:
         self.bot = bot
         self.running: dict[int, RunningReply] = {}
+        #: The questions whose replies a Regenerate press is answering again (not yet running).
+        self.regenerating: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[
             str, Callable[[discord.Interaction[Any], Control], Awaitable[None]]
@@ -335,9 +337,17 @@ class Controls:
         await interaction.response.defer()  # the reply's own final edit shows the stop
 
     async def _regenerate(self, interaction: discord.Interaction[Any], control: Control) -> None:
-        if control.question_id in self.running:
+        question_id = control.question_id
+        if question_id in self.running or question_id in self.regenerating:
             await interaction.response.send_message(self.busy_text, ephemeral=True)
             return
+        self.regenerating.add(question_id)  # a second press meanwhile is told it is busy
+        try:
+            await self._answer_again(interaction, control)
+        finally:
+            self.regenerating.discard(question_id)
+
+    async def _answer_again(self, interaction: discord.Interaction[Any], control: Control) -> None:
         pressed, channel = interaction.message, interaction.channel
         if pressed is None or not isinstance(channel, discord.abc.Messageable):
             return
