@@ -54,6 +54,8 @@ def recorder(streams: list[Stream]) -> None:
         said = _said(stream.data.messages)
         if said == "think":
             stream.write("<think>a secret plan</think>The answer.")
+        elif said == "long":  # two Discord messages
+            stream.write("y" * 2500)
         elif said == "hold":  # until the caller closes the stream (Stop)
             stream.write("Let me think")
             RELEASE.wait(0)
@@ -398,3 +400,27 @@ async def test_a_double_press_of_regenerate_regenerates_once(
         await settle(bot)
     assert refused["ephemeral"] and refused["content"] == Controls.busy_text
     assert len(SEEN) == 2
+
+
+async def test_a_long_answer_in_a_thread_mode_thread_is_replaced_when_its_question_is_edited(
+    world: World, backend: Streamer
+) -> None:
+    server = world.server
+    bot = make_bot(backend, reply_mode="thread")
+    async with run_bot(bot, server):
+        question = await server.send_message(world.general, world.alice, "long", mentions_bot=True)
+        await server.wait_for(lambda: int(question["id"]) in server.state.channels, timeout=15)
+        thread = server.channel(int(question["id"]))
+
+        def answer() -> list[dict[str, Any]]:
+            return [m for m in server.bot_messages(thread) if m["type"] != 21]
+
+        await server.wait_for(lambda: len(answer()) == 2, timeout=15)
+        await reply_to(server, thread, question, [])  # the first part: no buttons
+        first = answer()[0]
+        await server.edit_message(world.general, question["id"], "short")
+        await server.wait_for(
+            lambda: [m["content"] for m in answer()] == ["answer (seed None): short"], timeout=15
+        )
+        await settle(bot)
+    assert answer()[0]["id"] == first["id"]

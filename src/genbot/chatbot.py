@@ -623,7 +623,7 @@ class ChatBot(Genbot):
         try:
             # Our turn at the model: read the context now, so it is as fresh as it can be.
             turn.context = self.context(channel, limit=settings.context_limit)
-            fresh, history = await self._question(turn.context, placeholder)
+            fresh, history = await self._question(turn.context, placeholder, turn.replaced)
             if fresh is None or fresh.id != question.id:  # a newer question came meanwhile
                 await self._drop(placeholder, keep=turn.reused)
                 placeholder = None
@@ -949,17 +949,22 @@ class ChatBot(Genbot):
         return False
 
     async def _question(
-        self, context: Context, placeholder: discord.Message | None = None
+        self,
+        context: Context,
+        placeholder: discord.Message | None = None,
+        replaced: frozenset[int] = frozenset(),
     ) -> tuple[discord.Message | None, list[discord.Message]]:
         """The newest message of someone else when no reply of the bot answers it yet (the
-        `placeholder` aside), and the context read. With reply chains: the newest message that
-        woke the bot, since a chain holds only its own question."""
+        `placeholder` and the `replaced` parts of an edited question's reply aside), and the
+        context read. With reply chains: the newest message that woke the bot, since a chain
+        holds only its own question."""
         history = [message async for message in context]
         question = next((m for m in history if m.author != self.user), None)
         if self.settings_for(context.channel).context_mode == "reply_chain":
             question = waking_question(history, self)  # its chain: the message that woke us
+        answers = [m for m in history if m.id not in replaced]
         if question is None or _answered(
-            question, history, self.user, placeholder, _starts(context.channel, question)
+            question, answers, self.user, placeholder, _starts(context.channel, question)
         ):
             return None, history
         return question, history
@@ -980,7 +985,7 @@ class ChatBot(Genbot):
             history = [m async for m in turn.context]
             starter = _channel_id(channel) == edited  # thread mode: its thread's starter
             turn.reuse = reply_to_redo(edited, history, self.user.id, starter)
-        question, _ = await self._question(turn.context, turn.reused)
+        question, _ = await self._question(turn.context, turn.reused, turn.replaced)
         if not turn.reuse and await self._to_thread(turn.context):  # an edit: where it was
             return None
         return question
@@ -1156,6 +1161,11 @@ class _Turn:
     @property
     def reused(self) -> discord.Message | None:
         return self.reuse[0] if self.reuse else None
+
+    @property
+    def replaced(self) -> frozenset[int]:
+        """The ids of the reply's parts that the new answer replaces."""
+        return frozenset(part.id for part in self.reuse)
 
 
 async def _enter(slot: Any, timeout: float) -> tuple[FairStream | None, None]:
