@@ -4,6 +4,7 @@ with different profiles at the same time, a thread following its channel, /model
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -326,3 +327,30 @@ async def test_with_choose_permission_empty_only_admins_choose_even_in_dms(
             refused = await command(w, alice_dm, w.alice, "model", name="big")
             assert refused["content"] == Texts.choose_refused_admins
             assert await answer(w, alice_dm, w.alice, "dm") == "default | You are genbot. | dm"
+
+
+async def test_regenerate_in_a_thread_of_a_placed_channel_uses_its_model_and_profile(
+    tmp_path: Path, models: dict[str, Streamer]
+) -> None:
+    from genbot.controls import REGENERATE, Control
+
+    async with world() as w:
+        pirates = w.server.create_channel(w.guild, "pirates")
+        thread = w.server.create_thread(pirates, "the-deck", members=[w.alice])
+        places = place(pirates, profile="pirate")
+        bot = Bot(settings_for(tmp_path, w, pirates, places=places), **BOT_FAST)
+        async with run_bot(bot, w.server):
+            said = await answer(w, thread, w.alice, "yo")
+            reply = w.server.bot_messages(thread)[-1]
+            question = reply["message_reference"]["message_id"]
+            await w.server.wait_for(
+                lambda: w.server.buttons(thread, reply["id"]) == ["Regenerate"], timeout=15
+            )
+            custom_id = Control(REGENERATE, int(question), w.alice.id).custom_id
+            await w.server.press(thread, reply["id"], custom_id, w.alice)
+            await w.server.wait_for(lambda: len(SEEN.get("small", [])) == 2, timeout=15)
+            await asyncio.wait_for(asyncio.gather(*bot.attending()), 15)
+    _, again = SEEN["small"]
+    assert (again.temperature, again.seed is not None) == (0.8, True)
+    assert w.server.message(thread, int(reply["id"]))["content"] == said
+    assert "default" not in SEEN

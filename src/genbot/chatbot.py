@@ -623,7 +623,7 @@ class ChatBot(Genbot):
         try:
             # Our turn at the model: read the context now, so it is as fresh as it can be.
             turn.context = self.context(channel, limit=settings.context_limit)
-            fresh, history = await self._question(turn.context, placeholder)
+            fresh, history = await self._question(turn.context, placeholder, turn.replaced)
             if fresh is None or fresh.id != question.id:  # a newer question came meanwhile
                 await self._drop(placeholder, keep=turn.reused)
                 placeholder = None
@@ -631,43 +631,7 @@ class ChatBot(Genbot):
                 return
             answered = fresh
             history = await self._conversation(channel, fresh, history, turn)
-            assert self.user is not None  # attend runs only while logged in
-            # memory and the token budget (genbot.memory): one call
-            recall = await self._recall(settings, channel, fresh, history, placeholder, turn)
-            chat = context_to_messages(
-                recall.history,
-                self.user,
-                system_prompt=recall.system_prompt,
-                max_chars=recall.max_chars,
-                max_tokens=recall.max_tokens,
-                count_tokens=recall.count_tokens,
-                attachments=await self._read_attachments(recall.history, settings),  # media
-            )
-            _log.info("replying to %s in %s", fresh.author.display_name, _where(channel))
-            offered = self._offered_tools(settings, fresh)  # tools (issue 11)
-            request = ChatRequest(
-                chat, generation_settings(settings), [t.schema() for t in offered]
-            )
-            try:
-                deltas: AsyncIterable[Any] = stream(request)
-            except StreamError:  # the turn expired meanwhile, or the worker died: say so
-                await self._note(channel, fresh, placeholder, self.unavailable_text)
-                raise
-            # tools (issue 11): the reply may take several steps
-            deltas = self._tool_reply(channel, fresh, turn, request, offered, deltas, stream)
-            filtered = ReplyFilter(deltas, settings.reasoning)  # media: reasoning never posted
-            shown, buttons = self._controlled(settings, fresh, stream, filtered, history)  # buttons
-            sent = await stream_reply(
-                channel,
-                shown,
-                reference=_replied(channel, fresh),
-                placeholder=placeholder,
-                interval=settings.edit_interval,
-                timeout=settings.stall_timeout,
-                budget=shared_budget(settings.discord_requests_per_second),
-                buttons=buttons,
-            )
-            await filtered.finish(sent)  # media: reasoning = "file" attaches it
+            await self._reply(settings, channel, fresh, history, placeholder, turn, stream)
         except asyncio.TimeoutError as error:  # the reply shows its note; no traceback needed
             stream.failed(error)
             _log.warning(
@@ -688,6 +652,60 @@ class ChatBot(Genbot):
                     estimate_tokens(counted.deltas, counted.chars),
                 )
 
+    async def _reply(
+        self,
+        settings: Settings,
+        channel: discord.abc.Messageable,
+        question: discord.Message,
+        history: list[discord.Message],
+        placeholder: discord.Message | None,
+        turn: _Turn,
+        stream: Any,
+        seed: int | None = None,
+    ) -> None:
+        """Generate the reply to `question` on `stream` from `history` (with memory, the
+        attachments, the tools, the reasoning filter and the buttons) and post it (into
+        `placeholder` if given): a reply's and a regeneration's (a new `seed`) shared path."""
+        assert self.user is not None  # replies happen only while logged in
+        # memory and the token budget (genbot.memory): one call
+        recall = await self._recall(settings, channel, question, history, placeholder, turn)
+        chat = context_to_messages(
+            recall.history,
+            self.user,
+            system_prompt=recall.system_prompt,
+            max_chars=recall.max_chars,
+            max_tokens=recall.max_tokens,
+            count_tokens=recall.count_tokens,
+            attachments=await self._read_attachments(recall.history, settings),  # media
+        )
+        _log.info("replying to %s in %s", question.author.display_name, _where(channel))
+        offered = self._offered_tools(settings, question)  # tools (issue 11)
+        sampling = generation_settings(settings)
+        if seed is not None:
+            sampling = dataclasses.replace(sampling, seed=seed)
+        request = ChatRequest(chat, sampling, [t.schema() for t in offered])
+        try:
+            deltas: AsyncIterable[Any] = stream(request)
+        except StreamError:  # the turn expired meanwhile, or the worker died: say so
+            await self._note(channel, question, placeholder, self.unavailable_text)
+            raise
+        # tools (issue 11): the reply may take several steps
+        deltas = self._tool_reply(channel, question, turn, request, offered, deltas, stream)
+        filtered = ReplyFilter(deltas, settings.reasoning)  # media: reasoning never posted
+        older = [m for m in history if placeholder is None or m.id != placeholder.id]
+        shown, buttons = self._controlled(settings, question, stream, filtered, older)  # buttons
+        sent = await stream_reply(
+            channel,
+            shown,
+            reference=_replied(channel, question),
+            placeholder=placeholder,
+            interval=settings.edit_interval,
+            timeout=settings.stall_timeout,
+            budget=shared_budget(settings.discord_requests_per_second),
+            buttons=buttons,
+        )
+        await filtered.finish(sent)  # media: reasoning = "file" attaches it
+
     # -- Stop and Regenerate (the buttons: genbot.controls) -----------------------------------
 
     def _controlled(
@@ -698,11 +716,12 @@ class ChatBot(Genbot):
         deltas: AsyncIterable[Any],
         history: list[discord.Message],
     ) -> tuple[AsyncIterable[Any], ReplyButtons | None]:
-        """With ``settings.buttons``: the reply's deltas made stoppable (registered for Stop),
-        its buttons, and the older replies in `history` losing theirs."""
+        """With ``settings.buttons``: the reply's deltas made stoppable (registered for Stop)
+        and its buttons. The older replies in `history` lose theirs in any case (buttons
+        turned off by a reload leave none behind)."""
+        self.controls.retire(history)
         if not settings.buttons:
             return deltas, None
-        self.controls.retire(history)
         return self.controls.track(question, stream, deltas), self.controls.buttons(question)
 
     async def regenerate(
@@ -727,19 +746,20 @@ class ChatBot(Genbot):
         StreamError
             The model cannot take the chat (the reply shows :attr:`unavailable_text`).
         """
+        self._attending_now()  # shutdown waits for it (bounded) as for a reply
         if not reply or not await self._admit(channel, question):  # rate limits and quotas
             return
         settings = self.settings_for(channel)
         for extra in reply[1:]:
             await self._drop(extra)
-        backend = self._borrow(channel)
+        turn = _Turn(self._borrow(channel))
         try:
-            slot = self._turns_of(backend).stream(
+            slot = self._turns_of(turn.backend).stream(
                 user=question.author.id, channel=_channel_id(channel)
             )
             try:
                 stream = await asyncio.wait_for(
-                    self._enter_when_ready(slot, backend), settings.queue_timeout
+                    self._enter_when_ready(slot, turn.backend), settings.queue_timeout
                 )
             except asyncio.TimeoutError:
                 await self._note(channel, question, reply[0], self.busy_text)
@@ -747,9 +767,17 @@ class ChatBot(Genbot):
             except StreamError:
                 await self._note(channel, question, reply[0], self.unavailable_text)
                 raise
-            await self._sample_again(channel, settings, question, reply[0], stream, backend)
+            await self._sample_again(channel, settings, question, reply[0], stream, turn)
         finally:
-            self._give_back(backend)
+            self._give_back(turn.backend)
+
+    def _attending_now(self) -> None:
+        """Count the running task (a button press's) as an attend until it ends: in
+        :meth:`attending`, waited for and then cancelled by a shutdown."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._attends.add(task)
+            task.add_done_callback(self._attends.discard)
 
     async def _sample_again(
         self,
@@ -758,47 +786,19 @@ class ChatBot(Genbot):
         question: discord.Message,
         placeholder: discord.Message,
         stream: FairStream,
-        backend: Streamer,
+        turn: _Turn,
     ) -> None:
-        assert self.user is not None
+        """Regenerate: the context up to `question` as a reply sees it (its channel's history
+        or its reply chain), answered on the reply's path (:meth:`_reply`) with a new seed."""
         try:
             context = self.context(channel, limit=settings.context_limit + _REGENERATE_SLACK)
             history = [m async for m in context if m.id <= question.id]
-            # memory, the token budget and attachments, as in a first reply (issue 11, 8)
-            recall = await self._recall(
-                settings, channel, question, history[: settings.context_limit], None, _Turn(backend)
-            )
-            chat = context_to_messages(
-                recall.history,
-                self.user,
-                system_prompt=recall.system_prompt,
-                max_chars=recall.max_chars,
-                max_tokens=recall.max_tokens,
-                count_tokens=recall.count_tokens,
-                attachments=await self._read_attachments(recall.history, settings),
-            )
-            sampling = dataclasses.replace(
-                generation_settings(settings), seed=secrets.randbelow(2**31)
+            history = await self._conversation(
+                channel, question, history[: settings.context_limit], turn
             )
             _log.info("regenerating a reply to %s in %s", question.author, _where(channel))
-            # the tools, as in a first reply (issue 11); reasoning is never posted
-            offered = self._offered_tools(settings, question)
-            request = ChatRequest(chat, sampling, [t.schema() for t in offered])
-            deltas = self._tool_reply(
-                channel, question, _Turn(backend), request, offered, stream(request), stream
-            )
-            filtered = ReplyFilter(deltas, settings.reasoning)
-            sent = await stream_reply(
-                channel,
-                self.controls.track(question, stream, filtered),
-                reference=question,
-                placeholder=placeholder,
-                interval=settings.edit_interval,
-                timeout=settings.stall_timeout,
-                budget=shared_budget(settings.discord_requests_per_second),
-                buttons=self.controls.buttons(question),
-            )
-            await filtered.finish(sent)  # reasoning = "file" attaches it
+            seed = secrets.randbelow(2**31)
+            await self._reply(settings, channel, question, history, placeholder, turn, stream, seed)
         except asyncio.TimeoutError:  # the reply shows its note
             _log.warning("the model stalled while regenerating a reply in %s", _where(channel))
         finally:
@@ -949,17 +949,22 @@ class ChatBot(Genbot):
         return False
 
     async def _question(
-        self, context: Context, placeholder: discord.Message | None = None
+        self,
+        context: Context,
+        placeholder: discord.Message | None = None,
+        replaced: frozenset[int] = frozenset(),
     ) -> tuple[discord.Message | None, list[discord.Message]]:
         """The newest message of someone else when no reply of the bot answers it yet (the
-        `placeholder` aside), and the context read. With reply chains: the newest message that
-        woke the bot, since a chain holds only its own question."""
+        `placeholder` and the `replaced` parts of an edited question's reply aside), and the
+        context read. With reply chains: the newest message that woke the bot, since a chain
+        holds only its own question."""
         history = [message async for message in context]
         question = next((m for m in history if m.author != self.user), None)
         if self.settings_for(context.channel).context_mode == "reply_chain":
             question = waking_question(history, self)  # its chain: the message that woke us
+        answers = [m for m in history if m.id not in replaced]
         if question is None or _answered(
-            question, history, self.user, placeholder, _starts(context.channel, question)
+            question, answers, self.user, placeholder, _starts(context.channel, question)
         ):
             return None, history
         return question, history
@@ -970,15 +975,18 @@ class ChatBot(Genbot):
         self, channel: discord.abc.Messageable, turn: _Turn
     ) -> discord.Message | None:
         """A first look, without the model: the question to answer here, if any. An edited
-        question's old reply is taken up (:meth:`_reuse`); in thread mode the question goes to
-        a thread of its own (:meth:`_to_thread`), and ``None`` is returned."""
+        question's old reply is taken up (:meth:`_reuse`) and answered where it is; in thread
+        mode a new question goes to a thread of its own (:meth:`_to_thread`), and ``None`` is
+        returned."""
         edited = self._reanswers.pop(_channel_id(channel), None)
         limit = self.settings_for(channel).context_limit
         turn.context = self.context(channel, limit=limit)
         if edited is not None and self.user is not None:
-            turn.reuse = reply_to_redo(edited, [m async for m in turn.context], self.user.id)
-        question, _ = await self._question(turn.context, turn.reused)
-        if await self._to_thread(turn.context):
+            history = [m async for m in turn.context]
+            starter = _channel_id(channel) == edited  # thread mode: its thread's starter
+            turn.reuse = reply_to_redo(edited, history, self.user.id, starter)
+        question, _ = await self._question(turn.context, turn.reused, turn.replaced)
+        if not turn.reuse and await self._to_thread(turn.context):  # an edit: where it was
             return None
         return question
 
@@ -1037,12 +1045,22 @@ class ChatBot(Genbot):
         message: discord.Message | None = getattr(payload, "message", None)
         if self.closing or message is None:
             return
-        settings = self.settings_for(message.channel)
-        found = await find_reanswer(self, payload, settings.reanswer_window, settings.context_limit)
+        where = self._thread_of(message) or message.channel  # thread mode: the answer's there
+        settings = self.settings_for(where)
+        window, limit = settings.reanswer_window, settings.context_limit
+        found = await find_reanswer(self, payload, window, limit, where)
         if found is not None:
-            _log.info("answering an edited question again in %s", _where(message.channel))
-            self._reanswers[_channel_id(message.channel)] = message.id
-            self.attend.force(message.channel)
+            _log.info("answering an edited question again in %s", _where(where))
+            self._reanswers[_channel_id(where)] = message.id
+            self.attend.force(where)
+
+    def _thread_of(self, message: discord.Message) -> discord.Thread | None:
+        """The thread the bot opened from ``message`` (thread mode), if it knows one."""
+        thread = message.thread
+        me = self.user
+        return (
+            thread if thread is not None and me is not None and thread.owner_id == me.id else None
+        )
 
     async def _wait_for_slot(
         self, channel: discord.abc.Messageable, question: discord.Message, backend: Streamer
@@ -1143,6 +1161,11 @@ class _Turn:
     @property
     def reused(self) -> discord.Message | None:
         return self.reuse[0] if self.reuse else None
+
+    @property
+    def replaced(self) -> frozenset[int]:
+        """The ids of the reply's parts that the new answer replaces."""
+        return frozenset(part.id for part in self.reuse)
 
 
 async def _enter(slot: Any, timeout: float) -> tuple[FairStream | None, None]:

@@ -297,6 +297,8 @@ class Controls:
     def __init__(self, bot: _Bot) -> None:
         self.bot = bot
         self.running: dict[int, RunningReply] = {}
+        #: The questions whose replies a Regenerate press is answering again (not yet running).
+        self.regenerating: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[
             str, Callable[[discord.Interaction[Any], Control], Awaitable[None]]
@@ -349,9 +351,17 @@ class Controls:
         await interaction.response.defer()  # the reply's own final edit shows the stop
 
     async def _regenerate(self, interaction: discord.Interaction[Any], control: Control) -> None:
-        if control.question_id in self.running:
+        question_id = control.question_id
+        if question_id in self.running or question_id in self.regenerating:
             await interaction.response.send_message(self.busy_text, ephemeral=True)
             return
+        self.regenerating.add(question_id)  # a second press meanwhile is told it is busy
+        try:
+            await self._answer_again(interaction, control)
+        finally:
+            self.regenerating.discard(question_id)
+
+    async def _answer_again(self, interaction: discord.Interaction[Any], control: Control) -> None:
         pressed, channel = interaction.message, interaction.channel
         if pressed is None or not isinstance(channel, discord.abc.Messageable):
             return
@@ -383,6 +393,16 @@ async def _question_of(
     try:
         return await channel.fetch_message(question_id)
     except discord.NotFound:
+        pass
+    # a thread opened from a message (thread mode) has its id; the message is in the parent
+    if not isinstance(channel, discord.Thread) or channel.id != question_id:
+        return None
+    parent = channel.parent
+    if not isinstance(parent, discord.abc.Messageable):
+        return None
+    try:
+        return await parent.fetch_message(question_id)
+    except discord.NotFound:
         return None
 
 
@@ -401,9 +421,18 @@ async def _reply_of(
         return [pressed]
     reply = [pressed]
     async for message in channel.history(limit=_REPLY_LOOKBACK, before=pressed):
-        if message.id <= question_id or message.author.id != pressed.author.id:
+        if message.id <= question_id or not _part_of(message, pressed):
             break
         reply.insert(0, message)
         if message.reference is not None and message.reference.message_id == question_id:
             break
     return reply
+
+
+def _part_of(message: discord.Message, pressed: discord.Message) -> bool:
+    """Whether `message` may be an earlier part of the reply ending with `pressed`: the bot's,
+    and not a system message (e.g. the THREAD_STARTER_MESSAGE of a thread the bot opened)."""
+    return message.author.id == pressed.author.id and message.type in _REPLY_TYPES
+
+
+_REPLY_TYPES = (discord.MessageType.default, discord.MessageType.reply)

@@ -151,18 +151,24 @@ def reanswer_due(
 
 
 def reply_parts(
-    question: discord.Message, history: Sequence[discord.Message], bot_id: int
+    question: discord.Message,
+    history: Sequence[discord.Message],
+    bot_id: int,
+    starter: bool = False,
 ) -> list[discord.Message]:
     """The bot's reply to ``question`` in ``history`` (newest first), oldest part first: its
     message replying to ``question``, then the bot's messages right after it (a long reply's
-    continuations). Empty when the bot did not answer it."""
+    continuations). Empty when the bot did not answer it. The ``starter`` of a thread (thread
+    mode) is answered by the bot's first message in the thread, which cannot reply to it."""
     parts: list[discord.Message] = []
     for message in sorted(history, key=lambda m: m.id):
         if message.id <= question.id:
             continue
         if message.author.id != bot_id:
             break
-        replying = message.reference is not None and message.reference.message_id == question.id
+        replying = starter or (
+            message.reference is not None and message.reference.message_id == question.id
+        )
         if not parts and not replying:
             continue
         if parts and message.reference is not None:
@@ -172,7 +178,7 @@ def reply_parts(
 
 
 def reply_to_redo(
-    question_id: int, history: Sequence[discord.Message], bot_id: int
+    question_id: int, history: Sequence[discord.Message], bot_id: int, starter: bool = False
 ) -> list[discord.Message]:
     """The parts of the bot's reply (:func:`reply_parts`) to the question ``question_id`` when
     it is still the latest question in ``history`` (newest first); else none.
@@ -185,11 +191,13 @@ def reply_to_redo(
         The context read, newest first.
     bot_id:
         The bot's user id.
+    starter:
+        The question is the starter of the thread whose ``history`` this is (thread mode).
     """
     latest = next((m for m in history if m.author.id != bot_id), None)
     if latest is None or latest.id != question_id:
         return []
-    return reply_parts(latest, history, bot_id)
+    return reply_parts(latest, history, bot_id, starter)
 
 
 async def find_reanswer(
@@ -197,6 +205,7 @@ async def find_reanswer(
     payload: discord.RawMessageUpdateEvent,
     window: float,
     limit: int,
+    where: discord.abc.Messageable | None = None,
 ) -> list[discord.Message] | None:
     """The bot's reply to re-answer when ``payload`` is an edit, within ``window`` seconds, of
     the latest question in its channel, which the bot answered; else ``None``. Only channels
@@ -212,6 +221,9 @@ async def find_reanswer(
         ``reanswer_window`` of the place.
     limit:
         The context limit: how far back the reply is looked for.
+    where:
+        Where the reply is, if not in the question's channel: the thread opened from the
+        question (thread mode), whose latest question it must then be.
     """
     message: discord.Message | None = getattr(payload, "message", None)
     if bot.user is None or message is None or window <= 0:
@@ -223,8 +235,10 @@ async def find_reanswer(
         return None
     if bot.message_cache.get(message.channel.id, message.id) is None:
         return None  # a channel the bot has not read: it answered nothing there lately
-    history = [m async for m in bot.context(message.channel, limit=limit)]
-    parts = reply_to_redo(message.id, history, bot_id)  # a question it may see, the latest
+    where = message.channel if where is None else where
+    history = [m async for m in bot.context(where, limit=limit)]
+    starter = isinstance(where, discord.Thread) and where.id == message.id
+    parts = reply_to_redo(message.id, history, bot_id, starter)  # a question it may see, the latest
     if not parts:
         return None
     old = payload.cached_message
