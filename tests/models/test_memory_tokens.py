@@ -110,3 +110,28 @@ async def test_openai_estimates_without_a_tokenize(tokenizer_server: Any) -> Non
     assert await streamer.count_texts(["abcde", "", "x" * 40]) == [2, 0, 10]
     assert await streamer.count_texts(["abcd"]) == [1]  # not asked again
     assert got == []
+
+
+async def test_llamacpp_in_a_worker_process_counts_with_that_servers_tokenizer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    import genbot.models.llamacpp as llamacpp
+
+    streamer = LlamaCppStreamer(n_parallel=1, n_ctx=512, n_threads=2)
+    streamer.start_process()
+    try:
+        await warm_up(streamer, timeout=120)
+        assert streamer.engine is None and os.path.exists(streamer.address_file)
+
+        def no_fallback(model_path: str, texts: list[str]) -> list[int]:
+            raise AssertionError("counted without the worker's server")
+
+        monkeypatch.setattr(llamacpp, "_gguf_counts", no_fallback)
+        counts = await streamer.count_texts(TEXTS)
+    finally:
+        streamer.close()
+    assert counts == _gguf_counts(streamer.model_path, TEXTS)  # the same vocabulary
+    assert counts != [estimate_tokens(t) for t in TEXTS]
+    assert not os.path.exists(streamer.address_file)  # the worker cleans up after itself

@@ -21,8 +21,10 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
+import tempfile
 import threading
 import urllib.request
 from collections.abc import Callable
@@ -296,6 +298,11 @@ class LlamaCppStreamer(ChatStreamer):
         self.extra_body = extra_body
         self.chat_template = chat_template
         self.engine: LlamaEngine | None = None
+        # Where a worker process writes its server's address, so that this process can count
+        # tokens with llama.cpp's own tokenizer (the server's /tokenize takes no model slot).
+        self.address_file = os.path.join(
+            tempfile.gettempdir(), f"genbot-llama-{secrets.token_hex(8)}.address"
+        )
 
     def worker(self) -> None:
         free = threading.Semaphore(self.n_parallel)
@@ -312,6 +319,7 @@ class LlamaCppStreamer(ChatStreamer):
             ThreadPoolExecutor(self.n_parallel, thread_name_prefix="genbot-llama") as pool,
         ):
             self.engine = engine
+            _write_address(self.address_file, engine.address)
 
             def serve(stream: Stream) -> None:
                 try:
@@ -332,24 +340,58 @@ class LlamaCppStreamer(ChatStreamer):
                         pool.submit(serve, stream)
             finally:
                 self.engine = None
+                with contextlib.suppress(OSError):
+                    os.remove(self.address_file)
 
     # -- token counting (context budgets in tokens) -----------------------------------------
 
     async def count_texts(self, texts: list[str]) -> list[int]:
-        """Tokens of each text with the model's tokenizer: llama.cpp's own (the server's
-        ``/tokenize``, on loopback) when the worker runs in this process; else the GGUF's
-        tokenizer loaded here through ``transformers`` (the same vocabulary), when installed;
-        else the documented estimate (:func:`genbot.models.base.estimate_tokens`).
+        """Tokens of each text with the model's tokenizer: llama.cpp's own (the worker's
+        server's ``/tokenize``, on loopback, whether the worker is a thread here or a process
+        that wrote its address to :attr:`address_file`); when that server cannot be reached,
+        the GGUF's tokenizer loaded here through ``transformers`` (the same vocabulary), when
+        installed; else the documented estimate (:func:`genbot.models.base.estimate_tokens`).
 
         Parameters
         ----------
         texts:
             Plain texts (no chat template, no special tokens).
         """
+        import aiohttp
+
         engine = self.engine
-        if engine is not None:
-            return await _server_counts(engine.address, texts)
+        address = engine.address if engine is not None else _read_address(self.address_file)
+        if address:
+            try:
+                return await _server_counts(address, texts)
+            except (
+                aiohttp.ClientError,
+                OSError,
+                asyncio.TimeoutError,
+                ValueError,
+                KeyError,
+            ) as error:
+                _log.info("counting tokens without the llama.cpp server (%r)", error)
         return await asyncio.to_thread(_gguf_counts, self.model_path, texts)
+
+
+def _write_address(path: str, address: str) -> None:
+    """Write the worker's server address for the caller (atomically: a reader never sees half
+    of it); a failure only means counting falls back."""
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as out:
+            out.write(address.replace("0.0.0.0", "127.0.0.1"))
+        os.replace(path + ".tmp", path)
+    except OSError as error:
+        _log.warning("could not write the llama.cpp server's address: %r", error)
+
+
+def _read_address(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as source:
+            return source.read().strip() or None
+    except OSError:
+        return None
 
 
 async def _server_counts(address: str, texts: list[str]) -> list[int]:
