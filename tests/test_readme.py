@@ -4,6 +4,7 @@ and the documents' links lead somewhere."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,8 @@ TOML_BLOCKS = re.findall(r"```toml\n(.*?)```", README, re.S)
 
 @pytest.mark.parametrize("block", TOML_BLOCKS, ids=[f"toml{i}" for i in range(len(TOML_BLOCKS))])
 def test_every_toml_block_of_the_readme_is_a_config_that_loads(block: str, tmp_path: Path) -> None:
+    if "transformers" in block and importlib.util.find_spec("transformers") is None:
+        pytest.skip("the block names the transformers backend, which is not installed")
     config = tmp_path / "genbot.toml"
     config.write_text(block, encoding="utf-8")
     Settings.load(config, environ={})
