@@ -690,7 +690,9 @@ class ChatBot(Genbot):
             await self._note(channel, question, placeholder, self.unavailable_text)
             raise
         # tools (issue 11): the reply may take several steps
-        deltas = self._tool_reply(channel, question, turn, request, offered, deltas, stream)
+        deltas = self._tool_reply(
+            settings, channel, question, turn, request, offered, deltas, stream
+        )
         filtered = ReplyFilter(deltas, settings.reasoning)  # media: reasoning never posted
         older = [m for m in history if placeholder is None or m.id != placeholder.id]
         shown, buttons = self._controlled(settings, question, stream, filtered, older)  # buttons
@@ -828,6 +830,7 @@ class ChatBot(Genbot):
 
     def _tool_reply(
         self,
+        settings: Settings,
         channel: discord.abc.Messageable,
         question: discord.Message,
         turn: _Turn,
@@ -843,7 +846,6 @@ class ChatBot(Genbot):
         longer than half the ``stall_timeout``; then the reply ends with a note)."""
         if not offered:
             return deltas
-        settings = self.settings_for(channel)
         # a call ends before the reply's stall watchdog would give up waiting for it
         timeout = min(settings.tool_timeout, 0.9 * settings.stall_timeout)
         limits = ToolLimits(settings.max_tool_steps, timeout, settings.tool_output_chars)

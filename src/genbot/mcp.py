@@ -53,8 +53,6 @@ _log = logging.getLogger(__name__)
 #: unambiguous and two servers' tool names never collide).
 _SERVER_NAME = re.compile(r"[A-Za-z0-9-]+(_[A-Za-z0-9-]+)*")
 _MAX_SERVER_NAME = 32
-#: What the OpenAI API accepts as a function name.
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _MAX_TOOL_NAME = 64
 #: ``${NAME}`` in ``env`` and ``headers`` values.
 _VARIABLE = re.compile(r"\$\{([^}]*)\}")
