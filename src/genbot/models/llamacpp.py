@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -423,8 +424,9 @@ def with_images(
     message's ``images`` as OpenAI-style content parts: its text, then one ``image_url`` part
     (a ``data:`` URL) per image, as llama.cpp's server takes them with a projector.
 
-    A message with images is found in ``converted`` by its role and text, in order (the
-    conversions keep a user message's text as it is); one not found is logged.
+    The conversions keep a user message's role and text as they are, and the messages' order:
+    the n-th prepared message with a given role and text is the n-th converted one with them.
+    A message whose images find no place is logged.
 
     Parameters
     ----------
@@ -433,17 +435,24 @@ def with_images(
     converted:
         The same messages in the form the template takes (tool calls converted).
     """
-    pending = [m for m in prepared if m.get("images")]
+    wanted: dict[tuple[str, str, int], ChatMessage] = {}
+    seen: Counter[tuple[str, str]] = Counter()
+    for message in prepared:
+        key = (message["role"], message["content"])
+        if message.get("images"):
+            wanted[key[0], key[1], seen[key]] = message
+        seen[key] += 1
     out: list[dict[str, Any]] = []
-    for message in converted:
-        first = pending[0] if pending else None
-        if first and (message["role"], message["content"]) == (first["role"], first["content"]):
-            pending.pop(0)
-            sent: ChatMessage = {**message, "images": first["images"]}  # type: ignore[typeddict-item]
-            message = image_parts([sent])[0]
-        out.append(message)
-    for lost in pending:
-        _log.warning("llama.cpp: the images of a %s message were not sent", lost["role"])
+    found: Counter[tuple[str, str]] = Counter()
+    for sent in converted:
+        key = (sent["role"], sent["content"])
+        source = wanted.pop((key[0], key[1], found[key]), None)
+        found[key] += 1
+        if source is not None:
+            sent = image_parts([{**source, **sent}])[0]  # type: ignore[typeddict-item]
+        out.append(sent)
+    for role, _, _ in wanted:
+        _log.warning("llama.cpp: the images of a %s message were not sent", role)
     return out
 
 
