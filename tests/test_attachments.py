@@ -73,7 +73,7 @@ def test_vision_needs_a_backend_that_can_send_images(tmp_path: Any) -> None:
     config.write_text('backend = "openai"\nvision = true\n')
     assert Settings.load(config, environ={}).vision is True
     config.write_text('backend = "llamacpp"\nvision = true\n')
-    with pytest.raises(SettingsError, match="'vision': images go to the openai backend and"):
+    with pytest.raises(SettingsError, match="'vision': the llamacpp backend sees images through"):
         Settings.load(config, environ={})
 
 

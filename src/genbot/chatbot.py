@@ -50,7 +50,7 @@ from genbot.prompt import context_to_messages
 from genbot.quota import LimitTexts, Rate, Usage, estimate_tokens
 from genbot.reasoning import ReplyFilter
 from genbot.reload import Changes, ReloadError, compare
-from genbot.settings import Settings, SettingsError
+from genbot.settings import Settings, SettingsError, sees_images
 from genbot.store import Store
 from genbot.streaming import Streamer, StreamError
 from genbot.toolloop import NoStep, StepOpener, ToolLimits, tool_loop
@@ -67,7 +67,11 @@ def make_backend(settings: Settings) -> Streamer:
     if settings.backend == "llamacpp":
         from genbot.models.llamacpp import LlamaCppStreamer
 
-        return LlamaCppStreamer(model_path=settings.model or None, n_parallel=settings.parallel)
+        return LlamaCppStreamer(
+            model_path=settings.model or None,
+            n_parallel=settings.parallel,
+            mmproj=settings.mmproj or None,
+        )
     if settings.backend == "transformers":
         from genbot.models.transformers import TransformersStreamer
 
@@ -897,7 +901,7 @@ class ChatBot(Genbot):
         return await self.attachments.read(
             messages,
             max_bytes=settings.attachment_max_bytes,
-            vision=settings.vision,
+            vision=sees_images(settings),
             skip=self.user.id if self.user is not None else None,
         )
 

@@ -45,6 +45,7 @@ MODEL_FIELDS = (
     "first_token_timeout",
     "token_timeout",
     "vision",  # whether the bot sends the model images
+    "mmproj",  # the llamacpp backend's multimodal projector file
 )
 #: Settings a running bot cannot change: they apply at the next start.
 RESTART_FIELDS = frozenset(

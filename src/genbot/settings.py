@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "Settings",
     "SettingsError",
+    "sees_images",
     "settings_help",
     "settings_table",
 ]
@@ -612,6 +613,14 @@ class Settings:
         "applies; up to 10000000.",
         check=_between(0, 10_000_000),
     )
+    # -- llama.cpp multimodal projector (issue 8, the media part: images to llama.cpp) --
+    mmproj: str = setting(
+        "",
+        "The llamacpp backend's multimodal projector: a GGUF file (e.g. mmproj-model-f16.gguf, "
+        "published with the vision model's GGUF). Set: the model sees images (vision need not "
+        "be set); empty: images show as [image: name] in the text. Only the llamacpp backend "
+        "takes one.",
+    )
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -968,19 +977,20 @@ def _llamacpp_model(settings: Settings) -> tuple[str, str] | None:
     return _gguf_problem(Path(settings.model))
 
 
-def _gguf_problem(path: Path) -> tuple[str, str] | None:
+def _gguf_problem(path: Path, name: str = "model") -> tuple[str, str] | None:
+    what = "model" if name == "model" else "projector"
     if not path.exists():
-        return "model", "no such file (the llamacpp backend needs a GGUF model file)"
+        return name, f"no such file (the llamacpp backend needs a GGUF {what} file)"
     if not path.is_file():
-        return "model", "not a file (the llamacpp backend needs a GGUF model file)"
+        return name, f"not a file (the llamacpp backend needs a GGUF {what} file)"
     try:
         with path.open("rb") as file:
             magic = file.read(4)
     except OSError as error:
-        return "model", f"cannot read the model file: {error.strerror}"
+        return name, f"cannot read the {what} file: {error.strerror}"
     if magic != b"GGUF":
         return (
-            "model",
+            name,
             "not a GGUF file (it does not start with 'GGUF'); convert it or pick a .gguf",
         )
     return None
@@ -1009,12 +1019,29 @@ def _transformers_model(settings: Settings) -> tuple[str, str] | None:
 
 
 def _vision_backend(settings: Settings) -> tuple[str, str] | None:
-    if settings.vision and settings.backend == "llamacpp":
+    if settings.vision and settings.backend == "llamacpp" and not settings.mmproj:
         return "vision", (
-            "images go to the openai backend and to transformers vision-language models; "
-            "llama.cpp projectors (mmproj) are not supported yet"
+            "the llamacpp backend sees images through a multimodal projector: set mmproj to "
+            "the vision model's projector GGUF file (or turn vision off)"
         )
     return None
+
+
+def _mmproj_file(settings: Settings) -> tuple[str, str] | None:
+    if not settings.mmproj:
+        return None
+    if settings.backend != "llamacpp":
+        return "mmproj", (
+            f"only the llamacpp backend takes a projector file, not {settings.backend} "
+            "(set vision = true for a model of another backend that sees images)"
+        )
+    return _gguf_problem(Path(settings.mmproj), "mmproj")
+
+
+def sees_images(settings: Settings) -> bool:
+    """Whether the model of ``settings`` is sent images: ``vision`` is set, or the llamacpp
+    backend has a multimodal projector (``mmproj``). Decided by configuration only."""
+    return settings.vision or bool(settings.mmproj and settings.backend == "llamacpp")
 
 
 def _sharding(settings: Settings) -> tuple[str, str] | None:
@@ -1040,6 +1067,7 @@ _TOGETHER: tuple[Callable[[Settings], tuple[str, str] | None], ...] = (
     _llamacpp_model,
     _transformers_model,
     _vision_backend,
+    _mmproj_file,
 )
 
 

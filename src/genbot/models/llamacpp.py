@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from genbot.models import default_model_path
 from genbot.models.base import (
+    ChatMessage,
     ChatRequest,
     ChatStreamer,
     ModelError,
@@ -41,6 +43,7 @@ from genbot.models.base import (
     estimate_tokens,
     prepare_messages,
 )
+from genbot.models.openai import image_parts
 from genbot.models.toolcalls import (
     ToolCallParser,
     fallback_messages,
@@ -51,7 +54,7 @@ from genbot.models.toolcalls import (
 if TYPE_CHECKING:
     from genbot.streaming.worker import Stream
 
-__all__ = ["LlamaCppStreamer", "LlamaEngine", "main"]
+__all__ = ["LlamaCppStreamer", "LlamaEngine", "main", "with_images"]
 
 _log = logging.getLogger(__name__)
 
@@ -69,7 +72,10 @@ class LlamaEngine:
     ``system_prompt`` (default none) is put first in a :meth:`chat` whose messages have no
     system message. ``extra_body`` is merged into every request: any llama.cpp server
     parameter, e.g. ``{"min_p": 0.05}`` or ``{"ignore_eos": True}``. ``chat_template``: a
-    Jinja chat template used instead of the model's own.
+    Jinja chat template used instead of the model's own. ``mmproj``: a multimodal projector
+    GGUF file (the vision part published with a vision model's GGUF): the model then sees the
+    messages' ``images`` (:attr:`vision`), sent to the server as OpenAI-style ``image_url``
+    parts with ``data:`` URLs; without one, images are named in the text (``[image: name]``).
 
     Tools (``ChatRequest.tools``): when the chat template renders tools (the server's
     ``chat_template_caps``, :attr:`template_tools`), the server gets them, renders them with the
@@ -81,7 +87,8 @@ class LlamaEngine:
     Raises
     ------
     ModelError
-        No model file at ``model_path``, llama.cpp could not load it, or another llama.cpp
+        No model file at ``model_path`` (or no projector file at ``mmproj``), llama.cpp
+        could not load them (a projector must be made for the model), or another llama.cpp
         server is open in this process.
     ValueError
         ``n_parallel`` is less than 1.
@@ -101,12 +108,15 @@ class LlamaEngine:
         api_key: str | None = None,
         verbosity: int = 0,
         chat_template: str | None = None,
+        mmproj: str | None = None,
     ) -> None:
         import xllamacpp
 
         path = model_path or default_model_path()
         if not os.path.isfile(path):
             raise ModelError(f"no GGUF model file at {path!r}")
+        if mmproj and not os.path.isfile(mmproj):
+            raise ModelError(f"no GGUF projector file (mmproj) at {mmproj!r}")
         if n_parallel < 1:
             raise ValueError(f"n_parallel must be at least 1, not {n_parallel}")
         if not _one_server.acquire(blocking=False):
@@ -119,6 +129,9 @@ class LlamaEngine:
         self.system_prompt = system_prompt
         self.extra_body = dict(extra_body or {})
         self.api_key = api_key
+        self.mmproj = mmproj or None
+        #: Whether the model sees images (it has a multimodal projector).
+        self.vision = self.mmproj is not None
         self.active = 0
         self.cancelled = 0
         self._lock = threading.Lock()
@@ -129,14 +142,14 @@ class LlamaEngine:
         params.n_ctx = (n_ctx or 2048) * n_parallel
         params.hostnames = [host]
         params.port = port
-        if api_key:
-            params.api_keys = [api_key]
         params.verbosity = verbosity
-        if chat_template:
-            params.chat_template = chat_template
-        if n_threads:
-            params.cpuparams.n_threads = n_threads
-            params.cpuparams_batch.n_threads = n_threads
+        _set_options(
+            params,
+            api_key=api_key,
+            chat_template=chat_template,
+            n_threads=n_threads,
+            mmproj=self.mmproj,
+        )
         try:
             self._server: Any = xllamacpp.Server(params)
             # The server's loop thread starts after the constructor returns, and destroying the
@@ -146,7 +159,10 @@ class LlamaEngine:
         except Exception as exc:
             self.__dict__.pop("_server", None)
             _one_server.release()
-            raise ModelError(f"llama.cpp could not load {path!r}: {exc}") from exc
+            loaded = f"{path!r} with the projector {self.mmproj!r}" if self.mmproj else repr(path)
+            raise ModelError(f"llama.cpp could not load {loaded}: {exc}") from exc
+        if self.mmproj:
+            _log.info("llama.cpp: %s sees images through %s", path, self.mmproj)
         #: Whether the chat template renders tools (then the server parses the calls too).
         self.template_tools = self._template_tools()
 
@@ -192,10 +208,12 @@ class LlamaEngine:
 
     def _messages(self, request: ChatRequest) -> list[Any]:
         """The request's messages, in the form the template takes (see the class docstring)."""
-        messages = prepare_messages(request.messages, self.system_prompt)
+        messages = prepare_messages(request.messages, self.system_prompt, images=self.vision)
         if self.template_tools:
-            return openai_messages(messages)
-        return fallback_messages(messages, request.tools)
+            converted = openai_messages(messages)
+        else:
+            converted = fallback_messages(messages, request.tools)
+        return with_images(messages, converted) if self.vision else converted
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         """The server's chat-completion request for ``request``, streamed."""
@@ -264,6 +282,26 @@ class LlamaEngine:
         self.close()
 
 
+def _set_options(
+    params: Any,
+    *,
+    api_key: str | None,
+    chat_template: str | None,
+    n_threads: int | None,
+    mmproj: str | None,
+) -> None:
+    """Set the server parameters that are given (the others keep llama.cpp's defaults)."""
+    if api_key:
+        params.api_keys = [api_key]
+    if chat_template:
+        params.chat_template = chat_template
+    if n_threads:
+        params.cpuparams.n_threads = n_threads
+        params.cpuparams_batch.n_threads = n_threads
+    if mmproj:
+        params.mmproj.path = mmproj
+
+
 class LlamaCppStreamer(ChatStreamer):
     """The llama.cpp backend: any GGUF chat model, by default SmolLM2-135M-Instruct.
 
@@ -273,8 +311,9 @@ class LlamaCppStreamer(ChatStreamer):
     processes, fewer threads can be much faster); ``system_prompt``: put first when a
     request has no system message (default: none, as every backend: the model gets the
     request's messages); ``extra_body``: llama.cpp request parameters added to every request;
-    ``chat_template``: a Jinja chat template to use instead of the model's. Tool calls: see
-    :class:`LlamaEngine`.
+    ``chat_template``: a Jinja chat template to use instead of the model's; ``mmproj``: a
+    multimodal projector GGUF file, with which the model sees images. Tool calls and images:
+    see :class:`LlamaEngine`.
     The model is loaded in the worker (thread or process), not here, so the streamer stays
     picklable.
     """
@@ -289,8 +328,10 @@ class LlamaCppStreamer(ChatStreamer):
         system_prompt: str | None = None,
         extra_body: dict[str, Any] | None = None,
         chat_template: str | None = None,
+        mmproj: str | None = None,
     ) -> None:
         self.model_path = model_path or default_model_path()
+        self.mmproj = mmproj or None
         self.n_parallel = n_parallel
         self.n_ctx = n_ctx
         self.n_threads = n_threads
@@ -315,6 +356,7 @@ class LlamaCppStreamer(ChatStreamer):
                 system_prompt=self.system_prompt,
                 extra_body=self.extra_body,
                 chat_template=self.chat_template,
+                mmproj=self.mmproj,
             ) as engine,
             ThreadPoolExecutor(self.n_parallel, thread_name_prefix="genbot-llama") as pool,
         ):
@@ -373,6 +415,45 @@ class LlamaCppStreamer(ChatStreamer):
             ) as error:
                 _log.info("counting tokens without the llama.cpp server (%r)", error)
         return await asyncio.to_thread(_gguf_counts, self.model_path, texts)
+
+
+def with_images(
+    prepared: list[ChatMessage], converted: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``converted`` (the template's form of the ``prepared`` messages) with each prepared
+    message's ``images`` as OpenAI-style content parts: its text, then one ``image_url`` part
+    (a ``data:`` URL) per image, as llama.cpp's server takes them with a projector.
+
+    The conversions keep a user message's role and text as they are, and the messages' order:
+    the n-th prepared message with a given role and text is the n-th converted one with them.
+    A message whose images find no place is logged.
+
+    Parameters
+    ----------
+    prepared:
+        The messages from :func:`genbot.models.base.prepare_messages` with ``images=True``.
+    converted:
+        The same messages in the form the template takes (tool calls converted).
+    """
+    wanted: dict[tuple[str, str, int], ChatMessage] = {}
+    seen: Counter[tuple[str, str]] = Counter()
+    for message in prepared:
+        key = (message["role"], message["content"])
+        if message.get("images"):
+            wanted[key[0], key[1], seen[key]] = message
+        seen[key] += 1
+    out: list[dict[str, Any]] = []
+    found: Counter[tuple[str, str]] = Counter()
+    for sent in converted:
+        key = (sent["role"], sent["content"])
+        source = wanted.pop((key[0], key[1], found[key]), None)
+        found[key] += 1
+        if source is not None:
+            sent = image_parts([{**source, **sent}])[0]  # type: ignore[typeddict-item]
+        out.append(sent)
+    for role, _, _ in wanted:
+        _log.warning("llama.cpp: the images of a %s message were not sent", role)
+    return out
 
 
 def _write_address(path: str, address: str) -> None:
@@ -447,6 +528,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parallel", type=int, default=4, help="slots generating together")
     parser.add_argument("--ctx", type=int, default=2048, help="context tokens per slot")
     parser.add_argument("--api-key", help="require this API key (default: none)")
+    parser.add_argument("--mmproj", help="a multimodal projector GGUF: the model sees images")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -458,6 +540,7 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         api_key=args.api_key,
+        mmproj=args.mmproj,
     ) as engine:
         print(f"listening on {engine.address}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
