@@ -4,8 +4,10 @@ repository that stands on its own (nothing points to files outside it)."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -80,3 +82,45 @@ def test_no_file_points_outside_the_repository() -> None:
                 if OUTSIDE.search(line):
                     offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+# Run in a fresh interpreter: it imports every module (torch too, where installed).
+_SHADOWS = """
+import importlib, json, pkgutil, sys
+import genbot
+found = []
+def walk(package):
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name == "__main__":  # importing it runs the command
+            continue
+        name = f"{package.__name__}.{info.name}"
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if (error.name or "").split(".")[0] == "genbot":
+                raise
+            continue  # an optional backend whose package is not installed
+        exported = info.name in getattr(package, "__all__", ())
+        if getattr(package, info.name) is not module or exported:
+            found.append(name)
+        if info.ispkg:
+            walk(module)
+walk(genbot)
+print(json.dumps(found))
+"""
+
+
+def test_no_name_a_package_binds_shadows_one_of_its_modules() -> None:
+    """``import genbot.gatekeeping as g`` gives the module, in every package of genbot: no
+    function, class or other value a package binds has the name of one of its modules (as
+    ``genbot.gatekeep`` and ``genbot.streaming.streamer`` once did)."""
+    environ = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", _SHADOWS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environ,
+        check=True,
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
