@@ -7,8 +7,10 @@ import ast
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import genbot
@@ -124,3 +126,41 @@ def test_no_name_a_package_binds_shadows_one_of_its_modules() -> None:
         check=True,
     )
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+_BUILD_WHEEL = """
+import sys
+from setuptools import build_meta
+print(build_meta.build_wheel(sys.argv[1]))
+"""
+
+
+def test_the_wheel_ships_py_typed_and_every_module(tmp_path: Path) -> None:
+    """What ``pip install genbot`` gets: the ``py.typed`` marker (so that a user's type checker
+    reads genbot's types) and every module of ``src/genbot``. Built offline with setuptools'
+    own PEP 517 hooks, from a copy of the files the build reads."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "dist"
+    out.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", _BUILD_WHEEL, str(out)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    wheel = out / done.stdout.strip().splitlines()[-1]
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert "genbot/py.typed" in names
+    modules = {
+        path.relative_to(ROOT / "src").as_posix()
+        for path in (ROOT / "src" / "genbot").rglob("*.py")
+    }
+    assert modules - names == set()
+    assert wheel.name.startswith(f"genbot-{genbot._version.__version__}-")
