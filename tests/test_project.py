@@ -61,9 +61,10 @@ def test_the_licence_is_the_one_pyproject_declares() -> None:
     assert licence.startswith("MIT License\n\nCopyright (c) 2026 genbot contributors\n")
 
 
-# Paths and names of documents that live outside this repository.
-OUTSIDE = re.compile(r"shared/|genbot-design|design doc\b(?!.*docs/design\.md)", re.I)
+# Paths and names of documents that live outside this repository (and this machine's paths).
+OUTSIDE = re.compile(r"shared/|/work/|genbot-design|design doc\b(?!.*docs/design\.md)", re.I)
 SKIP_DIRS = {"build", "dist", "__pycache__"}
+DOT_DIRS = {".ci", ".github"}  # folders of the project whose names start with a dot
 TEXT = {".py", ".md", ".toml", ".txt", ".cfg", ".ini", ".yml", ".yaml", ".sh", ""}
 
 
@@ -73,11 +74,14 @@ def test_no_file_points_outside_the_repository() -> None:
         dirs[:] = [
             d
             for d in dirs
-            if not d.startswith(".") and d not in SKIP_DIRS and not d.endswith(".egg-info")
+            if (not d.startswith(".") or d in DOT_DIRS)
+            and d not in SKIP_DIRS
+            and not d.endswith(".egg-info")
         ]
         for name in files:
             path = Path(top, name)
-            if path.suffix not in TEXT or path == Path(__file__):
+            # .git: a worktree's pointer to its repository, not a file of the project
+            if path.suffix not in TEXT or path == Path(__file__) or name == ".git":
                 continue
             text = path.read_text(encoding="utf-8", errors="replace")
             for number, line in enumerate(text.splitlines(), 1):
