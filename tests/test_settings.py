@@ -185,6 +185,15 @@ RULES: list[tuple[str, Any, tuple[str, ...], str]] = [
     ("model", {"path": "x"}, F, "expected a string"),
     ("stop", {"a": "b"}, F, "expected a list of strings"),
     ("stop", 5, F, "expected a list of strings"),
+    # a host to serve on: an IP address or a host name, nothing the bind would fail on
+    ("metrics_host", "localhost:9090", FES, "must be an IP address or host name"),
+    ("metrics_host", "http://0.0.0.0", F, "must be an IP address or host name"),
+    ("metrics_host", "[::1]", FES, "must be an IP address or host name"),
+    ("metrics_host", "{}", F, "must be an IP address or host name"),
+    ("metrics_host", "\u200b", F, "must be an IP address or host name"),
+    ("metrics_host", "256.1.1.1", F, "must be an IP address or host name"),
+    ("metrics_host", "-bad.example", F, "must be an IP address or host name"),
+    ("metrics_host", "a" * 64 + ".example", F, "must be an IP address or host name"),
 ]
 
 
@@ -230,6 +239,11 @@ def test_each_rule_is_enforced_at_load(
         ("log_level", "debug"),
         ("base_url", "https://x.ai/v1"),
         ("system_prompt", ""),
+        ("metrics_host", "0.0.0.0"),
+        ("metrics_host", "::"),
+        ("metrics_host", "::1"),
+        ("metrics_host", "localhost"),
+        ("metrics_host", "metrics-1.example.com"),
     ],
 )
 def test_the_edges_of_each_range_are_accepted(name: str, value: Any, tmp_path: Path) -> None:

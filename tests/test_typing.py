@@ -67,6 +67,9 @@ def _run_mypy(monkeypatch: pytest.MonkeyPatch) -> list[re.Match[str]]:
     return found
 
 
+# mypy follows the imports into discord.py, aiohttp and the rest: with a cold cache on a busy
+# machine that took more than the suite's 120 s.
+@pytest.mark.timeout(600)
 def test_a_users_bot_is_typed(monkeypatch: pytest.MonkeyPatch) -> None:
     expected_errors, expected_reveals = _expected()
     found = _run_mypy(monkeypatch)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import ipaddress
 import json
 import logging
 import math
@@ -181,10 +182,22 @@ def _redis_url(value: Any) -> str | None:
     return "must be a redis://, rediss:// or unix:// URL, or empty"
 
 
+#: A host name: dot-separated labels of letters, digits and inner hyphens, 63 at most each.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
 def _host(value: Any) -> str | None:
-    if not value or re.search(r"[\s/]", value):
-        return "must be an IP address or host name such as 127.0.0.1"
-    return None
+    """An IP address (v4 or v6, no brackets) or a host name: refused here rather than when the
+    server binds (a port, a scheme, brackets or a dotted quad out of range)."""
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    numeric = re.fullmatch(r"[0-9.]+", value) is not None  # a dotted quad that is no address
+    if len(value) <= 253 and not numeric and _HOST_NAME.fullmatch(value):
+        return None
+    return "must be an IP address or host name such as 127.0.0.1"
 
 
 def _max_chars(limit: int) -> Check:

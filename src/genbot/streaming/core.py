@@ -81,7 +81,8 @@ _active: dict[int, Streamer] = {}
 
 
 def active_streamers() -> list[Streamer]:
-    """Streamers that were started and not closed yet (a bot closes them on shutdown)."""
+    """Streamers of this process that were started and not closed yet; any left are closed
+    at interpreter exit. A bot closes only the Streamers it owns (``Genbot.streamers``)."""
     with _registry_lock:
         return list(_active.values())
 
