@@ -16,7 +16,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import discord
@@ -735,6 +735,8 @@ class ChatBot(Genbot):
         channel: discord.abc.Messageable,
         question: discord.Message,
         reply: list[discord.Message],
+        *,
+        notify: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         """Answer `question` again with a new random seed, in the messages of its earlier
         `reply` (the first becomes the new reply; the others are deleted). Counts against the
@@ -746,6 +748,9 @@ class ChatBot(Genbot):
         channel: where the reply is.
         question: the message the reply answers.
         reply: the reply's messages, first first (see :meth:`Controls._regenerate`).
+        notify: shows a refusal's notice privately (the Regenerate press's ephemeral
+            followup), every time; without it the notice is a reply, once until the limit
+            resets.
 
         Raises
         ------
@@ -753,7 +758,7 @@ class ChatBot(Genbot):
             The model cannot take the chat (the reply shows :attr:`unavailable_text`).
         """
         self._attending_now()  # shutdown waits for it (bounded) as for a reply
-        if not reply or not await self._admit(channel, question):  # rate limits and quotas
+        if not reply or not await self._admit(channel, question, notify):  # limits, quotas
             return
         settings = self.settings_for(channel)
         for extra in reply[1:]:
@@ -939,9 +944,15 @@ class ChatBot(Genbot):
         if self.store.is_open:
             await self.memory.deleted(payload.channel_id, payload.message_ids)
 
-    async def _admit(self, channel: discord.abc.Messageable, question: discord.Message) -> bool:
+    async def _admit(
+        self,
+        channel: discord.abc.Messageable,
+        question: discord.Message,
+        notify: Callable[[str], Awaitable[object]] | None = None,
+    ) -> bool:
         """Whether the question's author is within the rate limit and quotas (admins are);
-        if not, the first refusal until the limit resets shows a note."""
+        if not, the first refusal until the limit resets shows a note, or every refusal tells
+        `notify` (a button press, answered ephemerally: Discord allows it there)."""
         author = question.author
         refusal = await self.usage.admit(
             author.id, _guild_id(channel), exempt=self.is_admin(author)
@@ -949,8 +960,13 @@ class ChatBot(Genbot):
         if refusal is None:
             return True
         _log.info("not answering %s in %s: over the %s", author, _where(channel), refusal.kind)
-        if refusal.notify:
-            text = self.limit_texts.notice(refusal, self.usage.clock())
+        text = self.limit_texts.notice(refusal, self.usage.clock())
+        if notify is not None:
+            try:
+                await notify(f"*{text}*")
+            except Exception as exc:  # a notice is never the main outcome
+                _log.warning("telling %s of the %s failed: %r", author, refusal.kind, exc)
+        elif refusal.notify:
             await self._note(channel, question, None, text)
         return False
 

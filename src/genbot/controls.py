@@ -240,6 +240,8 @@ class _Bot(Protocol):
         channel: discord.abc.Messageable,
         question: discord.Message,
         reply: list[discord.Message],
+        *,
+        notify: Callable[[str], Awaitable[object]] | None = None,
     ) -> None: ...
 
 
@@ -371,7 +373,11 @@ class Controls:
             return
         await interaction.response.defer()
         reply = await _reply_of(pressed, channel, control.question_id)
-        await self.bot.regenerate(channel, question, reply)
+
+        async def privately(text: str) -> None:  # a refusal (rate limit, quota): to the presser
+            await interaction.followup.send(text, ephemeral=True)
+
+        await self.bot.regenerate(channel, question, reply, notify=privately)
 
 
 async def _strip(message: discord.Message) -> None:

@@ -2,8 +2,9 @@
 
 The checks, in order: the config is valid; the token logs in; the application has the Message
 Content and Server Members intents switched on (its flags); in every server the bot is in, it
-has the permissions it needs in the text channels it will use; the model loads or its server
-answers ``/models``. Then the invite URL with exactly the permissions genbot needs.
+has the permissions it needs in the text channels it will use; the model, and each named model
+(``[models.NAME]``, a line ``model NAME`` each), loads or its server answers ``/models``.
+Then the invite URL with exactly the permissions genbot needs.
 
 Every check ends in a :class:`Finding`: ``OK``, ``WARN`` (worth a look, not an error), ``FAIL``
 (with what to do) or ``INFO``. The decisions are pure functions of what Discord and the model
@@ -15,6 +16,7 @@ running instance, if any, is not disturbed).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +27,7 @@ import aiohttp
 import discord
 
 from genbot.access import AccessList
+from genbot.profiles import model_settings
 from genbot.reload import SettingsSource, token_from_env
 from genbot.settings import Settings, SettingsError
 
@@ -280,6 +283,11 @@ async def diagnose(
         add(Finding(Status.INFO, "model", "not checked: the configuration is not valid"))
     else:
         add(await check_model(settings, load_model=load_model, timeout=timeout))
+        for name in settings.models:  # each [models.NAME] a profile or /model may pick
+            named = await check_model(
+                model_settings(settings, name), load_model=load_model, timeout=timeout
+            )
+            add(dataclasses.replace(named, check=f"model {name}"))
         for finding in await check_mcp(settings):  # MCP servers (issue 11, part 2)
             add(finding)
     return report
