@@ -693,7 +693,9 @@ class ChatBot(Genbot):
         deltas = self._tool_reply(
             settings, channel, question, turn, request, offered, deltas, stream
         )
-        filtered = ReplyFilter(deltas, settings.reasoning)  # media: reasoning never posted
+        filtered = ReplyFilter(  # media: reasoning never posted
+            deltas, settings.reasoning, hold_chars=settings.reasoning_hold
+        )
         older = [m for m in history if placeholder is None or m.id != placeholder.id]
         shown, buttons = self._controlled(settings, question, stream, filtered, older)  # buttons
         sent = await stream_reply(
