@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 
 from chat_world import Chat
@@ -92,14 +93,8 @@ async def test_an_edit_supersedes_a_waiting_regeneration_which_never_writes(
             await server.press(
                 chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
             )
-            await server.wait_for(lambda: server.buttons(chat.general, first["id"]) == ["Stop"])
+            await server.wait_for(lambda: int(question["id"]) in bot.controls.regenerating)
             await server.edit_message(chat.general, question["id"], f"<@{bot.user.id}> bye")  # type: ignore[union-attr]
-            # the edit's answer claimed the reply: a Regenerate press meanwhile is refused
-            await server.wait_for(lambda: int(question["id"]) in bot.controls.reanswering)
-            again = await server.press(
-                chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
-            )
-            assert (await again.wait_response())["content"] == bot.controls.busy_text
             RELEASE.set()
             await server.wait_for(
                 lambda: (
@@ -113,6 +108,37 @@ async def test_an_edit_supersedes_a_waiting_regeneration_which_never_writes(
             await stop_recording(recording)
     assert server.message(chat.general, first["id"])["content"] == "answer (seed None): bye"
     assert seen and not [text for text in seen if SEEDED.search(text)]  # the regeneration's
+
+
+async def test_regenerate_is_refused_while_an_edits_answer_waits_for_a_slot(
+    chat: Chat, backend: Streamer, tmp_path: Path
+) -> None:
+    server = chat.server
+    bot = make_bot(backend, tmp_path)
+    async with run_bot(bot, server):
+        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
+        first = await answered(chat, question, ["Regenerate"])
+        await hold_the_slot(chat)
+        edited = time.time()
+        await server.edit_message(chat.general, question["id"], f"<@{bot.user.id}> bye")  # type: ignore[union-attr]
+        # the edit's new answer waits for the slot (typing shows): it has claimed the reply
+        await server.wait_for(
+            lambda: any(t >= edited for _, t in server.typing_events(chat.general)), timeout=15
+        )
+        press = await server.press(
+            chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
+        )
+        response = await press.wait_response()
+        assert response["ephemeral"] and response["content"] == bot.controls.busy_text
+        RELEASE.set()
+        await server.wait_for(
+            lambda: (
+                server.message(chat.general, first["id"])["content"] == "answer (seed None): bye"
+            ),
+            timeout=15,
+        )
+        await settle(bot)
+    assert server.message(chat.general, first["id"])["content"] == "answer (seed None): bye"
 
 
 async def test_an_edit_stops_a_streaming_regeneration_and_then_answers_in_the_same_message(
