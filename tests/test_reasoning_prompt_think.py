@@ -70,6 +70,8 @@ async def test_the_filter_yields_empty_strings_while_it_holds() -> None:
     long = ["y" * 600, "y" * 600, "z"]
     assert await filtered(long) == ["", "y" * 1200, "z"]  # past the bound: it streams
     assert await filtered(long, hold_chars=0) == long  # no hold
+    shown = await filtered(["Let me see</think>", "Hi"], mode="spoiler")
+    assert "".join(shown) == "||Let me see||\n\nHi"  # held reasoning: spoiler mode shows it
     # a server that splits the reasoning off (reasoning_content): the hold ends with it
     assert await filtered([Reasoning("hmm"), "Hi", " you"]) == ["", "Hi", " you"]
 
