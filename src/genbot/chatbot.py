@@ -446,6 +446,7 @@ class ChatBot(Genbot):
                 await self._answer(channel, turn)
             finally:
                 self._give_back(turn.backend)
+                self.controls.release(turn.claimed)  # edges8: an edit's new answer ended
         except Exception:
             await self._follow_up(channel, turn)
             raise
@@ -613,6 +614,10 @@ class ChatBot(Genbot):
         question = await self._first_look(channel, turn)
         if question is None or not await self._admit(channel, question):
             return
+        if turn.reuse:  # edges8: one writer per reply; an edit supersedes a regeneration
+            turn.claimed = question.id
+            self.controls.claim(question.id)
+            await self.controls.supersede(question.id)
         try:
             stream, placeholder = await self.metrics.wait_for_slot(
                 turn.backend, self._wait_for_slot(channel, question, turn.backend)
@@ -697,7 +702,9 @@ class ChatBot(Genbot):
         deltas = self._tool_reply(
             settings, channel, question, turn, request, offered, deltas, stream
         )
-        filtered = ReplyFilter(deltas, settings.reasoning)  # media: reasoning never posted
+        filtered = ReplyFilter(  # media: reasoning never posted
+            deltas, settings.reasoning, hold_chars=settings.reasoning_hold
+        )
         older = [m for m in history if placeholder is None or m.id != placeholder.id]
         shown, buttons = self._controlled(settings, question, stream, filtered, older)  # buttons
         sent = await stream_reply(
@@ -736,18 +743,21 @@ class ChatBot(Genbot):
         question: discord.Message,
         reply: list[discord.Message],
         *,
+        presser: discord.abc.User | None = None,
         notify: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         """Answer `question` again with a new random seed, in the messages of its earlier
-        `reply` (the first becomes the new reply; the others are deleted). Counts against the
-        asker's rate limit and quotas like a question; waits for a model slot in the asker's
-        fair turn (bounded by ``queue_timeout``); Stop reaches it.
+        `reply` (the first becomes the new reply; the others are deleted once it has a model
+        slot). Counts against the presser's rate limit and quotas like a question (an admin's
+        press is exempt); waits for a model slot in the presser's fair turn (bounded by
+        ``queue_timeout``); Stop reaches it, waiting or streaming.
 
         Parameters
         ----------
         channel: where the reply is.
         question: the message the reply answers.
         reply: the reply's messages, first first (see :meth:`Controls._regenerate`).
+        presser: who pressed Regenerate, and pays for it; ``None``: the asker.
         notify: shows a refusal's notice privately (the Regenerate press's ephemeral
             followup), every time; without it the notice is a reply, once until the limit
             resets.
@@ -758,29 +768,33 @@ class ChatBot(Genbot):
             The model cannot take the chat (the reply shows :attr:`unavailable_text`).
         """
         self._attending_now()  # shutdown waits for it (bounded) as for a reply
-        if not reply or not await self._admit(channel, question, notify):  # limits, quotas
+        payer = question.author if presser is None else presser  # edges8: the presser pays
+        if not reply or not await self._admit(channel, question, notify, user=payer):
             return
         settings = self.settings_for(channel)
-        for extra in reply[1:]:
-            await self._drop(extra)
         turn = _Turn(self._borrow(channel))
         try:
-            slot = self._turns_of(turn.backend).stream(
-                user=question.author.id, channel=_channel_id(channel)
-            )
+            slot = self._turns_of(turn.backend).stream(user=payer.id, channel=_channel_id(channel))
             try:
                 stream = await asyncio.wait_for(
                     self._enter_when_ready(slot, turn.backend), settings.queue_timeout
                 )
             except asyncio.TimeoutError:
+                await self._drop_all(reply[1:])
                 await self._note(channel, question, reply[0], self.busy_text)
                 return
             except StreamError:
+                await self._drop_all(reply[1:])
                 await self._note(channel, question, reply[0], self.unavailable_text)
                 raise
-            await self._sample_again(channel, settings, question, reply[0], stream, turn)
+            await self._drop_all(reply[1:])  # edges8: a cancel while waiting keeps them
+            await self._sample_again(channel, settings, question, reply[0], stream, turn, payer)
         finally:
             self._give_back(turn.backend)
+
+    async def _drop_all(self, messages: list[discord.Message]) -> None:
+        for message in messages:
+            await self._drop(message)
 
     def _attending_now(self) -> None:
         """Count the running task (a button press's) as an attend until it ends: in
@@ -798,9 +812,11 @@ class ChatBot(Genbot):
         placeholder: discord.Message,
         stream: FairStream,
         turn: _Turn,
+        payer: discord.abc.User,
     ) -> None:
         """Regenerate: the context up to `question` as a reply sees it (its channel's history
-        or its reply chain), answered on the reply's path (:meth:`_reply`) with a new seed."""
+        or its reply chain), answered on the reply's path (:meth:`_reply`) with a new seed; its
+        tokens count for `payer`."""
         try:
             context = self.context(channel, limit=settings.context_limit + _REGENERATE_SLACK)
             history = [m async for m in context if m.id <= question.id]
@@ -816,7 +832,7 @@ class ChatBot(Genbot):
             stream.close()
             if stream.deltas:
                 await self.usage.record(
-                    question.author.id,
+                    payer.id,
                     _guild_id(channel),
                     estimate_tokens(stream.deltas, stream.chars),
                 )
@@ -949,11 +965,13 @@ class ChatBot(Genbot):
         channel: discord.abc.Messageable,
         question: discord.Message,
         notify: Callable[[str], Awaitable[object]] | None = None,
+        user: discord.abc.User | None = None,
     ) -> bool:
-        """Whether the question's author is within the rate limit and quotas (admins are);
-        if not, the first refusal until the limit resets shows a note, or every refusal tells
-        `notify` (a button press, answered ephemerally: Discord allows it there)."""
-        author = question.author
+        """Whether the question's author (or `user`, who pays instead) is within the rate
+        limit and quotas (admins are); if not, the first refusal until the limit resets shows
+        a note, or every refusal tells `notify` (a button press, answered ephemerally: Discord
+        allows it there)."""
+        author = question.author if user is None else user
         refusal = await self.usage.admit(
             author.id, _guild_id(channel), exempt=self.is_admin(author)
         )
@@ -1179,6 +1197,8 @@ class _Turn:
         self.context: Context | None = None
         #: The parts of the bot's reply that an edited question's new answer replaces.
         self.reuse: list[discord.Message] = []
+        #: The question whose reply this attend claimed (edges8: one writer per reply).
+        self.claimed: int | None = None
 
     @property
     def reused(self) -> discord.Message | None:

@@ -10,6 +10,15 @@ The buttons are persistent: a ``custom_id`` (``genbot:stop:<question id>:<asker 
 ``genbot:regen:...``) says everything a press needs, and :class:`ControlButton` is a
 :class:`discord.ui.DynamicItem` the bot registers in ``setup_hook``, so a reply's buttons
 keep working after the bot restarts.
+
+One writer per reply: a reply's messages are written by its first answer, a regeneration or
+an edited question's new answer, never by two at once. A Regenerate press while another one
+writes or waits, or while an edit's new answer is under way, is refused (:attr:`busy_text`);
+an edit of the question supersedes a regeneration (the question changed: the regeneration
+would answer the old text): the regeneration is cancelled, or stopped when it already
+streams, and the new answer waits for it to end (:meth:`Controls.supersede`). While a
+regeneration waits for a model slot its message shows Stop, which cancels it (the old text
+stays and Regenerate comes back).
 """
 
 from __future__ import annotations
@@ -241,6 +250,7 @@ class _Bot(Protocol):
         question: discord.Message,
         reply: list[discord.Message],
         *,
+        presser: discord.abc.User | None = None,
         notify: Callable[[str], Awaitable[object]] | None = None,
     ) -> None: ...
 
@@ -299,8 +309,11 @@ class Controls:
     def __init__(self, bot: _Bot) -> None:
         self.bot = bot
         self.running: dict[int, RunningReply] = {}
-        #: The questions whose replies a Regenerate press is answering again (not yet running).
-        self.regenerating: set[int] = set()
+        #: The regenerations under way (question id -> the press's task), running or waiting.
+        self.regenerating: dict[int, asyncio.Task[Any]] = {}
+        #: The questions an edit is answering again (see :meth:`claim`).
+        self.reanswering: set[int] = set()
+        self._started: dict[int, int] = {}  # question id -> replies tracked so far
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[
             str, Callable[[discord.Interaction[Any], Control], Awaitable[None]]
@@ -320,7 +333,51 @@ class Controls:
         """Register the reply to `question` as running (until its deltas are closed)."""
         running = RunningReply(question.id, stream, deltas, self._forget)
         self.running[question.id] = running
+        self._started[question.id] = self._started.get(question.id, 0) + 1
         return running
+
+    def busy(self, question_id: int) -> bool:
+        """Whether the reply to `question_id` has a writer now (a reply, a regeneration or an
+        edit's new answer), running or waiting for a model slot."""
+        return (
+            question_id in self.running
+            or question_id in self.regenerating
+            or question_id in self.reanswering
+        )
+
+    async def supersede(self, question_id: int, timeout: float = 30.0) -> None:
+        """End a regeneration of the reply to `question_id`, if one is under way, and wait
+        (at most `timeout` seconds, then log) until it has stopped writing: an edit of the
+        question answers it again instead. A waiting regeneration is cancelled; a streaming one
+        is stopped (:meth:`RunningReply.stop`).
+
+        Parameters
+        ----------
+        question_id: the edited question.
+        timeout: the most seconds to wait for the regeneration to end.
+        """
+        task = self.regenerating.get(question_id)
+        if task is None or task is asyncio.current_task():
+            return
+        running = self.running.get(question_id)
+        if running is not None:
+            running.stop()
+        else:
+            task.cancel()
+        _log.info("an edit of the question supersedes the regeneration of its reply")
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            _log.warning("a superseded regeneration did not end within %.0f s", timeout)
+
+    def claim(self, question_id: int) -> None:
+        """Mark the reply to `question_id` as being answered again after an edit (until
+        :meth:`release`): a Regenerate press meanwhile is told it is busy."""
+        self.reanswering.add(question_id)
+
+    def release(self, question_id: int | None) -> None:
+        """End a :meth:`claim` (``None``: nothing claimed)."""
+        if question_id is not None:
+            self.reanswering.discard(question_id)
 
     def _forget(self, running: RunningReply) -> None:
         if self.running.get(running.question_id) is running:
@@ -346,6 +403,12 @@ class Controls:
 
     async def _stop(self, interaction: discord.Interaction[Any], control: Control) -> None:
         running = self.running.get(control.question_id)
+        waiting = self.regenerating.get(control.question_id)
+        if running is None and waiting is not None:  # a regeneration waiting for a slot
+            _log.info("%s cancelled a regeneration that waited for a model slot", interaction.user)
+            waiting.cancel()  # the old text stays; its task puts Regenerate back
+            await interaction.response.defer()
+            return
         if running is None or running.stopped:
             await interaction.response.send_message(self.done_text, ephemeral=True)
             return
@@ -354,14 +417,16 @@ class Controls:
 
     async def _regenerate(self, interaction: discord.Interaction[Any], control: Control) -> None:
         question_id = control.question_id
-        if question_id in self.running or question_id in self.regenerating:
+        task = asyncio.current_task()
+        if self.busy(question_id) or task is None:
             await interaction.response.send_message(self.busy_text, ephemeral=True)
             return
-        self.regenerating.add(question_id)  # a second press meanwhile is told it is busy
+        self.regenerating[question_id] = task  # a second press meanwhile is told it is busy
         try:
             await self._answer_again(interaction, control)
         finally:
-            self.regenerating.discard(question_id)
+            if self.regenerating.get(question_id) is task:
+                del self.regenerating[question_id]
 
     async def _answer_again(self, interaction: discord.Interaction[Any], control: Control) -> None:
         pressed, channel = interaction.message, interaction.channel
@@ -371,13 +436,37 @@ class Controls:
         if question is None:
             await interaction.response.send_message(self.gone_text, ephemeral=True)
             return
-        await interaction.response.defer()
-        reply = await _reply_of(pressed, channel, control.question_id)
+        # Stop shows while it waits for a model slot (a press cancels the regeneration)
+        stop = Control(STOP, control.question_id, control.asker_id)
+        await interaction.response.edit_message(view=view_of(stop))
+        started = self._started.get(control.question_id, 0)
+
+        restored = False
 
         async def privately(text: str) -> None:  # a refusal (rate limit, quota): to the presser
+            nonlocal restored
+            await _restore(pressed, control)  # Regenerate is back before the notice shows
+            restored = True
             await interaction.followup.send(text, ephemeral=True)
 
-        await self.bot.regenerate(channel, question, reply, notify=privately)
+        try:
+            reply = await _reply_of(pressed, channel, control.question_id)
+            # the presser pays (their rate limit and quota): the asker, or an admin (exempt)
+            await self.bot.regenerate(
+                channel, question, reply, presser=interaction.user, notify=privately
+            )
+        finally:
+            if not restored and self._started.get(control.question_id, 0) == started:
+                # it wrote nothing
+                await _restore(pressed, control)
+
+
+async def _restore(message: discord.Message, control: Control) -> None:
+    """Put the Regenerate button back on a reply whose regeneration ended before it wrote."""
+    try:
+        await message.edit(view=view_of(control))
+    except Exception as exc:  # a Stop left behind answers that the reply is done
+        _log.warning("putting the Regenerate button back failed: %r", exc)
 
 
 async def _strip(message: discord.Message) -> None:

@@ -18,13 +18,19 @@ Decisions:
 - A reply that was only reasoning has no answer: it gets the usual empty-output note (spoiler
   mode shows no spoiler then; file mode still attaches the file).
 - Whitespace between a think block and the answer is dropped.
-- Some chat templates open the think block in the prompt, so the reply starts inside it with
-  no ``<think>`` (only a ``</think>`` comes). The filter cannot know this before the closing
-  tag arrives, and by then the text before it has been streamed; it does not hold every reply
-  back on the chance. Such a stray ``</think>`` is dropped, never posted. For those models,
-  run the server with its reasoning parser (vLLM ``--reasoning-parser``, llama.cpp's
-  ``--reasoning-format deepseek``), which sends the reasoning as ``reasoning_content``; or
-  build :class:`ThinkSplitter` with ``thinking=True`` in your own bot.
+- Some chat templates open the think block in the prompt (Qwen3, DeepSeek-R1), so the reply
+  starts inside it with no ``<think>``: only a ``</think>`` comes. With a hold (``hold_chars``,
+  the ``reasoning_hold`` setting; 0, the default, holds nothing) the filter holds back the
+  start of a reply, up to that many characters, until it knows: a ``</think>`` before more
+  were held makes everything before it reasoning; a ``<think>``, more characters, or the end
+  of the reply without a tag make it the answer, which then streams on as usual. While it
+  holds, it yields empty strings (the typing indicator stays on, as while thinking). The cost:
+  a reply shows its first characters only once that many have come (or at its end), which is
+  why it is off unless a profile's model needs it (e.g. ``reasoning_hold = 8000`` for Qwen3).
+  A stray ``</think>`` after the hold is dropped, never posted. Better still, run such models'
+  servers with their reasoning parser (vLLM ``--reasoning-parser``, llama.cpp's
+  ``--reasoning-format deepseek``), which sends the reasoning as ``reasoning_content`` (which
+  also ends a hold at once).
 """
 
 from __future__ import annotations
@@ -75,14 +81,31 @@ class ThinkSplitter:
     ----------
     thinking:
         Start inside a think block (for templates that open it in the prompt).
+    hold:
+        Hold back up to this many characters of the start (0: none) while they may be a think
+        block the prompt opened: a ``</think>`` among them makes them reasoning; a
+        ``<think>``, more characters, or :meth:`flush` make them text as usual.
     """
 
-    def __init__(self, *, thinking: bool = False) -> None:
+    def __init__(self, *, thinking: bool = False, hold: int = 0) -> None:
         self.thinking = thinking
         self._pending = ""
+        self.hold = hold
+        #: The start is held back: not yet known whether it is reasoning.
+        self.undecided = hold > 0 and not thinking
+
+    def decide(self) -> list[Piece]:
+        """End the hold: what is held is text as usual (e.g. the reasoning came apart)."""
+        if not self.undecided:
+            return []
+        self.undecided = False
+        held, self._pending = self._pending, ""
+        return self.feed(held)
 
     def feed(self, text: str) -> list[Piece]:
         """The pieces that ``text`` (the next delta) completes."""
+        if self.undecided:
+            return self._feed_held(text)
         if not self._pending and "<" not in text:  # the usual delta: no tag, none begun
             return [(self.thinking, text)] if text else []
         self._pending += text
@@ -100,8 +123,25 @@ class ThinkSplitter:
         self._pending = self._pending[safe:]
         return pieces
 
+    def _feed_held(self, text: str) -> list[Piece]:
+        """:meth:`feed` while the start is held: it stays held until a tag or the bound
+        decides."""
+        self._pending += text
+        close, opening = self._pending.find(CLOSE_TAG), self._pending.find(OPEN_TAG)
+        if close >= 0 and (opening < 0 or close < opening):  # it began inside a think block
+            self.undecided = False
+            reasoning, rest = self._pending[:close], self._pending[close + len(CLOSE_TAG) :]
+            self._pending = ""
+            pieces: list[Piece] = []
+            _add(pieces, True, reasoning)
+            return pieces + self.feed(rest)
+        if opening >= 0 or len(self._pending) > self.hold:
+            return self.decide()
+        return []
+
     def flush(self) -> list[Piece]:
         """What is held back, at the end of the stream (an unfinished tag is kept as text)."""
+        self.undecided = False
         pieces: list[Piece] = []
         _add(pieces, self.thinking, self._pending)
         self._pending = ""
@@ -128,16 +168,17 @@ def _held(text: str) -> int:
 
 
 def answer_text(text: str) -> str:
-    """The answer in a whole generated ``text``: its ``<think>`` blocks (and a stray
-    ``</think>``) left out, the whitespace around it stripped. For generations that are not
-    streamed to a user (a memory summary).
+    """The answer in a whole generated ``text``: its ``<think>`` blocks left out (and the
+    text before a ``</think>`` with no ``<think>`` before it: a block the prompt opened), the
+    whitespace around it stripped. For generations that are not streamed to a user (a memory
+    summary).
 
     Parameters
     ----------
     text:
         What the model wrote.
     """
-    splitter = ThinkSplitter()
+    splitter = ThinkSplitter(hold=len(text))
     pieces = splitter.feed(text) + splitter.flush()
     return "".join(piece for thinking, piece in pieces if not thinking).strip()
 
@@ -198,6 +239,9 @@ class ReplyFilter:
         One of :data:`MODES`: what the reply shows of the reasoning (module docstring).
     spoiler_chars:
         The most characters a spoiler shows.
+    hold_chars:
+        How much of the reply's start is held back while it may be a think block that the
+        prompt opened (module docstring); 0: none.
 
     Raises
     ------
@@ -206,14 +250,19 @@ class ReplyFilter:
     """
 
     def __init__(
-        self, deltas: Any, mode: str = "hide", *, spoiler_chars: int = SPOILER_CHARS
+        self,
+        deltas: Any,
+        mode: str = "hide",
+        *,
+        spoiler_chars: int = SPOILER_CHARS,
+        hold_chars: int = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"reasoning mode must be one of {', '.join(MODES)}, not {mode!r}")
         self._inner: AsyncIterator[Any] = aiter(deltas)
         self.mode = mode
         self.spoiler_chars = spoiler_chars
-        self.splitter = ThinkSplitter()
+        self.splitter = ThinkSplitter(hold=hold_chars)
         self._parts: list[str] = []
         self._answered = False  # visible answer text was yielded
         self._after_reasoning = False  # the last thing seen was reasoning: trim what follows
@@ -239,9 +288,10 @@ class ReplyFilter:
             if text:
                 return text
             raise
-        if isinstance(item, Reasoning):
+        if isinstance(item, Reasoning):  # the server splits the reasoning off: no hold
+            held = self.splitter.decide()
             self._think(item.text)
-            return ""
+            return self._answer(held)
         if isinstance(item, str):
             return self._answer(self.splitter.feed(item))
         return item

@@ -293,6 +293,7 @@ PROFILE_FIELDS = (
     "tool_output_chars",
     "reasoning",
     "attachment_max_bytes",
+    "reasoning_hold",
     "memory",
     "context_tokens",
 )
@@ -633,6 +634,15 @@ class Settings:
         "published with the vision model's GGUF). Set: the model sees images (vision need not "
         "be set); empty: images show as [image: name] in the text. Only the llamacpp backend "
         "takes one.",
+    )
+    # -- issue 8's rough edges (edges8): a think block the prompt opened --
+    reasoning_hold: int = setting(
+        0,
+        "For reasoning models whose template opens <think> in the prompt (Qwen3, DeepSeek-R1): "
+        "hold back up to this many characters of a reply's start (typing shows) until a "
+        "</think> makes them reasoning, never posted; more characters or the end make them the "
+        "answer. 0: off, replies stream from their first character. 0 to 100000.",
+        check=_between(0, 100_000),
     )
 
     # -- loading -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from .changes import Changes
 
 __all__ = [
+    "CATEGORY",
     "DIRECT_MESSAGES",
     "DIRECT_MESSAGE_TYPING",
     "DISCORD_EPOCH",
@@ -73,7 +74,7 @@ EVERYONE_PERMISSIONS = (
     | (1 << 38)
 )
 
-TEXT, DM, PUBLIC_THREAD, PRIVATE_THREAD = 0, 1, 11, 12
+TEXT, DM, CATEGORY, PUBLIC_THREAD, PRIVATE_THREAD = 0, 1, 4, 11, 12
 EPHEMERAL = 1 << 6  # message flag
 THREAD_TYPES = (PUBLIC_THREAD, PRIVATE_THREAD)
 
@@ -191,7 +192,9 @@ class FakeMember:
 
 @dataclass(eq=False)
 class FakeChannel:
-    """A guild text channel, a thread, or a DM channel; holds its messages, oldest first."""
+    """A guild text channel, a thread, a DM channel or a category (``type`` 4: it holds no
+    messages; a text channel in it has its id as ``parent_id``, as on Discord); holds its
+    messages, oldest first."""
 
     id: int
     name: str
@@ -220,6 +223,17 @@ class FakeChannel:
         if self.type == DM:
             assert self.recipient is not None
             data["recipients"] = [self.recipient.to_json()]
+            return data
+        if self.type == CATEGORY:  # Discord sends a category without the text channel's fields
+            del data["last_message_id"]
+            data.update(
+                guild_id=str(self.guild_id),
+                name=self.name,
+                position=0,
+                permission_overwrites=[dict(o) for o in self.overwrites],
+                nsfw=False,
+                parent_id=None,
+            )
             return data
         data.update(
             guild_id=str(self.guild_id),

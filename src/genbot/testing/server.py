@@ -25,6 +25,7 @@ from . import gateway, interactions, permissions, rest
 from .components import FakeComponentInteraction, find_component
 from .limits import make_fault
 from .models import (
+    CATEGORY,
     DM,
     EVERYONE_PERMISSIONS,
     GUILD_MEMBERS,
@@ -383,9 +384,26 @@ class DiscordServer:
             guild, FakeMember(user, guild.id, [role.id for role in roles], nick)
         )
 
-    def create_channel(self, guild: FakeGuild, name: str) -> FakeChannel:
-        channel = FakeChannel(self.snowflakes.next(), name, guild_id=guild.id)
+    def create_channel(
+        self, guild: FakeGuild, name: str, *, category: FakeChannel | None = None
+    ) -> FakeChannel:
+        """A text channel in `guild`, in `category` when given (its ``parent_id``).
+
+        Raises
+        ------
+        ValueError
+            `category` is not a category of `guild`.
+        """
+        if category is not None and (category.type != CATEGORY or category.guild_id != guild.id):
+            raise ValueError(f"{category.name!r} is not a category of {guild.name!r}")
+        parent = None if category is None else category.id
+        channel = FakeChannel(self.snowflakes.next(), name, guild_id=guild.id, parent_id=parent)
         return self.state.add_channel(guild, channel)
+
+    def create_category(self, guild: FakeGuild, name: str) -> FakeChannel:
+        """A category (channel type 4) in `guild`, for `create_channel`'s ``category``."""
+        category = FakeChannel(self.snowflakes.next(), name, CATEGORY, guild_id=guild.id)
+        return self.state.add_channel(guild, category)
 
     def create_thread(
         self,
