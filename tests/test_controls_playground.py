@@ -13,21 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from chat_workers import threaded
 from genbot.chatbot import ChatBot
 from genbot.playground import run_playground
 from genbot.streaming import Streamer
-from test_controls import RELEASE, make_bot, seeded
+from test_controls import make_bot, seeded
 
 
 @pytest.fixture
 def backend() -> Iterator[Streamer]:
-    RELEASE.clear()
-    seeded.start_thread(maximum=1)
-    try:
-        yield seeded
-    finally:
-        RELEASE.set()
-        seeded.close()
+    yield from threaded(seeded, 1)
 
 
 def test_scripted_stop_and_regenerate(backend: Streamer, tmp_path: Path) -> None:

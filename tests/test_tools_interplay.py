@@ -11,21 +11,14 @@ from typing import Any
 
 import pytest
 
-from chat_world import Chat
+from chat_world import Chat, chat_bot, open_chat, settle
 from genbot.chatbot import ChatBot
 from genbot.controls import REGENERATE, STOP, Control
 from genbot.models.openai import OpenAIStreamer
-from genbot.settings import Settings
-from genbot.testing import DiscordServer, run_bot
+from genbot.testing import run_bot
 from openai_stub import OpenAIStub, Reply, openai_stub
 
-FAST: dict[str, Any] = {"guild_ready_timeout": 0.05, "shutdown_timeout": 2.0}
-
-
-@pytest.fixture
-async def chat() -> AsyncIterator[Chat]:
-    async with DiscordServer() as server:
-        yield Chat(server)
+chat = pytest.fixture(open_chat, name="chat")
 
 
 @pytest.fixture
@@ -35,32 +28,11 @@ async def stub() -> AsyncIterator[OpenAIStub]:
 
 
 def make_bot(stub: OpenAIStub, tmp_path: Path, parallel: int = 1, **values: Any) -> ChatBot:
-    settings = Settings().updated(
-        {
-            "backend": "openai",
-            "base_url": stub.base_url,
-            "model": "stub",
-            "parallel": parallel,
-            "edit_interval": 0.2,
-            "stall_timeout": 30.0,
-            "queue_timeout": 30.0,
-            "data_dir": str(tmp_path),
-            **values,
-        },
-        "test",
-    )
     backend = OpenAIStreamer(base_url=stub.base_url, model="stub", max_concurrency=parallel)
-    bot = ChatBot(settings, backend=backend, **FAST)
-    bot.queued_after = 30.0  # no queued note: the reply is one message
-    return bot
-
-
-async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while running := bot.attending():
-        assert loop.time() < deadline, "the bot is still attending"
-        await asyncio.wait(running, timeout=deadline - loop.time())
+    openai = {"backend": "openai", "base_url": stub.base_url, "model": "stub"}
+    values = {**openai, "parallel": parallel, "data_dir": str(tmp_path), **values}
+    # no queued note: the reply is one message
+    return chat_bot(backend, values, close_streamers=True, queued_after=30.0)
 
 
 def quiet(caplog: pytest.LogCaptureFixture) -> bool:
