@@ -5,8 +5,8 @@ settle, the fixture that opens the scene)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from bot_world import FAST
 from genbot.chatbot import ChatBot
@@ -14,7 +14,9 @@ from genbot.settings import Settings
 from genbot.streaming import Streamer
 from genbot.testing import DiscordServer, FakeChannel, FakeGuild, FakeUser
 
-__all__ = ["FAST", "Chat", "chat_bot", "open_chat", "settle", "texts"]
+__all__ = ["FAST", "Chat", "chat_bot", "scene", "settle", "texts"]
+
+T = TypeVar("T")
 
 #: The settings of every test bot unless a test names others: timeouts not under test are long,
 #: so a loaded machine cannot trip them.
@@ -49,11 +51,15 @@ class Chat:
         return server.channel(int(question["id"]))
 
 
-async def open_chat() -> AsyncIterator[Chat]:
-    """For a pytest fixture (``pytest.fixture(open_chat, name="chat")``): the scene on a fresh
-    loopback server."""
-    async with DiscordServer() as server:
-        yield Chat(server)
+def scene(make: Callable[[DiscordServer], T]) -> Callable[[], AsyncIterator[T]]:
+    """For a pytest fixture (``chat = pytest.fixture(scene(Chat), name="chat")``): what `make`
+    builds on a fresh loopback server, the server open while the test runs."""
+
+    async def open_scene() -> AsyncIterator[T]:
+        async with DiscordServer() as server:
+            yield make(server)
+
+    return open_scene
 
 
 def chat_bot(

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from chat_world import Chat
+from chat_world import Chat, scene
 from genbot.attachments import describe_size, fenced, kind
 from genbot.chatbot import ChatBot
 from genbot.models.base import ChatMessage, ModelError, prepare_messages
 from genbot.models.openai import OpenAIStreamer
 from genbot.settings import Settings, SettingsError
-from genbot.testing import DiscordServer, FakeChannel, FakeUser, run_bot
+from genbot.testing import FakeChannel, FakeUser, run_bot
 from genbot.testing.models import Upload
 from media_server import MediaServer, media_server
 
@@ -80,10 +80,7 @@ def test_vision_needs_a_backend_that_can_send_images(tmp_path: Any) -> None:
 # -- the ready-made bot, end to end --------------------------------------------------------------
 
 
-@pytest.fixture
-async def chat() -> AsyncIterator[Chat]:
-    async with DiscordServer() as server:
-        yield Chat(server)
+chat = pytest.fixture(scene(Chat), name="chat")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 
 import genbot
 from chat_workers import hold_until_closed, said_in, threaded, warm_up
-from chat_world import Chat, chat_bot, open_chat, settle
+from chat_world import Chat, chat_bot, scene, settle
 from genbot.chatbot import ChatBot
 from genbot.controls import REGENERATE, STOP, Control, Controls
 from genbot.streaming import Stream, Streamer
@@ -51,7 +51,7 @@ def backend() -> Iterator[Streamer]:
     yield from threaded(seeded, 1)
 
 
-chat = pytest.fixture(open_chat, name="chat")
+chat = pytest.fixture(scene(Chat), name="chat")
 
 
 def make_bot(

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import genbot
 from chat_workers import RELEASE, SEEN, hold_until_closed, record, said_in, threaded, warm_up
-from chat_world import Chat, chat_bot, settle, texts
+from chat_world import Chat, chat_bot, scene, settle, texts
 from genbot.chatbot import ChatBot
 from genbot.controls import REGENERATE, STOP, Control, Controls
 from genbot.streaming import Stream, Streamer
@@ -62,10 +62,7 @@ def _data_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the usage store (data_dir) in a place of its own
 
 
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with DiscordServer() as server:
-        yield World(server)
+world = pytest.fixture(scene(World), name="world")
 
 
 def make_bot(backend: Streamer, **values: Any) -> ChatBot:

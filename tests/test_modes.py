@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import genbot
 from chat_workers import SEEN, record, said_in, threaded, warm_up
-from chat_world import Chat, chat_bot, settle, texts
+from chat_world import Chat, chat_bot, scene, settle, texts
 from genbot.chatbot import ChatBot
 from genbot.output import split_message
 from genbot.streaming import Stream, Streamer
@@ -51,10 +51,7 @@ class World(Chat):
         self.eve: FakeUser = self.member("eve")
 
 
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with DiscordServer() as server:
-        yield World(server)
+world = pytest.fixture(scene(World), name="world")
 
 
 def make_bot(backend: Streamer, **values: Any) -> ChatBot:

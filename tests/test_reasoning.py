@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import genbot
-from chat_world import Chat
+from chat_world import Chat, scene
 from genbot.chatbot import ChatBot
 from genbot.models import Reasoning
 from genbot.models.openai import EventReader, OpenAIStreamer, decode_events
@@ -24,7 +24,7 @@ from genbot.output import DEFAULT_EMPTY_TEXT
 from genbot.reasoning import ReplyFilter, ThinkSplitter, spoiler
 from genbot.settings import Settings, SettingsError
 from genbot.streaming import Stream, Streamer
-from genbot.testing import DiscordServer, run_bot
+from genbot.testing import run_bot
 from media_server import MediaServer, media_server
 
 THOUGHT = "<think>The user greets me. I should greet back.</think>\n\nHello there!"
@@ -155,10 +155,7 @@ def backend() -> Iterator[Streamer]:
         thinker.close()
 
 
-@pytest.fixture
-async def chat() -> AsyncIterator[Chat]:
-    async with DiscordServer() as server:
-        yield Chat(server)
+chat = pytest.fixture(scene(Chat), name="chat")
 
 
 def make_bot(backend: Streamer, **values: Any) -> ChatBot:

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from chat_world import Chat, chat_bot, open_chat, settle
+from chat_world import Chat, chat_bot, scene, settle
 from genbot.chatbot import ChatBot
 from genbot.controls import REGENERATE, STOP, Control
 from genbot.models.openai import OpenAIStreamer
 from genbot.testing import run_bot
 from openai_stub import OpenAIStub, Reply, openai_stub
 
-chat = pytest.fixture(open_chat, name="chat")
+chat = pytest.fixture(scene(Chat), name="chat")
 
 
 @pytest.fixture
