@@ -15,8 +15,8 @@ The reply is chosen by the first word of the last thing a user said (``"alice: s
 
 The one-token warm-up (``max_new_tokens == 1``) is always answered at once.
 
-The pieces (:func:`said_in`, :func:`warm_up`, :func:`record`, :func:`hold_until_closed`,
-:func:`threaded`) serve the other test files' scripted workers too.
+The pieces (:func:`said_in`, :func:`warm_up`, :func:`record`, :func:`recording`,
+:func:`hold_until_closed`, :func:`threaded`) serve the other test files' scripted workers too.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import genbot
@@ -37,6 +37,7 @@ __all__ = [
     "hold_until_closed",
     "mortal",
     "record",
+    "recording",
     "said_in",
     "scripted",
     "threaded",
@@ -106,6 +107,22 @@ def record(stream: Stream) -> None:
     """Add what `stream` asks to :data:`SEEN`."""
     with _SEEN_LOCK:
         SEEN.append(list(stream.data.messages))
+
+
+def recording(answer: Callable[[Stream, str], None]) -> Streamer:
+    """A worker that answers the warm-up, records what each reply is asked (:func:`record`)
+    and answers with ``answer(stream, what was said last)``."""
+
+    @genbot.streamer
+    def recorder(streams: list[Stream]) -> None:
+        for stream in streams:
+            if warm_up(stream):
+                continue
+            record(stream)
+            answer(stream, said_in(stream.data.messages))
+            stream.close()
+
+    return recorder
 
 
 def hold_until_closed(stream: Stream) -> None:

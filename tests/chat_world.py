@@ -14,7 +14,7 @@ from genbot.settings import Settings
 from genbot.streaming import Streamer
 from genbot.testing import DiscordServer, FakeChannel, FakeGuild, FakeUser
 
-__all__ = ["FAST", "Chat", "chat_bot", "scene", "settle", "texts"]
+__all__ = ["FAST", "Chat", "Group", "chat_bot", "scene", "settle", "texts"]
 
 T = TypeVar("T")
 
@@ -49,6 +49,14 @@ class Chat:
         server = self.server
         await server.wait_for(lambda: int(question["id"]) in server.state.channels, timeout=15)
         return server.channel(int(question["id"]))
+
+
+class Group(Chat):
+    """The scene with a second member of the guild, bob."""
+
+    def __init__(self, server: DiscordServer) -> None:
+        super().__init__(server)
+        self.bob: FakeUser = self.member("bob")
 
 
 def scene(make: Callable[[DiscordServer], T]) -> Callable[[], AsyncIterator[T]]:

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-import genbot
-from chat_workers import RELEASE, SEEN, hold_until_closed, record, said_in, threaded, warm_up
-from chat_world import Chat, chat_bot, scene, settle, texts
+from chat_workers import RELEASE, SEEN, hold_until_closed, recording, threaded
+from chat_world import Group, chat_bot, scene, settle, texts
 from genbot.chatbot import ChatBot
 from genbot.controls import REGENERATE, STOP, Control, Controls
 from genbot.streaming import Stream, Streamer
@@ -34,16 +33,9 @@ def _answer(stream: Stream, said: str) -> None:
         stream.write(f"answer (seed {stream.data.settings.seed}): {said}")
 
 
-@genbot.streamer
-def recorder(streams: list[Stream]) -> None:
-    """Records what it was asked (in ``SEEN``); answers ``think``: a ``<think>`` block, then
-    ``The answer.``; anything else: ``answer (seed S): <what was said last>``."""
-    for stream in streams:
-        if warm_up(stream):
-            continue
-        record(stream)
-        _answer(stream, said_in(stream.data.messages))
-        stream.close()
+#: Records what it was asked (in ``SEEN``); answers ``think``: a ``<think>`` block, then
+#: ``The answer.``; anything else: ``answer (seed S): <what was said last>``.
+recorder = recording(_answer)
 
 
 @pytest.fixture
@@ -51,10 +43,7 @@ def backend() -> Iterator[Streamer]:
     yield from threaded(recorder, 4)
 
 
-class World(Chat):
-    def __init__(self, server: DiscordServer) -> None:
-        super().__init__(server)
-        self.bob: FakeUser = self.member("bob")
+World = Group
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-import genbot
-from chat_workers import SEEN, record, said_in, threaded, warm_up
-from chat_world import Chat, chat_bot, scene, settle, texts
+from chat_workers import SEEN, recording, said_in, threaded
+from chat_world import Group, chat_bot, scene, settle, texts
 from genbot.chatbot import ChatBot
 from genbot.output import split_message
 from genbot.streaming import Stream, Streamer
@@ -26,17 +25,13 @@ CREATE_PUBLIC_THREADS = 1 << 35
 LONG = "y" * 2500  # more than one Discord message
 
 
-@genbot.streamer
-def recorder(streams: list[Stream]) -> None:
-    """Answers ``answer: <what was said last>`` (``long``: a reply of several messages) and
-    records what it was asked (in ``SEEN``)."""
-    for stream in streams:
-        if warm_up(stream):
-            continue
-        record(stream)
-        said = said_in(stream.data.messages)
-        stream.write(LONG if said == "long" else f"answer: {said}")
-        stream.close()
+def _answer(stream: Stream, said: str) -> None:
+    stream.write(LONG if said == "long" else f"answer: {said}")
+
+
+#: Answers ``answer: <what was said last>`` (``long``: a reply of several messages) and
+#: records what it was asked (in ``SEEN``).
+recorder = recording(_answer)
 
 
 @pytest.fixture
@@ -44,10 +39,9 @@ def backend() -> Iterator[Streamer]:
     yield from threaded(recorder, 4)
 
 
-class World(Chat):
+class World(Group):
     def __init__(self, server: DiscordServer) -> None:
         super().__init__(server)
-        self.bob: FakeUser = self.member("bob")
         self.eve: FakeUser = self.member("eve")
 
 
