@@ -87,6 +87,20 @@ async def answered(chat: Chat, question: dict[str, Any], buttons: list[str]) -> 
     return dict(found)  # a copy: the stored message changes with later edits
 
 
+async def regenerated(
+    chat: Chat, reply: dict[str, Any], question: dict[str, Any], presser: FakeUser
+) -> None:
+    """`presser` presses Regenerate on alice's `reply` to `question`; wait until its text
+    changed."""
+    server = chat.server
+    regenerate = custom_id(REGENERATE, question, chat.alice)
+    await server.press(chat.general, reply["id"], regenerate, presser)
+    await server.wait_for(
+        lambda: server.message(chat.general, reply["id"])["content"] != reply["content"],
+        timeout=15,
+    )
+
+
 async def test_stop_frees_the_slot_at_once_and_keeps_the_text_so_far(
     chat: Chat, backend: Streamer, tmp_path: Path
 ) -> None:
@@ -145,13 +159,7 @@ async def test_regenerate_writes_a_new_sample_into_the_same_message(
         question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
         first = await answered(chat, question, ["Regenerate"])
         assert first["content"] == "answer (seed None): hello"
-        await server.press(
-            chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
-        )
-        await server.wait_for(
-            lambda: server.message(chat.general, first["id"])["content"] != first["content"],
-            timeout=15,
-        )
+        await regenerated(chat, first, question, chat.alice)
         again = await answered(chat, question, ["Regenerate"])
     assert again["id"] == first["id"]
     assert again["content"].startswith("answer (seed ") and again["content"].endswith("): hello")
@@ -173,11 +181,7 @@ async def test_a_press_by_someone_else_is_refused_and_an_admin_may(
         ).wait_response()
         assert refused["ephemeral"] and refused["content"] == Controls.refused_text
         assert server.message(chat.general, first["id"])["content"] == first["content"]
-        await server.press(chat.general, first["id"], regenerate, admin)
-        await server.wait_for(
-            lambda: server.message(chat.general, first["id"])["content"] != first["content"],
-            timeout=15,
-        )
+        await regenerated(chat, first, question, admin)
         await answered(chat, question, ["Regenerate"])
 
 
@@ -189,13 +193,7 @@ async def test_regenerate_works_after_a_restart_of_the_bot(
         question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
         first = await answered(chat, question, ["Regenerate"])
     async with run_bot(make_bot(backend, tmp_path), server):
-        await server.press(
-            chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
-        )
-        await server.wait_for(
-            lambda: server.message(chat.general, first["id"])["content"] != first["content"],
-            timeout=15,
-        )
+        await regenerated(chat, first, question, chat.alice)
         again = await answered(chat, question, ["Regenerate"])
     assert again["content"].endswith("): hello")
 
