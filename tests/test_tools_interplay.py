@@ -35,6 +35,17 @@ def make_bot(stub: OpenAIStub, tmp_path: Path, parallel: int = 1, **values: Any)
     return chat_bot(backend, values, close_streamers=True, queued_after=30.0)
 
 
+async def press_regenerate(chat: Chat, question: dict[str, Any]) -> dict[str, Any]:
+    """Press Regenerate on the bot's one reply in the DM, to alice's `question`, once it shows
+    the button; the reply."""
+    server = chat.server
+    [reply] = server.bot_messages(chat.dm)
+    await server.wait_for(lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"])
+    again = Control(REGENERATE, int(question["id"]), chat.alice.id).custom_id
+    await server.press(chat.dm, reply["id"], again, chat.alice)
+    return reply
+
+
 def quiet(caplog: pytest.LogCaptureFixture) -> bool:
     """Nothing of genbot's was logged as failing (the reply's deltas closed cleanly)."""
     failed = [r for r in caplog.records if r.name.startswith("genbot") and r.levelno >= 30]
@@ -124,10 +135,7 @@ async def test_a_regenerated_reply_of_a_reasoning_model_shows_only_its_answer(
     async with run_bot(bot, server):
         question = await server.send_message(chat.dm, chat.alice, "hello")
         await chat.wait_for_reply(chat.dm, "First.")
-        [reply] = server.bot_messages(chat.dm)
-        await server.wait_for(lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"])
-        again = Control(REGENERATE, int(question["id"]), chat.alice.id).custom_id
-        await server.press(chat.dm, reply["id"], again, chat.alice)
+        reply = await press_regenerate(chat, question)
         await server.wait_for(lambda: len(stub.requests) == 2, timeout=15)
         await server.wait_for(
             lambda: (
@@ -294,10 +302,7 @@ async def test_regenerate_offers_the_tools_again(
     async with run_bot(bot, server):
         question = await server.send_message(chat.dm, chat.alice, "weather?")
         await chat.wait_for_reply(chat.dm, "*using `weather` …* ✓\nIt is sunny.")
-        [reply] = server.bot_messages(chat.dm)
-        await server.wait_for(lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"])
-        again = Control(REGENERATE, int(question["id"]), chat.alice.id).custom_id
-        await server.press(chat.dm, reply["id"], again, chat.alice)
+        reply = await press_regenerate(chat, question)
         await server.wait_for(lambda: len(stub.requests) >= 3, timeout=15)
         await server.wait_for(
             lambda: (
@@ -318,10 +323,7 @@ async def test_regenerate_sees_the_memory_as_the_first_reply_did(
     async with run_bot(bot, server):
         question = await server.send_message(chat.dm, chat.alice, "remember that I like tea")
         await chat.wait_for_reply(chat.dm, "echo: remember that I like tea")
-        [reply] = server.bot_messages(chat.dm)
-        await server.wait_for(lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"])
-        again = Control(REGENERATE, int(question["id"]), chat.alice.id).custom_id
-        await server.press(chat.dm, reply["id"], again, chat.alice)
+        reply = await press_regenerate(chat, question)
         await server.wait_for(lambda: len(stub.requests) == 2, timeout=15)
         await server.wait_for(
             lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"], timeout=15
