@@ -16,7 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["MediaServer", "media_server"]
+from genbot.models.openai import OpenAIStreamer
+
+__all__ = ["MediaServer", "media_model", "media_server"]
 
 
 class MediaServer:
@@ -79,3 +81,15 @@ async def media_server() -> AsyncIterator[MediaServer]:
         yield server
     finally:
         await runner.cleanup()
+
+
+async def media_model() -> AsyncIterator[tuple[MediaServer, OpenAIStreamer]]:
+    """For a pytest fixture: a :func:`media_server` and an :class:`OpenAIStreamer` of its model
+    ``media`` (no retries) on a thread; the streamer is closed afterwards."""
+    async with media_server() as server:
+        backend = OpenAIStreamer(base_url=server.url, model="media", max_retries=0)
+        backend.start_thread()
+        try:
+            yield server, backend
+        finally:
+            await asyncio.to_thread(backend.close)

@@ -6,22 +6,20 @@ each request (tests/media_server.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from chat_world import Chat
+from chat_world import Chat, scene
 from genbot.attachments import describe_size, fenced, kind
 from genbot.chatbot import ChatBot
 from genbot.models.base import ChatMessage, ModelError, prepare_messages
 from genbot.models.openai import OpenAIStreamer
 from genbot.settings import Settings, SettingsError
-from genbot.testing import DiscordServer, FakeChannel, FakeUser, run_bot
+from genbot.testing import FakeChannel, FakeUser, run_bot
 from genbot.testing.models import Upload
-from media_server import MediaServer, media_server
+from media_server import MediaServer, media_model
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4  # the bytes need not be a real picture
 
@@ -80,21 +78,10 @@ def test_vision_needs_a_backend_that_can_send_images(tmp_path: Any) -> None:
 # -- the ready-made bot, end to end --------------------------------------------------------------
 
 
-@pytest.fixture
-async def chat() -> AsyncIterator[Chat]:
-    async with DiscordServer() as server:
-        yield Chat(server)
+chat = pytest.fixture(scene(Chat), name="chat")
 
 
-@pytest.fixture
-async def model() -> AsyncIterator[tuple[MediaServer, OpenAIStreamer]]:
-    async with media_server() as server:
-        backend = OpenAIStreamer(base_url=server.url, model="media", max_retries=0)
-        backend.start_thread()
-        try:
-            yield server, backend
-        finally:
-            await asyncio.to_thread(backend.close)
+model = pytest.fixture(media_model, name="model")
 
 
 def make_bot(backend: OpenAIStreamer, **values: Any) -> ChatBot:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,13 +19,13 @@ pytest.importorskip("transformers")
 import torch
 from PIL import Image
 
-from chat_world import Chat
+from chat_world import Chat, scene
 from genbot.chatbot import ChatBot
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.models.base import ChatMessage
 from genbot.models.transformers import TransformersStreamer
 from genbot.settings import Settings
-from genbot.testing import DiscordServer, run_bot
+from genbot.testing import run_bot
 from genbot.testing.models import Upload
 
 WORDS = ["<pad>", "<unk>", "</s>", "<image>", "<|user|>", "<|assistant|>", "<|system|>"]
@@ -166,10 +166,7 @@ async def test_an_image_that_is_not_one_fails_the_request_clearly(
         await reply(streamer, ask(b"not an image"))
 
 
-@pytest.fixture
-async def chat() -> AsyncIterator[Chat]:
-    async with DiscordServer() as server:
-        yield Chat(server)
+chat = pytest.fixture(scene(Chat), name="chat")
 
 
 async def test_an_attached_image_reaches_a_vision_language_model_through_the_bot(

@@ -15,6 +15,7 @@ from genbot.models.llamacpp import LlamaCppStreamer
 from genbot.output import DEFAULT_ERROR_TEXT
 from genbot.settings import Settings
 from genbot.testing import DiscordServer, FakeChannel, FakeUser, run_bot
+from models.call_schema import CALL_SCHEMA  # tests/models: held to it, SmolLM2 calls a tool
 
 FAST: dict[str, Any] = {"guild_ready_timeout": 0.05, "shutdown_timeout": 2.0}
 EDIT = ("PATCH", "/channels/{channel_id}/messages/{message_id}")
@@ -166,21 +167,6 @@ async def test_messages_that_arrive_while_replying_get_one_more_reply(chat: Chat
 
 
 # -- a tool round trip on the real SmolLM2 (issue 11) ----------------------------------------------
-
-#: SmolLM2-135M does not call tools by itself with greedy decoding; held to the JSON schema of a
-#: call (llama.cpp's ``json_schema``), it writes one, which the backend's parser makes a ToolCall.
-CALL_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"const": "get_weather"},
-        "arguments": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 20}},
-            "required": ["city"],
-        },
-    },
-    "required": ["name", "arguments"],
-}
 
 
 async def test_a_tool_round_trip_on_the_real_model(chat: Chat) -> None:

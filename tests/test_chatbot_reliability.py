@@ -5,59 +5,32 @@ scripted workers (tests/chat_workers.py) on the loopback Discord, tiny timeouts 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chat_workers import RELEASE, mortal, one_slot, scripted
-from chat_world import Chat
+from chat_world import Chat, chat_bot, scene, settle
 from genbot.chatbot import ChatBot
 from genbot.output import DEFAULT_EMPTY_TEXT, DEFAULT_ERROR_TEXT, DEFAULT_STALL_TEXT
-from genbot.settings import Settings
 from genbot.streaming import Streamer
-from genbot.testing import DiscordServer, run_bot
+from genbot.testing import run_bot
 
-FAST: dict[str, Any] = {
-    "guild_ready_timeout": 0.05,
-    "shutdown_timeout": 2.0,
-    "close_streamers": False,
-}
 ERROR_NOTE = f"*{DEFAULT_ERROR_TEXT}*"
 STALL_NOTE = f"*{DEFAULT_STALL_TEXT}*"
 QUEUED_NOTE = f"*{ChatBot.queued_text}*"
 BUSY_NOTE = f"*{ChatBot.busy_text}*"
 
 
-@pytest.fixture
-async def chat() -> AsyncIterator[Chat]:
-    async with DiscordServer() as server:
-        yield Chat(server)
+chat = pytest.fixture(scene(Chat), name="chat")
 
 
 backend = pytest.fixture(one_slot, name="backend")
 
 
-def settings(**values: Any) -> Settings:
-    # Timeouts not under test are long, so a loaded machine cannot trip them.
-    defaults = {"edit_interval": 0.2, "stall_timeout": 30.0, "queue_timeout": 1.5}
-    return Settings().updated({**defaults, **values}, "test")
-
-
 def make_bot(backend: Streamer, **values: Any) -> ChatBot:
-    bot = ChatBot(settings(**values), backend=backend, **FAST)
-    bot.queued_after = 0.2
-    return bot
-
-
-async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
-    """Wait until the bot has no attend running (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while running := bot.attending():
-        assert loop.time() < deadline, "the bot is still attending"
-        await asyncio.wait(running, timeout=deadline - loop.time())
+    return chat_bot(backend, {"queue_timeout": 1.5, **values}, queued_after=0.2)
 
 
 async def say_while_generating(bot: ChatBot, chat: Chat, text: str) -> dict[str, Any]:

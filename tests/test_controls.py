@@ -4,38 +4,28 @@ the one model slot) and answers with the seed it was given (so a regeneration sh
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import genbot
-from chat_world import Chat
+from chat_workers import hold_until_closed, said_in, threaded, warm_up
+from chat_world import Chat, chat_bot, scene, settle
 from genbot.chatbot import ChatBot
 from genbot.controls import REGENERATE, STOP, Control, Controls
-from genbot.settings import Settings
 from genbot.streaming import Stream, Streamer
-from genbot.testing import DiscordServer, FakeUser, run_bot
+from genbot.testing import FakeUser, run_bot
 
-FAST: dict[str, Any] = {
-    "guild_ready_timeout": 0.05,
-    "shutdown_timeout": 2.0,
-    "close_streamers": False,
-}
 STOPPED = "Let me think\n\n*Stopped.*"
-#: Bound on every wait of the worker, so no worker outlives a failed test for long.
-_WAIT = 30.0
-RELEASE = threading.Event()
 
 
-def _said(stream: Stream) -> str:
-    users = [m["content"] for m in stream.data.messages if m["role"] == "user"]
-    last = users[-1].splitlines()[-1] if users else ""
-    words = last.split(": ", 1)[-1].split(" ")
-    return " ".join(word for word in words if not word.startswith("@"))
+def _long(stream: Stream) -> None:
+    """Two messages: 30 lines of 99 characters, then the seed."""
+    for _ in range(30):
+        stream.write("x" * 99 + "\n")
+    stream.write(f"(seed {stream.data.settings.seed})")
 
 
 @genbot.streamer
@@ -44,73 +34,36 @@ def seeded(streams: list[Stream]) -> None:
     releases it: " done."); ``long``: 3000 characters ending with the seed; anything else:
     ``answer (seed S): <what was said>``."""
     for stream in streams:
-        if stream.data.settings.max_new_tokens == 1:  # the warm-up
-            stream.write("ok")
-        elif _said(stream) == "hold":
-            stream.write("Let me think")
-            RELEASE.wait(0)
-            while not stream.closed and not RELEASE.wait(0.01):
-                pass
-            stream.write(" done.")
-        elif _said(stream) == "long":  # two messages: 30 lines of 99 characters
-            for _ in range(30):
-                stream.write("x" * 99 + "\n")
-            stream.write(f"(seed {stream.data.settings.seed})")
+        if warm_up(stream):
+            continue
+        said = said_in(stream.data.messages)
+        if said == "hold":
+            hold_until_closed(stream)
+        elif said == "long":
+            _long(stream)
         else:
-            stream.write(f"answer (seed {stream.data.settings.seed}): {_said(stream)}")
+            stream.write(f"answer (seed {stream.data.settings.seed}): {said}")
         stream.close()
 
 
 @pytest.fixture
 def backend() -> Iterator[Streamer]:
-    RELEASE.clear()
-    seeded.start_thread(maximum=1)
-    try:
-        yield seeded
-    finally:
-        RELEASE.set()
-        seeded.close()
+    yield from threaded(seeded, 1)
 
 
-@pytest.fixture
-async def chat() -> AsyncIterator[Chat]:
-    async with DiscordServer() as server:
-        yield Chat(server)
+chat = pytest.fixture(scene(Chat), name="chat")
 
 
 def make_bot(
     backend: Streamer, tmp_path: Path, admins: list[int] | None = None, **values: Any
 ) -> ChatBot:
-    defaults = {
-        "edit_interval": 0.2,
-        "stall_timeout": 30.0,
-        "queue_timeout": 30.0,
-        "parallel": 1,
-        "data_dir": str(tmp_path),
-        "admins": admins or [],
-    }
-    settings = Settings().updated({**defaults, **values}, "test")
-    bot = ChatBot(settings, backend=backend, **FAST)
-    bot.queued_after = 30.0  # no queued note: the reply is one message
-    return bot
-
-
-def member(chat: Chat, name: str) -> FakeUser:
-    user = chat.server.create_user(name)
-    chat.server.add_member(chat.server.state.guilds[chat.general.guild_id], user)  # type: ignore[index]
-    return user
+    defaults = {"parallel": 1, "data_dir": str(tmp_path), "admins": admins or []}
+    # no queued note: the reply is one message
+    return chat_bot(backend, {**defaults, **values}, queued_after=30.0)
 
 
 def custom_id(action: str, question: dict[str, Any], asker: FakeUser) -> str:
     return Control(action, int(question["id"]), asker.id).custom_id
-
-
-async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while running := bot.attending():
-        assert loop.time() < deadline, "the bot is still attending"
-        await asyncio.wait(running, timeout=deadline - loop.time())
 
 
 async def answered(chat: Chat, question: dict[str, Any], buttons: list[str]) -> dict[str, Any]:
@@ -132,6 +85,20 @@ async def answered(chat: Chat, question: dict[str, Any], buttons: list[str]) -> 
     found = reply()
     assert found is not None
     return dict(found)  # a copy: the stored message changes with later edits
+
+
+async def regenerated(
+    chat: Chat, reply: dict[str, Any], question: dict[str, Any], presser: FakeUser
+) -> None:
+    """`presser` presses Regenerate on alice's `reply` to `question`; wait until its text
+    changed."""
+    server = chat.server
+    regenerate = custom_id(REGENERATE, question, chat.alice)
+    await server.press(chat.general, reply["id"], regenerate, presser)
+    await server.wait_for(
+        lambda: server.message(chat.general, reply["id"])["content"] != reply["content"],
+        timeout=15,
+    )
 
 
 async def test_stop_frees_the_slot_at_once_and_keeps_the_text_so_far(
@@ -192,13 +159,7 @@ async def test_regenerate_writes_a_new_sample_into_the_same_message(
         question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
         first = await answered(chat, question, ["Regenerate"])
         assert first["content"] == "answer (seed None): hello"
-        await server.press(
-            chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
-        )
-        await server.wait_for(
-            lambda: server.message(chat.general, first["id"])["content"] != first["content"],
-            timeout=15,
-        )
+        await regenerated(chat, first, question, chat.alice)
         again = await answered(chat, question, ["Regenerate"])
     assert again["id"] == first["id"]
     assert again["content"].startswith("answer (seed ") and again["content"].endswith("): hello")
@@ -209,7 +170,7 @@ async def test_a_press_by_someone_else_is_refused_and_an_admin_may(
     chat: Chat, backend: Streamer, tmp_path: Path
 ) -> None:
     server = chat.server
-    bob, admin = member(chat, "bob"), member(chat, "admin")
+    bob, admin = chat.member("bob"), chat.member("admin")
     bot = make_bot(backend, tmp_path, admins=[admin.id])
     async with run_bot(bot, server):
         question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
@@ -220,11 +181,7 @@ async def test_a_press_by_someone_else_is_refused_and_an_admin_may(
         ).wait_response()
         assert refused["ephemeral"] and refused["content"] == Controls.refused_text
         assert server.message(chat.general, first["id"])["content"] == first["content"]
-        await server.press(chat.general, first["id"], regenerate, admin)
-        await server.wait_for(
-            lambda: server.message(chat.general, first["id"])["content"] != first["content"],
-            timeout=15,
-        )
+        await regenerated(chat, first, question, admin)
         await answered(chat, question, ["Regenerate"])
 
 
@@ -236,13 +193,7 @@ async def test_regenerate_works_after_a_restart_of_the_bot(
         question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
         first = await answered(chat, question, ["Regenerate"])
     async with run_bot(make_bot(backend, tmp_path), server):
-        await server.press(
-            chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
-        )
-        await server.wait_for(
-            lambda: server.message(chat.general, first["id"])["content"] != first["content"],
-            timeout=15,
-        )
+        await regenerated(chat, first, question, chat.alice)
         again = await answered(chat, question, ["Regenerate"])
     assert again["content"].endswith("): hello")
 

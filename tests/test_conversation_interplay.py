@@ -6,87 +6,44 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-import genbot
-from chat_world import Chat
+from chat_workers import RELEASE, SEEN, hold_until_closed, recording, threaded
+from chat_world import Group, chat_bot, scene, settle, texts
 from genbot.chatbot import ChatBot
 from genbot.controls import REGENERATE, STOP, Control, Controls
-from genbot.settings import Settings
 from genbot.streaming import Stream, Streamer
 from genbot.testing import DiscordServer, FakeChannel, FakeUser, run_bot
 from genbot.testing.models import Upload
 
-FAST: dict[str, Any] = {"guild_ready_timeout": 0.05, "shutdown_timeout": 2.0}
-
-#: What the model was asked, one list of chat messages per reply (not the warm-up).
-SEEN: list[list[dict[str, Any]]] = []
-_SEEN_LOCK = threading.Lock()
-#: Ends a held reply (``hold``) from the test.
-RELEASE = threading.Event()
 CREATE_PUBLIC_THREADS = 1 << 35
 
 
-def _said(messages: list[dict[str, Any]]) -> str:
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    last = users[-1] if users else ""
-    if isinstance(last, list):  # content parts
-        last = " ".join(str(p.get("text", "")) for p in last)
-    words = last.splitlines()[-1].split(": ", 1)[-1].split(" ") if last else []
-    return " ".join(word for word in words if not word.startswith("@"))
+def _answer(stream: Stream, said: str) -> None:
+    if said == "think":
+        stream.write("<think>a secret plan</think>The answer.")
+    elif said == "long":  # two Discord messages
+        stream.write("y" * 2500)
+    elif said == "hold":  # until the caller closes the stream (Stop)
+        hold_until_closed(stream)
+    else:
+        stream.write(f"answer (seed {stream.data.settings.seed}): {said}")
 
 
-@genbot.streamer
-def recorder(streams: list[Stream]) -> None:
-    """Records what it was asked; answers ``think``: a ``<think>`` block, then ``The answer.``;
-    anything else: ``answer (seed S): <what was said last>``."""
-    for stream in streams:
-        if stream.data.settings.max_new_tokens == 1:  # the warm-up
-            stream.write("ok")
-            stream.close()
-            continue
-        with _SEEN_LOCK:
-            SEEN.append(list(stream.data.messages))
-        said = _said(stream.data.messages)
-        if said == "think":
-            stream.write("<think>a secret plan</think>The answer.")
-        elif said == "long":  # two Discord messages
-            stream.write("y" * 2500)
-        elif said == "hold":  # until the caller closes the stream (Stop)
-            stream.write("Let me think")
-            RELEASE.wait(0)
-            while not stream.closed and not RELEASE.wait(0.01):
-                pass
-            stream.write(" done.")
-        else:
-            stream.write(f"answer (seed {stream.data.settings.seed}): {said}")
-        stream.close()
+#: Records what it was asked (in ``SEEN``); answers ``think``: a ``<think>`` block, then
+#: ``The answer.``; anything else: ``answer (seed S): <what was said last>``.
+recorder = recording(_answer)
 
 
 @pytest.fixture
 def backend() -> Iterator[Streamer]:
-    SEEN.clear()
-    RELEASE.clear()
-    recorder.start_thread(maximum=4)
-    try:
-        yield recorder
-    finally:
-        RELEASE.set()
-        recorder.close()
+    yield from threaded(recorder, 4)
 
 
-class World(Chat):
-    def __init__(self, server: DiscordServer) -> None:
-        super().__init__(server)
-        guild = server.state.guild_of(self.general)
-        assert guild is not None
-        self.guild = guild
-        self.bob: FakeUser = server.create_user("bob")
-        server.add_member(guild, self.bob)
+World = Group
 
 
 @pytest.fixture(autouse=True)
@@ -94,29 +51,11 @@ def _data_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the usage store (data_dir) in a place of its own
 
 
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with DiscordServer() as server:
-        yield World(server)
+world = pytest.fixture(scene(World), name="world")
 
 
 def make_bot(backend: Streamer, **values: Any) -> ChatBot:
-    defaults = {"edit_interval": 0.2, "stall_timeout": 30.0, "queue_timeout": 10.0}
-    settings = Settings().updated({**defaults, **values}, "test")
-    return ChatBot(settings, backend=backend, close_streamers=False, **FAST)
-
-
-async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
-    """Wait until the bot has no attend running (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while running := bot.attending():
-        assert loop.time() < deadline, "the bot is still attending"
-        await asyncio.wait(running, timeout=deadline - loop.time())
-
-
-def texts(messages: list[dict[str, Any]]) -> str:
-    return "\n".join(str(m["content"]) for m in messages)
+    return chat_bot(backend, {"queue_timeout": 10.0, **values})
 
 
 async def reply_to(
@@ -235,8 +174,7 @@ async def test_regenerate_in_a_thread_mode_thread(world: World, backend: Streame
         question = await server.send_message(
             world.general, world.alice, "a thread please", mentions_bot=True
         )
-        await server.wait_for(lambda: int(question["id"]) in server.state.channels, timeout=15)
-        thread = server.channel(int(question["id"]))
+        thread = await world.opened(question)
         reply = await reply_to(server, thread, question, ["Regenerate"])
         again = await regenerate(server, thread, reply, question, world.alice)
         await settle(bot)
@@ -250,8 +188,7 @@ async def test_stop_in_a_thread_mode_thread(world: World, backend: Streamer) -> 
     bot = make_bot(backend, reply_mode="thread")
     async with run_bot(bot, server):
         question = await server.send_message(world.general, world.alice, "hold", mentions_bot=True)
-        await server.wait_for(lambda: int(question["id"]) in server.state.channels, timeout=15)
-        thread = server.channel(int(question["id"]))
+        thread = await world.opened(question)
         reply = await reply_to(server, thread, question, ["Stop"])
         stop = Control(STOP, int(question["id"]), world.alice.id).custom_id
         await server.press(thread, reply["id"], stop, world.alice)
@@ -308,8 +245,7 @@ async def test_an_edited_question_in_thread_mode_is_answered_again_in_its_thread
         question = await server.send_message(
             world.general, world.alice, "first try", mentions_bot=True
         )
-        await server.wait_for(lambda: int(question["id"]) in server.state.channels, timeout=15)
-        thread = server.channel(int(question["id"]))
+        thread = await world.opened(question)
         first = await reply_to(server, thread, question, ["Regenerate"])
         await server.edit_message(world.general, question["id"], "second try")
         await server.wait_for(
@@ -409,8 +345,7 @@ async def test_a_long_answer_in_a_thread_mode_thread_is_replaced_when_its_questi
     bot = make_bot(backend, reply_mode="thread")
     async with run_bot(bot, server):
         question = await server.send_message(world.general, world.alice, "long", mentions_bot=True)
-        await server.wait_for(lambda: int(question["id"]) in server.state.channels, timeout=15)
-        thread = server.channel(int(question["id"]))
+        thread = await world.opened(question)
 
         def answer() -> list[dict[str, Any]]:
             return [m for m in server.bot_messages(thread) if m["type"] != 21]

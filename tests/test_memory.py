@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import genbot
-from chat_world import Chat
+from chat_world import Chat, scene
 from genbot.chatbot import ChatBot
 from genbot.memory import (
     FACT_CHARS,
@@ -86,10 +86,7 @@ def backend_fixture() -> Iterator[Streamer]:
         recorder.close()
 
 
-@pytest.fixture
-async def chat() -> AsyncIterator[Chat]:
-    async with DiscordServer() as server:
-        yield Chat(server)
+chat = pytest.fixture(scene(Chat), name="chat")
 
 
 def make_bot(backend: Streamer, data_dir: Path, **values: Any) -> ChatBot:

@@ -8,7 +8,6 @@ import asyncio
 import math
 import re
 import socket
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -16,15 +15,15 @@ import discord
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chat_workers import RELEASE, scripted
-from chat_world import Chat
+from chat_workers import RELEASE, one_slot
+from chat_world import Chat, chat_bot, scene, settle
 from genbot.chatbot import ChatBot
 from genbot.cli import explain
 from genbot.metrics import ERROR_KINDS, Metrics, MetricsError, error_kind, model_name
 from genbot.output import DEFAULT_ERROR_TEXT, DEFAULT_STALL_TEXT
 from genbot.settings import Settings, SettingsError
 from genbot.streaming import Streamer, StreamError
-from genbot.testing import DiscordServer, run_bot
+from genbot.testing import run_bot
 
 FAST: dict[str, Any] = {
     "guild_ready_timeout": 0.05,
@@ -40,22 +39,10 @@ BUSY_NOTE = f"*{ChatBot.busy_text}*"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-@pytest.fixture
-async def chat() -> AsyncIterator[Chat]:
-    async with DiscordServer() as server:
-        yield Chat(server)
+chat = pytest.fixture(scene(Chat), name="chat")
 
 
-@pytest.fixture
-def backend() -> Iterator[Streamer]:
-    """The scripted worker, one chat at a time, so a second chat waits for the only slot."""
-    RELEASE.clear()
-    scripted.start_thread(maximum=1)
-    try:
-        yield scripted
-    finally:
-        RELEASE.set()
-        scripted.close()
+backend = pytest.fixture(one_slot, name="backend")
 
 
 def free_port() -> int:
@@ -66,20 +53,7 @@ def free_port() -> int:
 
 
 def make_bot(backend: Streamer, **values: Any) -> ChatBot:
-    defaults = {"edit_interval": 0.2, "stall_timeout": 30.0, "queue_timeout": 30.0}
-    settings = Settings().updated({"metrics_port": free_port(), **defaults, **values}, "test")
-    bot = ChatBot(settings, backend=backend, **FAST)
-    bot.queued_after = 0.2
-    return bot
-
-
-async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
-    """Wait until the bot has no attend running (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while running := bot.attending():
-        assert loop.time() < deadline, "the bot is still attending"
-        await asyncio.wait(running, timeout=deadline - loop.time())
+    return chat_bot(backend, {"metrics_port": free_port(), **values}, queued_after=0.2)
 
 
 async def scrape(bot: ChatBot) -> Samples:

@@ -6,100 +6,50 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-import genbot
-from chat_world import Chat
+from chat_workers import SEEN, recording, said_in, threaded
+from chat_world import Group, chat_bot, scene, settle, texts
 from genbot.chatbot import ChatBot
 from genbot.output import split_message
-from genbot.settings import Settings
 from genbot.streaming import Stream, Streamer
 from genbot.testing import DiscordServer, FakeUser, run_bot
 
-FAST: dict[str, Any] = {"guild_ready_timeout": 0.05, "shutdown_timeout": 2.0}
 HISTORY = ("GET", "/channels/{channel_id}/messages")
 ONE_MESSAGE = ("GET", "/channels/{channel_id}/messages/{message_id}")
 THREAD_FROM_MESSAGE = ("POST", "/channels/{channel_id}/messages/{message_id}/threads")
 CREATE_PUBLIC_THREADS = 1 << 35
-
-#: What the model was asked, one list of chat messages per reply (not the warm-up).
-SEEN: list[list[dict[str, Any]]] = []
-_SEEN_LOCK = threading.Lock()
 LONG = "y" * 2500  # more than one Discord message
 
 
-def _said(messages: list[dict[str, Any]]) -> str:
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    last = users[-1].splitlines()[-1] if users else ""
-    words = last.split(": ", 1)[-1].split(" ")
-    return " ".join(word for word in words if not word.startswith("@"))
+def _answer(stream: Stream, said: str) -> None:
+    stream.write(LONG if said == "long" else f"answer: {said}")
 
 
-@genbot.streamer
-def recorder(streams: list[Stream]) -> None:
-    """Answers ``answer: <what was said last>`` (``long``: a reply of several messages) and
-    records what it was asked."""
-    for stream in streams:
-        if stream.data.settings.max_new_tokens == 1:  # the warm-up
-            stream.write("ok")
-            stream.close()
-            continue
-        with _SEEN_LOCK:
-            SEEN.append(list(stream.data.messages))
-        said = _said(stream.data.messages)
-        stream.write(LONG if said == "long" else f"answer: {said}")
-        stream.close()
+#: Answers ``answer: <what was said last>`` (``long``: a reply of several messages) and
+#: records what it was asked (in ``SEEN``).
+recorder = recording(_answer)
 
 
 @pytest.fixture
 def backend() -> Iterator[Streamer]:
-    SEEN.clear()
-    recorder.start_thread(maximum=4)
-    try:
-        yield recorder
-    finally:
-        recorder.close()
+    yield from threaded(recorder, 4)
 
 
-class World(Chat):
+class World(Group):
     def __init__(self, server: DiscordServer) -> None:
         super().__init__(server)
-        guild = server.state.guild_of(self.general)
-        assert guild is not None
-        self.guild = guild
-        self.bob: FakeUser = server.create_user("bob")
-        self.eve: FakeUser = server.create_user("eve")
-        server.add_member(guild, self.bob)
-        server.add_member(guild, self.eve)
+        self.eve: FakeUser = self.member("eve")
 
 
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with DiscordServer() as server:
-        yield World(server)
+world = pytest.fixture(scene(World), name="world")
 
 
 def make_bot(backend: Streamer, **values: Any) -> ChatBot:
-    defaults = {"edit_interval": 0.2, "stall_timeout": 30.0, "queue_timeout": 10.0}
-    settings = Settings().updated({**defaults, **values}, "test")
-    return ChatBot(settings, backend=backend, close_streamers=False, **FAST)
-
-
-async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
-    """Wait until the bot has no attend running (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while running := bot.attending():
-        assert loop.time() < deadline, "the bot is still attending"
-        await asyncio.wait(running, timeout=deadline - loop.time())
-
-
-def texts(messages: list[dict[str, Any]]) -> str:
-    return "\n".join(str(m["content"]) for m in messages)
+    return chat_bot(backend, {"queue_timeout": 10.0, **values})
 
 
 def split(text: str) -> str:
@@ -118,12 +68,6 @@ async def ask(world: World, channel: Any, author: FakeUser, text: str, **kw: Any
     return message
 
 
-async def opened(server: DiscordServer, question: dict[str, Any]) -> int:
-    """The id of the thread opened from `question` (a thread from a message has its id)."""
-    await server.wait_for(lambda: int(question["id"]) in server.state.channels, timeout=15)
-    return int(question["id"])
-
-
 # -- reply_mode = "thread" -----------------------------------------------------------------------
 
 
@@ -136,8 +80,7 @@ async def test_thread_mode_opens_a_thread_from_the_question_and_goes_on_there(
         question = await server.send_message(
             world.general, world.alice, "what is a thread", mentions_bot=True
         )
-        await server.wait_for(lambda: int(question["id"]) in server.state.channels, timeout=15)
-        thread = server.channel(int(question["id"]))  # a thread from a message has its id
+        thread = await world.opened(question)
         assert thread.parent_id == world.general.id
         await world.wait_for_reply(thread, "answer: what is a thread")
         # a message in the bot's thread wakes it without a mention; the question is context
@@ -177,9 +120,9 @@ async def test_a_note_about_the_question_shows_in_its_thread(
     bot = make_bot(backend, reply_mode="thread", user_rate="1/day")
     async with run_bot(bot, server):
         first = await server.send_message(world.general, world.alice, "first", mentions_bot=True)
-        await world.wait_for_reply(server.channel(await opened(server, first)), "answer: first")
+        await world.wait_for_reply(await world.opened(first), "answer: first")
         second = await server.send_message(world.general, world.alice, "again", mentions_bot=True)
-        thread = server.channel(await opened(server, second))
+        thread = await world.opened(second)
         await server.wait_for(lambda: len(server.bot_messages(thread)) == 2, timeout=15)
         await settle(bot)
     (note,) = [m for m in server.bot_messages(thread) if m["type"] != 21]
@@ -318,7 +261,7 @@ async def test_an_edited_question_is_answered_again_in_place(
     (reply,) = server.bot_messages(world.dm)
     assert reply["id"] == first["id"]  # the same message, its text replaced
     assert reply["message_reference"]["message_id"] == question["id"]
-    assert len(SEEN) == 2 and _said(SEEN[-1]) == "short"
+    assert len(SEEN) == 2 and said_in(SEEN[-1]) == "short"
 
 
 async def test_a_longer_new_answer_continues_in_new_messages(
@@ -360,5 +303,5 @@ async def test_updates_that_are_no_edit_of_the_latest_question_are_not_answered_
         await ask(world, world.dm, world.alice, "sentinel")
         await settle(bot)
     assert "answering an edited question again" not in caplog.text
-    assert [_said(seen) for seen in SEEN] == ["late", "next", "older", "newest", "sentinel"]
+    assert [said_in(seen) for seen in SEEN] == ["late", "next", "older", "newest", "sentinel"]
     assert "answer: late" in world.replies(world.dm)

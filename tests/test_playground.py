@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -16,6 +14,7 @@ import pytest
 import genbot
 from genbot.playground import EchoBot, run_playground
 from genbot.testing import DiscordServer, run_bot
+from terminal import terminal
 
 
 def test_scripted_chat_with_the_echo_bot() -> None:
@@ -110,37 +109,9 @@ def test_echo_hello_piped_into_the_module_exits_0() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs a pseudo-terminal")
 def test_interactive_terminal_shows_typing_and_replies() -> None:
-    import pty
-    import select
-
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the playground on a terminal
-        os.execv(sys.executable, [sys.executable, "-m", "genbot.playground"])
-    seen = b""
-
-    def read_until(text: bytes, timeout: float = 30) -> None:
-        nonlocal seen
-        deadline = time.monotonic() + timeout
-        while text not in seen:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"{text!r} not shown; got {seen!r}"
-            if select.select([fd], [], [], remaining)[0]:
-                try:
-                    seen += os.read(fd, 4096)
-                except OSError:  # the child closed the terminal
-                    break
-
-    status = None
-    try:
-        read_until(b"you> ")
-        os.write(fd, b"hi there\n")
-        read_until(b"genbot: echo: hi there")
-        assert b"(genbot is typing...)" in seen
-        os.write(fd, b"\x04")  # Ctrl-D: end of input
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-    finally:
-        os.close(fd)
-        if status is None:  # failed midway: do not leave the child behind
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+    with terminal([sys.executable, "-m", "genbot.playground"]) as term:  # the playground
+        term.read_until(b"you> ")
+        term.write(b"hi there\n")
+        term.read_until(b"genbot: echo: hi there")
+        assert b"(genbot is typing...)" in term.seen
+        assert term.end() == 0

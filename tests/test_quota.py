@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 
 import genbot
 from chat_workers import one_slot
+from chat_world import scene, settle
 from genbot.chatbot import ChatBot
 from genbot.commands import Texts
 from genbot.quota import (
@@ -268,10 +268,7 @@ class World:
         return [m["content"] for m in self.server.bot_messages(channel)]
 
 
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with DiscordServer() as server:
-        yield World(server)
+world = pytest.fixture(scene(World), name="world")
 
 
 backend = pytest.fixture(one_slot, name="backend")
@@ -280,15 +277,6 @@ backend = pytest.fixture(one_slot, name="backend")
 def make_bot(w: World, backend: Streamer, data_dir: Path, **values: Any) -> ChatBot:
     defaults = {"edit_interval": 0.2, "data_dir": str(data_dir), "admins": [w.admin.id]}
     return ChatBot(Settings().updated({**defaults, **values}, "test"), backend=backend, **FAST)
-
-
-async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
-    """Wait until the bot has no attend running (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while running := bot.attending():
-        assert loop.time() < deadline, "the bot is still attending"
-        await asyncio.wait(running, timeout=deadline - loop.time())
 
 
 async def ask(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import genbot
-from chat_world import Chat
+from chat_world import Chat, scene
 from genbot.chatbot import ChatBot
 from genbot.models import Reasoning
 from genbot.models.openai import EventReader, OpenAIStreamer, decode_events
@@ -24,8 +24,8 @@ from genbot.output import DEFAULT_EMPTY_TEXT
 from genbot.reasoning import ReplyFilter, ThinkSplitter, spoiler
 from genbot.settings import Settings, SettingsError
 from genbot.streaming import Stream, Streamer
-from genbot.testing import DiscordServer, run_bot
-from media_server import MediaServer, media_server
+from genbot.testing import run_bot
+from media_server import MediaServer, media_model
 
 THOUGHT = "<think>The user greets me. I should greet back.</think>\n\nHello there!"
 
@@ -155,10 +155,7 @@ def backend() -> Iterator[Streamer]:
         thinker.close()
 
 
-@pytest.fixture
-async def chat() -> AsyncIterator[Chat]:
-    async with DiscordServer() as server:
-        yield Chat(server)
+chat = pytest.fixture(scene(Chat), name="chat")
 
 
 def make_bot(backend: Streamer, **values: Any) -> ChatBot:
@@ -238,15 +235,7 @@ async def test_a_reply_of_only_reasoning_gets_the_empty_note(chat: Chat, backend
     assert chat.replies(chat.dm) == [f"*{DEFAULT_EMPTY_TEXT}*"]
 
 
-@pytest.fixture
-async def openai() -> AsyncIterator[tuple[MediaServer, OpenAIStreamer]]:
-    async with media_server() as server:
-        backend = OpenAIStreamer(base_url=server.url, model="media", max_retries=0)
-        backend.start_thread()
-        try:
-            yield server, backend
-        finally:
-            await asyncio.to_thread(backend.close)
+openai = pytest.fixture(media_model, name="openai")
 
 
 @pytest.mark.parametrize(

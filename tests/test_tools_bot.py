@@ -11,21 +11,18 @@ from typing import Any
 
 import pytest
 
-from chat_world import Chat
+from chat_world import Chat, scene
 from genbot.chatbot import ChatBot
 from genbot.models.openai import OpenAIStreamer
 from genbot.settings import Settings
-from genbot.testing import DiscordServer, FakeChannel, run_bot
+from genbot.testing import FakeChannel, run_bot
 from genbot.tools import Toolbox, tool
 from openai_stub import OpenAIStub, Reply, openai_stub
 
 FAST: dict[str, Any] = {"guild_ready_timeout": 0.05, "shutdown_timeout": 2.0}
 
 
-@pytest.fixture
-async def chat() -> AsyncIterator[Chat]:
-    async with DiscordServer() as server:
-        yield Chat(server)
+chat = pytest.fixture(scene(Chat), name="chat")
 
 
 @pytest.fixture

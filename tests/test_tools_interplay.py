@@ -11,21 +11,14 @@ from typing import Any
 
 import pytest
 
-from chat_world import Chat
+from chat_world import Chat, chat_bot, scene, settle
 from genbot.chatbot import ChatBot
 from genbot.controls import REGENERATE, STOP, Control
 from genbot.models.openai import OpenAIStreamer
-from genbot.settings import Settings
-from genbot.testing import DiscordServer, run_bot
+from genbot.testing import run_bot
 from openai_stub import OpenAIStub, Reply, openai_stub
 
-FAST: dict[str, Any] = {"guild_ready_timeout": 0.05, "shutdown_timeout": 2.0}
-
-
-@pytest.fixture
-async def chat() -> AsyncIterator[Chat]:
-    async with DiscordServer() as server:
-        yield Chat(server)
+chat = pytest.fixture(scene(Chat), name="chat")
 
 
 @pytest.fixture
@@ -35,32 +28,22 @@ async def stub() -> AsyncIterator[OpenAIStub]:
 
 
 def make_bot(stub: OpenAIStub, tmp_path: Path, parallel: int = 1, **values: Any) -> ChatBot:
-    settings = Settings().updated(
-        {
-            "backend": "openai",
-            "base_url": stub.base_url,
-            "model": "stub",
-            "parallel": parallel,
-            "edit_interval": 0.2,
-            "stall_timeout": 30.0,
-            "queue_timeout": 30.0,
-            "data_dir": str(tmp_path),
-            **values,
-        },
-        "test",
-    )
     backend = OpenAIStreamer(base_url=stub.base_url, model="stub", max_concurrency=parallel)
-    bot = ChatBot(settings, backend=backend, **FAST)
-    bot.queued_after = 30.0  # no queued note: the reply is one message
-    return bot
+    openai = {"backend": "openai", "base_url": stub.base_url, "model": "stub"}
+    values = {**openai, "parallel": parallel, "data_dir": str(tmp_path), **values}
+    # no queued note: the reply is one message
+    return chat_bot(backend, values, close_streamers=True, queued_after=30.0)
 
 
-async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while running := bot.attending():
-        assert loop.time() < deadline, "the bot is still attending"
-        await asyncio.wait(running, timeout=deadline - loop.time())
+async def press_regenerate(chat: Chat, question: dict[str, Any]) -> dict[str, Any]:
+    """Press Regenerate on the bot's one reply in the DM, to alice's `question`, once it shows
+    the button; the reply."""
+    server = chat.server
+    [reply] = server.bot_messages(chat.dm)
+    await server.wait_for(lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"])
+    again = Control(REGENERATE, int(question["id"]), chat.alice.id).custom_id
+    await server.press(chat.dm, reply["id"], again, chat.alice)
+    return reply
 
 
 def quiet(caplog: pytest.LogCaptureFixture) -> bool:
@@ -152,10 +135,7 @@ async def test_a_regenerated_reply_of_a_reasoning_model_shows_only_its_answer(
     async with run_bot(bot, server):
         question = await server.send_message(chat.dm, chat.alice, "hello")
         await chat.wait_for_reply(chat.dm, "First.")
-        [reply] = server.bot_messages(chat.dm)
-        await server.wait_for(lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"])
-        again = Control(REGENERATE, int(question["id"]), chat.alice.id).custom_id
-        await server.press(chat.dm, reply["id"], again, chat.alice)
+        reply = await press_regenerate(chat, question)
         await server.wait_for(lambda: len(stub.requests) == 2, timeout=15)
         await server.wait_for(
             lambda: (
@@ -322,10 +302,7 @@ async def test_regenerate_offers_the_tools_again(
     async with run_bot(bot, server):
         question = await server.send_message(chat.dm, chat.alice, "weather?")
         await chat.wait_for_reply(chat.dm, "*using `weather` …* ✓\nIt is sunny.")
-        [reply] = server.bot_messages(chat.dm)
-        await server.wait_for(lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"])
-        again = Control(REGENERATE, int(question["id"]), chat.alice.id).custom_id
-        await server.press(chat.dm, reply["id"], again, chat.alice)
+        reply = await press_regenerate(chat, question)
         await server.wait_for(lambda: len(stub.requests) >= 3, timeout=15)
         await server.wait_for(
             lambda: (
@@ -346,10 +323,7 @@ async def test_regenerate_sees_the_memory_as_the_first_reply_did(
     async with run_bot(bot, server):
         question = await server.send_message(chat.dm, chat.alice, "remember that I like tea")
         await chat.wait_for_reply(chat.dm, "echo: remember that I like tea")
-        [reply] = server.bot_messages(chat.dm)
-        await server.wait_for(lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"])
-        again = Control(REGENERATE, int(question["id"]), chat.alice.id).custom_id
-        await server.press(chat.dm, reply["id"], again, chat.alice)
+        reply = await press_regenerate(chat, question)
         await server.wait_for(lambda: len(stub.requests) == 2, timeout=15)
         await server.wait_for(
             lambda: server.buttons(chat.dm, reply["id"]) == ["Regenerate"], timeout=15

@@ -9,10 +9,10 @@ class, not ``Any``.
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from genbot._lazy import lazy_dir, lazy_getattr
 from genbot._version import __version__
 from genbot.gatekeeping import gatekeep
 
@@ -42,14 +42,5 @@ if TYPE_CHECKING:
     from genbot.streaming import Streamer, StreamError, streamer
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'genbot' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
+__dir__ = lazy_dir(globals(), __all__)

