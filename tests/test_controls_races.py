@@ -10,20 +10,12 @@ import re
 import time
 from pathlib import Path
 
-from chat_world import Chat
+from chat_workers import RELEASE
+from chat_world import Chat, settle
 from genbot.controls import REGENERATE, STOP
 from genbot.streaming import Streamer
 from genbot.testing import run_bot
-from test_controls import (
-    RELEASE,
-    answered,
-    backend,
-    chat,
-    custom_id,
-    make_bot,
-    member,
-    settle,
-)
+from test_controls import answered, backend, chat, custom_id, make_bot
 
 __all__ = ["backend", "chat"]  # the fixtures
 
@@ -95,6 +87,8 @@ async def test_an_edit_supersedes_a_waiting_regeneration_which_never_writes(
             )
             await server.wait_for(lambda: int(question["id"]) in bot.controls.regenerating)
             await server.edit_message(chat.general, question["id"], f"<@{bot.user.id}> bye")  # type: ignore[union-attr]
+            # the bot has seen the edit (it cancelled the regeneration) before the slot frees
+            await server.wait_for(lambda: int(question["id"]) not in bot.controls.regenerating)
             RELEASE.set()
             await server.wait_for(
                 lambda: (
@@ -176,7 +170,7 @@ async def test_an_admins_regenerate_is_paid_by_the_admin_not_by_the_asker(
     chat: Chat, backend: Streamer, tmp_path: Path
 ) -> None:
     server = chat.server
-    admin = member(chat, "admin")
+    admin = chat.member("admin")
     bot = make_bot(backend, tmp_path, admins=[admin.id], user_tokens_per_day=1)
     async with run_bot(bot, server):
         question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)

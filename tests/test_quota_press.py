@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from chat_workers import RELEASE
 from chat_world import Chat
 from genbot.controls import REGENERATE
 from genbot.quota import LimitTexts
 from genbot.streaming import Streamer
 from genbot.testing import DiscordServer, run_bot
-from test_controls import RELEASE, answered, custom_id, make_bot, seeded
+from test_controls import answered, custom_id, make_bot, seeded
 
 RATE_NOTE = LimitTexts.rate.split("{", 1)[0]  # "You are sending messages too fast (limit: "
 
