@@ -3,7 +3,7 @@ level so that ``genbot serve serve_workers:Scripted`` (and its spawned worker) c
 
 :class:`Scripted` batches every stream it is given (continuous batching, one token per stream
 per tick of :data:`TICK` seconds, never more than ``max_new_tokens``). The reply is chosen by
-the first word of the last user message:
+the first word of the last user message (after a bot's ``name: @bot`` prefix):
 
 - ``count N``: ``"1"``, ``" 2"``, ... ``" N"``, then the end;
 - ``forever``: ``"tick "`` until ``max_new_tokens`` or the caller goes away;
@@ -80,6 +80,14 @@ def _echo(words: list[str]) -> Iterator[str]:
         yield f" {word}"
 
 
+def _unprefixed(words: list[str]) -> list[str]:
+    """The words without the ``name: @bot`` a chat bot's message starts with."""
+    rest = list(words)
+    while rest and (rest[0].endswith(":") or rest[0].startswith("@")):
+        rest = rest[1:]
+    return rest
+
+
 _SCRIPTS = {"count": _count, "forever": _forever, "fail": _fail, "failnow": _fail_now}
 
 
@@ -87,8 +95,9 @@ class _Reply:
     def __init__(self, request: ChatRequest) -> None:
         self.said = _said(request)
         words = self.said.split()
-        script = _SCRIPTS.get(words[0] if words else "", _echo)
-        self.tokens = script(words)
+        asked = _unprefixed(words)
+        script = _SCRIPTS.get(asked[0] if asked else "")
+        self.tokens = script(asked) if script else _echo(words)
         self.left = request.settings.max_new_tokens
         self.written = 0
 

@@ -19,9 +19,13 @@ from typing import Any
 
 import pytest
 
+from genbot.chatbot import ChatBot
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.models.openai import OpenAIStreamer
+from genbot.output import DEFAULT_ERROR_TEXT
+from genbot.settings import Settings
 from genbot.streaming import StreamError
+from genbot.testing import DiscordServer, FakeChannel, run_bot
 from serve_harness import HAProxy, Journal, Upstream, haproxy_config
 
 SCRIPTED = "serve_workers:Scripted"
@@ -30,6 +34,7 @@ PARALLEL = 2
 #: The OpenAI backend's stall timeout: the longest gap between two events of a reply.
 STALL_TIMEOUT = 1.0
 README = Path(__file__).parents[1] / "README.md"
+BOT_OPTIONS: dict[str, Any] = {"guild_ready_timeout": 0.05, "shutdown_timeout": 2.0}
 
 
 @dataclass
@@ -204,3 +209,52 @@ def test_readme_shows_the_tested_haproxy_cfg() -> None:
     maxconn = re.search(r"maxconn (\d+)$", shown, re.MULTILINE)
     assert maxconn
     assert shown == haproxy_config(bind.group(1), servers, int(maxconn.group(1)))
+
+
+# -- through the ready-made bot: what the user sees on Discord ---------------------------------
+
+
+def note_shown(server: DiscordServer, channel: FakeChannel) -> bool:
+    """Whether the bot's reply in `channel` ends with its error note (in italics)."""
+    replies = server.bot_messages(channel)
+    return bool(replies) and replies[-1]["content"].endswith(f"*{DEFAULT_ERROR_TEXT}*")
+
+
+async def bot_user_sees(fleet: Fleet, how: signal.Signals, within: float) -> None:
+    """A user asks the ready-made bot (its backend through the fleet) for a reply that streams
+    forever; once its first text shows, the upstream serving it gets `how`; the reply must end
+    with an error note within `within` s, and the user's next question is answered by the live
+    upstream."""
+    async with DiscordServer() as server:
+        guild = server.create_guild("Guild")
+        alice = server.create_user("alice")
+        server.add_member(guild, alice)
+        general = server.create_channel(guild, "general")
+        settings = Settings().updated({"backend": "openai", "edit_interval": 0.2}, "test")
+        bot = ChatBot(settings, backend=fleet.backend, close_streamers=False, **BOT_OPTIONS)
+        async with run_bot(bot, server):
+            await server.send_message(general, alice, "forever", mentions_bot=True)
+            await server.wait_for(
+                lambda: "tick" in "".join(m["content"] for m in server.bot_messages(general)),
+                timeout=30,
+            )
+            [victim] = {e["upstream"] for e in fleet.journal.find("open") if "forever" in e["said"]}
+            [live] = set(fleet.upstreams) - {victim}
+            fleet.upstreams[victim].signal_group(how)
+            await server.wait_for(lambda: note_shown(server, general), timeout=within)
+            assert "tick" in server.bot_messages(general)[-1]["content"]  # the text so far stays
+            await server.send_message(general, alice, "count 3", mentions_bot=True)
+            await server.wait_for(
+                lambda: server.bot_messages(general)[-1]["content"] == "1 2 3", timeout=30
+            )
+        assert [e["upstream"] for e in fleet.journal.find("open") if "count 3" in e["said"]] == [
+            live
+        ]
+
+
+async def test_a_bot_user_sees_a_killed_upstream_within_a_second(fleet: Fleet) -> None:
+    await bot_user_sees(fleet, signal.SIGKILL, within=1.0)
+
+
+async def test_a_bot_user_sees_the_stall_timeout_of_a_frozen_upstream(fleet: Fleet) -> None:
+    await bot_user_sees(fleet, signal.SIGSTOP, within=30)

@@ -411,7 +411,11 @@ def serve(
     config: ConfigOption = None,
     overrides: SetOption = None,
     model: Annotated[
-        str | None, typer.Option(help="The model to serve (the setting 'model').")
+        str | None,
+        typer.Option(
+            help="The model to serve (the setting 'model'); with MODULE:ATTR, the name it is "
+            "served as."
+        ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
@@ -432,7 +436,11 @@ def serve(
     """Serve the model as an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models,
     /health), e.g. on a GPU machine behind a load balancer. With GENBOT_API_KEY set, clients
     must send it (Authorization: Bearer). SIGINT or SIGTERM stops it gracefully."""
-    settings = _load(config, [*(overrides or []), *([f"model={model}"] if model else [])])
+    # With your own streamer, --model only names it (it is no file of the configured backend).
+    named = model if streamer else None
+    settings = _load(
+        config, [*(overrides or []), *([f"model={model}"] if model and not streamer else [])]
+    )
     import asyncio
 
     from genbot.serve import ChatServer, ServeError, load_streamer, model_id
@@ -452,7 +460,7 @@ def serve(
         )
         server = ChatServer(
             backend,
-            model=model_id(settings.model, fallback),
+            model=model_id(named or settings.model, fallback),
             defaults=generation_settings(settings),
             parallel=settings.parallel,
             queue=queue,

@@ -117,6 +117,11 @@ class RequestLedger:
         self.faults = FaultPlan()
         self._forced_429: dict[RouteKey, list[float]] = {}
         self._windows: dict[BucketKey, tuple[float, int]] = {}
+        # The bot-wide limit (Discord's global rate limit, 50 per second; None: none).
+        self.global_limit: int | None = None
+        self.global_window = 1.0  # seconds
+        self.too_many_global = 0  # requests answered 429 for the bot-wide limit
+        self._global_span: tuple[float, int] = (0.0, 0)
 
     def record(self, key: RouteKey) -> None:
         self.counts[key] += 1
@@ -135,6 +140,22 @@ class RequestLedger:
         used += 1
         self._windows[key] = (reset_at, used)
         return used, reset_at - moment
+
+    def consume_global(self, now: float | None = None) -> float | None:
+        """Count a request against the bot-wide limit, `global_limit` requests per
+        `global_window` seconds: None when it may go, else the seconds until the window is over
+        (the request is then answered 429 and not counted)."""
+        if self.global_limit is None:
+            return None
+        moment = time.monotonic() if now is None else now
+        reset_at, used = self._global_span
+        if moment >= reset_at:
+            reset_at, used = moment + self.global_window, 0
+        if used >= self.global_limit:
+            self.too_many_global += 1
+            return reset_at - moment
+        self._global_span = (reset_at, used + 1)
+        return None
 
     def force_rate_limit(self, key: RouteKey, times: int, retry_after: float) -> None:
         """Answer the next `times` requests to `key` with 429 and this ``retry_after``."""

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from . import interactions, permissions
-from .limits import error_body
+from .limits import RequestLedger, error_body
 from .models import DM, GUILDS, PRIVATE_THREAD, PUBLIC_THREAD, FakeChannel
 from .payloads import (
     ApiError,
@@ -66,14 +66,12 @@ def middleware(state: ServerState) -> Any:
         ledger.record(key)
         bucket = hashlib.sha1(f"{request.method} {route}".encode()).hexdigest()[:16]
         major = next(iter(request.match_info.values()), "")
-        used, reset_after = ledger.consume((request.method, route, major))
-        retry_after = ledger.take_rate_limit(key)
-        if retry_after is None and used > ledger.limit:
-            retry_after = reset_after
-        if retry_after is not None:
-            ledger.too_many[key] += 1
-            return _too_many_requests(state, bucket, retry_after)
         token_free = route.startswith(("/interactions/", "/webhooks/"))
+        used, reset_after = ledger.consume((request.method, route, major))
+        limited = _rate_limited(ledger, key, used - ledger.limit, reset_after, token_free)
+        if limited is not None:
+            ledger.too_many[key] += 1
+            return _too_many_requests(state, bucket, *limited)
         if not token_free and request.headers.get("Authorization") != f"Bot {state.token}":
             return json_response({"message": "401: Unauthorized", "code": 0}, 401)
         response: web.StreamResponse
@@ -97,18 +95,39 @@ def middleware(state: ServerState) -> Any:
     return discord_middleware
 
 
-def _too_many_requests(state: ServerState, bucket: str, retry_after: float) -> web.Response:
+def _rate_limited(
+    ledger: RequestLedger, key: tuple[str, str], over: int, reset_after: float, token_free: bool
+) -> tuple[float, str] | None:
+    """Whether a request (`over` its bucket's limit by that many, the bucket resetting in
+    `reset_after` s) is answered 429: ``(retry_after, scope)``, else None. A planned 429 or a
+    full bucket comes first; then it counts in the bot-wide limit, which interaction responses
+    and webhooks are outside of, as on Discord."""
+    retry_after = ledger.take_rate_limit(key)
+    if retry_after is None and over > 0:
+        retry_after = reset_after
+    if retry_after is not None:
+        return retry_after, "user"
+    wait = None if token_free else ledger.consume_global()
+    return None if wait is None else (wait, "global")
+
+
+def _too_many_requests(
+    state: ServerState, bucket: str, retry_after: float, scope: str = "user"
+) -> web.Response:
     """Discord's 429: JSON body, rate-limit headers, and the ``Via`` header of Discord's proxy
-    (without it discord.py takes a 429 for a Cloudflare ban and gives up)."""
+    (without it discord.py takes a 429 for a Cloudflare ban and gives up). `scope` ``"global"``
+    is the bot-wide limit's 429."""
     headers = _ratelimit_headers(state, bucket, 0, retry_after) | {
         "Via": "1.1 google",
         "Retry-After": str(max(1, round(retry_after))),
-        "X-RateLimit-Scope": "user",
+        "X-RateLimit-Scope": scope,
     }
+    if scope == "global":
+        headers["X-RateLimit-Global"] = "true"
     body = {
         "message": "You are being rate limited.",
         "retry_after": round(retry_after, 3),
-        "global": False,
+        "global": scope == "global",
     }
     state.changed()
     return json_response(body, 429, headers)

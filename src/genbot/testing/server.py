@@ -163,6 +163,25 @@ class DiscordServer:
         self.state.requests.window = value
 
     @property
+    def global_ratelimit(self) -> int | None:
+        """Requests per second the whole bot may make (Discord's global rate limit, about 50);
+        beyond it a request is answered 429 with ``"global": true`` and counted in
+        `rate_limited_count` and `global_rate_limited`. Interaction responses are exempt, as on
+        Discord. ``None`` (the default): no bot-wide limit."""
+        return self.state.requests.global_limit
+
+    @global_ratelimit.setter
+    def global_ratelimit(self, value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ValueError(f"global_ratelimit must be at least 1 or None, not {value!r}")
+        self.state.requests.global_limit = value
+
+    @property
+    def global_rate_limited(self) -> int:
+        """REST requests answered 429 for the bot-wide limit (`global_ratelimit`)."""
+        return self.state.requests.too_many_global
+
+    @property
     def unhandled_requests(self) -> list[tuple[str, str]]:
         """(method, path) of each API request to a route this server does not fake."""
         return self.state.unhandled_requests
