@@ -43,6 +43,10 @@ async def test_a_template_that_opens_think_makes_the_reply_reasoning(template: s
         engine = await engine_of(streamer)
         assert engine.think_open is (template == THINKING)
         request = greedy("What is two plus two?", 24)
+        # the server is asked for the reply as it is (the reader splits it), only then
+        assert engine._body(request).get("reasoning_format") == (
+            "none" if template == THINKING else None
+        )
         items = [item async for item in streamer.chat(request)]
         raw, thought, text = split(items)
         assert raw.strip()

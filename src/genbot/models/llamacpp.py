@@ -89,10 +89,13 @@ class LlamaEngine:
     Reasoning: the server's ``reasoning_content`` deltas (for the templates whose format it
     parses) become :class:`~genbot.models.base.Reasoning` items. When the template's generation
     prompt ends inside an open ``<think>`` (:attr:`think_open`, seen once at start in a probe
-    prompt the server renders) and the server does not split the reasoning off itself (it sent
-    no ``reasoning_content`` first: for most templates, e.g. any custom ChatML one, it sends
-    everything as ``content``), the reply's text up to its ``</think>`` is ``Reasoning`` too
-    (:mod:`genbot.models.thinking`).
+    prompt the server renders), the requests ask the server for its ``reasoning_format``
+    ``"none"`` (the reply as it is, in ``content``; a ``reasoning_format`` in ``extra_body``
+    wins) and the reply's text up to its ``</think>`` is ``Reasoning`` too
+    (:mod:`genbot.models.thinking`). The server's own splitting (its default ``deepseek``
+    format) covers only the templates it recognises, and a custom ChatML one, for one, gets
+    none: this covers every template the same way. A server that sends ``reasoning_content``
+    first all the same splits the reasoning itself: its ``content`` is then the answer.
 
     Raises
     ------
@@ -176,6 +179,7 @@ class LlamaEngine:
         #: Whether the chat template renders tools (then the server parses the calls too).
         self.template_tools = self._template_tools()
         #: Whether the template's generation prompt opens a think block (replies start in it).
+        self.think_open = False
         self.think_open = self._think_open()
 
     @property
@@ -251,6 +255,9 @@ class LlamaEngine:
             "top_p": s.top_p,
             "repeat_penalty": s.repeat_penalty,
             "cache_prompt": True,
+            # the reply starts inside the think block the prompt opened: the server sends it
+            # as it is (whatever it makes of the template) and the reader splits it
+            **({"reasoning_format": "none"} if self.think_open else {}),
             **self.extra_body,
         }
         if s.stop:
