@@ -39,11 +39,13 @@ from genbot.models.base import (
     ChatRequest,
     ChatStreamer,
     ModelError,
+    Reasoning,
     ToolCall,
     estimate_tokens,
     prepare_messages,
 )
 from genbot.models.openai import image_parts
+from genbot.models.thinking import OpenThinkSplitter, opens_think
 from genbot.models.toolcalls import (
     ToolCallParser,
     fallback_messages,
@@ -83,6 +85,17 @@ class LlamaEngine:
     (SmolLM2's template, for one) the tools are described in the system message and the reply
     is parsed by :class:`genbot.models.toolcalls.ToolCallParser` (see
     :func:`genbot.models.toolcalls.fallback_messages`).
+
+    Reasoning: the server's ``reasoning_content`` deltas (for the templates whose format it
+    parses) become :class:`~genbot.models.base.Reasoning` items. When the template's generation
+    prompt ends inside an open ``<think>`` (:attr:`think_open`, seen once at start in a probe
+    prompt the server renders), the requests ask the server for its ``reasoning_format``
+    ``"none"`` (the reply as it is, in ``content``; a ``reasoning_format`` in ``extra_body``
+    wins) and the reply's text up to its ``</think>`` is ``Reasoning`` too
+    (:mod:`genbot.models.thinking`). The server's own splitting (its default ``deepseek``
+    format) covers only the templates it recognises, and a custom ChatML one, for one, gets
+    none: this covers every template the same way. A server that sends ``reasoning_content``
+    first all the same splits the reasoning itself: its ``content`` is then the answer.
 
     Raises
     ------
@@ -165,6 +178,9 @@ class LlamaEngine:
             _log.info("llama.cpp: %s sees images through %s", path, self.mmproj)
         #: Whether the chat template renders tools (then the server parses the calls too).
         self.template_tools = self._template_tools()
+        #: Whether the template's generation prompt opens a think block (replies start in it).
+        self.think_open = False
+        self.think_open = self._think_open()
 
     @property
     def address(self) -> str:
@@ -192,6 +208,19 @@ class LlamaEngine:
             )
             return False
         return bool(caps.get("supports_tools") and caps.get("supports_tool_calls"))
+
+    def _think_open(self) -> bool:
+        """Whether the template's generation prompt ends inside an open ``<think>`` (a probe
+        conversation rendered by the server's ``/apply-template``)."""
+        probe = ChatRequest([{"role": "user", "content": "Hi"}])
+        try:
+            opened = opens_think(self.prompt(probe))
+        except Exception as exc:
+            _log.warning("llama.cpp: the chat template could not be probed for <think>: %r", exc)
+            return False
+        if opened:
+            _log.info("llama.cpp: the chat template opens <think>: replies start as reasoning")
+        return opened
 
     def prompt(self, request: ChatRequest) -> str:
         """The prompt text the chat template makes of ``request`` (tools included), as the
@@ -226,6 +255,9 @@ class LlamaEngine:
             "top_p": s.top_p,
             "repeat_penalty": s.repeat_penalty,
             "cache_prompt": True,
+            # the reply starts inside the think block the prompt opened: the server sends it
+            # as it is (whatever it makes of the template) and the reader splits it
+            **({"reasoning_format": "none"} if self.think_open else {}),
             **self.extra_body,
         }
         if s.stop:
@@ -248,7 +280,7 @@ class LlamaEngine:
         parser = None
         if request.tools and not self.template_tools:
             parser = ToolCallParser(tool_names(request.tools))
-        reply = ChunkReader(emit, parser)
+        reply = ChunkReader(emit, parser, think=self.think_open)
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
             # Runs on this thread inside the C++ call; exceptions would be swallowed there.
@@ -555,11 +587,17 @@ if __name__ == "__main__":
 class ChunkReader:
     """Reads the server's streamed chat-completion chunks of one reply and emits its text
     deltas and, at the end, its tool calls: the ones the server parsed (``tool_calls``
-    deltas, put together by their ``index``) or, with a ``parser``, the ones in the text."""
+    deltas, put together by their ``index``) or, with a ``parser``, the ones in the text.
+    ``reasoning_content`` deltas are emitted as :class:`~genbot.models.base.Reasoning`; with
+    ``think`` (the prompt opened a think block), so is the text before the ``</think>``,
+    unless the server sends ``reasoning_content`` first (it splits the reasoning itself)."""
 
-    def __init__(self, emit: Callable[[Any], bool], parser: ToolCallParser | None) -> None:
+    def __init__(
+        self, emit: Callable[[Any], bool], parser: ToolCallParser | None, *, think: bool = False
+    ) -> None:
         self.emit = emit
         self.parser = parser
+        self.think = OpenThinkSplitter() if think else None
         self.finish = "cancelled"
         self.cancelled = False
         self.failure: BaseException | str | None = None
@@ -572,21 +610,45 @@ class ChunkReader:
                 self.failure = _error_text(chunk["error"])
                 return True
             for choice in chunk.get("choices", ()):
-                delta = choice.get("delta") or {}
-                for call in delta.get("tool_calls") or ():
-                    self._add_call(call)
-                text = delta.get("content")
-                if text and self.parser is not None:
-                    text = self.parser.feed(text)
-                if text and not self.emit(text):
+                if not self._choice(choice):
                     self.cancelled = True
                     return True
-                if choice.get("finish_reason"):
-                    self.finish = choice["finish_reason"]
             return False
         except BaseException as exc:
             self.failure = exc
             return True
+
+    def _choice(self, choice: dict[str, Any]) -> bool:
+        """Take one choice of a chunk; ``False``: the caller went away."""
+        delta = choice.get("delta") or {}
+        for call in delta.get("tool_calls") or ():
+            self._add_call(call)
+        thought = delta.get("reasoning_content")
+        if thought:
+            self.think = None  # the server splits the reasoning off itself
+            if not self.emit(Reasoning(thought)):
+                return False
+        if delta.get("content") and not self._text(delta["content"]):
+            return False
+        if choice.get("finish_reason"):
+            self.finish = choice["finish_reason"]
+        return True
+
+    def _text(self, text: str, *, last: bool = False) -> bool:
+        """Emit a content delta (its reasoning, while inside the block the prompt opened; its
+        text through the tool-call parser); ``last``: the reply ended, emit what is held.
+        ``False``: the caller went away."""
+        pieces: list[str | Reasoning] = [text] if text else []
+        if self.think is not None:
+            pieces = self.think.feed(text) + (self.think.flush() if last else [])
+            if last or not self.think.thinking:
+                self.think = None
+        for piece in pieces:
+            if isinstance(piece, str) and self.parser is not None:
+                piece = self.parser.feed(piece)
+            if piece and not self.emit(piece):
+                return False
+        return True
 
     def _add_call(self, delta: dict[str, Any]) -> None:
         """Add a streamed ``tool_calls`` delta: the first of an index brings its id and name,
@@ -610,6 +672,8 @@ class ChunkReader:
             ToolCall(c["id"] or f"call_{i}", c["name"], c["args"] or "{}")
             for i, c in sorted(self._calls.items())
         ]
+        if self.think is not None and not self.cancelled and not self._text("", last=True):
+            self.cancelled = True
         if self.parser is not None:
             text, parsed = self.parser.finish()
             calls += parsed

@@ -34,10 +34,12 @@ from genbot.models.base import (
     ChatRequest,
     ChatStreamer,
     ModelError,
+    Reasoning,
     StopBuffer,
     ToolCall,
     prepare_messages,
 )
+from genbot.models.thinking import OpenThinkSplitter, opens_think
 from genbot.models.toolcalls import (
     ToolCallParser,
     fallback_messages,
@@ -52,8 +54,12 @@ __all__ = ["TransformersEngine", "TransformersStreamer", "gguf_to_hf", "vision_i
 
 _log = logging.getLogger(__name__)
 
-#: What a decoding step reports per stream: ``(key, text delta or tool call, finish reason)``.
-_Event = tuple[Any, "str | ToolCall", str | None]
+#: What a decoding step reports per stream: ``(key, text delta, reasoning or tool call, finish
+#: reason)``.
+_Event = tuple[Any, "str | Reasoning | ToolCall", str | None]
+
+#: How many of a prompt's last tokens are decoded to see whether it opens a think block.
+_PROMPT_TAIL = 16
 
 #: A tool that only :meth:`TransformersEngine.template_renders_tools` shows the template.
 _PROBE_TOOL = {
@@ -138,6 +144,9 @@ class _Sequence:
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     pending: int = -1  # sampled, not yet fed to the model
     tools: ToolCallParser | None = None  # the request offered tools: parse the reply
+    #: The prompt opened a think block and the reply is still inside it (``None``: not, or no
+    #: longer): its text is reasoning until the ``</think>``.
+    think: OpenThinkSplitter | None = None
 
 
 class TransformersEngine:
@@ -154,6 +163,11 @@ class TransformersEngine:
     :class:`genbot.models.toolcalls.ToolCallParser`: tool-call text is never a text delta,
     and ``step`` reports the calls as :class:`~genbot.models.base.ToolCall` events before the
     finish.
+
+    Reasoning: when the rendered prompt ends inside an open ``<think>`` (templates that open
+    the think block in the generation prompt: DeepSeek-R1, Qwen3 thinking models), the reply's
+    text up to its ``</think>`` is reported as :class:`~genbot.models.base.Reasoning` events
+    (:mod:`genbot.models.thinking`); the text after it as usual.
 
     Raises
     ------
@@ -257,8 +271,15 @@ class TransformersEngine:
                 StopBuffer(s.stop),
                 inputs={k: v.to(self.device) for k, v in inputs.items()},
                 tools=ToolCallParser(tool_names(request.tools)) if request.tools else None,
+                think=OpenThinkSplitter() if self.prompt_opens_think(prompt) else None,
             )
         )
+
+    def prompt_opens_think(self, prompt: list[int]) -> bool:
+        """Whether the prompt tokens end inside an open think block (their last tokens,
+        decoded with the special tokens, end in ``<think>``)."""
+        tail = self.tokenizer.decode(prompt[-_PROMPT_TAIL:], skip_special_tokens=False)
+        return opens_think(str(tail))
 
     def _vision_prompt(self, request: ChatRequest) -> tuple[list[int], dict[str, torch.Tensor]]:
         """A vision-language model's prompt ids and image inputs (:func:`vision_inputs`).
@@ -456,6 +477,9 @@ class TransformersEngine:
                     finish = "length"
             if finish and not q.stops.stopped:
                 delta += q.stops.feed(q.detokenizer.flush()) + q.stops.flush()
+            if q.think is not None:
+                thought, delta = _split_thinking(q, delta, finish)
+                events += thought
             events += _reply_events(q, delta, finish)
         return events
 
@@ -508,6 +532,18 @@ def _joined_inputs(rows: list[_Sequence]) -> dict[str, torch.Tensor]:
     """The image inputs of the rows prefilled together, in row order (as their image tokens)."""
     names = {name for q in rows for name in q.inputs}
     return {name: torch.cat([q.inputs[name] for q in rows if name in q.inputs]) for name in names}
+
+
+def _split_thinking(q: _Sequence, delta: str, finish: str | None) -> tuple[list[_Event], str]:
+    """A delta of a reply still inside the think block its prompt opened: its reasoning as
+    events, and the text after the ``</think>`` (if it came); past the block (or at the
+    finish) the sequence stops splitting."""
+    assert q.think is not None
+    pieces = q.think.feed(delta) + (q.think.flush() if finish else [])
+    if finish or not q.think.thinking:
+        q.think = None
+    events: list[_Event] = [(q.key, p, None) for p in pieces if isinstance(p, Reasoning)]
+    return events, "".join(p for p in pieces if isinstance(p, str))
 
 
 def _reply_events(q: _Sequence, delta: str, finish: str | None) -> list[_Event]:
