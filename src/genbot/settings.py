@@ -638,10 +638,12 @@ class Settings:
     # -- issue 8's rough edges (edges8): a think block the prompt opened --
     reasoning_hold: int = setting(
         0,
-        "For reasoning models whose template opens <think> in the prompt (Qwen3, DeepSeek-R1): "
-        "hold back up to this many characters of a reply's start (typing shows) until a "
-        "</think> makes them reasoning, never posted; more characters or the end make them the "
-        "answer. 0: off, replies stream from their first character. 0 to 100000.",
+        "For OpenAI-compatible servers whose reasoning models (Qwen3, DeepSeek-R1) start inside "
+        "a <think> the template opened and that do not separate reasoning_content: hold back up "
+        "to this many characters of a reply's start (typing shows) until a </think> makes them "
+        "reasoning, never posted; more characters or the end make them the answer. 0: off, "
+        "replies stream from their first character (llamacpp and transformers read the template "
+        "and need no hold). 0 to 100000.",
         check=_between(0, 100_000),
     )
 
