@@ -38,6 +38,8 @@ class Reply:
     #: When given, the stream waits for it after its first text event (a slow model); a client
     #: that goes away meanwhile ends it.
     hold: asyncio.Event | None = None
+    #: When given, the stream waits for it before its first event (a model slow to start).
+    hold_first: asyncio.Event | None = None
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -153,6 +155,8 @@ class OpenAIStub:
         try:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
+            if reply.hold_first is not None:
+                await reply.hold_first.wait()
             for n, event in enumerate(reply_events(reply, body.get("model", "stub"))):
                 await response.write(event)
                 if n == 1 and reply.hold is not None:

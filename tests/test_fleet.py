@@ -22,7 +22,7 @@ import pytest
 from genbot.chatbot import ChatBot
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.models.openai import OpenAIStreamer
-from genbot.output import DEFAULT_ERROR_TEXT
+from genbot.output import DEFAULT_ERROR_TEXT, DEFAULT_STALL_TEXT
 from genbot.settings import Settings
 from genbot.streaming import StreamError
 from genbot.testing import DiscordServer, FakeChannel, run_bot
@@ -214,16 +214,16 @@ def test_readme_shows_the_tested_haproxy_cfg() -> None:
 # -- through the ready-made bot: what the user sees on Discord ---------------------------------
 
 
-def note_shown(server: DiscordServer, channel: FakeChannel) -> bool:
-    """Whether the bot's reply in `channel` ends with its error note (in italics)."""
+def note_shown(server: DiscordServer, channel: FakeChannel, note: str) -> bool:
+    """Whether the bot's reply in `channel` ends with `note` (in italics)."""
     replies = server.bot_messages(channel)
-    return bool(replies) and replies[-1]["content"].endswith(f"*{DEFAULT_ERROR_TEXT}*")
+    return bool(replies) and replies[-1]["content"].endswith(f"*{note}*")
 
 
-async def bot_user_sees(fleet: Fleet, how: signal.Signals, within: float) -> None:
+async def bot_user_sees(fleet: Fleet, how: signal.Signals, within: float, note: str) -> None:
     """A user asks the ready-made bot (its backend through the fleet) for a reply that streams
     forever; once its first text shows, the upstream serving it gets `how`; the reply must end
-    with an error note within `within` s, and the user's next question is answered by the live
+    with `note` within `within` s, and the user's next question is answered by the live
     upstream."""
     async with DiscordServer() as server:
         guild = server.create_guild("Guild")
@@ -241,7 +241,7 @@ async def bot_user_sees(fleet: Fleet, how: signal.Signals, within: float) -> Non
             [victim] = {e["upstream"] for e in fleet.journal.find("open") if "forever" in e["said"]}
             [live] = set(fleet.upstreams) - {victim}
             fleet.upstreams[victim].signal_group(how)
-            await server.wait_for(lambda: note_shown(server, general), timeout=within)
+            await server.wait_for(lambda: note_shown(server, general, note), timeout=within)
             assert "tick" in server.bot_messages(general)[-1]["content"]  # the text so far stays
             await server.send_message(general, alice, "count 3", mentions_bot=True)
             await server.wait_for(
@@ -253,8 +253,9 @@ async def bot_user_sees(fleet: Fleet, how: signal.Signals, within: float) -> Non
 
 
 async def test_a_bot_user_sees_a_killed_upstream_within_a_second(fleet: Fleet) -> None:
-    await bot_user_sees(fleet, signal.SIGKILL, within=1.0)
+    await bot_user_sees(fleet, signal.SIGKILL, within=1.0, note=DEFAULT_ERROR_TEXT)
 
 
 async def test_a_bot_user_sees_the_stall_timeout_of_a_frozen_upstream(fleet: Fleet) -> None:
-    await bot_user_sees(fleet, signal.SIGSTOP, within=30)
+    """The backend's stall timeout (token_timeout) shows the bot's own stall note."""
+    await bot_user_sees(fleet, signal.SIGSTOP, within=30, note=DEFAULT_STALL_TEXT)

@@ -424,6 +424,8 @@ def test_load_streamer_and_model_id(tmp_path: Path) -> None:
         load_streamer("serve_workers")
     assert model_id("/models/Qwen3-8B-Q4_K_M.gguf", "x") == "Qwen3-8B-Q4_K_M"
     assert model_id("Qwen/Qwen3-8B", "x") == "Qwen/Qwen3-8B"
+    assert model_id("/srv/models/SmolLM2-135M/", "x") == "SmolLM2-135M"  # a local folder
+    assert model_id("./models/qwen", "x") == model_id("~/qwen", "x") == "qwen"
     assert model_id("", "fallback") == "fallback"
     with pytest.raises(ValueError, match="parallel"):
         ChatServer(load_streamer(SCRIPTED), model="m", parallel=0)

@@ -52,7 +52,7 @@ from genbot.reasoning import ReplyFilter
 from genbot.reload import Changes, ReloadError, compare
 from genbot.settings import Settings, SettingsError, sees_images
 from genbot.store import Store
-from genbot.streaming import Streamer, StreamError
+from genbot.streaming import ModelTimeout, Streamer, StreamError
 from genbot.toolloop import NoStep, StepOpener, ToolLimits, tool_loop
 from genbot.tools import Tool, Toolbox, select_tools
 from genbot.wake import WakeRules
@@ -641,13 +641,14 @@ class ChatBot(Genbot):
             answered = fresh
             history = await self._conversation(channel, fresh, history, turn)
             await self._reply(settings, channel, fresh, history, placeholder, turn, stream)
-        except asyncio.TimeoutError as error:  # the reply shows its note; no traceback needed
-            stream.failed(error)
-            _log.warning(
-                "the model sent no text for %.0f s in %s; the reply ended with a note",
-                settings.stall_timeout,
-                _where(channel),
+        except (asyncio.TimeoutError, ModelTimeout) as error:  # the reply shows its note
+            stream.failed(error)  # no traceback needed: the bot's or the backend's timeout
+            why = (
+                error
+                if isinstance(error, ModelTimeout)
+                else f"the model sent no text for {settings.stall_timeout:.0f} s"
             )
+            _log.warning("%s in %s; the reply ended with a note", why, _where(channel))
         except Exception as error:
             stream.failed(error)
             raise
@@ -826,7 +827,7 @@ class ChatBot(Genbot):
             _log.info("regenerating a reply to %s in %s", question.author, _where(channel))
             seed = secrets.randbelow(2**31)
             await self._reply(settings, channel, question, history, placeholder, turn, stream, seed)
-        except asyncio.TimeoutError:  # the reply shows its note
+        except (asyncio.TimeoutError, ModelTimeout):  # the reply shows its note
             _log.warning("the model stalled while regenerating a reply in %s", _where(channel))
         finally:
             stream.close()

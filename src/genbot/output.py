@@ -29,11 +29,14 @@ from typing import Any
 import aiohttp
 import discord
 
+from genbot.streaming.errors import FirstTokenTimeout, StallTimeout
+
 __all__ = [
     "BUDGET",
     "DEFAULT_EMPTY_TEXT",
     "DEFAULT_ERROR_TEXT",
     "DEFAULT_REQUESTS_PER_SECOND",
+    "DEFAULT_SLOW_TEXT",
     "DEFAULT_STALL_TEXT",
     "MESSAGE_LIMIT",
     "SAFE_MENTIONS",
@@ -43,6 +46,7 @@ __all__ = [
     "RetryBudget",
     "Ticket",
     "Write",
+    "failure_note",
     "final_text",
     "is_visible",
     "keep_typing",
@@ -65,6 +69,9 @@ DEFAULT_ERROR_TEXT = "Sorry, something went wrong while generating this reply."
 
 #: The note appended (in italics) to a reply whose model sent no text for too long.
 DEFAULT_STALL_TEXT = "The model stopped responding, so this reply ends here. Please try again."
+
+#: The note appended (in italics) to a reply whose backend got no first token in time.
+DEFAULT_SLOW_TEXT = "The model took too long to start answering. Please try again."
 
 #: The note shown (in italics) for a reply whose model output had nothing visible in it.
 DEFAULT_EMPTY_TEXT = "The model gave an empty reply. Try asking in other words."
@@ -977,8 +984,22 @@ def _with_error(text: str, error_text: str) -> str:
     return f"{text}\n\n{_note(error_text)}" if is_visible(text) else _note(error_text)
 
 
-def _stalled(exc: BaseException) -> bool:
-    return isinstance(exc, (asyncio.TimeoutError, TimeoutError))
+#: Which note a failure gets, by its type (the first that matches; none: the error note):
+#: the reply's own stall timeout and the backend's stall (e.g. the OpenAI backend's
+#: ``token_timeout``) say the model stopped responding, the backend's first-token timeout that
+#: it took too long.
+FAILURE_NOTES: tuple[tuple[type[BaseException], str], ...] = (
+    (asyncio.TimeoutError, "stall"),
+    (TimeoutError, "stall"),
+    (StallTimeout, "stall"),
+    (FirstTokenTimeout, "slow"),
+)
+
+
+def failure_note(failure: BaseException) -> str:
+    """The note :data:`FAILURE_NOTES` gives ``failure``: ``"stall"``, ``"slow"`` or
+    ``"error"``."""
+    return next((note for kind, note in FAILURE_NOTES if isinstance(failure, kind)), "error")
 
 
 def final_text(
@@ -988,15 +1009,19 @@ def final_text(
     error_text: str = DEFAULT_ERROR_TEXT,
     stall_text: str = DEFAULT_STALL_TEXT,
     empty_text: str | None = DEFAULT_EMPTY_TEXT,
+    slow_text: str = DEFAULT_SLOW_TEXT,
 ) -> str:
     """What a reply finally shows, given the generated `text` and how generation ended.
 
-    A failure appends its note in italics (`stall_text` for a timeout, else `error_text`) to
-    the text so far; a generation with nothing visible (see :func:`is_visible`) shows
+    A failure appends its note in italics to the text so far (see :func:`failure_note`):
+    `stall_text` for a timeout or a backend's :class:`~genbot.streaming.StallTimeout`,
+    `slow_text` for a backend's :class:`~genbot.streaming.FirstTokenTimeout`, else
+    `error_text`; a generation with nothing visible (see :func:`is_visible`) shows
     `empty_text` in italics instead (``None``: nothing).
     """
     if failure is not None:
-        return _with_error(text, stall_text if _stalled(failure) else error_text)
+        notes = {"stall": stall_text, "slow": slow_text, "error": error_text}
+        return _with_error(text, notes[failure_note(failure)])
     if is_visible(text) or empty_text is None:
         return text
     return _note(empty_text)
@@ -1035,10 +1060,11 @@ async def stream_reply(
 
     Every reply has a visible outcome: if `deltas` raises, or yields nothing for `timeout`
     seconds (the stall timeout, ``None``: no bound), the text so far is kept and a note in
-    italics is appended (`stall_text` for the timeout, else `error_text`); once that is shown,
-    the exception is re-raised for the caller to log. A generation with no visible character
-    (empty, whitespace, zero-width characters) shows ``*empty_text*`` (``None``: sends
-    nothing and returns ``[]``).
+    italics is appended (see :func:`final_text`: `stall_text` for the timeout or a backend's
+    stall, :data:`DEFAULT_SLOW_TEXT` for a backend's first-token timeout, else `error_text`);
+    once that is shown, the exception is re-raised for the caller to log. A generation with no
+    visible character (empty, whitespace, zero-width characters) shows ``*empty_text*``
+    (``None``: sends nothing and returns ``[]``).
 
     Discord failures lose no text: discord.py waits out 429s, and a write that fails with a 5xx
     or a network error is tried again with the newest text, after back-off waits doubling from

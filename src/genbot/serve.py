@@ -746,12 +746,16 @@ def load_streamer(spec: str) -> Streamer:
 
 
 def model_id(model: str, fallback: str) -> str:
-    """The id a served model is listed as: a file path's name without ``.gguf``, a Hugging
-    Face name as is, or ``fallback`` when ``model`` is empty."""
+    """The id a served model is listed as: a file path's name without ``.gguf``, a local
+    folder's name (an absolute path, or one starting with ``.`` or ``~``: e.g. a transformers
+    model saved to disk), a Hugging Face name as is, or ``fallback`` when ``model`` is empty."""
     if not model:
         return fallback
     path = Path(model)
-    return path.stem if path.suffix == ".gguf" else model
+    if path.suffix == ".gguf":
+        return path.stem
+    local = path.is_absolute() or model.startswith((".", "~"))
+    return path.name if local and path.name else model
 
 
 async def serve(

@@ -18,7 +18,10 @@ Timeouts, each its own:
   "stall" timeout; the ready-made bot's own ``stall_timeout`` is a separate watchdog that
   covers every backend).
 
-A timed-out request is closed and fails with :class:`APITimeoutError`. Before any text
+A timed-out request is closed and fails with :class:`APITimeoutError`; the caller sees the
+first-token and the token timeouts as :class:`genbot.streaming.FirstTokenTimeout` and
+:class:`genbot.streaming.StallTimeout` (the ready-made bot shows its "took too long" and
+"stopped responding" notes for them). Before any text
 reached the caller, a request that failed with 408, 409, 429 or 5xx, could not connect, or
 lost its connection, is retried up to ``max_retries`` times, after the server's
 ``Retry-After`` (seconds or an HTTP date, at most :data:`MAX_RETRY_WAIT` s; also
@@ -147,7 +150,19 @@ class APIConnectionError(APIError):
 
 
 class APITimeoutError(APIError):
-    """Connecting, the first token or the next token took longer than its timeout."""
+    """Connecting, the first token or the next token took longer than its timeout. ``kind``
+    says which for the tokens (``"first_token"``, ``"stall"``: the caller then sees
+    :class:`genbot.streaming.FirstTokenTimeout` or :class:`~genbot.streaming.StallTimeout`),
+    else ``None``."""
+
+    def __init__(self, message: str, *, url: str, kind: str | None = None) -> None:
+        super().__init__(message, url=url)
+        self.kind = kind
+
+
+def _kind(error: APIError) -> str | None:
+    """The failure kind a stream that failed with ``error`` gets (see :class:`APITimeoutError`)."""
+    return error.kind if isinstance(error, APITimeoutError) else None
 
 
 class APIStatusError(APIError):
@@ -799,6 +814,7 @@ class OpenAIStreamer(ChatStreamer):
         return APITimeoutError(
             f"POST {self._root()}/chat/completions: {why} within {limit:g} s ({name}{tries})",
             url=f"{self._root()}/chat/completions",
+            kind="stall" if call.streaming else "first_token",
         )
 
     # -- one stream -----------------------------------------------------------------------------
@@ -819,9 +835,9 @@ class OpenAIStreamer(ChatStreamer):
         except asyncio.CancelledError:
             if call.expired is None:
                 raise  # the caller went away, or the worker stops
-            stream.fail(f"{type(call.expired).__name__}: {call.expired}")
+            stream.fail(f"{type(call.expired).__name__}: {call.expired}", kind=_kind(call.expired))
         except APIError as exc:  # explained by its message: no traceback
-            stream.fail(f"{type(exc).__name__}: {exc}")
+            stream.fail(f"{type(exc).__name__}: {exc}", kind=_kind(exc))
         except Exception as exc:
             stream.fail(exc)
         else:

@@ -41,13 +41,23 @@ steps (``consume(minimum=0)`` returns at once), and blocks only while it has not
 
 from genbot.streaming.client import CallerStream, StreamSlot
 from genbot.streaming.core import FunctionStreamer, Streamer, active_streamers, streamer
-from genbot.streaming.errors import StreamError, WorkerDied, WorkerExit
+from genbot.streaming.errors import (
+    FirstTokenTimeout,
+    ModelTimeout,
+    StallTimeout,
+    StreamError,
+    WorkerDied,
+    WorkerExit,
+)
 from genbot.streaming.launchers import WorkerProcess
 from genbot.streaming.worker import Stream
 
 __all__ = [
     "CallerStream",
+    "FirstTokenTimeout",
     "FunctionStreamer",
+    "ModelTimeout",
+    "StallTimeout",
     "Stream",
     "StreamError",
     "StreamSlot",

@@ -35,7 +35,7 @@ from typing import Any
 
 from genbot.streaming import frames
 from genbot.streaming.connection import CallerConnection, socket_pair
-from genbot.streaming.errors import StreamError, WorkerDied
+from genbot.streaming.errors import StreamError, WorkerDied, stream_error
 from genbot.streaming.launchers import KILL_GRACE, LaunchedWorker, Launcher
 
 __all__ = ["CallerStream", "Hub", "StreamSlot"]
@@ -382,9 +382,9 @@ class Hub:
                 st._wake_into(wake)
 
     def _on_error(self, sid: int, payload: bytes, wake: list[_Waiter]) -> None:
-        """The stream failed in the worker (payload: message and traceback text)."""
-        message, text = frames.loads(payload, "an error")
-        self._end(sid, StreamError(message, traceback=text), wake)
+        """The stream failed in the worker (payload: message, traceback text and kind)."""
+        message, text, kind = frames.loads(payload, "an error")
+        self._end(sid, stream_error(message, text, kind), wake)
 
     def _on_fatal(self, sid: int, payload: bytes, wake: list[_Waiter]) -> None:
         """The worker stops for good; its link is lost next, and that reason says why."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from genbot.streaming import frames
 from genbot.streaming.connection import WorkerConnection
-from genbot.streaming.errors import StreamError, WorkerExit
+from genbot.streaming.errors import FAILURE_KINDS, StreamError, WorkerExit
 
 __all__ = ["Stream", "WorkerSide", "serve"]
 
@@ -60,8 +60,18 @@ class Stream:
         if not self.closed:
             self._side.finish(self, frames.END, b"")
 
-    def fail(self, error: BaseException | str) -> None:
-        """End the stream with an error: the caller's iteration raises :class:`StreamError`."""
+    def fail(self, error: BaseException | str, *, kind: str | None = None) -> None:
+        """End the stream with an error: the caller's iteration raises :class:`StreamError`,
+        or with a ``kind`` of :data:`~genbot.streaming.errors.FAILURE_KINDS` its typed
+        subclass (``"stall"``: :class:`~genbot.streaming.errors.StallTimeout`, ...).
+
+        Raises
+        ------
+        ValueError
+            ``kind`` is not one of :data:`~genbot.streaming.errors.FAILURE_KINDS`.
+        """
+        if kind is not None and kind not in FAILURE_KINDS:
+            raise ValueError(f"unknown failure kind {kind!r}; one of: {', '.join(FAILURE_KINDS)}")
         if self.closed:
             return
         if isinstance(error, BaseException):
@@ -69,7 +79,7 @@ class Stream:
             text = "".join(traceback.format_exception(error))
         else:
             message, text = error, None
-        self._side.finish(self, frames.ERROR, _error_payload(message, text))
+        self._side.finish(self, frames.ERROR, _error_payload(message, text, kind))
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -102,8 +112,8 @@ def _poll_ms(seconds: float) -> int:
     return min(math.ceil(seconds * 1000), _MAX_POLL_MS)
 
 
-def _error_payload(message: str, text: str | None) -> bytes:
-    return frames.dumps((message, text), "error")
+def _error_payload(message: str, text: str | None, kind: str | None = None) -> bytes:
+    return frames.dumps((message, text, kind), "error")
 
 
 class WorkerSide:

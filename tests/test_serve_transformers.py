@@ -1,0 +1,67 @@
+"""``genbot serve`` on the transformers backend: the embedded SmolLM2, dequantised to a Hugging
+Face model folder, served by a real ``genbot serve`` process (``-s backend=transformers``) and
+called with the official ``openai`` client, streaming and not."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from serve_harness import Journal, Upstream
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def smollm2_hf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The embedded SmolLM2 GGUF as a Hugging Face model folder, in pytest's cache folder (the
+    same one as tests/models' fixture of that name, so the conversion is made once)."""
+    cache = getattr(request.config, "cache", None)
+    name = "smollm2-135m-hf"
+    folder = Path(cache.mkdir(name) if cache else tmp_path_factory.mktemp(name))
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return str(folder)
+    from genbot.models import default_model_path
+    from genbot.models.transformers import gguf_to_hf
+
+    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
+    gguf_to_hf(default_model_path(), str(partial))
+    shutil.rmtree(folder)
+    partial.rename(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def served(smollm2_hf: str) -> Iterator[Upstream]:
+    args = ["-s", "backend=transformers", "-s", f"model={smollm2_hf}", "-s", "parallel=2"]
+    up = Upstream("transformers", args, Journal())
+    try:
+        yield up.wait_ready()
+    finally:
+        up.stop()
+
+
+@pytest.mark.timeout(300)
+async def test_transformers_backend_served_to_the_openai_client(served: Upstream) -> None:
+    """Greedy decoding gives the same text streaming and not; the model is listed by its
+    folder's name."""
+    options: dict[str, Any] = {"messages": QUESTION, "max_tokens": 12, "temperature": 0}
+    async with openai.AsyncOpenAI(base_url=served.url, api_key="none") as api:
+        [model] = [m.id async for m in api.models.list()]
+        done = await api.chat.completions.create(model=model, **options)
+        stream = await api.chat.completions.create(model=model, stream=True, **options)
+        chunks = [chunk async for chunk in stream]
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    text = done.choices[0].message.content
+    assert model == "smollm2-135m-hf"
+    assert text and text.strip()
+    assert streamed == text
+    assert done.choices[0].finish_reason in ("stop", "length")
+    assert chunks[-1].choices[0].finish_reason == done.choices[0].finish_reason
+    assert done.model == model
