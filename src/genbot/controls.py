@@ -313,7 +313,9 @@ class Controls:
         self.regenerating: dict[int, asyncio.Task[Any]] = {}
         #: The questions an edit is answering again (see :meth:`claim`).
         self.reanswering: set[int] = set()
-        self._started: dict[int, int] = {}  # question id -> replies tracked so far
+        # question id -> replies tracked since its regeneration began (only while one is
+        # under way: an entry per answered question would grow for as long as the bot runs)
+        self._started: dict[int, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[
             str, Callable[[discord.Interaction[Any], Control], Awaitable[None]]
@@ -333,7 +335,8 @@ class Controls:
         """Register the reply to `question` as running (until its deltas are closed)."""
         running = RunningReply(question.id, stream, deltas, self._forget)
         self.running[question.id] = running
-        self._started[question.id] = self._started.get(question.id, 0) + 1
+        if question.id in self._started:  # a regeneration is under way: it writes now
+            self._started[question.id] += 1
         return running
 
     def busy(self, question_id: int) -> bool:
@@ -422,11 +425,13 @@ class Controls:
             await interaction.response.send_message(self.busy_text, ephemeral=True)
             return
         self.regenerating[question_id] = task  # a second press meanwhile is told it is busy
+        self._started[question_id] = 0
         try:
             await self._answer_again(interaction, control)
         finally:
             if self.regenerating.get(question_id) is task:
                 del self.regenerating[question_id]
+                self._started.pop(question_id, None)
 
     async def _answer_again(self, interaction: discord.Interaction[Any], control: Control) -> None:
         pressed, channel = interaction.message, interaction.channel
