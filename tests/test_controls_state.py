@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from chat_world import Chat
+from genbot.controls import REGENERATE, STOP, Controls
 from genbot.streaming import Streamer
 from genbot.testing import run_bot
-from test_controls import answered, backend, chat, make_bot, regenerated
+from test_controls import answered, backend, chat, custom_id, make_bot, regenerated
 
 __all__ = ["backend", "chat"]  # the fixtures
 
@@ -34,3 +35,39 @@ async def test_no_state_is_kept_per_question_after_replies_and_a_regeneration(
             if isinstance(value, (dict, set)) and value and name not in {"_handlers"}
         }
     assert kept == {}
+
+
+EDIT = ("PATCH", "/channels/{channel_id}/messages/{message_id}")
+
+
+async def test_stop_after_a_regeneration_streamed_does_not_cancel_its_last_write(
+    chat: Chat, backend: Streamer, tmp_path: Path
+) -> None:
+    """A regeneration whose stream has ended but whose last edit is still under way (here
+    held by a 429) is no longer waiting: a Stop press then is told the reply is done; it must
+    not cancel the task writing the new text and its Regenerate button."""
+    server = chat.server
+    bot = make_bot(backend, tmp_path)
+    async with run_bot(bot, server):
+        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
+        first = await answered(chat, question, ["Regenerate"])
+        qid = int(question["id"])
+        server.rate_limit(*EDIT, times=1, retry_after=1.0)  # the new text's edit waits a while
+        await server.press(
+            chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
+        )
+        await server.wait_for(
+            lambda: (
+                server.rate_limited_count(*EDIT) == 1
+                and qid in bot.controls.regenerating
+                and qid not in bot.controls.running
+            ),
+            timeout=15,
+        )
+        press = await server.press(
+            chat.general, first["id"], custom_id(STOP, question, chat.alice), chat.alice
+        )
+        response = await press.wait_response()
+        again = await answered(chat, question, ["Regenerate"])
+    assert response["ephemeral"] and response["content"] == Controls.done_text
+    assert again["content"].startswith("answer (seed ") and again["content"] != first["content"]

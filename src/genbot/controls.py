@@ -407,7 +407,8 @@ class Controls:
     async def _stop(self, interaction: discord.Interaction[Any], control: Control) -> None:
         running = self.running.get(control.question_id)
         waiting = self.regenerating.get(control.question_id)
-        if running is None and waiting is not None:  # a regeneration waiting for a slot
+        # a regeneration waiting for a slot (not one that wrote and now ends its last edit)
+        if running is None and waiting is not None and not self._started.get(control.question_id):
             _log.info("%s cancelled a regeneration that waited for a model slot", interaction.user)
             waiting.cancel()  # the old text stays; its task puts Regenerate back
             await interaction.response.defer()
