@@ -45,7 +45,15 @@ def lazy_getattr(
 
 def lazy_dir(namespace: dict[str, Any], public: list[str]) -> Callable[[], list[str]]:
     """A module ``__dir__``: what `namespace` holds and the `public` names, lazy ones included,
-    each once."""
+    each once.
+
+    Parameters
+    ----------
+    namespace
+        The package's ``globals()``.
+    public
+        The package's ``__all__``.
+    """
 
     def __dir__() -> list[str]:
         return sorted({*namespace, *public})

@@ -341,7 +341,12 @@ class Controls:
 
     def busy(self, question_id: int) -> bool:
         """Whether the reply to `question_id` has a writer now (a reply, a regeneration or an
-        edit's new answer), running or waiting for a model slot."""
+        edit's new answer), running or waiting for a model slot.
+
+        Parameters
+        ----------
+        question_id: the question whose reply is asked about.
+        """
         return (
             question_id in self.running
             or question_id in self.regenerating
@@ -374,11 +379,21 @@ class Controls:
 
     def claim(self, question_id: int) -> None:
         """Mark the reply to `question_id` as being answered again after an edit (until
-        :meth:`release`): a Regenerate press meanwhile is told it is busy."""
+        :meth:`release`): a Regenerate press meanwhile is told it is busy.
+
+        Parameters
+        ----------
+        question_id: the edited question.
+        """
         self.reanswering.add(question_id)
 
     def release(self, question_id: int | None) -> None:
-        """End a :meth:`claim` (``None``: nothing claimed)."""
+        """End a :meth:`claim`.
+
+        Parameters
+        ----------
+        question_id: the question claimed; ``None``: nothing was claimed.
+        """
         if question_id is not None:
             self.reanswering.discard(question_id)
 

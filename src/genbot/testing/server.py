@@ -408,6 +408,12 @@ class DiscordServer:
     ) -> FakeChannel:
         """A text channel in `guild`, in `category` when given (its ``parent_id``).
 
+        Parameters
+        ----------
+        guild: the server it is in.
+        name: the channel's name.
+        category: the category it is in (from `create_category`); ``None``: none.
+
         Raises
         ------
         ValueError
@@ -420,7 +426,13 @@ class DiscordServer:
         return self.state.add_channel(guild, channel)
 
     def create_category(self, guild: FakeGuild, name: str) -> FakeChannel:
-        """A category (channel type 4) in `guild`, for `create_channel`'s ``category``."""
+        """A category (channel type 4) in `guild`, for `create_channel`'s ``category``.
+
+        Parameters
+        ----------
+        guild: the server it is in.
+        name: the category's name.
+        """
         category = FakeChannel(self.snowflakes.next(), name, CATEGORY, guild_id=guild.id)
         return self.state.add_channel(guild, category)
 
