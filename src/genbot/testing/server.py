@@ -597,7 +597,8 @@ class DiscordServer:
         Raises
         ------
         ValueError
-            `author` cannot post there (not a member of the guild, not in the DM).
+            `author` cannot post there (not a member of the guild, not in the DM, a
+            category).
         """
         fake = self.channel(channel)
         self._check_can_post(fake, author)
@@ -616,7 +617,10 @@ class DiscordServer:
         return message
 
     def _check_can_post(self, channel: FakeChannel, user: FakeUser) -> None:
-        """Catch test mistakes Discord would refuse: posting where the user isn't."""
+        """Catch test mistakes Discord would refuse: posting where the user isn't, or in a
+        category (it holds no messages)."""
+        if channel.type == CATEGORY:
+            raise ValueError(f"{channel.name!r} is a category: it holds no messages")
         if channel.type == DM:
             if user not in (channel.recipient, self.bot_user):
                 raise ValueError(f"{user.name} is not in this DM channel")
