@@ -4,10 +4,11 @@ Discord with the scripted worker of ``test_controls``)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from chat_world import Chat
-from genbot.controls import REGENERATE, STOP, Controls
+from genbot.controls import REGENERATE, STOP, Controls, RunningReply
 from genbot.streaming import Streamer
 from genbot.testing import run_bot
 from test_controls import answered, backend, chat, custom_id, make_bot, regenerated
@@ -52,18 +53,21 @@ async def test_stop_after_a_regeneration_streamed_does_not_cancel_its_last_write
         question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
         first = await answered(chat, question, ["Regenerate"])
         qid = int(question["id"])
-        server.rate_limit(*EDIT, times=1, retry_after=1.0)  # the new text's edit waits a while
+        forgotten = asyncio.Event()  # the regeneration's stream ended (no server change)
+        forget = bot.controls._forget
+
+        def forget_and_tell(running: RunningReply) -> None:
+            forget(running)
+            forgotten.set()
+
+        bot.controls._forget = forget_and_tell  # type: ignore[method-assign]
+        server.rate_limit(*EDIT, times=1, retry_after=2.0)  # the new text's edit waits a while
         await server.press(
             chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
         )
-        await server.wait_for(
-            lambda: (
-                server.rate_limited_count(*EDIT) == 1
-                and qid in bot.controls.regenerating
-                and qid not in bot.controls.running
-            ),
-            timeout=15,
-        )
+        await asyncio.wait_for(forgotten.wait(), 15)
+        await server.wait_for(lambda: server.rate_limited_count(*EDIT) == 1, timeout=15)
+        assert qid in bot.controls.regenerating and qid not in bot.controls.running
         press = await server.press(
             chat.general, first["id"], custom_id(STOP, question, chat.alice), chat.alice
         )
