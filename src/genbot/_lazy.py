@@ -44,9 +44,18 @@ def lazy_getattr(
 
 
 def lazy_dir(namespace: dict[str, Any], public: list[str]) -> Callable[[], list[str]]:
-    """A module ``__dir__``: what `namespace` holds and the `public` names, lazy ones included."""
+    """A module ``__dir__``: what `namespace` holds and the `public` names, lazy ones included,
+    each once.
+
+    Parameters
+    ----------
+    namespace
+        The package's ``globals()``.
+    public
+        The package's ``__all__``.
+    """
 
     def __dir__() -> list[str]:
-        return sorted([*namespace, *public])
+        return sorted({*namespace, *public})
 
     return __dir__

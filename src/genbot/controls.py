@@ -313,7 +313,9 @@ class Controls:
         self.regenerating: dict[int, asyncio.Task[Any]] = {}
         #: The questions an edit is answering again (see :meth:`claim`).
         self.reanswering: set[int] = set()
-        self._started: dict[int, int] = {}  # question id -> replies tracked so far
+        # question id -> replies tracked since its regeneration began (only while one is
+        # under way: an entry per answered question would grow for as long as the bot runs)
+        self._started: dict[int, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[
             str, Callable[[discord.Interaction[Any], Control], Awaitable[None]]
@@ -333,12 +335,18 @@ class Controls:
         """Register the reply to `question` as running (until its deltas are closed)."""
         running = RunningReply(question.id, stream, deltas, self._forget)
         self.running[question.id] = running
-        self._started[question.id] = self._started.get(question.id, 0) + 1
+        if question.id in self._started:  # a regeneration is under way: it writes now
+            self._started[question.id] += 1
         return running
 
     def busy(self, question_id: int) -> bool:
         """Whether the reply to `question_id` has a writer now (a reply, a regeneration or an
-        edit's new answer), running or waiting for a model slot."""
+        edit's new answer), running or waiting for a model slot.
+
+        Parameters
+        ----------
+        question_id: the question whose reply is asked about.
+        """
         return (
             question_id in self.running
             or question_id in self.regenerating
@@ -371,11 +379,21 @@ class Controls:
 
     def claim(self, question_id: int) -> None:
         """Mark the reply to `question_id` as being answered again after an edit (until
-        :meth:`release`): a Regenerate press meanwhile is told it is busy."""
+        :meth:`release`): a Regenerate press meanwhile is told it is busy.
+
+        Parameters
+        ----------
+        question_id: the edited question.
+        """
         self.reanswering.add(question_id)
 
     def release(self, question_id: int | None) -> None:
-        """End a :meth:`claim` (``None``: nothing claimed)."""
+        """End a :meth:`claim`.
+
+        Parameters
+        ----------
+        question_id: the question claimed; ``None``: nothing was claimed.
+        """
         if question_id is not None:
             self.reanswering.discard(question_id)
 
@@ -404,7 +422,8 @@ class Controls:
     async def _stop(self, interaction: discord.Interaction[Any], control: Control) -> None:
         running = self.running.get(control.question_id)
         waiting = self.regenerating.get(control.question_id)
-        if running is None and waiting is not None:  # a regeneration waiting for a slot
+        # a regeneration waiting for a slot (not one that wrote and now ends its last edit)
+        if running is None and waiting is not None and not self._started.get(control.question_id):
             _log.info("%s cancelled a regeneration that waited for a model slot", interaction.user)
             waiting.cancel()  # the old text stays; its task puts Regenerate back
             await interaction.response.defer()
@@ -422,11 +441,13 @@ class Controls:
             await interaction.response.send_message(self.busy_text, ephemeral=True)
             return
         self.regenerating[question_id] = task  # a second press meanwhile is told it is busy
+        self._started[question_id] = 0
         try:
             await self._answer_again(interaction, control)
         finally:
             if self.regenerating.get(question_id) is task:
                 del self.regenerating[question_id]
+                self._started.pop(question_id, None)
 
     async def _answer_again(self, interaction: discord.Interaction[Any], control: Control) -> None:
         pressed, channel = interaction.message, interaction.channel

@@ -60,7 +60,13 @@ class OpenThinkSplitter:
         self._pending = ""
 
     def feed(self, text: str) -> list[str | Reasoning]:
-        """The pieces of the next delta ``text`` (the delta itself once past the block)."""
+        """The pieces of the next delta ``text`` (the delta itself once past the block).
+
+        Parameters
+        ----------
+        text:
+            The next text delta of the reply.
+        """
         if not self.thinking:
             return [text] if text else []
         pending = self._pending + text

@@ -144,7 +144,12 @@ class RequestLedger:
     def consume_global(self, now: float | None = None) -> float | None:
         """Count a request against the bot-wide limit, `global_limit` requests per
         `global_window` seconds: None when it may go, else the seconds until the window is over
-        (the request is then answered 429 and not counted)."""
+        (the request is then answered 429 and not counted).
+
+        Parameters
+        ----------
+        now: the moment of the request (``time.monotonic()``); ``None``: now.
+        """
         if self.global_limit is None:
             return None
         moment = time.monotonic() if now is None else now

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from . import interactions, permissions
 from .limits import RequestLedger, error_body
-from .models import DM, GUILDS, PRIVATE_THREAD, PUBLIC_THREAD, FakeChannel
+from .models import CATEGORY, DM, GUILDS, PRIVATE_THREAD, PUBLIC_THREAD, FakeChannel
 from .payloads import (
     ApiError,
     channel_of,
@@ -208,6 +208,8 @@ async def get_channel(state: ServerState, request: web.Request) -> web.Response:
 
 async def create_message(state: ServerState, request: web.Request) -> web.Response:
     channel = channel_of(state, request)
+    if channel.type == CATEGORY:  # a category holds no messages
+        raise ApiError(400, 50008, "Cannot send messages in a non-text channel")
     body, files = await read_body(request)
     permissions.require(state, channel, permissions.to_send(channel, bool(files)))
     validate_message(body, files)

@@ -408,6 +408,12 @@ class DiscordServer:
     ) -> FakeChannel:
         """A text channel in `guild`, in `category` when given (its ``parent_id``).
 
+        Parameters
+        ----------
+        guild: the server it is in.
+        name: the channel's name.
+        category: the category it is in (from `create_category`); ``None``: none.
+
         Raises
         ------
         ValueError
@@ -420,7 +426,13 @@ class DiscordServer:
         return self.state.add_channel(guild, channel)
 
     def create_category(self, guild: FakeGuild, name: str) -> FakeChannel:
-        """A category (channel type 4) in `guild`, for `create_channel`'s ``category``."""
+        """A category (channel type 4) in `guild`, for `create_channel`'s ``category``.
+
+        Parameters
+        ----------
+        guild: the server it is in.
+        name: the category's name.
+        """
         category = FakeChannel(self.snowflakes.next(), name, CATEGORY, guild_id=guild.id)
         return self.state.add_channel(guild, category)
 
@@ -585,7 +597,8 @@ class DiscordServer:
         Raises
         ------
         ValueError
-            `author` cannot post there (not a member of the guild, not in the DM).
+            `author` cannot post there (not a member of the guild, not in the DM, a
+            category).
         """
         fake = self.channel(channel)
         self._check_can_post(fake, author)
@@ -604,7 +617,10 @@ class DiscordServer:
         return message
 
     def _check_can_post(self, channel: FakeChannel, user: FakeUser) -> None:
-        """Catch test mistakes Discord would refuse: posting where the user isn't."""
+        """Catch test mistakes Discord would refuse: posting where the user isn't, or in a
+        category (it holds no messages)."""
+        if channel.type == CATEGORY:
+            raise ValueError(f"{channel.name!r} is a category: it holds no messages")
         if channel.type == DM:
             if user not in (channel.recipient, self.bot_user):
                 raise ValueError(f"{user.name} is not in this DM channel")
