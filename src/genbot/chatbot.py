@@ -746,6 +746,7 @@ class ChatBot(Genbot):
         *,
         presser: discord.abc.User | None = None,
         notify: Callable[[str], Awaitable[object]] | None = None,
+        on_slot: Callable[[], object] | None = None,
     ) -> None:
         """Answer `question` again with a new random seed, in the messages of its earlier
         `reply` (the first becomes the new reply; the others are deleted once it has a model
@@ -762,6 +763,8 @@ class ChatBot(Genbot):
         notify: shows a refusal's notice privately (the Regenerate press's ephemeral
             followup), every time; without it the notice is a reply, once until the limit
             resets.
+        on_slot: called once it has its model slot, before the reply's later messages are
+            deleted (from then on the reply is its first message; it has not written yet).
 
         Raises
         ------
@@ -788,6 +791,8 @@ class ChatBot(Genbot):
                 await self._drop_all(reply[1:])
                 await self._note(channel, question, reply[0], self.unavailable_text)
                 raise
+            if on_slot is not None:  # stopslot: Stop from now on ends it on reply[0]
+                on_slot()
             await self._drop_all(reply[1:])  # edges8: a cancel while waiting keeps them
             await self._sample_again(channel, settings, question, reply[0], stream, turn, payer)
         finally:

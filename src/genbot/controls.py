@@ -18,7 +18,9 @@ an edit of the question supersedes a regeneration (the question changed: the reg
 would answer the old text): the regeneration is cancelled, or stopped when it already
 streams, and the new answer waits for it to end (:meth:`Controls.supersede`). While a
 regeneration waits for a model slot its message shows Stop, which cancels it (the old text
-stays and Regenerate comes back).
+stays and Regenerate comes back). Once it has its slot (a long reply's later messages are
+deleted then), a Stop before it writes ends it as it starts writing, as a Stop while it
+streams does: its first message shows :func:`stopped_suffix` of no text and Regenerate.
 """
 
 from __future__ import annotations
@@ -252,6 +254,7 @@ class _Bot(Protocol):
         *,
         presser: discord.abc.User | None = None,
         notify: Callable[[str], Awaitable[object]] | None = None,
+        on_slot: Callable[[], object] | None = None,
     ) -> None: ...
 
 
@@ -316,6 +319,9 @@ class Controls:
         # question id -> replies tracked since its regeneration began (only while one is
         # under way: an entry per answered question would grow for as long as the bot runs)
         self._started: dict[int, int] = {}
+        # question id -> whether Stop was pressed, for a regeneration that has its model slot
+        # but is not tracked yet (between the two, Stop must not cancel it: see _stop)
+        self._slotted: dict[int, bool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[
             str, Callable[[discord.Interaction[Any], Control], Awaitable[None]]
@@ -335,6 +341,8 @@ class Controls:
         """Register the reply to `question` as running (until its deltas are closed)."""
         running = RunningReply(question.id, stream, deltas, self._forget)
         self.running[question.id] = running
+        if self._slotted.pop(question.id, False):  # Stop came while it had its slot
+            running.stop()
         if question.id in self._started:  # a regeneration is under way: it writes now
             self._started[question.id] += 1
         return running
@@ -424,8 +432,7 @@ class Controls:
         waiting = self.regenerating.get(control.question_id)
         # a regeneration waiting for a slot (not one that wrote and now ends its last edit)
         if running is None and waiting is not None and not self._started.get(control.question_id):
-            _log.info("%s cancelled a regeneration that waited for a model slot", interaction.user)
-            waiting.cancel()  # the old text stays; its task puts Regenerate back
+            self._stop_unwritten(control.question_id, waiting)
             await interaction.response.defer()
             return
         if running is None or running.stopped:
@@ -433,6 +440,18 @@ class Controls:
             return
         running.stop()
         await interaction.response.defer()  # the reply's own final edit shows the stop
+
+    def _stop_unwritten(self, question_id: int, task: asyncio.Task[Any]) -> None:
+        """Stop a regeneration that has not written: one waiting for a model slot is cancelled
+        (the old text stays; its task puts Regenerate back); one that has its slot (a long
+        reply's later messages are deleted by then) stops as it starts writing, as a streaming
+        one does (its first message shows the note and Regenerate)."""
+        if question_id in self._slotted:
+            _log.info("a regeneration that has its model slot is stopped before it writes")
+            self._slotted[question_id] = True
+            return
+        _log.info("a regeneration that waited for a model slot is cancelled")
+        task.cancel()
 
     async def _regenerate(self, interaction: discord.Interaction[Any], control: Control) -> None:
         question_id = control.question_id
@@ -448,6 +467,7 @@ class Controls:
             if self.regenerating.get(question_id) is task:
                 del self.regenerating[question_id]
                 self._started.pop(question_id, None)
+                self._slotted.pop(question_id, None)
 
     async def _answer_again(self, interaction: discord.Interaction[Any], control: Control) -> None:
         pressed, channel = interaction.message, interaction.channel
@@ -461,12 +481,15 @@ class Controls:
         stop = Control(STOP, control.question_id, control.asker_id)
         await interaction.response.edit_message(view=view_of(stop))
         started = self._started.get(control.question_id, 0)
-
+        reply = [pressed]  # the reply's messages, first first (once looked up)
         restored = False
+
+        def slotted() -> None:  # the later messages are deleted now, and Stop must not cancel
+            self._slotted.setdefault(control.question_id, False)
 
         async def privately(text: str) -> None:  # a refusal (rate limit, quota): to the presser
             nonlocal restored
-            await _restore(pressed, control)  # Regenerate is back before the notice shows
+            await _restore(control, pressed)  # Regenerate is back before the notice shows
             restored = True
             await interaction.followup.send(text, ephemeral=True)
 
@@ -474,20 +497,33 @@ class Controls:
             reply = await _reply_of(pressed, channel, control.question_id)
             # the presser pays (their rate limit and quota): the asker, or an admin (exempt)
             await self.bot.regenerate(
-                channel, question, reply, presser=interaction.user, notify=privately
+                channel,
+                question,
+                reply,
+                presser=interaction.user,
+                notify=privately,
+                on_slot=slotted,
             )
         finally:
             if not restored and self._started.get(control.question_id, 0) == started:
-                # it wrote nothing
-                await _restore(pressed, control)
+                # it wrote nothing; a long reply's later messages may be deleted by now (it had
+                # its slot, or gave up waiting for one), its first one stays
+                await _restore(control, pressed, reply[0])
 
 
-async def _restore(message: discord.Message, control: Control) -> None:
-    """Put the Regenerate button back on a reply whose regeneration ended before it wrote."""
-    try:
-        await message.edit(view=view_of(control))
-    except Exception as exc:  # a Stop left behind answers that the reply is done
-        _log.warning("putting the Regenerate button back failed: %r", exc)
+async def _restore(control: Control, *messages: discord.Message) -> None:
+    """Put the Regenerate button back on a reply whose regeneration ended before it wrote: on
+    the first of `messages` that is not deleted."""
+    for message in messages:
+        try:
+            await message.edit(view=view_of(control))
+            return
+        except discord.NotFound:  # deleted (a long reply's later message): the next one
+            continue
+        except Exception as exc:  # a Stop left behind answers that the reply is done
+            _log.warning("putting the Regenerate button back failed: %r", exc)
+            return
+    _log.warning("putting the Regenerate button back failed: the reply's messages are gone")
 
 
 async def _strip(message: discord.Message) -> None:
