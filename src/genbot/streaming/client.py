@@ -106,7 +106,11 @@ class Hub:
             frames.ERROR: self._on_error,
             frames.EXPIRE: self._on_expire,
             frames.FATAL: self._on_fatal,
+            frames.CREDIT: self._on_credit,
         }
+        # Turns the worker offered (CREDIT) that no stream took yet: a stream opened while there
+        # is one has its turn at once, without the round trip to the worker (under the lock).
+        self._credit = 0
         self._fatal: str | None = None  # why the current worker stopped for good, if it said
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
@@ -146,6 +150,7 @@ class Hub:
             self.worker = worker
             self._link = link
             self._fatal = None
+            self._credit = 0
             self._links = [c for c in self._links if not c.closed] + [link]
             if self._outbox:  # opened while the worker (re)started
                 link.send(b"".join(self._outbox))
@@ -162,6 +167,7 @@ class Hub:
             if link is not self._link:
                 return
             self._link = None
+            self._credit = 0
             if self._fatal and self._fatal not in reason:
                 reason = f"{reason} ({self._fatal})"
             delay = None if self.closed else self._restart_delay()
@@ -310,27 +316,33 @@ class Hub:
 
     def _readable(self, link: CallerConnection, loop: asyncio.AbstractEventLoop) -> None:
         """On ``loop``, which watches ``link``: read what is there and route it."""
+        if self._read_link(link, loop):
+            self._resync(loop)  # a lost connection: let go of it
+
+    def _read_link(self, link: CallerConnection, here: asyncio.AbstractEventLoop | None) -> bool:
+        """Read what ``link`` holds, without blocking, and route it (``here``: the loop running
+        this, if any); True if ``link`` is lost or replaced (its watchers let go of it)."""
         reason = None
         with link.read_lock:
             data = link.recv()
             if data is None:
-                return  # another loop read it first
+                return False  # nothing there, or another loop read it first
             if not data:
                 reason = "the connection to the worker closed"
             elif link is self._link:
                 try:
-                    self._route(link.frames.feed(data), loop)
-                    return
+                    self._route(link.frames.feed(data), here)
+                    return False
                 except Exception as exc:  # a malformed frame: this connection cannot be trusted
                     _log.exception("streamer %s: bad data from the worker", self.name)
                     reason = f"bad data from the worker ({exc!r})"
         if reason is not None:
             self.link_lost(link, reason)
-        self._resync(loop)  # a lost connection: let go of it
+        return True
 
     # -- frames in: one small method per kind, called under no lock ----------------------------
 
-    def _route(self, received: list[frames.Frame], here: asyncio.AbstractEventLoop) -> None:
+    def _route(self, received: list[frames.Frame], here: asyncio.AbstractEventLoop | None) -> None:
         wake: list[_Waiter] = []
         handlers = self._handlers
         for kind, sid, payload in received:
@@ -392,6 +404,11 @@ class Hub:
         with self.lock:
             self._fatal = str(message)
 
+    def _on_credit(self, count: int, payload: bytes, wake: list[_Waiter]) -> None:
+        """The worker waits and would grant ``count`` turns at once (0: no more; it is busy)."""
+        with self.lock:
+            self._credit = count
+
     def _on_expire(self, sid: int, payload: bytes, wake: list[_Waiter]) -> None:
         """The inputs did not arrive within ``input_timeout`` of the turn: the slot is gone."""
         error = StreamError(
@@ -449,6 +466,9 @@ class Hub:
         WorkerDied
             The worker died and is not restarted.
         """
+        link = self._link
+        if link is not None:  # a credit that came while no loop watched the connection
+            self._read_link(link, _running_loop())
         with self.lock:
             if self.closed:
                 raise StreamError(f"streamer {self.name} is closed")
@@ -456,8 +476,14 @@ class Hub:
                 raise WorkerDied(f"streamer {self.name}: {self.dead}")
             st.id = next(self._ids)
             self.streams[st.id] = st
+            if self._credit > 0 and self._link is not None:
+                self._credit -= 1
+                st._granted = True  # the worker offered the turn: no round trip to ask for it
+                kind = frames.OPEN_GRANTED
+            else:
+                kind = frames.OPEN
             if inputs is None:
-                self._send_locked(frames.frame(frames.OPEN, st.id))
+                self._send_locked(frames.frame(kind, st.id))
             else:
                 st._sent = True
                 self._send_locked(frames.frame(frames.OPEN_DATA, st.id, inputs))

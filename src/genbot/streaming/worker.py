@@ -115,6 +115,14 @@ class WorkerSide:
     against ``consume``'s ``maximum``; one whose inputs do not arrive within ``input_timeout``
     seconds is expired and its slot released. A stream whose inputs came with its request
     (``OPEN_DATA``) goes from *pending* to *ready* when it is granted.
+
+    **Credit.** While ``consume()`` waits with free slots and no stream waiting for one, it tells
+    the caller side how many turns it would grant at once (``CREDIT``). A caller that opens a
+    stream then takes its turn at once, without the round trip to the worker (``OPEN_GRANTED``),
+    and sends its inputs unasked. ``consume()`` withdraws the credit when it returns (``CREDIT``
+    0); a stream opened on the credit before the withdrawal arrived is *pending*, as any other,
+    with its inputs when they come, and granted (without a ``GRANT``: its caller has its turn
+    already) by a later call.
     """
 
     def __init__(self, end: WorkerConnection, *, input_timeout: float) -> None:
@@ -122,6 +130,8 @@ class WorkerSide:
         self.input_timeout = input_timeout
         self.cond = threading.Condition(threading.Lock())
         self.pending: dict[int, bytes | None] = {}  # with the inputs, if sent with OPEN
+        self.pregranted: set[int] = set()  # pending streams whose callers took a credit
+        self.credit = 0  # turns offered with CREDIT and not taken or withdrawn yet
         self.granted: dict[int, float] = {}
         self.ready: dict[int, Stream] = {}
         self.active: dict[int, Stream] = {}
@@ -144,6 +154,13 @@ class WorkerSide:
         self._stopping = False
         self._sending = False  # a thread is in end.send(): the others queue behind it
         self._send_first = False  # consume() handed out streams: send the next item at once
+        self._handlers: dict[int, Callable[[int, bytes], None]] = {
+            frames.OPEN: self._opened,
+            frames.OPEN_DATA: self._opened_with_data,
+            frames.OPEN_GRANTED: self._opened_granted,
+            frames.DATA: self._arrived,
+            frames.CANCEL: self._cancelled,
+        }
         self._receiver = threading.Thread(target=self._receive, name="genbot-recv", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name="genbot-send", daemon=True)
         self._receiver.start()
@@ -270,21 +287,32 @@ class WorkerSide:
         if not data:
             self._lost()
             return
+        handlers = self._handlers
         with self.cond:
             for kind, sid, payload in self._frames.feed(data):
-                if kind == frames.OPEN:
-                    self.pending[sid] = None
-                elif kind == frames.OPEN_DATA:
-                    self.pending[sid] = payload
-                elif kind == frames.DATA:
-                    self._arrived(sid, payload)
-                elif kind == frames.CANCEL:
-                    self._cancelled(sid)
+                handler = handlers.get(kind)
+                if handler is not None:
+                    handler(sid, payload)
+
+    def _opened(self, sid: int, payload: bytes) -> None:
+        self.pending[sid] = None
+
+    def _opened_with_data(self, sid: int, payload: bytes) -> None:
+        self.pending[sid] = payload
+        self.credit = max(self.credit - 1, 0)  # the caller counted it against the credit
+
+    def _opened_granted(self, sid: int, payload: bytes) -> None:
+        """A stream that took its turn from the credit: granted by the next grant, unasked."""
+        self.pending[sid] = None
+        self.pregranted.add(sid)
+        self.credit = max(self.credit - 1, 0)
 
     def _arrived(self, sid: int, payload: bytes) -> None:
-        if self.granted.pop(sid, None) is None:
-            return  # expired or cancelled meanwhile
-        self._make_ready(sid, payload)
+        if self.granted.pop(sid, None) is not None:
+            self._make_ready(sid, payload)
+        elif sid in self.pregranted and sid in self.pending:
+            self.pending[sid] = payload  # its caller had its turn from a withdrawn credit
+        # else: expired or cancelled meanwhile
 
     def _make_ready(self, sid: int, payload: bytes) -> None:
         """The inputs of granted stream ``sid`` are here: it is ready (or fails if garbled)."""
@@ -297,8 +325,9 @@ class WorkerSide:
             return
         self.ready[sid] = stream
 
-    def _cancelled(self, sid: int) -> None:
+    def _cancelled(self, sid: int, payload: bytes = b"") -> None:
         self.pending.pop(sid, None)
+        self.pregranted.discard(sid)
         self.granted.pop(sid, None)
         stream = self.ready.pop(sid, None) or self.active.pop(sid, None)
         if stream is not None:
@@ -311,6 +340,7 @@ class WorkerSide:
             for stream in [*self.ready.values(), *self.active.values()]:
                 stream.closed = True
             self.pending.clear()
+            self.pregranted.clear()
             self.granted.clear()
             self.ready.clear()
             self.active.clear()
@@ -322,19 +352,25 @@ class WorkerSide:
         if not 0 <= minimum <= maximum:
             raise ValueError(f"need 0 <= minimum <= maximum, got {minimum} and {maximum}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.flush()  # the outputs written since the last call
         # One call at a time reads (calls from several threads take turns).
         if not self._consume_lock.acquire(timeout=-1 if timeout is None else timeout):
+            self.flush()  # the outputs written since the last call
             return []
         try:
             while True:
                 with self._read_lock, self.cond:
                     wait = self._take_or_wait_locked(minimum, maximum, deadline)
                     if isinstance(wait, list):
+                        if self.credit:  # busy now: no turn without asking any more
+                            self.credit = 0
+                            self._queue_frame(frames.frame(frames.CREDIT, 0))
+                        self.flush()  # the outputs written since the last call, the withdrawal
                         self._send_first = bool(wait)
                         return wait
+                    self._offer_credit_locked(maximum)
                     step_aside = self._receiver_polling and not self._consumer_reads
                     self._consumer_reads = True
+                self.flush()  # what was written since the last call, and the credit
                 if step_aside:
                     self._wake_receiver()
                 self._consumer_poll.poll(-1 if wait is None else _poll_ms(wait))
@@ -367,6 +403,18 @@ class WorkerSide:
             wake_at = deadline if wake_at is None else min(wake_at, deadline)
         return None if wake_at is None else max(wake_at - now, 0.0)
 
+    def _offer_credit_locked(self, maximum: int) -> None:
+        """About to wait: offer the caller side the turns that an ``OPEN`` would get at once."""
+        free = 0 if self.pending else max(maximum - len(self.granted) - len(self.ready), 0)
+        if free != self.credit:
+            self.credit = free
+            self._queue_frame(frames.frame(frames.CREDIT, free))
+
+    def _queue_frame(self, data: bytes) -> None:
+        """Queue ``data`` for the next :meth:`flush`, which the caller of this makes."""
+        with self._out_cond:
+            self._outbox.append(data)
+
     def _take_locked(self, maximum: int) -> list[Stream]:
         taken = []
         for sid in list(self.ready)[:maximum]:
@@ -391,7 +439,10 @@ class WorkerSide:
         while self.pending and len(self.granted) + len(self.ready) < maximum:
             sid = next(iter(self.pending))
             inputs = self.pending.pop(sid)
-            grants.append(frames.frame(frames.GRANT, sid))
+            if sid in self.pregranted:
+                self.pregranted.discard(sid)  # its caller has its turn already
+            else:
+                grants.append(frames.frame(frames.GRANT, sid))
             if inputs is None:
                 self.granted[sid] = now + self.input_timeout
             else:
@@ -428,6 +479,7 @@ class WorkerSide:
             for stream in self.ready.values():
                 stream.closed = True
             self.pending.clear()
+            self.pregranted.clear()
             self.granted.clear()
             self.ready.clear()
         payload = _error_payload(message, text)
