@@ -476,17 +476,18 @@ class Hub:
                 raise WorkerDied(f"streamer {self.name}: {self.dead}")
             st.id = next(self._ids)
             self.streams[st.id] = st
+            st._sent = inputs is not None
             if self._credit > 0 and self._link is not None:
                 self._credit -= 1
                 st._granted = True  # the worker offered the turn: no round trip to ask for it
-                kind = frames.OPEN_GRANTED
+                opened = frames.frame(frames.OPEN_GRANTED, st.id)
+                if inputs is not None:
+                    opened += frames.frame(frames.DATA, st.id, inputs)
+            elif inputs is None:
+                opened = frames.frame(frames.OPEN, st.id)
             else:
-                kind = frames.OPEN
-            if inputs is None:
-                self._send_locked(frames.frame(kind, st.id))
-            else:
-                st._sent = True
-                self._send_locked(frames.frame(frames.OPEN_DATA, st.id, inputs))
+                opened = frames.frame(frames.OPEN_DATA, st.id, inputs)
+            self._send_locked(opened)
             resync = self.interest_locked(st._home, 1)
             if resync and st._home is not self.loop:
                 self.resync_locked(st._home)

@@ -299,7 +299,6 @@ class WorkerSide:
 
     def _opened_with_data(self, sid: int, payload: bytes) -> None:
         self.pending[sid] = payload
-        self.credit = max(self.credit - 1, 0)  # the caller counted it against the credit
 
     def _opened_granted(self, sid: int, payload: bytes) -> None:
         """A stream that took its turn from the credit: granted by the next grant, unasked."""
