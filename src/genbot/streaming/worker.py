@@ -116,13 +116,14 @@ class WorkerSide:
     seconds is expired and its slot released. A stream whose inputs came with its request
     (``OPEN_DATA``) goes from *pending* to *ready* when it is granted.
 
-    **Credit.** While ``consume()`` waits with free slots and no stream waiting for one, it tells
-    the caller side how many turns it would grant at once (``CREDIT``). A caller that opens a
-    stream then takes its turn at once, without the round trip to the worker (``OPEN_GRANTED``),
-    and sends its inputs unasked. ``consume()`` withdraws the credit when it returns (``CREDIT``
-    0); a stream opened on the credit before the withdrawal arrived is *pending*, as any other,
-    with its inputs when they come, and granted (without a ``GRANT``: its caller has its turn
-    already) by a later call.
+    **Credit.** While ``consume()`` waits with a free slot and no stream pending or granted, it
+    offers the caller side one turn (``CREDIT`` 1): a caller that opens a stream then takes its
+    turn at once, without the round trip to the worker (``OPEN_GRANTED``), and sends its inputs
+    unasked, so its first output comes after one round trip, not two. One turn at a time: taken,
+    it needs no withdrawal. An offer not taken is withdrawn (``CREDIT`` 0) when ``consume()``
+    returns or grants another stream; a stream opened on it before the withdrawal arrived is
+    *pending*, as any other, with its inputs when they come, and granted (without a ``GRANT``:
+    its caller has its turn already) by a later call.
     """
 
     def __init__(self, end: WorkerConnection, *, input_timeout: float) -> None:
@@ -403,8 +404,10 @@ class WorkerSide:
         return None if wake_at is None else max(wake_at - now, 0.0)
 
     def _offer_credit_locked(self, maximum: int) -> None:
-        """About to wait: offer the caller side the turns that an ``OPEN`` would get at once."""
-        free = 0 if self.pending else max(maximum - len(self.granted) - len(self.ready), 0)
+        """About to wait: offer the caller side a turn, if an ``OPEN`` would get one at once and
+        no other stream is under way (pending, or granted and its inputs not here yet)."""
+        idle = not self.pending and not self.granted
+        free = 1 if idle and len(self.ready) < maximum else 0
         if free != self.credit:
             self.credit = free
             self._queue_frame(frames.frame(frames.CREDIT, free))
