@@ -18,6 +18,11 @@ restarts the worker with back-off, reads for synchronous callers, and writes wha
 did not take. Callers send their frames (open, inputs, cancel) straight to the socket from their
 own thread. Nothing polls.
 
+**Turns offered in advance.** While the worker waits with nothing under way, it offers one
+turn (``CREDIT``); a stream opened then takes it at once (``OPEN_GRANTED``), without the round
+trip to ask for it. Opening a stream first reads what the connection holds, so an offer that
+came while no loop watched is seen.
+
 **Frames in** are handled by a table of small methods, one per frame kind (``_on_grant``,
 ``_on_out``, ...), that fill the streams' buffers and collect the waiters to wake.
 """
