@@ -39,30 +39,40 @@ class Stream:
     went away): writes to a closed stream are dropped.
     """
 
-    __slots__ = ("_side", "closed", "data", "id")
+    __slots__ = ("_closed", "_side", "data", "id")
 
     def __init__(self, side: WorkerSide, sid: int, data: Any) -> None:
         self._side = side
         self.id = sid
         self.data = data
-        self.closed = False
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once either side closed the stream (e.g. the caller went away)."""
+        if self._side.receiver_held:  # the worker looks: make sure someone reads the socket
+            self._side.resume_receiver()
+        return self._closed
 
     def write(self, obj: object) -> None:
-        if self.closed:
+        if self._closed:
             return
+        side = self._side
         if type(obj) in frames.PLAIN_TYPES:
-            self._side.send_plain(self.id, obj)
+            side.send_plain(self.id, obj)
         else:
             payload = frames.dumps(obj, "output")  # fails here, in the worker, if unpicklable
-            self._side.send(frames.frame(frames.OUT, self.id, payload))
+            side.send(frames.frame(frames.OUT, self.id, payload))
+        if side.receiver_held:  # after the first output went out
+            side.resume_receiver()
 
     def close(self) -> None:
-        if not self.closed:
+        if not self._closed:
             self._side.finish(self, frames.END, b"")
 
     def fail(self, error: BaseException | str) -> None:
         """End the stream with an error: the caller's iteration raises :class:`StreamError`."""
-        if self.closed:
+        if self._closed:
             return
         if isinstance(error, BaseException):
             message = f"{type(error).__name__}: {error}"
@@ -72,7 +82,7 @@ class Stream:
         self._side.finish(self, frames.ERROR, _error_payload(message, text))
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
+        state = "closed" if self._closed else "open"
         return f"<Stream {self.id} {state} data={self.data!r:.60}>"
 
 
@@ -145,6 +155,10 @@ class WorkerSide:
         self._frames = frames.FrameReader()
         self._consumer_reads = False
         self._receiver_polling = False  # the receiver waits on the socket (not parked on cond)
+        # consume() handed out streams and left the receiver parked: it resumes once the first
+        # output went out (or the worker looks at a stream's ``closed``, or closes), so that it
+        # does not compete with the worker's thread before that.
+        self.receiver_held = False
         self._wake_r, self._wake_w = os.pipe()  # tells the polling receiver to step aside
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -238,11 +252,13 @@ class WorkerSide:
 
     def finish(self, stream: Stream, kind: int, payload: bytes) -> None:
         with self.cond:
-            if stream.closed:
+            if stream._closed:
                 return
-            stream.closed = True
+            stream._closed = True
             self.active.pop(stream.id, None)
         self.send(frames.frame(kind, stream.id, payload))
+        if self.receiver_held:
+            self.resume_receiver()
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -320,7 +336,7 @@ class WorkerSide:
         try:
             stream.data = frames.loads(payload, "inputs")
         except StreamError as exc:
-            stream.closed = True
+            stream._closed = True
             self.send(frames.frame(frames.ERROR, sid, _error_payload(str(exc), None)))
             return
         self.ready[sid] = stream
@@ -331,14 +347,14 @@ class WorkerSide:
         self.granted.pop(sid, None)
         stream = self.ready.pop(sid, None) or self.active.pop(sid, None)
         if stream is not None:
-            stream.closed = True
+            stream._closed = True
 
     def _lost(self) -> None:
         """The caller side is gone (closed, or its process died)."""
         with self.cond:
             self.eof = True
             for stream in [*self.ready.values(), *self.active.values()]:
-                stream.closed = True
+                stream._closed = True
             self.pending.clear()
             self.pregranted.clear()
             self.granted.clear()
@@ -356,11 +372,13 @@ class WorkerSide:
         if not self._consume_lock.acquire(timeout=-1 if timeout is None else timeout):
             self.flush()  # the outputs written since the last call
             return []
+        taken: list[Stream] = []
         try:
             while True:
                 with self._read_lock, self.cond:
                     wait = self._take_or_wait_locked(minimum, maximum, deadline)
                     if isinstance(wait, list):
+                        taken = wait
                         if self.credit:  # busy now: no turn without asking any more
                             self.credit = 0
                             self._queue_frame(frames.frame(frames.CREDIT, 0))
@@ -370,6 +388,7 @@ class WorkerSide:
                     self._offer_credit_locked(maximum)
                     step_aside = self._receiver_polling and not self._consumer_reads
                     self._consumer_reads = True
+                    self.receiver_held = False  # parked already: this thread reads
                 self.flush()  # what was written since the last call, and the credit
                 if step_aside:
                     self._wake_receiver()
@@ -380,7 +399,10 @@ class WorkerSide:
             if self._consumer_reads:
                 with self.cond:
                     self._consumer_reads = False
-                    self.cond.notify_all()  # the receiver reads again
+                    if taken:  # resumed after the first output (resume_receiver)
+                        self.receiver_held = True
+                    else:
+                        self.cond.notify_all()  # the receiver reads again
             self._consume_lock.release()
 
     def _take_or_wait_locked(
@@ -424,6 +446,13 @@ class WorkerSide:
             self.active[sid] = stream
             taken.append(stream)
         return taken
+
+    def resume_receiver(self) -> None:
+        """Let the receiver read again, if ``consume()`` left it parked. Not under ``cond``."""
+        with self.cond:
+            if self.receiver_held:
+                self.receiver_held = False
+                self.cond.notify_all()
 
     def _wake_receiver(self) -> None:
         """Make the receiver leave its poll (it then waits until ``consume()`` returns)."""
@@ -479,7 +508,7 @@ class WorkerSide:
         with self.cond:
             sids = [*self.pending, *self.granted, *self.ready]
             for stream in self.ready.values():
-                stream.closed = True
+                stream._closed = True
             self.pending.clear()
             self.pregranted.clear()
             self.granted.clear()
@@ -490,6 +519,7 @@ class WorkerSide:
 
     def close(self) -> None:
         """Flush what was written, then close the connection."""
+        self.resume_receiver()  # it sees the end, and returns
         with self._out_cond:
             self._stopping = True
             self._out_cond.notify()
