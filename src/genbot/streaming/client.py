@@ -472,7 +472,8 @@ class Hub:
             The worker died and is not restarted.
         """
         link = self._link
-        if link is not None:  # a credit that came while no loop watched the connection
+        if link is not None and self._watched.get(st._home) is not link:
+            # An offer of a turn may have come while no loop here watched the connection.
             self._read_link(link, _running_loop())
         with self.lock:
             if self.closed:

@@ -382,14 +382,15 @@ class WorkerSide:
                         if self.credit:  # busy now: no turn without asking any more
                             self.credit = 0
                             self._queue_frame(frames.frame(frames.CREDIT, 0))
-                        self.flush()  # the outputs written since the last call, the withdrawal
-                        self._send_first = bool(wait)
-                        return wait
-                    self._offer_credit_locked(maximum)
-                    step_aside = self._receiver_polling and not self._consumer_reads
-                    self._consumer_reads = True
-                    self.receiver_held = False  # parked already: this thread reads
+                    else:
+                        self._offer_credit_locked(maximum)
+                        step_aside = self._receiver_polling and not self._consumer_reads
+                        self._consumer_reads = True
+                        self.receiver_held = False  # parked already: this thread reads
                 self.flush()  # what was written since the last call, and the credit
+                if isinstance(wait, list):
+                    self._send_first = bool(wait)
+                    return wait
                 if step_aside:
                     self._wake_receiver()
                 self._consumer_poll.poll(-1 if wait is None else _poll_ms(wait))
