@@ -116,6 +116,9 @@ class Hub:
         # Turns the worker offered (CREDIT) that no stream took yet: a stream opened while there
         # is one has its turn at once, without the round trip to the worker (under the lock).
         self._credit = 0
+        # Frames a loop sends while it opens streams on an offered turn (_hold_sends_locked).
+        self._held: list[bytes] | None = None
+        self._held_loop: asyncio.AbstractEventLoop | None = None
         self._fatal: str | None = None  # why the current worker stopped for good, if it said
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
@@ -454,10 +457,37 @@ class Hub:
     # -- frames out (any thread) ----------------------------------------------------------------
 
     def _send_locked(self, data: bytes) -> None:
+        if self._held is not None:
+            if _running_loop() is self._held_loop:
+                self._held.append(data)  # sent at the end of this round of the loop
+                return
+            # Another thread: what is held goes first, so every stream's frames stay in order.
+            data = b"".join([*self._held, data])
+            self._held.clear()
         if self._link is not None:
             self._link.send(data)
         else:
             self._outbox.append(data)  # the worker is (re)starting
+
+    def _hold_sends_locked(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Under the lock, on ``loop``: hold what this loop sends until the end of its current
+        round of callbacks, then send it at once.
+
+        A stream that took an offered turn sends its open and, usually, its inputs right away:
+        the worker would hand it out alone, while the other streams opened in the same round
+        (a burst, e.g. ``gather``) are still on their way. Held, they arrive together and make
+        one batch, as they do when each waits for its ``GRANT``.
+        """
+        if self._held is None:
+            self._held = []
+            self._held_loop = loop
+            loop.call_soon(self._release_held)
+
+    def _release_held(self) -> None:
+        with self.lock:
+            held, self._held = self._held, None
+            if held:
+                self._send_locked(b"".join(held))
 
     def register(self, st: CallerStream, inputs: bytes | None = None) -> None:
         """Give ``st`` its id and queue it at the worker (``OPEN``, or ``OPEN_DATA`` with the
@@ -486,6 +516,8 @@ class Hub:
             if self._credit > 0 and self._link is not None:
                 self._credit -= 1
                 st._granted = True  # the worker offered the turn: no round trip to ask for it
+                if st._home is not self.loop:  # a caller on its own event loop (not sync)
+                    self._hold_sends_locked(st._home)
                 opened = frames.frame(frames.OPEN_GRANTED, st.id)
                 if inputs is not None:
                     opened += frames.frame(frames.DATA, st.id, inputs)
