@@ -198,6 +198,7 @@ class Hub:
 
     def _fail_all_locked(self, error: Callable[[CallerStream], StreamError]) -> list[_Waiter]:
         self._outbox.clear()
+        self._held = None  # the frames of streams that fail now
         streams = list(self.streams.values())
         self.streams.clear()
         waiters = [st._fail_locked(error(st)) for st in streams]
@@ -463,7 +464,7 @@ class Hub:
                 return
             # Another thread: what is held goes first, so every stream's frames stay in order.
             data = b"".join([*self._held, data])
-            self._held.clear()
+            self._held = None
         if self._link is not None:
             self._link.send(data)
         else:
