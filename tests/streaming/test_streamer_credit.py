@@ -252,3 +252,29 @@ def test_a_withdrawn_credit_is_not_taken(hub: tuple[Hub, Peer]) -> None:
     worker.expect(frames.DATA, 1)
     thread.join(TIMEOUT)
     assert done.is_set()
+
+
+async def test_another_thread_sends_what_a_loop_holds_first(hub: tuple[Hub, Peer]) -> None:
+    streams, worker = hub
+    worker.send((frames.CREDIT, 1, b""))
+    slot = StreamSlot(streams)
+    first = await slot.__aenter__()  # took the turn: this loop holds its sends for now
+    entered = threading.Event()
+
+    def other_thread() -> None:
+        with StreamSlot(streams) as stream:
+            entered.set()
+            stream("other")
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    # Without this loop going on, both opens reach the worker, in the order they were made.
+    worker.expect(frames.OPEN_GRANTED, first.id)
+    assert worker.expect(frames.OPEN, first.id + 1) == b""
+    assert not entered.is_set()
+    worker.send((frames.GRANT, first.id + 1, b""))
+    assert pickle.loads(worker.expect(frames.DATA, first.id + 1)) == "other"
+    thread.join(TIMEOUT)
+    assert entered.is_set()
+    await slot.__aexit__(None, None, None)
+    worker.expect(frames.CANCEL, first.id)
