@@ -6,7 +6,9 @@ Frames are read, and the queue of streams kept, by whoever waits on the connecti
 inputs that complete its batch without a switch to another thread; while the worker is busy
 elsewhere, a receiver thread reads (so that cancellations and the caller side's end are seen at
 once). One reads at a time: the receiver steps aside, woken through a pipe, when ``consume()``
-starts waiting, and resumes when it returns. A sender thread coalesces everything written since
+starts waiting, and resumes when it returns, or, when it returned streams, once the first output
+went out or the worker reads a stream's ``closed`` (so that it does not compete with the worker's
+thread for the first output). A sender thread coalesces everything written since
 its last send into one ``send`` call, so many small outputs share a system call.
 """
 
