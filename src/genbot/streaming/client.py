@@ -18,6 +18,11 @@ restarts the worker with back-off, reads for synchronous callers, and writes wha
 did not take. Callers send their frames (open, inputs, cancel) straight to the socket from their
 own thread. Nothing polls.
 
+**Turns offered in advance.** While the worker waits with nothing under way, it offers one
+turn (``CREDIT``); a stream opened then takes it at once (``OPEN_GRANTED``), without the round
+trip to ask for it. Opening a stream first reads what the connection holds, so an offer that
+came while no loop watched is seen.
+
 **Frames in** are handled by a table of small methods, one per frame kind (``_on_grant``,
 ``_on_out``, ...), that fill the streams' buffers and collect the waiters to wake.
 """
@@ -106,7 +111,14 @@ class Hub:
             frames.ERROR: self._on_error,
             frames.EXPIRE: self._on_expire,
             frames.FATAL: self._on_fatal,
+            frames.CREDIT: self._on_credit,
         }
+        # Turns the worker offered (CREDIT) that no stream took yet: a stream opened while there
+        # is one has its turn at once, without the round trip to the worker (under the lock).
+        self._credit = 0
+        # Frames a loop sends while it opens streams on an offered turn (_hold_sends_locked).
+        self._held: list[bytes] | None = None
+        self._held_loop: asyncio.AbstractEventLoop | None = None
         self._fatal: str | None = None  # why the current worker stopped for good, if it said
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
@@ -146,6 +158,7 @@ class Hub:
             self.worker = worker
             self._link = link
             self._fatal = None
+            self._credit = 0
             self._links = [c for c in self._links if not c.closed] + [link]
             if self._outbox:  # opened while the worker (re)started
                 link.send(b"".join(self._outbox))
@@ -162,6 +175,7 @@ class Hub:
             if link is not self._link:
                 return
             self._link = None
+            self._credit = 0
             if self._fatal and self._fatal not in reason:
                 reason = f"{reason} ({self._fatal})"
             delay = None if self.closed else self._restart_delay()
@@ -184,6 +198,7 @@ class Hub:
 
     def _fail_all_locked(self, error: Callable[[CallerStream], StreamError]) -> list[_Waiter]:
         self._outbox.clear()
+        self._held = None  # the frames of streams that fail now
         streams = list(self.streams.values())
         self.streams.clear()
         waiters = [st._fail_locked(error(st)) for st in streams]
@@ -310,27 +325,33 @@ class Hub:
 
     def _readable(self, link: CallerConnection, loop: asyncio.AbstractEventLoop) -> None:
         """On ``loop``, which watches ``link``: read what is there and route it."""
+        if self._read_link(link, loop):
+            self._resync(loop)  # a lost connection: let go of it
+
+    def _read_link(self, link: CallerConnection, here: asyncio.AbstractEventLoop | None) -> bool:
+        """Read what ``link`` holds, without blocking, and route it (``here``: the loop running
+        this, if any); True if ``link`` is lost or replaced (its watchers let go of it)."""
         reason = None
         with link.read_lock:
             data = link.recv()
             if data is None:
-                return  # another loop read it first
+                return False  # nothing there, or another loop read it first
             if not data:
                 reason = "the connection to the worker closed"
             elif link is self._link:
                 try:
-                    self._route(link.frames.feed(data), loop)
-                    return
+                    self._route(link.frames.feed(data), here)
+                    return False
                 except Exception as exc:  # a malformed frame: this connection cannot be trusted
                     _log.exception("streamer %s: bad data from the worker", self.name)
                     reason = f"bad data from the worker ({exc!r})"
         if reason is not None:
             self.link_lost(link, reason)
-        self._resync(loop)  # a lost connection: let go of it
+        return True
 
     # -- frames in: one small method per kind, called under no lock ----------------------------
 
-    def _route(self, received: list[frames.Frame], here: asyncio.AbstractEventLoop) -> None:
+    def _route(self, received: list[frames.Frame], here: asyncio.AbstractEventLoop | None) -> None:
         wake: list[_Waiter] = []
         handlers = self._handlers
         for kind, sid, payload in received:
@@ -392,6 +413,11 @@ class Hub:
         with self.lock:
             self._fatal = str(message)
 
+    def _on_credit(self, count: int, payload: bytes, wake: list[_Waiter]) -> None:
+        """The worker waits and would grant ``count`` turns at once (0: no more; it is busy)."""
+        with self.lock:
+            self._credit = count
+
     def _on_expire(self, sid: int, payload: bytes, wake: list[_Waiter]) -> None:
         """The inputs did not arrive within ``input_timeout`` of the turn: the slot is gone."""
         error = StreamError(
@@ -432,10 +458,37 @@ class Hub:
     # -- frames out (any thread) ----------------------------------------------------------------
 
     def _send_locked(self, data: bytes) -> None:
+        if self._held is not None:
+            if _running_loop() is self._held_loop:
+                self._held.append(data)  # sent at the end of this round of the loop
+                return
+            # Another thread: what is held goes first, so every stream's frames stay in order.
+            data = b"".join([*self._held, data])
+            self._held = None
         if self._link is not None:
             self._link.send(data)
         else:
             self._outbox.append(data)  # the worker is (re)starting
+
+    def _hold_sends_locked(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Under the lock, on ``loop``: hold what this loop sends until the end of its current
+        round of callbacks, then send it at once.
+
+        A stream that took an offered turn sends its open and, usually, its inputs right away:
+        the worker would hand it out alone, while the other streams opened in the same round
+        (a burst, e.g. ``gather``) are still on their way. Held, they arrive together and make
+        one batch, as they do when each waits for its ``GRANT``.
+        """
+        if self._held is None:
+            self._held = []
+            self._held_loop = loop
+            loop.call_soon(self._release_held)
+
+    def _release_held(self) -> None:
+        with self.lock:
+            held, self._held = self._held, None
+            if held:
+                self._send_locked(b"".join(held))
 
     def register(self, st: CallerStream, inputs: bytes | None = None) -> None:
         """Give ``st`` its id and queue it at the worker (``OPEN``, or ``OPEN_DATA`` with the
@@ -449,6 +502,10 @@ class Hub:
         WorkerDied
             The worker died and is not restarted.
         """
+        link = self._link
+        if link is not None and self._watched.get(st._home) is not link:
+            # An offer of a turn may have come while no loop here watched the connection.
+            self._read_link(link, _running_loop())
         with self.lock:
             if self.closed:
                 raise StreamError(f"streamer {self.name} is closed")
@@ -456,11 +513,20 @@ class Hub:
                 raise WorkerDied(f"streamer {self.name}: {self.dead}")
             st.id = next(self._ids)
             self.streams[st.id] = st
-            if inputs is None:
-                self._send_locked(frames.frame(frames.OPEN, st.id))
+            st._sent = inputs is not None
+            if self._credit > 0 and self._link is not None:
+                self._credit -= 1
+                st._granted = True  # the worker offered the turn: no round trip to ask for it
+                if st._home is not self.loop:  # a caller on its own event loop (not sync)
+                    self._hold_sends_locked(st._home)
+                opened = frames.frame(frames.OPEN_GRANTED, st.id)
+                if inputs is not None:
+                    opened += frames.frame(frames.DATA, st.id, inputs)
+            elif inputs is None:
+                opened = frames.frame(frames.OPEN, st.id)
             else:
-                st._sent = True
-                self._send_locked(frames.frame(frames.OPEN_DATA, st.id, inputs))
+                opened = frames.frame(frames.OPEN_DATA, st.id, inputs)
+            self._send_locked(opened)
             resync = self.interest_locked(st._home, 1)
             if resync and st._home is not self.loop:
                 self.resync_locked(st._home)

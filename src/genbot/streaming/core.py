@@ -8,6 +8,9 @@ How a stream goes (see also :mod:`genbot.streaming.worker`):
    inputs (e.g. reads the context window) at the last moment, and sends them: ``stream(inputs)``.
    A caller that has its inputs already sends them with the request for a turn,
    ``streamer.stream(inputs)`` (*OPEN_DATA*): the stream is ready as soon as it is granted.
+   While ``consume`` waits with nothing under way, it offers the caller side one turn in
+   advance (*CREDIT*): the next stream opened takes it without the round trip
+   (*OPEN_GRANTED*; see :mod:`genbot.streaming.worker`).
 3. ``consume`` hands a stream to the worker only once its inputs arrived, so ``stream.data`` is
    always there. With ``minimum >= 1`` it returns once every stream it granted has sent its
    inputs (a batch is not split by the round trip); with ``minimum=0`` it returns at once with

@@ -15,6 +15,7 @@ from genbot.streaming.errors import StreamError
 
 __all__ = [
     "CANCEL",
+    "CREDIT",
     "DATA",
     "END",
     "ERROR",
@@ -24,6 +25,7 @@ __all__ = [
     "HEADER",
     "OPEN",
     "OPEN_DATA",
+    "OPEN_GRANTED",
     "OUT",
     "OUTS",
     "PLAIN_TYPES",
@@ -40,6 +42,7 @@ OPEN = 1  # a caller waits for a turn
 DATA = 2  # the caller's inputs (payload: pickle)
 CANCEL = 3  # the caller went away
 OPEN_DATA = 10  # OPEN with the inputs already (payload: pickle): ready as soon as granted
+OPEN_GRANTED = 12  # OPEN that took its turn from the worker's CREDIT: its DATA follows unasked
 # worker -> caller
 GRANT = 4  # the worker took the stream: the caller may now build and send its inputs
 OUT = 5  # one output (payload: pickle)
@@ -49,6 +52,8 @@ EXPIRE = 8  # the inputs did not arrive in time after GRANT; the slot was releas
 OUTS = 9  # outputs of plain types (str, bytes, numbers, None), many streams' in one pickle:
 #           a list of (stream id, output); the stream id in the header is 0
 FATAL = 11  # the worker stops for good: why (payload: pickle of a str); the stream id is 0
+CREDIT = 13  # the worker waits in consume() and would grant this many turns at once (the count
+#             is in the header's stream id field; 0 withdraws the credit: the worker got busy)
 
 #: Output types that always pickle: the worker batches them into OUTS frames.
 PLAIN_TYPES = frozenset({str, bytes, int, float, bool, type(None)})

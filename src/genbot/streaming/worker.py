@@ -6,7 +6,9 @@ Frames are read, and the queue of streams kept, by whoever waits on the connecti
 inputs that complete its batch without a switch to another thread; while the worker is busy
 elsewhere, a receiver thread reads (so that cancellations and the caller side's end are seen at
 once). One reads at a time: the receiver steps aside, woken through a pipe, when ``consume()``
-starts waiting, and resumes when it returns. A sender thread coalesces everything written since
+starts waiting, and resumes when it returns, or, when it returned streams, once the first output
+went out or the worker reads a stream's ``closed`` (so that it does not compete with the worker's
+thread for the first output). A sender thread coalesces everything written since
 its last send into one ``send`` call, so many small outputs share a system call.
 """
 
@@ -39,25 +41,35 @@ class Stream:
     went away): writes to a closed stream are dropped.
     """
 
-    __slots__ = ("_side", "closed", "data", "id")
+    __slots__ = ("_closed", "_side", "data", "id")
 
     def __init__(self, side: WorkerSide, sid: int, data: Any) -> None:
         self._side = side
         self.id = sid
         self.data = data
-        self.closed = False
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once either side closed the stream (e.g. the caller went away)."""
+        if self._side.receiver_held:  # the worker looks: make sure someone reads the socket
+            self._side.resume_receiver()
+        return self._closed
 
     def write(self, obj: object) -> None:
-        if self.closed:
+        if self._closed:
             return
+        side = self._side
         if type(obj) in frames.PLAIN_TYPES:
-            self._side.send_plain(self.id, obj)
+            side.send_plain(self.id, obj)
         else:
             payload = frames.dumps(obj, "output")  # fails here, in the worker, if unpicklable
-            self._side.send(frames.frame(frames.OUT, self.id, payload))
+            side.send(frames.frame(frames.OUT, self.id, payload))
+        if side.receiver_held:  # after the first output went out
+            side.resume_receiver()
 
     def close(self) -> None:
-        if not self.closed:
+        if not self._closed:
             self._side.finish(self, frames.END, b"")
 
     def fail(self, error: BaseException | str, *, kind: str | None = None) -> None:
@@ -72,7 +84,7 @@ class Stream:
         """
         if kind is not None and kind not in FAILURE_KINDS:
             raise ValueError(f"unknown failure kind {kind!r}; one of: {', '.join(FAILURE_KINDS)}")
-        if self.closed:
+        if self._closed:
             return
         if isinstance(error, BaseException):
             message = f"{type(error).__name__}: {error}"
@@ -82,7 +94,7 @@ class Stream:
         self._side.finish(self, frames.ERROR, _error_payload(message, text, kind))
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
+        state = "closed" if self._closed else "open"
         return f"<Stream {self.id} {state} data={self.data!r:.60}>"
 
 
@@ -125,6 +137,15 @@ class WorkerSide:
     against ``consume``'s ``maximum``; one whose inputs do not arrive within ``input_timeout``
     seconds is expired and its slot released. A stream whose inputs came with its request
     (``OPEN_DATA``) goes from *pending* to *ready* when it is granted.
+
+    **Credit.** While ``consume()`` waits with a free slot and no stream pending or granted, it
+    offers the caller side one turn (``CREDIT`` 1): a caller that opens a stream then takes its
+    turn at once, without the round trip to the worker (``OPEN_GRANTED``), and sends its inputs
+    unasked, so its first output comes after one round trip, not two. One turn at a time: taken,
+    it needs no withdrawal. An offer not taken is withdrawn (``CREDIT`` 0) when ``consume()``
+    returns or grants another stream; a stream opened on it before the withdrawal arrived is
+    *pending*, as any other, with its inputs when they come, and granted (without a ``GRANT``:
+    its caller has its turn already) by a later call.
     """
 
     def __init__(self, end: WorkerConnection, *, input_timeout: float) -> None:
@@ -132,6 +153,8 @@ class WorkerSide:
         self.input_timeout = input_timeout
         self.cond = threading.Condition(threading.Lock())
         self.pending: dict[int, bytes | None] = {}  # with the inputs, if sent with OPEN
+        self.pregranted: set[int] = set()  # pending streams whose callers took a credit
+        self.credit = 0  # turns offered with CREDIT and not taken or withdrawn yet
         self.granted: dict[int, float] = {}
         self.ready: dict[int, Stream] = {}
         self.active: dict[int, Stream] = {}
@@ -144,6 +167,10 @@ class WorkerSide:
         self._frames = frames.FrameReader()
         self._consumer_reads = False
         self._receiver_polling = False  # the receiver waits on the socket (not parked on cond)
+        # consume() handed out streams and left the receiver parked: it resumes once the first
+        # output went out (or the worker looks at a stream's ``closed``, or closes), so that it
+        # does not compete with the worker's thread before that.
+        self.receiver_held = False
         self._wake_r, self._wake_w = os.pipe()  # tells the polling receiver to step aside
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -154,6 +181,13 @@ class WorkerSide:
         self._stopping = False
         self._sending = False  # a thread is in end.send(): the others queue behind it
         self._send_first = False  # consume() handed out streams: send the next item at once
+        self._handlers: dict[int, Callable[[int, bytes], None]] = {
+            frames.OPEN: self._opened,
+            frames.OPEN_DATA: self._opened_with_data,
+            frames.OPEN_GRANTED: self._opened_granted,
+            frames.DATA: self._arrived,
+            frames.CANCEL: self._cancelled,
+        }
         self._receiver = threading.Thread(target=self._receive, name="genbot-recv", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name="genbot-send", daemon=True)
         self._receiver.start()
@@ -230,11 +264,13 @@ class WorkerSide:
 
     def finish(self, stream: Stream, kind: int, payload: bytes) -> None:
         with self.cond:
-            if stream.closed:
+            if stream._closed:
                 return
-            stream.closed = True
+            stream._closed = True
             self.active.pop(stream.id, None)
         self.send(frames.frame(kind, stream.id, payload))
+        if self.receiver_held:
+            self.resume_receiver()
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -280,21 +316,31 @@ class WorkerSide:
         if not data:
             self._lost()
             return
+        handlers = self._handlers
         with self.cond:
             for kind, sid, payload in self._frames.feed(data):
-                if kind == frames.OPEN:
-                    self.pending[sid] = None
-                elif kind == frames.OPEN_DATA:
-                    self.pending[sid] = payload
-                elif kind == frames.DATA:
-                    self._arrived(sid, payload)
-                elif kind == frames.CANCEL:
-                    self._cancelled(sid)
+                handler = handlers.get(kind)
+                if handler is not None:
+                    handler(sid, payload)
+
+    def _opened(self, sid: int, payload: bytes) -> None:
+        self.pending[sid] = None
+
+    def _opened_with_data(self, sid: int, payload: bytes) -> None:
+        self.pending[sid] = payload
+
+    def _opened_granted(self, sid: int, payload: bytes) -> None:
+        """A stream that took its turn from the credit: granted by the next grant, unasked."""
+        self.pending[sid] = None
+        self.pregranted.add(sid)
+        self.credit = max(self.credit - 1, 0)
 
     def _arrived(self, sid: int, payload: bytes) -> None:
-        if self.granted.pop(sid, None) is None:
-            return  # expired or cancelled meanwhile
-        self._make_ready(sid, payload)
+        if self.granted.pop(sid, None) is not None:
+            self._make_ready(sid, payload)
+        elif sid in self.pregranted and sid in self.pending:
+            self.pending[sid] = payload  # its caller had its turn from a withdrawn credit
+        # else: expired or cancelled meanwhile
 
     def _make_ready(self, sid: int, payload: bytes) -> None:
         """The inputs of granted stream ``sid`` are here: it is ready (or fails if garbled)."""
@@ -302,25 +348,27 @@ class WorkerSide:
         try:
             stream.data = frames.loads(payload, "inputs")
         except StreamError as exc:
-            stream.closed = True
+            stream._closed = True
             self.send(frames.frame(frames.ERROR, sid, _error_payload(str(exc), None)))
             return
         self.ready[sid] = stream
 
-    def _cancelled(self, sid: int) -> None:
+    def _cancelled(self, sid: int, payload: bytes = b"") -> None:
         self.pending.pop(sid, None)
+        self.pregranted.discard(sid)
         self.granted.pop(sid, None)
         stream = self.ready.pop(sid, None) or self.active.pop(sid, None)
         if stream is not None:
-            stream.closed = True
+            stream._closed = True
 
     def _lost(self) -> None:
         """The caller side is gone (closed, or its process died)."""
         with self.cond:
             self.eof = True
             for stream in [*self.ready.values(), *self.active.values()]:
-                stream.closed = True
+                stream._closed = True
             self.pending.clear()
+            self.pregranted.clear()
             self.granted.clear()
             self.ready.clear()
             self.active.clear()
@@ -332,19 +380,29 @@ class WorkerSide:
         if not 0 <= minimum <= maximum:
             raise ValueError(f"need 0 <= minimum <= maximum, got {minimum} and {maximum}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.flush()  # the outputs written since the last call
         # One call at a time reads (calls from several threads take turns).
         if not self._consume_lock.acquire(timeout=-1 if timeout is None else timeout):
+            self.flush()  # the outputs written since the last call
             return []
+        taken: list[Stream] = []
         try:
             while True:
                 with self._read_lock, self.cond:
                     wait = self._take_or_wait_locked(minimum, maximum, deadline)
                     if isinstance(wait, list):
-                        self._send_first = bool(wait)
-                        return wait
-                    step_aside = self._receiver_polling and not self._consumer_reads
-                    self._consumer_reads = True
+                        taken = wait
+                        if self.credit:  # busy now: no turn without asking any more
+                            self.credit = 0
+                            self._queue_frame(frames.frame(frames.CREDIT, 0))
+                    else:
+                        self._offer_credit_locked(maximum)
+                        step_aside = self._receiver_polling and not self._consumer_reads
+                        self._consumer_reads = True
+                        self.receiver_held = False  # parked already: this thread reads
+                self.flush()  # what was written since the last call, and the credit
+                if isinstance(wait, list):
+                    self._send_first = bool(wait)
+                    return wait
                 if step_aside:
                     self._wake_receiver()
                 self._consumer_poll.poll(-1 if wait is None else _poll_ms(wait))
@@ -354,7 +412,10 @@ class WorkerSide:
             if self._consumer_reads:
                 with self.cond:
                     self._consumer_reads = False
-                    self.cond.notify_all()  # the receiver reads again
+                    if taken:  # resumed after the first output (resume_receiver)
+                        self.receiver_held = True
+                    else:
+                        self.cond.notify_all()  # the receiver reads again
             self._consume_lock.release()
 
     def _take_or_wait_locked(
@@ -377,6 +438,20 @@ class WorkerSide:
             wake_at = deadline if wake_at is None else min(wake_at, deadline)
         return None if wake_at is None else max(wake_at - now, 0.0)
 
+    def _offer_credit_locked(self, maximum: int) -> None:
+        """About to wait: offer the caller side a turn, if an ``OPEN`` would get one at once and
+        no other stream is under way (pending, or granted and its inputs not here yet)."""
+        idle = not self.pending and not self.granted
+        free = 1 if idle and len(self.ready) < maximum else 0
+        if free != self.credit:
+            self.credit = free
+            self._queue_frame(frames.frame(frames.CREDIT, free))
+
+    def _queue_frame(self, data: bytes) -> None:
+        """Queue ``data`` for the next :meth:`flush`, which the caller of this makes."""
+        with self._out_cond:
+            self._outbox.append(data)
+
     def _take_locked(self, maximum: int) -> list[Stream]:
         taken = []
         for sid in list(self.ready)[:maximum]:
@@ -384,6 +459,13 @@ class WorkerSide:
             self.active[sid] = stream
             taken.append(stream)
         return taken
+
+    def resume_receiver(self) -> None:
+        """Let the receiver read again, if ``consume()`` left it parked. Not under ``cond``."""
+        with self.cond:
+            if self.receiver_held:
+                self.receiver_held = False
+                self.cond.notify_all()
 
     def _wake_receiver(self) -> None:
         """Make the receiver leave its poll (it then waits until ``consume()`` returns)."""
@@ -401,7 +483,10 @@ class WorkerSide:
         while self.pending and len(self.granted) + len(self.ready) < maximum:
             sid = next(iter(self.pending))
             inputs = self.pending.pop(sid)
-            grants.append(frames.frame(frames.GRANT, sid))
+            if sid in self.pregranted:
+                self.pregranted.discard(sid)  # its caller has its turn already
+            else:
+                grants.append(frames.frame(frames.GRANT, sid))
             if inputs is None:
                 self.granted[sid] = now + self.input_timeout
             else:
@@ -436,8 +521,9 @@ class WorkerSide:
         with self.cond:
             sids = [*self.pending, *self.granted, *self.ready]
             for stream in self.ready.values():
-                stream.closed = True
+                stream._closed = True
             self.pending.clear()
+            self.pregranted.clear()
             self.granted.clear()
             self.ready.clear()
         payload = _error_payload(message, text)
@@ -446,6 +532,7 @@ class WorkerSide:
 
     def close(self) -> None:
         """Flush what was written, then close the connection."""
+        self.resume_receiver()  # it sees the end, and returns
         with self._out_cond:
             self._stopping = True
             self._out_cond.notify()
