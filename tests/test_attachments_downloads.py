@@ -36,10 +36,10 @@ class Cdn:
         await asyncio.wait_for(self.release.wait(), 60)
         return web.Response(body=b"late")
 
-    async def more(self, request: web.StreamResponse) -> web.StreamResponse:
+    async def more(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()  # no Content-Length: the body is streamed
         response.content_type = "text/plain"
-        await response.prepare(request)  # type: ignore[arg-type]
+        await response.prepare(request)
         for _ in range(5):
             await response.write(self.extra)
         await response.write_eof()
