@@ -305,6 +305,9 @@ class Controls:
     busy_text = "This reply is still being written; stop it first."
     #: What a press on a reply whose question is gone is told.
     gone_text = "The question of this reply is gone, so it cannot be answered again."
+    #: Seconds a Regenerate press waits for the previous regeneration's bookkeeping (its new
+    #: text and Regenerate button already show) before it is told the reply is busy.
+    finish_timeout = 2.0
 
     def __init__(self, bot: _Bot) -> None:
         self.bot = bot
@@ -314,6 +317,7 @@ class Controls:
         #: The questions an edit is answering again (see :meth:`claim`).
         self.reanswering: set[int] = set()
         self._started: dict[int, int] = {}  # question id -> replies tracked so far
+        self._regen_from: dict[int, int] = {}  # question id -> _started when its regen began
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[
             str, Callable[[discord.Interaction[Any], Control], Awaitable[None]]
@@ -379,6 +383,17 @@ class Controls:
         if question_id is not None:
             self.reanswering.discard(question_id)
 
+    def _written(self, question_id: int) -> bool:
+        """Whether the regeneration of the reply to `question_id` has written its new sample
+        (its Regenerate button shows again) and only finishes its bookkeeping."""
+        began = self._regen_from.get(question_id)
+        return (
+            began is not None
+            and self._started.get(question_id, 0) > began
+            and question_id not in self.running
+            and question_id not in self.reanswering
+        )
+
     def _forget(self, running: RunningReply) -> None:
         if self.running.get(running.question_id) is running:
             del self.running[running.question_id]
@@ -404,7 +419,8 @@ class Controls:
     async def _stop(self, interaction: discord.Interaction[Any], control: Control) -> None:
         running = self.running.get(control.question_id)
         waiting = self.regenerating.get(control.question_id)
-        if running is None and waiting is not None:  # a regeneration waiting for a slot
+        written = self._written(control.question_id)
+        if running is None and waiting is not None and not written:  # waiting for a slot
             _log.info("%s cancelled a regeneration that waited for a model slot", interaction.user)
             waiting.cancel()  # the old text stays; its task puts Regenerate back
             await interaction.response.defer()
@@ -418,15 +434,21 @@ class Controls:
     async def _regenerate(self, interaction: discord.Interaction[Any], control: Control) -> None:
         question_id = control.question_id
         task = asyncio.current_task()
+        earlier = self.regenerating.get(question_id)
+        if earlier is not None and self._written(question_id):
+            # the previous sample shows with its Regenerate button: let its bookkeeping end
+            await asyncio.wait({earlier}, timeout=self.finish_timeout)
         if self.busy(question_id) or task is None:
             await interaction.response.send_message(self.busy_text, ephemeral=True)
             return
         self.regenerating[question_id] = task  # a second press meanwhile is told it is busy
+        self._regen_from[question_id] = self._started.get(question_id, 0)
         try:
             await self._answer_again(interaction, control)
         finally:
             if self.regenerating.get(question_id) is task:
                 del self.regenerating[question_id]
+                self._regen_from.pop(question_id, None)
 
     async def _answer_again(self, interaction: discord.Interaction[Any], control: Control) -> None:
         pressed, channel = interaction.message, interaction.channel
