@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chat_world import Chat
+from chat_world import Chat, settle
 from genbot.streaming import Streamer
 from genbot.testing import run_bot
 from test_controls import answered, backend, chat, make_bot, regenerated
@@ -32,3 +32,27 @@ async def test_each_regenerate_draws_a_new_seed_even_where_the_seed_is_fixed(
     assert len(set(seen)) == 3  # three samples, three seeds
     assert all(s.startswith("answer (seed ") and s.endswith("): hello") for s in seen)
     assert [m["id"] for m in server.bot_messages(chat.general)] == [first["id"]]
+
+
+async def test_regenerate_pressed_as_soon_as_an_edits_new_answer_shows_is_taken(
+    chat: Chat, backend: Streamer, tmp_path: Path
+) -> None:
+    server = chat.server
+    bot = make_bot(backend, tmp_path)
+    async with run_bot(bot, server):
+        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
+        first = await answered(chat, question, ["Regenerate"])
+        await settle(bot)
+        await server.edit_message(chat.general, question["id"], f"<@{server.bot_user.id}> bye")
+        await server.wait_for(
+            lambda: (
+                server.message(chat.general, first["id"])["content"].endswith("): bye")
+                and server.buttons(chat.general, first["id"]) == ["Regenerate"]
+            ),
+            timeout=15,
+        )
+        shown = dict(server.message(chat.general, first["id"]))
+        await regenerated(chat, shown, question, chat.alice)  # no "still being written"
+        again = await answered(chat, question, ["Regenerate"])
+    assert again["id"] == first["id"] and again["content"].endswith("): bye")
+    assert again["content"] != shown["content"]

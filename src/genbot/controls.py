@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -318,6 +318,8 @@ class Controls:
         self.reanswering: set[int] = set()
         self._started: dict[int, int] = {}  # question id -> replies tracked so far
         self._regen_from: dict[int, int] = {}  # question id -> _started when its regen began
+        self._reanswer_from: dict[int, int] = {}  # question id -> _started at its claim
+        self._released: dict[int, asyncio.Event] = {}  # question id -> set at its release
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[
             str, Callable[[discord.Interaction[Any], Control], Awaitable[None]]
@@ -377,22 +379,47 @@ class Controls:
         """Mark the reply to `question_id` as being answered again after an edit (until
         :meth:`release`): a Regenerate press meanwhile is told it is busy."""
         self.reanswering.add(question_id)
+        self._reanswer_from[question_id] = self._started.get(question_id, 0)
+        self._released[question_id] = asyncio.Event()
 
     def release(self, question_id: int | None) -> None:
         """End a :meth:`claim` (``None``: nothing claimed)."""
         if question_id is not None:
             self.reanswering.discard(question_id)
+            self._reanswer_from.pop(question_id, None)
+            released = self._released.pop(question_id, None)
+            if released is not None:
+                released.set()
 
-    def _written(self, question_id: int) -> bool:
-        """Whether the regeneration of the reply to `question_id` has written its new sample
-        (its Regenerate button shows again) and only finishes its bookkeeping."""
-        began = self._regen_from.get(question_id)
+    def _written(self, question_id: int, began_at: dict[int, int], other: Container[int]) -> bool:
+        """Whether the writer of the reply to `question_id` that began at `began_at` (a
+        regeneration or an edit's new answer) has written its text (its Regenerate button
+        shows again) and only finishes its bookkeeping; `other`: the other kind of writer."""
+        began = began_at.get(question_id)
         return (
             began is not None
             and self._started.get(question_id, 0) > began
             and question_id not in self.running
-            and question_id not in self.reanswering
+            and question_id not in other
         )
+
+    async def _let_finish(self, question_id: int) -> None:
+        """Wait (at most :attr:`finish_timeout`) for the bookkeeping of a regeneration or an
+        edit's new answer of the reply to `question_id` whose text already shows."""
+        waits: set[asyncio.Future[Any]] = set()
+        earlier = self.regenerating.get(question_id)
+        if earlier is not None and self._written(question_id, self._regen_from, self.reanswering):
+            waits.add(earlier)
+        released = self._released.get(question_id)
+        if released is not None and self._written(
+            question_id, self._reanswer_from, self.regenerating
+        ):
+            waits.add(asyncio.ensure_future(released.wait()))
+        if not waits:
+            return
+        await asyncio.wait(waits, timeout=self.finish_timeout)
+        for waited in waits - {earlier}:
+            waited.cancel()
 
     def _forget(self, running: RunningReply) -> None:
         if self.running.get(running.question_id) is running:
@@ -419,7 +446,7 @@ class Controls:
     async def _stop(self, interaction: discord.Interaction[Any], control: Control) -> None:
         running = self.running.get(control.question_id)
         waiting = self.regenerating.get(control.question_id)
-        written = self._written(control.question_id)
+        written = self._written(control.question_id, self._regen_from, self.reanswering)
         if running is None and waiting is not None and not written:  # waiting for a slot
             _log.info("%s cancelled a regeneration that waited for a model slot", interaction.user)
             waiting.cancel()  # the old text stays; its task puts Regenerate back
@@ -434,10 +461,7 @@ class Controls:
     async def _regenerate(self, interaction: discord.Interaction[Any], control: Control) -> None:
         question_id = control.question_id
         task = asyncio.current_task()
-        earlier = self.regenerating.get(question_id)
-        if earlier is not None and self._written(question_id):
-            # the previous sample shows with its Regenerate button: let its bookkeeping end
-            await asyncio.wait({earlier}, timeout=self.finish_timeout)
+        await self._let_finish(question_id)  # a sample that shows Regenerate is not busy
         if self.busy(question_id) or task is None:
             await interaction.response.send_message(self.busy_text, ephemeral=True)
             return
