@@ -12,9 +12,10 @@ import pytest
 from aiohttp import web
 
 from chat_world import Chat, scene
+from genbot.models.openai import OpenAIStreamer
 from genbot.testing import run_bot
 from genbot.testing.models import Upload
-from media_server import MediaServer, media_model
+from media_server import MediaServer, media_model, media_server
 from test_attachments import PNG, answered, last_user, make_bot, send_file
 
 chat = pytest.fixture(scene(Chat), name="chat")
@@ -125,3 +126,22 @@ async def test_an_image_over_the_image_cap_is_named_with_a_note_and_not_download
 
 def _upload(name: str, content_type: str, data: bytes) -> Upload:
     return Upload(0, name, content_type, data)
+
+
+@pytest.mark.parametrize("name", ["llava-hf/llava-1.5-7b-hf", "Qwen/Qwen2.5-VL-7B-Instruct"])
+async def test_a_model_named_like_a_vision_model_is_not_sent_images_without_vision(
+    chat: Chat, name: str
+) -> None:
+    async with media_server() as server:
+        backend = OpenAIStreamer(base_url=server.url, model=name, max_retries=0)
+        backend.start_thread()
+        try:
+            bot = make_bot(backend, model=name)  # vision = false: the default
+            async with run_bot(bot, chat.server):
+                await send_file(chat, "what is this?", [("cat.png", "image/png", PNG)])
+                request = await answered(chat, server)
+        finally:
+            await asyncio.to_thread(backend.close)
+    assert request["model"] == name
+    assert last_user(request) == "alice: what is this?\n[image: cat.png]"
+    assert "image_url" not in str(request) and bot.attachments.downloads == 0
