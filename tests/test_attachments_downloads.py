@@ -1,6 +1,7 @@
 """Downloads of attachments have a size cap and a timeout, end to end on the loopback Discord:
 a CDN that never answers, a CDN that sends more bytes than the attachment says it has, and an
-image over the image cap each become a note in the context, and the question is answered."""
+image over the image cap each become a note in the context, and the question is answered; and
+a model is sent images only when its configuration says it sees, whatever its name."""
 
 from __future__ import annotations
 
