@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -308,6 +308,9 @@ class Controls:
     busy_text = "This reply is still being written; stop it first."
     #: What a press on a reply whose question is gone is told.
     gone_text = "The question of this reply is gone, so it cannot be answered again."
+    #: Seconds a Regenerate press waits for the previous regeneration's bookkeeping (its new
+    #: text and Regenerate button already show) before it is told the reply is busy.
+    finish_timeout = 2.0
 
     def __init__(self, bot: _Bot) -> None:
         self.bot = bot
@@ -322,6 +325,10 @@ class Controls:
         # question id -> whether Stop was pressed, for a regeneration that has its model slot
         # but is not tracked yet (between the two, Stop must not cancel it: see _stop)
         self._slotted: dict[int, bool] = {}
+        # question id -> replies tracked since an edit's new answer claimed it (only while the
+        # claim lasts), and an event set at its release
+        self._reanswered: dict[int, int] = {}
+        self._released: dict[int, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[
             str, Callable[[discord.Interaction[Any], Control], Awaitable[None]]
@@ -345,6 +352,8 @@ class Controls:
             running.stop()
         if question.id in self._started:  # a regeneration is under way: it writes now
             self._started[question.id] += 1
+        if question.id in self._reanswered:  # an edit's new answer is under way
+            self._reanswered[question.id] += 1
         return running
 
     def busy(self, question_id: int) -> bool:
@@ -394,6 +403,8 @@ class Controls:
         question_id: the edited question.
         """
         self.reanswering.add(question_id)
+        self._reanswered[question_id] = 0
+        self._released[question_id] = asyncio.Event()
 
     def release(self, question_id: int | None) -> None:
         """End a :meth:`claim`.
@@ -404,6 +415,37 @@ class Controls:
         """
         if question_id is not None:
             self.reanswering.discard(question_id)
+            self._reanswered.pop(question_id, None)
+            released = self._released.pop(question_id, None)
+            if released is not None:
+                released.set()
+
+    def _written(self, question_id: int, writes: dict[int, int], other: Container[int]) -> bool:
+        """Whether a writer of the reply to `question_id` (a regeneration: `writes` is
+        ``_started``; an edit's new answer: ``_reanswered``) has written its text (its
+        Regenerate button shows again) and only finishes its bookkeeping; `other`: the other
+        kind of writer."""
+        return (
+            writes.get(question_id, 0) > 0
+            and question_id not in self.running
+            and question_id not in other
+        )
+
+    async def _let_finish(self, question_id: int) -> None:
+        """Wait (at most :attr:`finish_timeout`) for the bookkeeping of a regeneration or an
+        edit's new answer of the reply to `question_id` whose text already shows."""
+        waits: set[asyncio.Future[Any]] = set()
+        earlier = self.regenerating.get(question_id)
+        if earlier is not None and self._written(question_id, self._started, self.reanswering):
+            waits.add(earlier)
+        released = self._released.get(question_id)
+        if released is not None and self._written(question_id, self._reanswered, self.regenerating):
+            waits.add(asyncio.ensure_future(released.wait()))
+        if not waits:
+            return
+        await asyncio.wait(waits, timeout=self.finish_timeout)
+        for waited in waits - {earlier}:
+            waited.cancel()
 
     def _forget(self, running: RunningReply) -> None:
         if self.running.get(running.question_id) is running:
@@ -456,6 +498,7 @@ class Controls:
     async def _regenerate(self, interaction: discord.Interaction[Any], control: Control) -> None:
         question_id = control.question_id
         task = asyncio.current_task()
+        await self._let_finish(question_id)  # a sample that shows Regenerate is not busy
         if self.busy(question_id) or task is None:
             await interaction.response.send_message(self.busy_text, ephemeral=True)
             return
