@@ -19,14 +19,13 @@ pytest.importorskip("transformers")
 import torch
 from PIL import Image
 
-from chat_world import Chat, scene
+from chat_world import Chat, scene, send_image
 from genbot.chatbot import ChatBot
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.models.base import ChatMessage
 from genbot.models.transformers import TransformersStreamer
 from genbot.settings import Settings
 from genbot.testing import run_bot
-from genbot.testing.models import Upload
 
 WORDS = ["<pad>", "<unk>", "</s>", "<image>", "<|user|>", "<|assistant|>", "<|system|>"]
 WORDS += [f"w{i}" for i in range(40)]
@@ -194,17 +193,7 @@ async def test_an_attached_image_reaches_a_vision_language_model_through_the_bot
         guild_ready_timeout=0.05,
         close_streamers=False,
     )
-    server = chat.server
-    async with run_bot(bot, server):
-        attachment = server.state.store_file(
-            chat.dm, Upload(0, "a.png", "image/png", png(-1)), "a.png"
-        )
-        message = server.create_message(
-            chat.dm, chat.alice, {"content": "w1 w2"}, attachments=[attachment]
-        )
-        await server.dispatch_message("MESSAGE_CREATE", message)
-        await server.wait_for(lambda: chat.replies(chat.dm), timeout=60)
-        while running := bot.attending():
-            await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), 60)
+    async with run_bot(bot, chat.server):
+        await send_image(chat, bot, "w1 w2", png(-1))
     assert bot.attachments.downloads == 1
     assert chat.replies(chat.dm) == [expected]
