@@ -15,7 +15,17 @@ from genbot.streaming import Streamer
 from genbot.testing import DiscordServer, FakeChannel, FakeGuild, FakeUser
 from genbot.testing.models import Upload
 
-__all__ = ["FAST", "Chat", "Group", "chat_bot", "scene", "send_image", "settle", "texts"]
+__all__ = [
+    "FAST",
+    "Chat",
+    "Group",
+    "chat_bot",
+    "greedy_bot",
+    "scene",
+    "send_image",
+    "settle",
+    "texts",
+]
 
 T = TypeVar("T")
 
@@ -85,6 +95,15 @@ def chat_bot(
     if queued_after is not None:
         bot.queued_after = queued_after
     return bot
+
+
+def greedy_bot(backend: Streamer, values: dict[str, Any]) -> ChatBot:
+    """The ready-made bot on `backend`, greedy and with no system prompt (its reply is the
+    model's own answer to the chat), with `values` on top; settings not named are the defaults
+    (no :data:`BOT_DEFAULTS`)."""
+    greedy = {"edit_interval": 0.2, "system_prompt": "", "temperature": 0.0, "repeat_penalty": 1.0}
+    settings = Settings().updated({**greedy, **values}, "test")
+    return ChatBot(settings, backend=backend, guild_ready_timeout=0.05, close_streamers=False)
 
 
 async def settle(bot: ChatBot, timeout: float = 30.0) -> None:

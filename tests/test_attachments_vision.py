@@ -19,12 +19,10 @@ pytest.importorskip("transformers")
 import torch
 from PIL import Image
 
-from chat_world import Chat, scene, send_image
-from genbot.chatbot import ChatBot
+from chat_world import Chat, greedy_bot, scene, send_image
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.models.base import ChatMessage
 from genbot.models.transformers import TransformersStreamer
-from genbot.settings import Settings
 from genbot.testing import run_bot
 
 WORDS = ["<pad>", "<unk>", "</s>", "<image>", "<|user|>", "<|assistant|>", "<|system|>"]
@@ -178,21 +176,8 @@ async def test_an_attached_image_reaches_a_vision_language_model_through_the_bot
     with_image.messages[0]["content"] = without.messages[0]["content"] = prompt
     expected = (await reply(streamer, with_image)).strip()
     assert expected != (await reply(streamer, without)).strip()
-    values: dict[str, Any] = {
-        "backend": "transformers",
-        "vision": True,
-        "edit_interval": 0.2,
-        "system_prompt": "",
-        "temperature": 0.0,
-        "repeat_penalty": 1.0,
-        "max_new_tokens": 12,
-    }
-    bot = ChatBot(
-        Settings().updated(values, "test"),
-        backend=streamer,
-        guild_ready_timeout=0.05,
-        close_streamers=False,
-    )
+    values: dict[str, Any] = {"backend": "transformers", "vision": True, "max_new_tokens": 12}
+    bot = greedy_bot(streamer, values)
     async with run_bot(bot, chat.server):
         await send_image(chat, bot, "w1 w2", png(-1))
     assert bot.attachments.downloads == 1
