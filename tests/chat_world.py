@@ -13,8 +13,19 @@ from genbot.chatbot import ChatBot
 from genbot.settings import Settings
 from genbot.streaming import Streamer
 from genbot.testing import DiscordServer, FakeChannel, FakeGuild, FakeUser
+from genbot.testing.models import Upload
 
-__all__ = ["FAST", "Chat", "Group", "chat_bot", "scene", "settle", "texts"]
+__all__ = [
+    "FAST",
+    "Chat",
+    "Group",
+    "chat_bot",
+    "greedy_bot",
+    "scene",
+    "send_image",
+    "settle",
+    "texts",
+]
 
 T = TypeVar("T")
 
@@ -86,6 +97,15 @@ def chat_bot(
     return bot
 
 
+def greedy_bot(backend: Streamer, values: dict[str, Any]) -> ChatBot:
+    """The ready-made bot on `backend`, greedy and with no system prompt (its reply is the
+    model's own answer to the chat), with `values` on top; settings not named are the defaults
+    (no :data:`BOT_DEFAULTS`)."""
+    greedy = {"edit_interval": 0.2, "system_prompt": "", "temperature": 0.0, "repeat_penalty": 1.0}
+    settings = Settings().updated({**greedy, **values}, "test")
+    return ChatBot(settings, backend=backend, guild_ready_timeout=0.05, close_streamers=False)
+
+
 async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
     """Wait until the bot has no attend running (bounded)."""
     loop = asyncio.get_running_loop()
@@ -93,6 +113,21 @@ async def settle(bot: ChatBot, timeout: float = 30.0) -> None:
     while running := bot.attending():
         assert loop.time() < deadline, "the bot is still attending"
         await asyncio.wait(running, timeout=deadline - loop.time())
+
+
+async def send_image(chat: Chat, bot: ChatBot, text: str, png: bytes) -> None:
+    """Alice sends `text` in her DM with `png` attached as ``a.png`` (stored on the loopback
+    CDN); return once the bot has replied and attends nothing any more (60 s at most each)."""
+    server = chat.server
+    upload = Upload(0, "a.png", "image/png", png)
+    attachment = server.state.store_file(chat.dm, upload, "a.png")
+    message = server.create_message(
+        chat.dm, chat.alice, {"content": text}, attachments=[attachment]
+    )
+    await server.dispatch_message("MESSAGE_CREATE", message)
+    await server.wait_for(lambda: chat.replies(chat.dm), timeout=60)
+    while running := bot.attending():
+        await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), 60)
 
 
 def texts(messages: list[dict[str, Any]]) -> str:

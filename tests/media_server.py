@@ -18,7 +18,7 @@ from aiohttp import web
 
 from genbot.models.openai import OpenAIStreamer
 
-__all__ = ["MediaServer", "media_model", "media_server"]
+__all__ = ["MediaServer", "loopback", "media_model", "media_server"]
 
 
 class MediaServer:
@@ -66,21 +66,29 @@ def _echo(body: dict[str, Any]) -> str:
 
 
 @contextlib.asynccontextmanager
+async def loopback(app: web.Application) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port until the block ends: its ``http://127.0.0.1:PORT``
+    URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
 async def media_server() -> AsyncIterator[MediaServer]:
     """Serve a :class:`MediaServer` on a free loopback port; its ``url`` ends in ``/v1``."""
     server = MediaServer()
     app = web.Application(client_max_size=64 * 2**20)
     app.router.add_get("/v1/models", server.models)
     app.router.add_post("/v1/chat/completions", server.completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        server.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    async with loopback(app) as url:
+        server.url = f"{url}/v1"
         yield server
-    finally:
-        await runner.cleanup()
 
 
 async def media_model() -> AsyncIterator[tuple[MediaServer, OpenAIStreamer]]:

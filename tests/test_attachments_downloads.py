@@ -16,7 +16,7 @@ from chat_world import Chat, scene
 from genbot.models.openai import OpenAIStreamer
 from genbot.testing import run_bot
 from genbot.testing.models import Upload
-from media_server import MediaServer, media_model, media_server
+from media_server import MediaServer, loopback, media_model, media_server
 from test_attachments import PNG, answered, last_user, make_bot, send_file
 
 chat = pytest.fixture(scene(Chat), name="chat")
@@ -54,17 +54,23 @@ async def cdn() -> AsyncIterator[Cdn]:
     app = web.Application()
     app.router.add_get("/stall/{name}", server.stall)
     app.router.add_get("/more/{name}", server.more)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    server.url = f"http://127.0.0.1:{port}"
-    try:
-        yield server
-    finally:
-        server.release.set()
-        await runner.cleanup()
+    async with loopback(app) as url:
+        server.url = url
+        try:
+            yield server
+        finally:
+            server.release.set()
+
+
+async def send_notes(chat: Chat, url: str) -> None:
+    """Alice sends "read it" in her DM with a 5-byte ``notes.txt`` whose download is `url`."""
+    message = chat.server.create_message(chat.dm, chat.alice, {"content": "read it"})
+    attachment = chat.server.state.store_file(
+        chat.dm, _upload("notes.txt", "text/plain", b"hello"), "notes.txt"
+    )
+    attachment["url"] = attachment["proxy_url"] = url
+    message["attachments"] = [attachment]
+    await chat.server.dispatch_message("MESSAGE_CREATE", message)
 
 
 async def test_a_download_that_takes_too_long_becomes_a_note(
@@ -74,13 +80,7 @@ async def test_a_download_that_takes_too_long_becomes_a_note(
     bot = make_bot(backend)
     bot.attachments.timeout = 0.5
     async with run_bot(bot, chat.server):
-        message = chat.server.create_message(chat.dm, chat.alice, {"content": "read it"})
-        attachment = chat.server.state.store_file(
-            chat.dm, _upload("notes.txt", "text/plain", b"hello"), "notes.txt"
-        )
-        attachment["url"] = attachment["proxy_url"] = f"{cdn.url}/stall/notes.txt"
-        message["attachments"] = [attachment]
-        await chat.server.dispatch_message("MESSAGE_CREATE", message)
+        await send_notes(chat, f"{cdn.url}/stall/notes.txt")
         request = await answered(chat, server)
     assert cdn.stalled == 1
     assert last_user(request) == (
@@ -94,13 +94,7 @@ async def test_a_download_larger_than_the_attachment_said_is_cut_off_with_a_note
     server, backend = model
     bot = make_bot(backend, attachment_max_bytes=1000)
     async with run_bot(bot, chat.server):
-        message = chat.server.create_message(chat.dm, chat.alice, {"content": "read it"})
-        attachment = chat.server.state.store_file(
-            chat.dm, _upload("notes.txt", "text/plain", b"hello"), "notes.txt"
-        )
-        attachment["url"] = attachment["proxy_url"] = f"{cdn.url}/more/notes.txt"
-        message["attachments"] = [attachment]
-        await chat.server.dispatch_message("MESSAGE_CREATE", message)
+        await send_notes(chat, f"{cdn.url}/more/notes.txt")
         request = await answered(chat, server)
     assert last_user(request) == (
         "alice: read it\n[file: notes.txt, 5 bytes, not read: larger than 1 kB]"

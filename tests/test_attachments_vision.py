@@ -19,14 +19,11 @@ pytest.importorskip("transformers")
 import torch
 from PIL import Image
 
-from chat_world import Chat, scene
-from genbot.chatbot import ChatBot
+from chat_world import Chat, greedy_bot, scene, send_image
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.models.base import ChatMessage
 from genbot.models.transformers import TransformersStreamer
-from genbot.settings import Settings
 from genbot.testing import run_bot
-from genbot.testing.models import Upload
 
 WORDS = ["<pad>", "<unk>", "</s>", "<image>", "<|user|>", "<|assistant|>", "<|system|>"]
 WORDS += [f"w{i}" for i in range(40)]
@@ -179,32 +176,9 @@ async def test_an_attached_image_reaches_a_vision_language_model_through_the_bot
     with_image.messages[0]["content"] = without.messages[0]["content"] = prompt
     expected = (await reply(streamer, with_image)).strip()
     assert expected != (await reply(streamer, without)).strip()
-    values: dict[str, Any] = {
-        "backend": "transformers",
-        "vision": True,
-        "edit_interval": 0.2,
-        "system_prompt": "",
-        "temperature": 0.0,
-        "repeat_penalty": 1.0,
-        "max_new_tokens": 12,
-    }
-    bot = ChatBot(
-        Settings().updated(values, "test"),
-        backend=streamer,
-        guild_ready_timeout=0.05,
-        close_streamers=False,
-    )
-    server = chat.server
-    async with run_bot(bot, server):
-        attachment = server.state.store_file(
-            chat.dm, Upload(0, "a.png", "image/png", png(-1)), "a.png"
-        )
-        message = server.create_message(
-            chat.dm, chat.alice, {"content": "w1 w2"}, attachments=[attachment]
-        )
-        await server.dispatch_message("MESSAGE_CREATE", message)
-        await server.wait_for(lambda: chat.replies(chat.dm), timeout=60)
-        while running := bot.attending():
-            await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), 60)
+    values: dict[str, Any] = {"backend": "transformers", "vision": True, "max_new_tokens": 12}
+    bot = greedy_bot(streamer, values)
+    async with run_bot(bot, chat.server):
+        await send_image(chat, bot, "w1 w2", png(-1))
     assert bot.attachments.downloads == 1
     assert chat.replies(chat.dm) == [expected]

@@ -70,26 +70,30 @@ async def user_sees(chat: Chat, bot: ChatBot, ending: str) -> str:
     return reply
 
 
-async def test_a_stalled_upstream_shows_the_stopped_responding_note(
-    chat: Chat, stub: OpenAIStub
+@pytest.mark.parametrize(
+    ("before_first", "timeouts", "note", "shown"),
+    [
+        # stalled after "Hello ": the stopped-responding note, and the text so far stays
+        (False, {"token_timeout": SHORT}, DEFAULT_STALL_TEXT, f"Hello \n\n*{DEFAULT_STALL_TEXT}*"),
+        # no first token: the took-too-long note
+        (True, {"first_token_timeout": SHORT}, DEFAULT_SLOW_TEXT, f"*{DEFAULT_SLOW_TEXT}*"),
+    ],
+    ids=["stalled", "no-first-token"],
+)
+async def test_a_frozen_upstream_shows_its_timeouts_note(
+    chat: Chat,
+    stub: OpenAIStub,
+    before_first: bool,
+    timeouts: dict[str, float],
+    note: str,
+    shown: str,
 ) -> None:
-    release = frozen(stub, before_first=False)
+    release = frozen(stub, before_first=before_first)
     try:
-        reply = await user_sees(chat, bot(stub, token_timeout=SHORT), DEFAULT_STALL_TEXT)
+        reply = await user_sees(chat, bot(stub, **timeouts), note)
     finally:
         release.set()
-    assert reply == f"Hello \n\n*{DEFAULT_STALL_TEXT}*"  # the text so far stays
-
-
-async def test_an_upstream_with_no_first_token_shows_the_took_too_long_note(
-    chat: Chat, stub: OpenAIStub
-) -> None:
-    release = frozen(stub, before_first=True)
-    try:
-        reply = await user_sees(chat, bot(stub, first_token_timeout=SHORT), DEFAULT_SLOW_TEXT)
-    finally:
-        release.set()
-    assert reply == f"*{DEFAULT_SLOW_TEXT}*"
+    assert reply == shown
 
 
 @pytest.mark.parametrize(

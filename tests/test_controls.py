@@ -17,6 +17,7 @@ from genbot.chatbot import ChatBot
 from genbot.controls import REGENERATE, STOP, Control, Controls
 from genbot.streaming import Stream, Streamer
 from genbot.testing import FakeUser, run_bot
+from genbot.testing.components import FakeComponentInteraction
 
 STOPPED = "Let me think\n\n*Stopped.*"
 
@@ -87,14 +88,42 @@ async def answered(chat: Chat, question: dict[str, Any], buttons: list[str]) -> 
     return dict(found)  # a copy: the stored message changes with later edits
 
 
+async def ask(
+    chat: Chat, said: str = "hello", buttons: tuple[str, ...] = ("Regenerate",)
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Alice asks the bot `said` in #general: her question and the bot's reply, once it shows
+    `buttons`."""
+    question = await chat.server.send_message(chat.general, chat.alice, said, mentions_bot=True)
+    return question, await answered(chat, question, list(buttons))
+
+
+async def press(
+    chat: Chat,
+    action: str,
+    reply: dict[str, Any],
+    question: dict[str, Any],
+    presser: FakeUser | None = None,
+) -> FakeComponentInteraction:
+    """`presser` (alice by default) presses `action` on the bot's `reply` to alice's
+    `question`."""
+    control = custom_id(action, question, chat.alice)
+    return await chat.server.press(chat.general, reply["id"], control, presser or chat.alice)
+
+
+async def shows(chat: Chat, reply: dict[str, Any], text: str) -> None:
+    """Wait until the bot's `reply` in #general reads `text`."""
+    await chat.server.wait_for(
+        lambda: chat.server.message(chat.general, reply["id"])["content"] == text, timeout=15
+    )
+
+
 async def regenerated(
     chat: Chat, reply: dict[str, Any], question: dict[str, Any], presser: FakeUser
 ) -> None:
     """`presser` presses Regenerate on alice's `reply` to `question`; wait until its text
     changed."""
     server = chat.server
-    regenerate = custom_id(REGENERATE, question, chat.alice)
-    await server.press(chat.general, reply["id"], regenerate, presser)
+    await press(chat, REGENERATE, reply, question, presser)
     await server.wait_for(
         lambda: server.message(chat.general, reply["id"])["content"] != reply["content"],
         timeout=15,
@@ -107,19 +136,16 @@ async def test_stop_frees_the_slot_at_once_and_keeps_the_text_so_far(
     server = chat.server
     bot = make_bot(backend, tmp_path)
     async with run_bot(bot, server):
-        held = await server.send_message(chat.general, chat.alice, "hold", mentions_bot=True)
-        reply = await answered(chat, held, ["Stop"])
+        held, reply = await ask(chat, "hold", ("Stop",))
         assert reply["content"] == "Let me think"
         # the only slot is held: a chat in the DM waits for it
         await server.send_message(chat.dm, chat.alice, "next")
         await server.wait_for(lambda: server.typing_events(chat.dm), timeout=15)
-        press = await server.press(
-            chat.general, reply["id"], custom_id(STOP, held, chat.alice), chat.alice
-        )
+        stop = await press(chat, STOP, reply, held)
         await chat.wait_for_reply(chat.dm, "answer (seed None): next")
         stopped = await answered(chat, held, ["Regenerate"])
         await settle(bot)
-    assert (await press.wait_response())["type"] == 6  # acknowledged; the reply shows it
+    assert (await stop.wait_response())["type"] == 6  # acknowledged; the reply shows it
     assert stopped["id"] == reply["id"] and stopped["content"] == STOPPED
     assert not bot.controls.running
 
@@ -145,8 +171,8 @@ async def test_stop_on_a_reply_that_is_no_longer_running_says_so(
     )
     bot = make_bot(backend, tmp_path)
     async with run_bot(bot, server):
-        press = await server.press(chat.general, left["id"], button["custom_id"], chat.alice)
-        response = await press.wait_response()
+        pressed = await server.press(chat.general, left["id"], button["custom_id"], chat.alice)
+        response = await pressed.wait_response()
     assert response["ephemeral"] and response["content"] == Controls.done_text
 
 
@@ -156,8 +182,7 @@ async def test_regenerate_writes_a_new_sample_into_the_same_message(
     server = chat.server
     bot = make_bot(backend, tmp_path)
     async with run_bot(bot, server):
-        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
-        first = await answered(chat, question, ["Regenerate"])
+        question, first = await ask(chat)
         assert first["content"] == "answer (seed None): hello"
         await regenerated(chat, first, question, chat.alice)
         again = await answered(chat, question, ["Regenerate"])
@@ -173,12 +198,8 @@ async def test_a_press_by_someone_else_is_refused_and_an_admin_may(
     bob, admin = chat.member("bob"), chat.member("admin")
     bot = make_bot(backend, tmp_path, admins=[admin.id])
     async with run_bot(bot, server):
-        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
-        first = await answered(chat, question, ["Regenerate"])
-        regenerate = custom_id(REGENERATE, question, chat.alice)
-        refused = await (
-            await server.press(chat.general, first["id"], regenerate, bob)
-        ).wait_response()
+        question, first = await ask(chat)
+        refused = await (await press(chat, REGENERATE, first, question, bob)).wait_response()
         assert refused["ephemeral"] and refused["content"] == Controls.refused_text
         assert server.message(chat.general, first["id"])["content"] == first["content"]
         await regenerated(chat, first, question, admin)
@@ -190,8 +211,7 @@ async def test_regenerate_works_after_a_restart_of_the_bot(
 ) -> None:
     server = chat.server
     async with run_bot(make_bot(backend, tmp_path), server):
-        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
-        first = await answered(chat, question, ["Regenerate"])
+        question, first = await ask(chat)
     async with run_bot(make_bot(backend, tmp_path), server):
         await regenerated(chat, first, question, chat.alice)
         again = await answered(chat, question, ["Regenerate"])
@@ -204,10 +224,8 @@ async def test_an_older_reply_loses_its_buttons_when_a_newer_one_arrives(
     server = chat.server
     bot = make_bot(backend, tmp_path)
     async with run_bot(bot, server):
-        one = await server.send_message(chat.general, chat.alice, "one", mentions_bot=True)
-        first = await answered(chat, one, ["Regenerate"])
-        two = await server.send_message(chat.general, chat.alice, "two", mentions_bot=True)
-        await answered(chat, two, ["Regenerate"])
+        _, first = await ask(chat, "one")
+        await ask(chat, "two")
         await server.wait_for(lambda: not server.buttons(chat.general, first["id"]), timeout=15)
         await settle(bot)
     assert server.message(chat.general, first["id"])["content"] == "answer (seed None): one"
@@ -217,8 +235,7 @@ async def test_buttons_can_be_turned_off(chat: Chat, backend: Streamer, tmp_path
     server = chat.server
     bot = make_bot(backend, tmp_path, buttons=False)
     async with run_bot(bot, server):
-        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
-        reply = await answered(chat, question, [])
+        _, reply = await ask(chat, buttons=())
         await settle(bot)
     assert reply["content"] == "answer (seed None): hello" and reply["components"] == []
 
@@ -239,9 +256,7 @@ async def test_a_long_reply_shows_its_buttons_on_its_last_message_and_regenerate
         )
         first, last = (dict(m) for m in server.bot_messages(chat.general))
         assert last["content"].endswith("(seed None)")
-        await server.press(
-            chat.general, last["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
-        )
+        await press(chat, REGENERATE, last, question)
         await server.wait_for(
             lambda: (
                 server.bot_messages(chat.general)[-1]["id"] != last["id"]

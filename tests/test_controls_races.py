@@ -15,7 +15,7 @@ from chat_world import Chat, settle
 from genbot.controls import REGENERATE, STOP
 from genbot.streaming import Streamer
 from genbot.testing import run_bot
-from test_controls import answered, backend, chat, custom_id, make_bot
+from test_controls import answered, ask, backend, chat, make_bot, press, shows
 
 __all__ = ["backend", "chat"]  # the fixtures
 
@@ -49,18 +49,12 @@ async def test_stop_cancels_a_regeneration_waiting_for_a_slot_and_the_old_text_s
     server = chat.server
     bot = make_bot(backend, tmp_path)
     async with run_bot(bot, server):
-        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
-        first = await answered(chat, question, ["Regenerate"])
+        question, first = await ask(chat)
         await hold_the_slot(chat)
-        await server.press(
-            chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
-        )
+        await press(chat, REGENERATE, first, question)
         # it waits for the slot, and its message shows Stop meanwhile
         await server.wait_for(lambda: server.buttons(chat.general, first["id"]) == ["Stop"])
-        press = await server.press(
-            chat.general, first["id"], custom_id(STOP, question, chat.alice), chat.alice
-        )
-        response = await press.wait_response()
+        response = await (await press(chat, STOP, first, question)).wait_response()
         assert response["type"] == 6  # acknowledged, not "already done"
         await server.wait_for(lambda: server.buttons(chat.general, first["id"]) == ["Regenerate"])
         RELEASE.set()  # the slot comes free: nothing is regenerated any more
@@ -77,26 +71,17 @@ async def test_an_edit_supersedes_a_waiting_regeneration_which_never_writes(
     seen: list[str] = []
     bot = make_bot(backend, tmp_path)
     async with run_bot(bot, server):
-        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
-        first = await answered(chat, question, ["Regenerate"])
+        question, first = await ask(chat)
         recording = recorder(chat, seen)
         try:
             await hold_the_slot(chat)
-            await server.press(
-                chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
-            )
+            await press(chat, REGENERATE, first, question)
             await server.wait_for(lambda: int(question["id"]) in bot.controls.regenerating)
             await server.edit_message(chat.general, question["id"], f"<@{bot.user.id}> bye")  # type: ignore[union-attr]
             # the bot has seen the edit (it cancelled the regeneration) before the slot frees
             await server.wait_for(lambda: int(question["id"]) not in bot.controls.regenerating)
             RELEASE.set()
-            await server.wait_for(
-                lambda: (
-                    server.message(chat.general, first["id"])["content"]
-                    == "answer (seed None): bye"
-                ),
-                timeout=15,
-            )
+            await shows(chat, first, "answer (seed None): bye")
             await settle(bot)
         finally:
             await stop_recording(recording)
@@ -110,8 +95,7 @@ async def test_regenerate_is_refused_while_an_edits_answer_waits_for_a_slot(
     server = chat.server
     bot = make_bot(backend, tmp_path)
     async with run_bot(bot, server):
-        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
-        first = await answered(chat, question, ["Regenerate"])
+        question, first = await ask(chat)
         await hold_the_slot(chat)
         edited = time.time()
         await server.edit_message(chat.general, question["id"], f"<@{bot.user.id}> bye")  # type: ignore[union-attr]
@@ -119,18 +103,10 @@ async def test_regenerate_is_refused_while_an_edits_answer_waits_for_a_slot(
         await server.wait_for(
             lambda: any(t >= edited for _, t in server.typing_events(chat.general)), timeout=15
         )
-        press = await server.press(
-            chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
-        )
-        response = await press.wait_response()
+        response = await (await press(chat, REGENERATE, first, question)).wait_response()
         assert response["ephemeral"] and response["content"] == bot.controls.busy_text
         RELEASE.set()
-        await server.wait_for(
-            lambda: (
-                server.message(chat.general, first["id"])["content"] == "answer (seed None): bye"
-            ),
-            timeout=15,
-        )
+        await shows(chat, first, "answer (seed None): bye")
         await settle(bot)
     assert server.message(chat.general, first["id"])["content"] == "answer (seed None): bye"
 
@@ -141,26 +117,14 @@ async def test_an_edit_stops_a_streaming_regeneration_and_then_answers_in_the_sa
     server = chat.server
     bot = make_bot(backend, tmp_path)
     async with run_bot(bot, server):
-        question = await server.send_message(chat.general, chat.alice, "hold", mentions_bot=True)
-        reply = await answered(chat, question, ["Stop"])
-        await server.press(
-            chat.general, reply["id"], custom_id(STOP, question, chat.alice), chat.alice
-        )
+        question, reply = await ask(chat, "hold", ("Stop",))
+        await press(chat, STOP, reply, question)
         await answered(chat, question, ["Regenerate"])
-        await server.press(
-            chat.general, reply["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
-        )
+        await press(chat, REGENERATE, reply, question)
         # the regeneration streams into the reply and holds the only slot
-        await server.wait_for(
-            lambda: server.message(chat.general, reply["id"])["content"] == "Let me think"
-        )
+        await shows(chat, reply, "Let me think")
         await server.edit_message(chat.general, question["id"], f"<@{bot.user.id}> hi")  # type: ignore[union-attr]
-        await server.wait_for(
-            lambda: (
-                server.message(chat.general, reply["id"])["content"] == "answer (seed None): hi"
-            ),
-            timeout=15,
-        )
+        await shows(chat, reply, "answer (seed None): hi")
         await settle(bot)
     assert [m["id"] for m in server.bot_messages(chat.general)] == [reply["id"]]
     assert server.buttons(chat.general, reply["id"]) == ["Regenerate"]
@@ -173,14 +137,11 @@ async def test_an_admins_regenerate_is_paid_by_the_admin_not_by_the_asker(
     admin = chat.member("admin")
     bot = make_bot(backend, tmp_path, admins=[admin.id], user_tokens_per_day=1)
     async with run_bot(bot, server):
-        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
-        first = await answered(chat, question, ["Regenerate"])
+        question, first = await ask(chat)
         await settle(bot)
         spent = (await bot.usage.used("user", chat.alice.id)).tokens
         assert spent >= 1  # alice is over her quota now
-        await server.press(
-            chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), admin
-        )
+        await press(chat, REGENERATE, first, question, admin)
         await server.wait_for(
             lambda: SEEDED.search(server.message(chat.general, first["id"])["content"]) is not None,
             timeout=15,

@@ -8,7 +8,7 @@ from pathlib import Path
 from chat_world import Chat, settle
 from genbot.streaming import Streamer
 from genbot.testing import run_bot
-from test_controls import answered, backend, chat, make_bot, regenerated
+from test_controls import answered, ask, backend, chat, make_bot, regenerated
 
 __all__ = ["backend", "chat"]
 
@@ -19,8 +19,7 @@ async def test_each_regenerate_draws_a_new_seed_even_where_the_seed_is_fixed(
     server = chat.server
     bot = make_bot(backend, tmp_path, seed=7)
     async with run_bot(bot, server):
-        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
-        first = await answered(chat, question, ["Regenerate"])
+        question, first = await ask(chat)
         assert first["content"] == "answer (seed 7): hello"
         seen = [first["content"]]
         for _ in range(2):
@@ -40,8 +39,7 @@ async def test_regenerate_pressed_as_soon_as_an_edits_new_answer_shows_is_taken(
     server = chat.server
     bot = make_bot(backend, tmp_path)
     async with run_bot(bot, server):
-        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
-        first = await answered(chat, question, ["Regenerate"])
+        question, first = await ask(chat)
         await settle(bot)
         await server.edit_message(chat.general, question["id"], f"<@{server.bot_user.id}> bye")
         await server.wait_for(

@@ -15,7 +15,7 @@ from chat_world import Chat, settle
 from genbot.controls import REGENERATE, STOP, Control
 from genbot.streaming import Streamer
 from genbot.testing import run_bot
-from test_controls import backend, chat, custom_id, make_bot
+from test_controls import backend, chat, custom_id, make_bot, press
 from test_controls_races import hold_the_slot
 
 __all__ = ["backend", "chat"]  # the fixtures
@@ -79,14 +79,12 @@ async def test_stop_after_a_regeneration_has_its_slot_ends_the_reply_on_its_firs
             await handle_stop(interaction, control)
 
         bot.controls._handlers[STOP] = stop_in_the_window
-        press = await server.press(
-            chat.general, last["id"], custom_id(STOP, question, chat.alice), chat.alice
-        )
+        stop = await press(chat, STOP, last, question)
         RELEASE.set()  # the slot comes free: the regeneration takes it
         await asyncio.wait_for(gate.reached.wait(), 15)
         # it has its slot: the reply's second message is gone, its first stays
         assert [m["id"] for m in server.bot_messages(chat.general)] == [first["id"]]
-        response = await press.wait_response()
+        response = await stop.wait_response()
         gate.opened.set()
         await server.wait_for(
             lambda: server.buttons(chat.general, first["id"]) == ["Regenerate"], timeout=15

@@ -11,7 +11,7 @@ from chat_world import Chat
 from genbot.controls import REGENERATE, STOP, Controls, RunningReply
 from genbot.streaming import Streamer
 from genbot.testing import run_bot
-from test_controls import answered, backend, chat, custom_id, make_bot, regenerated
+from test_controls import answered, ask, backend, chat, make_bot, press, regenerated
 
 __all__ = ["backend", "chat"]  # the fixtures
 
@@ -22,12 +22,10 @@ async def test_no_state_is_kept_per_question_after_replies_and_a_regeneration(
     server = chat.server
     bot = make_bot(backend, tmp_path)
     async with run_bot(bot, server):
-        first = await server.send_message(chat.general, chat.alice, "one", mentions_bot=True)
-        reply = await answered(chat, first, ["Regenerate"])
+        first, reply = await ask(chat, "one")
         await regenerated(chat, reply, first, chat.alice)
         await answered(chat, first, ["Regenerate"])
-        second = await server.send_message(chat.general, chat.alice, "two", mentions_bot=True)
-        await answered(chat, second, ["Regenerate"])
+        await ask(chat, "two")
         await server.wait_for(lambda: not bot.controls.regenerating, timeout=15)
         controls = bot.controls
         kept = {
@@ -50,8 +48,7 @@ async def test_stop_after_a_regeneration_streamed_does_not_cancel_its_last_write
     server = chat.server
     bot = make_bot(backend, tmp_path)
     async with run_bot(bot, server):
-        question = await server.send_message(chat.general, chat.alice, "hello", mentions_bot=True)
-        first = await answered(chat, question, ["Regenerate"])
+        question, first = await ask(chat)
         qid = int(question["id"])
         forgotten = asyncio.Event()  # the regeneration's stream ended (no server change)
         forget = bot.controls._forget
@@ -62,16 +59,11 @@ async def test_stop_after_a_regeneration_streamed_does_not_cancel_its_last_write
 
         bot.controls._forget = forget_and_tell  # type: ignore[method-assign]
         server.rate_limit(*EDIT, times=1, retry_after=2.0)  # the new text's edit waits a while
-        await server.press(
-            chat.general, first["id"], custom_id(REGENERATE, question, chat.alice), chat.alice
-        )
+        await press(chat, REGENERATE, first, question)
         await asyncio.wait_for(forgotten.wait(), 15)
         await server.wait_for(lambda: server.rate_limited_count(*EDIT) == 1, timeout=15)
         assert qid in bot.controls.regenerating and qid not in bot.controls.running
-        press = await server.press(
-            chat.general, first["id"], custom_id(STOP, question, chat.alice), chat.alice
-        )
-        response = await press.wait_response()
+        response = await (await press(chat, STOP, first, question)).wait_response()
         again = await answered(chat, question, ["Regenerate"])
     assert response["ephemeral"] and response["content"] == Controls.done_text
     assert again["content"].startswith("answer (seed ") and again["content"] != first["content"]

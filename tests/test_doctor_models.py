@@ -3,29 +3,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from genbot.doctor import Status, diagnose
+from genbot.doctor import Report, Status, diagnose
 from genbot.reload import SettingsSource
 from genbot.testing import DiscordServer
 from openai_stub import openai_stub
 from test_cli import closed_port
 
 
-async def test_each_named_model_is_checked_and_one_that_does_not_answer_fails(
-    tmp_path: Path,
-) -> None:
-    dead = f"http://127.0.0.1:{closed_port()}/v1"
+async def doctor(tmp_path: Path, config_for: Callable[[str], str]) -> Report:
+    """``genbot doctor``'s report, on the loopback Discord with a guild and #general, of the
+    config ``config_for(base_url)`` where an OpenAI stub answers at ``base_url``."""
     async with DiscordServer() as server, openai_stub() as stub:
         guild = server.create_guild("Guild")
         server.create_channel(guild, "general")
         config = tmp_path / "genbot.toml"
-        config.write_text(
-            f'backend = "openai"\nbase_url = "{stub.base_url}"\nmodel = "stub"\n'
-            f'[models.good]\nbackend = "openai"\nbase_url = "{stub.base_url}"\nmodel = "stub"\n'
+        config.write_text(config_for(stub.base_url))
+        return await diagnose(SettingsSource(config), token=server.token, timeout=10)
+
+
+async def test_each_named_model_is_checked_and_one_that_does_not_answer_fails(
+    tmp_path: Path,
+) -> None:
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    report = await doctor(
+        tmp_path,
+        lambda url: (
+            f'backend = "openai"\nbase_url = "{url}"\nmodel = "stub"\n'
+            f'[models.good]\nbackend = "openai"\nbase_url = "{url}"\nmodel = "stub"\n'
             f'[models.gone]\nbackend = "openai"\nbase_url = "{dead}"\nmodel = "big"\n'
-        )
-        report = await diagnose(SettingsSource(config), token=server.token, timeout=10)
+        ),
+    )
     lines = {finding.check: finding for finding in report.findings}
     assert lines["model"].status is Status.OK
     assert lines["model good"].status is Status.OK, lines["model good"].line()
@@ -34,14 +44,10 @@ async def test_each_named_model_is_checked_and_one_that_does_not_answer_fails(
 
 
 async def test_a_config_with_only_good_named_models_passes(tmp_path: Path) -> None:
-    async with DiscordServer() as server, openai_stub() as stub:
-        guild = server.create_guild("Guild")
-        server.create_channel(guild, "general")
-        config = tmp_path / "genbot.toml"
-        config.write_text(
-            f'[models.remote]\nbackend = "openai"\nbase_url = "{stub.base_url}"\nmodel = "stub"\n'
-        )
-        report = await diagnose(SettingsSource(config), token=server.token, timeout=10)
+    report = await doctor(
+        tmp_path,
+        lambda url: f'[models.remote]\nbackend = "openai"\nbase_url = "{url}"\nmodel = "stub"\n',
+    )
     assert report.exit_code == 0, [f.line() for f in report.failed]
     remote = report.find("model remote")
     assert remote is not None and remote.status is Status.OK

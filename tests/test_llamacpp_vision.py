@@ -26,15 +26,12 @@ pytest.importorskip("gguf")
 import gguf
 import numpy as np
 
-from chat_world import Chat
-from genbot.chatbot import ChatBot
+from chat_world import Chat, greedy_bot, send_image
 from genbot.models import ChatRequest, GenerationSettings, ModelError, default_model_path
 from genbot.models.base import ChatMessage
 from genbot.models.llamacpp import LlamaCppStreamer, LlamaEngine, with_images
 from genbot.models.toolcalls import fallback_messages
-from genbot.settings import Settings
 from genbot.testing import DiscordServer, run_bot
-from genbot.testing.models import Upload
 
 #: The tiny vision tower: a 32x32 image in 8x8 patches, so 16 image tokens.
 IMAGE_SIZE, PATCH = 32, 8
@@ -248,33 +245,10 @@ async def test_an_attached_image_reaches_llama_cpp_through_the_bot(
     with_image = last_prompt_tokens(seeing)
     await reply(seeing, ask(prompt, max_new_tokens=8))
     assert last_prompt_tokens(seeing) == with_image - IMAGE_TOKENS
-    values: dict[str, Any] = {
-        "backend": "llamacpp",
-        "mmproj": projector,
-        "edit_interval": 0.2,
-        "system_prompt": "",
-        "temperature": 0.0,
-        "repeat_penalty": 1.0,
-        "max_new_tokens": 8,
-    }
-    bot = ChatBot(
-        Settings().updated(values, "test"),
-        backend=seeing,
-        guild_ready_timeout=0.05,
-        close_streamers=False,
-    )
-    server = chat.server
-    async with run_bot(bot, server):
-        attachment = server.state.store_file(
-            chat.dm, Upload(0, "a.png", "image/png", png(3)), "a.png"
-        )
-        message = server.create_message(
-            chat.dm, chat.alice, {"content": "What is this?"}, attachments=[attachment]
-        )
-        await server.dispatch_message("MESSAGE_CREATE", message)
-        await server.wait_for(lambda: chat.replies(chat.dm), timeout=60)
-        while running := bot.attending():
-            await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), 60)
+    values: dict[str, Any] = {"backend": "llamacpp", "mmproj": projector, "max_new_tokens": 8}
+    bot = greedy_bot(seeing, values)
+    async with run_bot(bot, chat.server):
+        await send_image(chat, bot, "What is this?", png(3))
     assert bot.attachments.downloads == 1
     assert last_prompt_tokens(seeing) == with_image
     assert chat.replies(chat.dm) == [expected]

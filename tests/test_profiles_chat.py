@@ -80,6 +80,12 @@ def place(channel: FakeChannel, **values: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pirates_with_deck(w: World, member: FakeUser) -> tuple[FakeChannel, FakeChannel]:
+    """A channel #pirates and its thread "deck", with alice and `member` in the thread."""
+    pirates = w.server.create_channel(w.guild, "pirates")
+    return pirates, w.server.create_thread(pirates, "deck", members=[w.alice, member])
+
+
 def replies(w: World, channel: FakeChannel) -> list[str]:
     return [m["content"] for m in w.server.bot_messages(channel)]
 
@@ -296,8 +302,7 @@ async def test_a_choice_in_a_thread_stays_in_the_thread_and_a_dm_is_its_users(
     tmp_path: Path, models: dict[str, Streamer]
 ) -> None:
     async with world() as w:
-        pirates = w.server.create_channel(w.guild, "pirates")
-        deck = w.server.create_thread(pirates, "deck", members=[w.alice, w.mod])
+        pirates, deck = pirates_with_deck(w, w.mod)
         w.guild.roles[w.mods.id].permissions = MANAGE_CHANNELS
         settings = settings_for(tmp_path, w, pirates, places=place(pirates, profile="pirate"))
         async with run_bot(Bot(settings, **BOT_FAST), w.server):

@@ -10,7 +10,16 @@ from bot_world import world
 from genbot.commands import Texts
 from genbot.streaming import Streamer
 from genbot.testing import run_bot
-from test_profiles_chat import BOT_FAST, MANAGE_CHANNELS, Bot, answer, command, models, settings_for
+from test_profiles_chat import (
+    BOT_FAST,
+    MANAGE_CHANNELS,
+    Bot,
+    answer,
+    command,
+    models,
+    pirates_with_deck,
+    settings_for,
+)
 
 __all__ = ["models"]
 
@@ -21,8 +30,7 @@ async def test_a_members_own_overwrite_grants_manage_channels_in_that_channel_an
     tmp_path: Path, models: dict[str, Streamer]
 ) -> None:
     async with world() as w:
-        pirates = w.server.create_channel(w.guild, "pirates")
-        deck = w.server.create_thread(pirates, "deck", members=[w.alice, w.bob])
+        pirates, deck = pirates_with_deck(w, w.bob)
         w.server.set_overwrite(pirates, w.bob, allow=MANAGE_CHANNELS)  # bob's own, in #pirates
         settings = settings_for(tmp_path, w, pirates, places="")
         async with run_bot(Bot(settings, **BOT_FAST), w.server):
@@ -41,8 +49,7 @@ async def test_a_deny_on_the_parent_channel_refuses_in_its_threads(
     tmp_path: Path, models: dict[str, Streamer]
 ) -> None:
     async with world() as w:
-        pirates = w.server.create_channel(w.guild, "pirates")
-        deck = w.server.create_thread(pirates, "deck", members=[w.alice, w.mod])
+        pirates, deck = pirates_with_deck(w, w.mod)
         w.guild.roles[w.mods.id].permissions = MANAGE_CHANNELS
         w.server.set_overwrite(pirates, w.mod, deny=MANAGE_CHANNELS)
         settings = settings_for(tmp_path, w, pirates, places="")

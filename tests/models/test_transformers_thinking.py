@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 import torch
+from replay_helpers import engine_with, replay
 from tool_helpers import HERMES_TEMPLATE, with_tools
 
 from genbot.models import ChatRequest, GenerationSettings
 from genbot.models.base import Reasoning, ToolCall
 from genbot.models.thinking import OpenThinkSplitter, opens_think
-from genbot.models.transformers import TransformersEngine, TransformersStreamer
+from genbot.models.transformers import TransformersStreamer
 from genbot.reasoning import CLOSE_TAG, OPEN_TAG, ReplyFilter
 
 CHATML = (
@@ -68,44 +69,11 @@ def model(tokenizer: Any) -> Any:
     return LlamaForCausalLM(config).eval()
 
 
-class Replay(torch.nn.Module):
-    """A model whose every next token is the next one of a recording (then end of text)."""
-
-    def __init__(self, model: Any, script: list[int], start: int, eos: int) -> None:
-        super().__init__()
-        self.inner = model
-        self.config = model.config
-        self.generation_config = model.generation_config
-        self.script, self.start, self.eos = script, start, eos
-
-    def forward(self, position_ids: torch.Tensor, cache: Any = None, **kwargs: Any) -> Any:
-        out = self.inner(position_ids=position_ids, cache=cache, **kwargs)
-        index = int(position_ids[0, -1]) + 1 - self.start
-        token = self.script[index] if index < len(self.script) else self.eos
-        logits = torch.full_like(out.logits, -1e9)
-        logits[..., token] = 0.0
-        out.logits = logits
-        return out
-
-
-def engine_with(model: Any, tokenizer: Any, template: str) -> TransformersEngine:
-    tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.chat_template = template
-    return TransformersEngine(model, tokenizer, device="cpu")
-
-
-def replay(model: Any, tokenizer: Any, template: str, request: ChatRequest, text: str) -> list[Any]:
+def replayed(
+    model: Any, tokenizer: Any, template: str, request: ChatRequest, text: str
+) -> list[Any]:
     """The engine's events' deltas for ``request`` when the model writes ``text``."""
-    start = len(engine_with(model, tokenizer, template).prompt_ids(request))
-    script = tokenizer.encode(text, add_special_tokens=False)
-    engine = engine_with(Replay(model, script, start, tokenizer.eos_token_id), tokenizer, template)
-    engine.add("k", request)
-    events: list[Any] = []
-    for _ in range(300):
-        events += engine.step()
-        if engine.size == 0:
-            return [delta for _, delta, _ in events]
-    raise AssertionError("the reply did not end")
+    return [delta for _, delta, _ in replay(model, tokenizer, template, request, text, 300)]
 
 
 def test_tags_are_the_reply_filters() -> None:
@@ -143,7 +111,7 @@ def test_engine_sees_the_open_think_in_the_rendered_prompt(model: Any, tokenizer
 def test_reply_of_a_thinking_template_is_reasoning_until_the_close_tag(
     model: Any, tokenizer: Any
 ) -> None:
-    deltas = replay(model, tokenizer, THINKING, question(), RECORDED)
+    deltas = replayed(model, tokenizer, THINKING, question(), RECORDED)
     thought = [d.text for d in deltas if isinstance(d, Reasoning)]
     text = "".join(d for d in deltas if isinstance(d, str))
     assert "".join(thought).strip() == THOUGHT
@@ -153,13 +121,13 @@ def test_reply_of_a_thinking_template_is_reasoning_until_the_close_tag(
 
 
 def test_the_same_reply_without_the_open_think_is_unchanged(model: Any, tokenizer: Any) -> None:
-    deltas = replay(model, tokenizer, CHATML, question(), RECORDED)
+    deltas = replayed(model, tokenizer, CHATML, question(), RECORDED)
     assert all(isinstance(d, str) for d in deltas)
     assert "".join(deltas) == RECORDED
 
 
 def test_a_reply_that_never_closes_the_block_is_all_reasoning(model: Any, tokenizer: Any) -> None:
-    deltas = replay(model, tokenizer, THINKING, question(max_new_tokens=6), RECORDED)
+    deltas = replayed(model, tokenizer, THINKING, question(max_new_tokens=6), RECORDED)
     assert deltas and all(isinstance(d, Reasoning) or d == "" for d in deltas)
 
 
@@ -174,7 +142,7 @@ def test_reasoning_never_reaches_the_tool_call_parser(model: Any, tokenizer: Any
     )
     request = with_tools([{"role": "user", "content": "Weather in Paris?"}], 100)
     request.settings.repeat_penalty = 1.0
-    deltas = replay(model, tokenizer, template, request, recorded)
+    deltas = replayed(model, tokenizer, template, request, recorded)
     thought = "".join(d.text for d in deltas if isinstance(d, Reasoning))
     calls = [d for d in deltas if isinstance(d, ToolCall)]
     assert thought.startswith("I could write <tool_call>")

@@ -9,13 +9,12 @@ output: SmolLM2's own network, its logits replaced by the recorded next token.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import torch
 from model_helpers import reply
+from replay_helpers import engine_with, replay
 from tool_helpers import HERMES_TEMPLATE, ROUND_TRIP, with_tools
 
 from genbot.models.base import ToolCall
@@ -43,13 +42,6 @@ def model(smollm2_hf: str) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(smollm2_hf)
-
-
-def engine_with(model: Any, tokenizer: Any, template: str | None = None) -> TransformersEngine:
-    tokenizer = copy.deepcopy(tokenizer)
-    if template:
-        tokenizer.chat_template = template
-    return TransformersEngine(model, tokenizer, device="cpu")
 
 
 def prompt_text(engine: TransformersEngine, messages: list[Any]) -> str:
@@ -96,60 +88,6 @@ def test_a_template_that_renders_tools_gets_them(model: Any, tokenizer: Any) -> 
     prompt = prompt_text(engine, ROUND_TRIP)
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}' in prompt
     assert "<tool_response>\nsunny, 21 C\n</tool_response>" in prompt
-
-
-class Replay(torch.nn.Module):
-    """SmolLM2 whose every next token is the next one of a recording (then end of text): the
-    network runs as usual (its cache grows), only its logits are replaced."""
-
-    def __init__(self, model: Any, script: list[int], start: int, eos: int) -> None:
-        super().__init__()
-        self.inner = model
-        self.config = model.config
-        self.generation_config = model.generation_config
-        self.script, self.start, self.eos = script, start, eos
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
-        cache: Any = None,
-        **kwargs: Any,
-    ) -> Any:
-        out = self.inner(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            **kwargs,
-        )
-        index = int(position_ids[0, -1]) + 1 - self.start
-        token = self.script[index] if index < len(self.script) else self.eos
-        logits = torch.full_like(out.logits, -1e9)
-        logits[..., token] = 0.0
-        out.logits = logits
-        return out
-
-
-def run(engine: TransformersEngine, request: Any) -> list[tuple[Any, Any, Any]]:
-    engine.add("k", request)
-    events: list[tuple[Any, Any, Any]] = []
-    for _ in range(200):
-        events += engine.step()
-        if engine.size == 0:
-            return events
-    raise AssertionError("the reply did not end")
-
-
-def replay(
-    model: Any, tokenizer: Any, template: str | None, request: Any, text: str
-) -> list[tuple[Any, Any, Any]]:
-    """The engine's events for ``request`` when the model's reply is ``text``."""
-    start = len(engine_with(model, tokenizer, template).prompt_ids(request))
-    script = tokenizer.encode(text, add_special_tokens=False)
-    replayed = Replay(model, script, start, tokenizer.eos_token_id)
-    return run(engine_with(replayed, tokenizer, template), request)
 
 
 @pytest.mark.parametrize("template", [None, HERMES_TEMPLATE])

@@ -224,23 +224,18 @@ class FakeChannel:
             assert self.recipient is not None
             data["recipients"] = [self.recipient.to_json()]
             return data
-        if self.type == CATEGORY:  # Discord sends a category without the text channel's fields
-            del data["last_message_id"]
-            data.update(
-                guild_id=str(self.guild_id),
-                name=self.name,
-                position=0,
-                permission_overwrites=[dict(o) for o in self.overwrites],
-                nsfw=False,
-                parent_id=None,
-            )
-            return data
         data.update(
             guild_id=str(self.guild_id),
             name=self.name,
             position=0,
             permission_overwrites=[dict(o) for o in self.overwrites],
             nsfw=False,
+        )
+        if self.type == CATEGORY:  # Discord sends a category without the text channel's fields
+            del data["last_message_id"]
+            data["parent_id"] = None
+            return data
+        data.update(
             rate_limit_per_user=0,
             parent_id=None if self.parent_id is None else str(self.parent_id),
             topic=None,
