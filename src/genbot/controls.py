@@ -522,7 +522,6 @@ class Controls:
             return
         # Stop shows while it waits for a model slot (a press cancels the regeneration)
         stop = Control(STOP, control.question_id, control.asker_id)
-        await interaction.response.edit_message(view=view_of(stop))
         started = self._started.get(control.question_id, 0)
         reply = [pressed]  # the reply's messages, first first (once looked up)
         restored = False
@@ -536,7 +535,8 @@ class Controls:
             restored = True
             await interaction.followup.send(text, ephemeral=True)
 
-        try:
+        try:  # a Stop may cancel it from the moment Stop shows, before edit_message returns
+            await interaction.response.edit_message(view=view_of(stop))
             reply = await _reply_of(pressed, channel, control.question_id)
             # the presser pays (their rate limit and quota): the asker, or an admin (exempt)
             await self.bot.regenerate(
