@@ -41,7 +41,7 @@ async def test_no_label_holds_an_id_and_the_series_do_not_grow_with_users(
         server.add_member(guild, user)
     ids = {str(guild.id), *(str(c.id) for c in channels), *(str(u.id) for u in users)}
     bot = make_bot(backend)
-    series: list[int] = []
+    series: list[set[tuple[str, frozenset[tuple[str, str]]]]] = []
     async with run_bot(bot, server):
         rounds = [[(0, 0), (1, 1)], [(2, 1), (3, 2)]]  # (user, channel): the second, others
         for round_, pairs in enumerate(rounds):
@@ -63,8 +63,10 @@ async def test_no_label_holds_an_id_and_the_series_do_not_grow_with_users(
                 )
             await settle(bot)
             samples = await scrape(bot)
-            series.append(len(samples))
+            # the series apart from the REST routes (a round may be the first to use a route,
+            # e.g. a retried edit: templates, bounded, and checked for ids below)
+            series.append({key for key in samples if "route" not in dict(key[1])})
     ids.update(str(m["id"]) for c in channels for m in server.bot_messages(c))
-    assert series[0] == series[1], "new users and channels made new series"
+    assert series[1] - series[0] == set(), "new users and channels made new series"
     labels = {value for (_name, pairs) in samples for _key, value in pairs}
     assert not [v for v in labels if any(i in v for i in ids)], sorted(labels)
