@@ -59,7 +59,13 @@ async def test_two_genbot_run_processes_split_the_shards_and_answer_every_messag
                 bots.append(
                     await stack.enter_async_context(genbot_process(*args, cwd=tmp_path, env=env))
                 )
-            await server.wait_for(lambda: server.ready_shards() == [(0, 2), (1, 2)], timeout=60)
+            try:
+                await server.wait_for(lambda: server.ready_shards() == [(0, 2), (1, 2)], timeout=60)
+            except TimeoutError:
+                raise AssertionError(
+                    f"shards ready: {server.ready_shards()}\n"
+                    + "\n---\n".join(bot.log[-4000:] for bot in bots)
+                ) from None
             await server.wait_for(lambda: server.commands(), timeout=20)
             await asyncio.gather(*(chat(server, c, u) for c, u in places))
             for channel, user in places:

@@ -50,6 +50,20 @@ async def test_a_failing_step_is_rolled_back_whole(tmp_path: Path) -> None:
         assert await store.migrate("notes", NOTES_V2) == 2  # the store goes on
 
 
+async def test_processes_sharing_a_data_dir_open_and_migrate_it_once(tmp_path: Path) -> None:
+    """Shard processes on one machine share ``data_dir`` and start together (each store is
+    its own connection, as a process's is): every step runs once, none fails on another's."""
+    steps = [*NOTES_V2, "INSERT INTO notes (text) VALUES ('seeded; once')"]
+    for _ in range(3):
+        stores = [Store(tmp_path / "shared") for _ in range(4)]
+        await asyncio.gather(*(store.open() for store in stores))
+        try:
+            assert await asyncio.gather(*(s.migrate("notes", steps) for s in stores)) == [3] * 4
+            assert await stores[0].fetchall("SELECT text FROM notes") == [("seeded; once",)]
+        finally:
+            await asyncio.gather(*(store.close() for store in stores))
+
+
 async def test_a_database_from_a_newer_genbot_is_refused(tmp_path: Path) -> None:
     async with Store(tmp_path) as store:
         await store.migrate("notes", NOTES_V2)

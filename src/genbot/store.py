@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -180,30 +180,43 @@ class Store:
 
     async def _migrate(self, component: str, steps: Sequence[str]) -> None:
         have = await self.version(component)
+        self._refuse_newer(component, have, steps)
+        for version in range(have + 1, len(steps) + 1):
+            await self._step(component, version, steps)
+
+    def _refuse_newer(self, component: str, have: int, steps: Sequence[str]) -> None:
         if have > len(steps):
             raise StoreError(
                 f"{self.path}: {component} tables are at version {have}, but this genbot "
                 f"knows versions up to {len(steps)}; it was written by a newer genbot"
             )
-        for version in range(have + 1, len(steps) + 1):
-            await self._step(component, version, steps[version - 1])
 
-    async def _step(self, component: str, version: int, script: str) -> None:
+    async def _step(self, component: str, version: int, steps: Sequence[str]) -> None:
+        """Run step ``version`` and record it, in one transaction that first takes the write
+        lock and reads the version again: another process sharing ``data_dir`` (a shard
+        started at the same time) may have run it meanwhile, and then it is not run twice."""
         db = self._connection()
         try:
-            # executescript commits first and runs the script as given: the BEGIN and COMMIT
-            # inside make the step and its version number one transaction.
-            await db.executescript(
-                f"BEGIN IMMEDIATE;\n{script};\n"
-                "INSERT OR REPLACE INTO schema_versions (component, version) "
-                f"VALUES ('{component}', {int(version)});\nCOMMIT;"
+            await db.execute("BEGIN IMMEDIATE")
+            have = await self.version(component)
+            self._refuse_newer(component, have, steps)
+            if have >= version:
+                await db.execute("COMMIT")
+                return
+            for statement in _statements(steps[version - 1]):
+                await db.execute(statement)
+            await db.execute(
+                "INSERT OR REPLACE INTO schema_versions (component, version) VALUES (?, ?)",
+                (component, version),
             )
+            await db.execute("COMMIT")
         except sqlite3.Error as error:
-            if db.in_transaction:
-                await db.execute("ROLLBACK")
             raise StoreError(
                 f"{self.path}: migrating {component} to version {version} failed: {error}"
             ) from error
+        finally:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
         _log.info("data store: %s tables at version %d", component, version)
 
     # -- statements ----------------------------------------------------------------------------
@@ -265,3 +278,17 @@ class Store:
             return
         async with self._lock:
             yield
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of ``script``, split where SQLite says a statement is complete (so a
+    ``;`` inside a string or a trigger's body does not split it)."""
+    statement = ""
+    for piece in script.split(";"):
+        statement += piece + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \t\r\n;"):
+                yield statement
+            statement = ""
+    if statement.strip(" \t\r\n;"):
+        yield statement  # an unfinished statement: SQLite names the error
