@@ -52,13 +52,14 @@ async def test_a_failing_step_is_rolled_back_whole(tmp_path: Path) -> None:
 
 async def test_processes_sharing_a_data_dir_open_and_migrate_it_once(tmp_path: Path) -> None:
     """Shard processes on one machine share ``data_dir`` and start together (each store is
-    its own connection, as a process's is): every step runs once, none fails on another's."""
+    its own connection, as a process's is): none fails on another's lock, every step runs
+    once."""
     steps = [*NOTES_V2, "INSERT INTO notes (text) VALUES ('seeded; once')"]
-    for _ in range(3):
-        stores = [Store(tmp_path / "shared") for _ in range(4)]
-        await asyncio.gather(*(store.open() for store in stores))
+    for round_ in range(10):
+        stores = [Store(tmp_path / str(round_)) for _ in range(8)]
         try:
-            assert await asyncio.gather(*(s.migrate("notes", steps) for s in stores)) == [3] * 4
+            await asyncio.gather(*(store.open() for store in stores))
+            assert await asyncio.gather(*(s.migrate("notes", steps) for s in stores)) == [3] * 8
             assert await stores[0].fetchall("SELECT text FROM notes") == [("seeded; once",)]
         finally:
             await asyncio.gather(*(store.close() for store in stores))

@@ -102,8 +102,7 @@ class Store:
         db: aiosqlite.Connection | None = None
         try:
             db = await aiosqlite.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute(_SCHEMA)
+            await _prepare(db)
         except sqlite3.Error as error:
             if db is not None:
                 await db.close()
@@ -278,6 +277,26 @@ class Store:
             return
         async with self._lock:
             yield
+
+
+async def _prepare(db: aiosqlite.Connection) -> None:
+    """WAL mode and the versions table. Processes that share ``data_dir`` (shards started
+    together) open it at the same moment, and SQLite then answers "locked" at once where
+    waiting could deadlock, without its busy timeout; so this retries, within that timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BUSY_TIMEOUT
+    delay = 0.01
+    while True:
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute(_SCHEMA)
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or loop.time() + delay > deadline:
+                raise
+            _log.debug("data store busy while opening (%s); trying again", error)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.25)
 
 
 def _statements(script: str) -> Iterator[str]:
