@@ -129,6 +129,10 @@ class OpenAIStub:
         #: Chat completions streaming now, and the most at once so far.
         self.in_flight = 0
         self.most_in_flight = 0
+        #: Set while no chat completion streams (:attr:`in_flight` is 0): a test waits on it,
+        #: as the loopback Discord's ``wait_for`` does not see the stub's state change.
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "stub", "object": "model"}]})
@@ -151,6 +155,7 @@ class OpenAIStub:
             self.requests.append(body)
         reply = self._reply(body, said)
         self.in_flight += 1
+        self.idle.clear()
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -165,6 +170,8 @@ class OpenAIStub:
             await response.write_eof()
         finally:
             self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
         return response
 
 

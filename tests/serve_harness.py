@@ -134,6 +134,23 @@ class Process:
     def exited(self) -> bool:
         return self.popen.poll() is not None
 
+    def wait_exit(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Wait (bounded) until it has exited and its reader thread has put all its output in
+        the journal (the exit comes first: a check of the output right after ``popen.wait()``
+        can miss the last lines); its exit status.
+
+        Raises
+        ------
+        subprocess.TimeoutExpired
+            It still runs after `timeout` seconds.
+        AssertionError
+            Its output did not end within `timeout` seconds more.
+        """
+        code = self.popen.wait(timeout)
+        self._reader.join(timeout)
+        assert not self._reader.is_alive(), f"{self.name}: its output did not end in {timeout} s"
+        return code
+
     def stop(self) -> int:
         """Stop it (SIGCONT, SIGTERM, then SIGKILL to its group) and return its exit status."""
         self.signal_group(signal.SIGCONT)

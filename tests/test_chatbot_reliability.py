@@ -30,7 +30,11 @@ backend = pytest.fixture(one_slot, name="backend")
 
 
 def make_bot(backend: Streamer, **values: Any) -> ChatBot:
-    return chat_bot(backend, {"queue_timeout": 1.5, **values}, queued_after=0.2)
+    """The bot with its queued note after 0.2 s; ``queue_timeout`` stays long (30 s) unless a
+    test of the busy note names a short one: a chat queued behind a stalled reply waits until
+    the test sees the stall note and releases the worker, which a loaded machine can make
+    take more than a second or two."""
+    return chat_bot(backend, values, queued_after=0.2)
 
 
 async def say_while_generating(bot: ChatBot, chat: Chat, text: str) -> dict[str, Any]:
@@ -113,7 +117,7 @@ async def test_a_hung_worker_ends_its_reply_and_tells_other_chats_it_is_busy(
     chat: Chat, backend: Streamer
 ) -> None:
     server = chat.server
-    bot = make_bot(backend, stall_timeout=1.0)
+    bot = make_bot(backend, stall_timeout=1.0, queue_timeout=1.5)
     async with run_bot(bot, server):
         await server.send_message(chat.general, chat.alice, "hang", mentions_bot=True)
         await chat.wait_for_reply(chat.general, STALL_NOTE)  # no text at all: only the note

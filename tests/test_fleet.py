@@ -48,6 +48,17 @@ class Fleet:
         """The upstreams that opened a chat ``said``, in order."""
         return [e["upstream"] for e in self.journal.find("open", said)]
 
+    async def opened(self, part: str) -> list[str]:
+        """The upstreams that opened a chat whose text contains ``part``, in order, once one
+        did: its "open" line reaches the journal on a reader thread, which may come after the
+        reply it streams (bounded)."""
+
+        def found() -> list[str]:
+            return [e["upstream"] for e in self.journal.find("open") if part in e["said"]]
+
+        await self.journal.wait(found, 30, f"a chat with {part!r} open")
+        return found()
+
     async def wait_open(self, said: str, count: int = 1) -> list[str]:
         await self.journal.wait(
             lambda: len(self.served_by(said)) >= count, 30, f"{count} x {said!r} open"
@@ -132,7 +143,7 @@ async def test_load_spreads_across_both_upstreams(
         await streams.pop(0).aclose()  # type: ignore[attr-defined]
         [freed] = await fleet.wait_event("cancelled", "forever")
         assert await asyncio.wait_for(waiting, 30) == "1 2 3"
-        assert fleet.served_by("count 3") == [freed["upstream"]]
+        assert await fleet.wait_open("count 3") == [freed["upstream"]]
     finally:
         waiting.cancel()
 
@@ -171,7 +182,7 @@ async def test_upstream_killed_mid_stream(fleet: Fleet, streams: list[AsyncItera
         assert await asyncio.wait_for(reply(fleet.backend, f"count {i + 1}"), 30) == " ".join(
             str(n) for n in range(1, i + 2)
         )
-        assert fleet.served_by(f"count {i + 1}") == [live]
+        assert await fleet.wait_open(f"count {i + 1}") == [live]
 
 
 async def test_upstream_frozen_mid_stream(fleet: Fleet, streams: list[AsyncIterator[str]]) -> None:
@@ -195,7 +206,7 @@ async def test_upstream_frozen_mid_stream(fleet: Fleet, streams: list[AsyncItera
     )
     for i in range(2):
         assert await asyncio.wait_for(reply(fleet.backend, f"count {i + 2}"), 30)
-        assert fleet.served_by(f"count {i + 2}") == [live]
+        assert await fleet.wait_open(f"count {i + 2}") == [live]
 
 
 def test_readme_shows_the_tested_haproxy_cfg() -> None:
@@ -238,7 +249,7 @@ async def bot_user_sees(fleet: Fleet, how: signal.Signals, within: float, note: 
                 lambda: "tick" in "".join(m["content"] for m in server.bot_messages(general)),
                 timeout=30,
             )
-            [victim] = {e["upstream"] for e in fleet.journal.find("open") if "forever" in e["said"]}
+            [victim] = set(await fleet.opened("forever"))
             [live] = set(fleet.upstreams) - {victim}
             fleet.upstreams[victim].signal_group(how)
             await server.wait_for(lambda: note_shown(server, general, note), timeout=within)
@@ -247,9 +258,7 @@ async def bot_user_sees(fleet: Fleet, how: signal.Signals, within: float, note: 
             await server.wait_for(
                 lambda: server.bot_messages(general)[-1]["content"] == "1 2 3", timeout=30
             )
-        assert [e["upstream"] for e in fleet.journal.find("open") if "count 3" in e["said"]] == [
-            live
-        ]
+        assert await fleet.opened("count 3") == [live]
 
 
 async def test_a_bot_user_sees_a_killed_upstream_within_a_second(fleet: Fleet) -> None:

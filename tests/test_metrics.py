@@ -145,6 +145,7 @@ async def test_the_scrape_counts_errors_by_kind(chat: Chat, backend: Streamer) -
         # A hung model: its reply ends with the stall note, and it keeps the only slot ...
         await server.send_message(chat.general, chat.alice, "hang", mentions_bot=True)
         await chat.wait_for_reply(chat.general, f"*{DEFAULT_STALL_TEXT}*")
+        await settle(bot)  # the error is counted once the note's edit has returned
         expected["stall"] += 1
         assert errors(await scrape(bot)) == expected
         # ... so the next chat gets no slot within queue_timeout.

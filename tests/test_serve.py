@@ -30,7 +30,7 @@ from genbot.serve import (
     model_id,
     parse_chat,
 )
-from serve_harness import STOP_TIMEOUT, Journal, Upstream, environment
+from serve_harness import Journal, Upstream, environment
 
 SCRIPTED = "serve_workers:Scripted"
 USER = "user"
@@ -320,7 +320,7 @@ async def test_sigterm_lets_the_streams_in_flight_finish(journal: Journal) -> No
         text = "".join(c.choices[0].delta.content or "" for c in [first, *rest])
         assert text == " ".join(str(i) for i in range(1, 61))
         assert rest[-1].choices[0].finish_reason == "stop"
-        assert up.popen.wait(STOP_TIMEOUT) == 0
+        assert up.wait_exit() == 0
         assert "stopped" in journal.output("graceful")
     finally:
         up.stop()

@@ -200,7 +200,7 @@ async def test_stop_during_a_later_step_ends_the_reply_and_frees_the_slot(
         await settle(bot)
         await server.send_message(chat.dm, chat.alice, "next")
         await chat.wait_for_reply(chat.dm, "echo: next")
-        await server.wait_for(lambda: stub.in_flight == 0, timeout=15)  # the held one ended
+        await asyncio.wait_for(stub.idle.wait(), 30)  # the held one ended
     stopped = chat.replies(chat.dm)[0]
     assert stopped.startswith("Let me check.\n*using `weather` …* ✓\nIt")
     assert "sunny" not in stopped

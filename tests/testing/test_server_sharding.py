@@ -41,6 +41,27 @@ class ShardRecorder(discord.AutoShardedClient):
         self.arrived.set()
 
 
+async def received(count: int, *clients: ShardRecorder, timeout: float = 30) -> None:
+    """Wait (bounded) until `clients` together got `count` events: their ``arrived`` events wake
+    it (the server's ``wait_for`` would not: a client records an event after the server's last
+    change)."""
+
+    async def enough() -> None:
+        while True:
+            for client in clients:
+                client.arrived.clear()
+            if sum(len(client.got) for client in clients) >= count:
+                return
+            waits = {asyncio.ensure_future(client.arrived.wait()) for client in clients}
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+
+    await asyncio.wait_for(enough(), timeout)
+
+
 class RawGateway:
     """One websocket to the server's gateway, spoken by hand."""
 
@@ -164,7 +185,7 @@ async def test_ready_and_events_go_to_the_guilds_shard(gateway_of: Any) -> None:
             for place in places:
                 await server.send_message(place, alice, f"hi {place.id}")
                 await server.invoke_command(place, alice, "hello")
-            await server.wait_for(lambda: len(one.got) + len(two.got) == 6)
+            await received(6, one, two)
             dm = places[2]
             assert sorted(one.got) == sorted(
                 [(f"hi {c.id}", c.id) for c in (places[0], dm)]
