@@ -192,7 +192,7 @@ async def test_history_pages_past_hidden_messages() -> None:
 
 async def _drop(bot: Quiet, w: World, *, resumable: bool) -> None:
     event = "resumed" if resumable else "ready"
-    back = asyncio.ensure_future(bot.wait_for(event, timeout=10))
+    back = asyncio.ensure_future(bot.wait_for(event, timeout=30))
     await w.server.drop_connections(resumable=resumable)
     await back
 
@@ -204,9 +204,9 @@ async def test_resume_keeps_the_cache_and_replays_missed_messages() -> None:
         assert await read(bot, dm.id) == ["one"]
         requests = w.history_requests()
         seen = asyncio.ensure_future(
-            bot.wait_for("message", check=lambda m: m.content == "two", timeout=10)
+            bot.wait_for("message", check=lambda m: m.content == "two", timeout=30)
         )
-        back = asyncio.ensure_future(bot.wait_for("resumed", timeout=10))
+        back = asyncio.ensure_future(bot.wait_for("resumed", timeout=30))
         await s.drop_connections()
         await s.send_message(dm, w.alice, "two")  # while disconnected
         await back
@@ -478,7 +478,7 @@ async def _who_may_chat(
                     assert seen == expected(), where
                 else:  # the roles their messages carried, until member_ttl or a new session
                     assert set(expected()) <= set(seen) <= set(expected(True)), where
-            back = asyncio.ensure_future(bot.wait_for("ready", timeout=10))
+            back = asyncio.ensure_future(bot.wait_for("ready", timeout=30))
             await s.drop_connections(resumable=False)
             await back
             assert await read(bot, cold.id) == expected(), "cold after a new session"
@@ -512,7 +512,7 @@ async def test_a_member_with_a_blacklisted_role_who_left_stays_hidden(
                 removed.cancel()  # no event without the members intent
             assert await read(bot, w.general.id) == ["from alice"]  # cold: REST
             assert await read(bot, warm.id) == ["from alice"]  # warm: the cache
-            back = asyncio.ensure_future(bot.wait_for("ready", timeout=10))
+            back = asyncio.ensure_future(bot.wait_for("ready", timeout=30))
             await s.drop_connections(resumable=False)
             await back
             assert await read(bot, w.general.id) == ["from alice"]

@@ -80,7 +80,7 @@ async def test_invalidated_session_identifies_again(world: World) -> None:
     bot = QuickReidentify()
     async with run_bot(bot, server):
         first_session = bot.ws.session_id
-        ready_again = asyncio.ensure_future(bot.wait_for("ready", timeout=10))
+        ready_again = asyncio.ensure_future(bot.wait_for("ready", timeout=30))
         await server.drop_connections(resumable=False)
         await ready_again
         assert bot.ws.session_id != first_session and server.resumes == 0
